@@ -1,0 +1,31 @@
+# `make test` and `make demo` are the two entry points (see README.md).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-all demo lint bench clean
+
+$(STAMP): setup.py
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,hf]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Fast suite: everything except tests marked `slow`.
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+demo: $(STAMP)
+	$(PY) -m lrmjax.main --config configs/arith_grpo.py --workdir /tmp/lrmjax_demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,352 @@
+"""A Flax Linen decoder-only transformer covering Llama-3.x, Qwen2/Qwen2.5 and Qwen3.
+
+Pieces: RMSNorm, RoPE (configurable theta, Llama-3 frequency scaling), grouped-query attention,
+SwiGLU MLP, optional QKV bias (Qwen2), optional QK-norm (Qwen3), tied or untied embeddings.
+Conventions follow the HF implementations (RMSNorm `x * scale`, RoPE "rotate_half"), so HF
+weights load without permutation.
+
+The model is a pure function of its params:
+
+    logits, cache = Transformer(cfg).apply({'params': params}, tokens, positions, mask, cache)
+
+Slots and positions. Sequences are left padded. A token's *slot* is its column in the padded
+buffer (prompt and KV cache share the same columns); its *position* (for RoPE) counts only real
+tokens. A query at slot i attends to keys at slots j <= i whose mask is True. Without a cache the
+slots are 0..T-1; with a cache, the T new tokens occupy slots index..index+T-1.
+
+Shapes: B batch, T new tokens, S cache slots, D hidden, H query heads, K kv heads, G = H / K,
+d head_dim, F mlp, V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lrmjax.models.presets import ModelConfig
+
+Array = jax.Array
+_NEG_INF = -1e30  # finite, so fully masked rows (left padding) give no NaNs
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Preallocated keys and values of every layer.
+
+    k, v: [L, B, S, K, d]; mask: [B, S] bool, True where a slot holds a real token;
+    index: int32 scalar, the next free slot (shared by the batch: prompts are left padded).
+    """
+
+    k: Array
+    v: Array
+    mask: Array
+    index: Array
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+    """An empty cache with `max_len` slots; its dtype defaults to the compute dtype."""
+    if max_len > cfg.max_seq_len:
+        raise ValueError(f"KV cache of {max_len} slots exceeds the model's max_seq_len "
+                         f"{cfg.max_seq_len}")
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    dtype = dtype or cfg.dtype
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   mask=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
+
+
+def positions_from_mask(mask: Array) -> Array:
+    """RoPE positions of a left-padded batch: [B, T] bool -> [B, T] int32 (pads get 0)."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Inverse frequencies [d/2], with Llama-3 scaling when configured (as HF computes it)."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq.astype(np.float32)
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
+    """Rotates x [B, T, N, d] by angles given as sin/cos [B, T, d] ("rotate_half" layout)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return (x * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
+
+
+def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
+           init: Any) -> Array:
+    cfg = module.cfg
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, cfg.param_dtype)
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * scale, computed in fp32 over the last axis."""
+
+    cfg: ModelConfig
+    dim: int
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = _param(self, "scale", (self.dim,), (self.axis_name,), nn.initializers.ones)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_eps)
+        return (y * scale.astype(jnp.float32)).astype(self.cfg.dtype)
+
+
+class Projection(nn.Module):
+    """An einsum projection with a named kernel (and optional bias)."""
+
+    cfg: ModelConfig
+    equation: str
+    kernel_shape: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    bias_shape: tuple[int, ...] | None = None
+    bias_axes: tuple[str, ...] | None = None
+    fan_in: int = 1
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        init = nn.initializers.normal(stddev=1.0 / math.sqrt(self.fan_in))
+        kernel = _param(self, "kernel", self.kernel_shape, self.kernel_axes, init)
+        y = jnp.einsum(self.equation, x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype))
+        if self.bias_shape is not None:
+            bias = _param(self, "bias", self.bias_shape, self.bias_axes, nn.initializers.zeros)
+            y = y + bias.astype(self.cfg.dtype)
+        return y
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with RoPE, optional QKV bias and QK-norm, and a KV cache."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, sin, cos, kv_mask, q_slots, layer_kv, index):
+        """x: [B, T, D]; kv_mask: [B, S]; q_slots: [T]; layer_kv: None or (k, v) [B, S, K, d].
+
+        Returns (out [B, T, D], new layer_kv or None).
+        """
+        cfg = self.cfg
+        D, H, K, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        bias = cfg.qkv_bias
+
+        def proj(name, heads, axis):
+            return Projection(cfg, "btD,Dhd->bthd", (D, heads, d), ("embed", axis, "head_dim"),
+                              (heads, d) if bias else None, (axis, "head_dim") if bias else None,
+                              fan_in=D, name=name)(x)
+
+        q, k, v = proj("q_proj", H, "heads"), proj("k_proj", K, "kv_heads"), proj(
+            "v_proj", K, "kv_heads")
+        if cfg.qk_norm:
+            q = RMSNorm(cfg, d, "head_dim", name="q_norm")(q)
+            k = RMSNorm(cfg, d, "head_dim", name="k_norm")(k)
+        q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+
+        if layer_kv is not None:
+            cache_k, cache_v = layer_kv
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype),
+                                                   (0, index, 0, 0))
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype),
+                                                   (0, index, 0, 0))
+            k, v, layer_kv = cache_k.astype(cfg.dtype), cache_v.astype(cfg.dtype), (
+                cache_k, cache_v)
+
+        B, T, S = x.shape[0], x.shape[1], k.shape[1]
+        # [B, T, S]: a key is visible if it holds a real token and is not in the future.
+        visible = kv_mask[:, None, :] & (jnp.arange(S)[None, None, :] <= q_slots[None, :, None])
+        q = q.reshape(B, T, K, H // K, d)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / math.sqrt(d)
+        scores = jnp.where(visible[:, None, None], scores, _NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, d)
+        out = Projection(cfg, "bthd,hdD->btD", (H, d, D), ("heads", "head_dim", "embed"),
+                         fan_in=H * d, name="o_proj")(out)
+        return out, layer_kv
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.cfg
+        D, F = cfg.hidden_size, cfg.mlp_dim
+        gate = Projection(cfg, "btD,DF->btF", (D, F), ("embed", "mlp"), fan_in=D,
+                          name="gate_proj")(x)
+        up = Projection(cfg, "btD,DF->btF", (D, F), ("embed", "mlp"), fan_in=D, name="up_proj")(x)
+        return Projection(cfg, "btF,FD->btD", (F, D), ("mlp", "embed"), fan_in=F,
+                          name="down_proj")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm decoder block. Signature fits `nn.scan`: (x, layer_kv, *broadcast) -> (x, kv)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer_kv, sin, cos, kv_mask, q_slots, index):
+        cfg = self.cfg
+        h, layer_kv = Attention(cfg, name="attn")(
+            RMSNorm(cfg, cfg.hidden_size, name="attn_norm")(x), sin, cos, kv_mask, q_slots,
+            layer_kv, index)
+        x = x + h
+        x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, cfg.hidden_size, name="mlp_norm")(x))
+        return x, layer_kv
+
+
+class Transformer(nn.Module):
+    """The decoder-only LM. See the module docstring for the slot/position conventions."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens: Array, positions: Array, attention_mask: Array,
+                 cache: KVCache | None = None, return_hidden: bool = False
+                 ) -> tuple[Array, KVCache | None]:
+        """Runs the model on T new tokens.
+
+        Args:
+          tokens: [B, T] int32.
+          positions: [B, T] int32 RoPE positions (`positions_from_mask` for left padding).
+          attention_mask: [B, T] bool, True on real tokens.
+          cache: a KVCache, or None for a full (training / scoring) forward pass.
+          return_hidden: return the final normed hidden states [B, T, D] instead of logits.
+
+        Returns:
+          (logits [B, T, V] float32 or hidden [B, T, D], updated cache or None).
+        """
+        cfg = self.cfg
+        T = tokens.shape[1]
+        embed = Embed(cfg, name="embed")
+        x = embed(tokens)
+
+        inv_freq = jnp.asarray(rope_inv_freq(cfg))
+        angles = positions.astype(jnp.float32)[..., None] * inv_freq
+        angles = jnp.concatenate([angles, angles], axis=-1)
+        sin, cos = jnp.sin(angles), jnp.cos(angles)
+
+        if cache is None:
+            index = jnp.zeros((), jnp.int32)
+            kv_mask = attention_mask
+            kvs = None
+        else:
+            index = cache.index
+            kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask, (0, index))
+            kvs = (cache.k, cache.v)
+        q_slots = index + jnp.arange(T)
+
+        block_cls = Block
+        if cfg.remat:
+            block_cls = nn.remat(Block, prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast,
+                                     nn.broadcast), length=cfg.num_layers,
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            x, kvs = stack(cfg, name="layers")(x, kvs, sin, cos, kv_mask, q_slots, index)
+        else:
+            new_k, new_v = [], []
+            for i in range(cfg.num_layers):
+                layer_kv = None if kvs is None else (kvs[0][i], kvs[1][i])
+                x, layer_kv = block_cls(cfg, name=f"layers_{i}")(
+                    x, layer_kv, sin, cos, kv_mask, q_slots, index)
+                if layer_kv is not None:
+                    new_k.append(layer_kv[0])
+                    new_v.append(layer_kv[1])
+            if kvs is not None:
+                kvs = (jnp.stack(new_k), jnp.stack(new_v))
+
+        x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x)
+        new_cache = None if cache is None else KVCache(k=kvs[0], v=kvs[1], mask=kv_mask,
+                                                       index=index + T)
+        if return_hidden:
+            return x, new_cache
+        if cfg.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = Projection(cfg, "btD,DV->btV", (cfg.hidden_size, cfg.vocab_size),
+                                ("embed", "vocab"), fan_in=cfg.hidden_size, name="lm_head")(x)
+        return logits.astype(jnp.float32), new_cache
+
+
+class Embed(nn.Module):
+    """Token embedding table [V, D]; `attend` is the tied LM head."""
+
+    cfg: ModelConfig
+
+    def setup(self):
+        self.embedding = _param(self, "embedding", (self.cfg.vocab_size, self.cfg.hidden_size),
+                                ("vocab", "embed"), nn.initializers.normal(stddev=0.02))
+
+    def __call__(self, tokens: Array) -> Array:
+        return jnp.take(self.embedding, tokens, axis=0).astype(self.cfg.dtype)
+
+    def attend(self, x: Array) -> Array:
+        return jnp.einsum("btD,VD->btV", x, self.embedding.astype(self.cfg.dtype))
+
+
+def _dummy_inputs() -> tuple[Array, Array, Array]:
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return tokens, tokens, jnp.ones((1, 1), bool)
+
+
+def init_boxed(cfg: ModelConfig, key: Array) -> Any:
+    """Params with their logical-axis metadata (nn.Partitioned boxes)."""
+    return Transformer(cfg).init(key, *_dummy_inputs())["params"]
+
+
+def init_params(cfg: ModelConfig, key: Array) -> Any:
+    """Freshly initialized params: a nested dict of arrays (see the module docstring)."""
+    return nn.meta.unbox(init_boxed(cfg, key))
+
+
+def param_logical_axes(cfg: ModelConfig) -> Any:
+    """The params' logical axis names: a tree of PartitionSpec, without allocating."""
+    boxed = jax.eval_shape(lambda k: init_boxed(cfg, k), jax.random.key(0))
+    return nn.get_partition_spec(boxed)
+
+
+def param_shapes(cfg: ModelConfig) -> Any:
+    """The params' shapes and dtypes (ShapeDtypeStruct tree), without allocating."""
+    return jax.eval_shape(lambda k: init_params(cfg, k), jax.random.key(0))
+
+
+def count_params(tree: Any) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+    """'layers_0'..'layers_{L-1}' -> one 'layers' subtree with a leading [L] axis."""
+    params = dict(params)
+    layers = [params.pop(f"layers_{i}") for i in range(num_layers)]
+    params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return params
+
+
+def unstack_layers(params: dict, num_layers: int) -> dict:
+    """The inverse of `stack_layers`."""
+    params = dict(params)
+    layers = params.pop("layers")
+    for i in range(num_layers):
+        params[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], layers)
+    return params

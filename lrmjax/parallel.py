@@ -1,0 +1,156 @@
+"""Device mesh, logical-axis rules and sharding helpers.
+
+One mesh with axes ('data', 'fsdp', 'tensor'). Params carry logical axis names (see
+`lrmjax.models.transformer.param_logical_axes`); `LOGICAL_RULES` maps each logical name to mesh
+axes. A dimension that a mesh axis does not divide is replicated instead (e.g. 2 KV heads on a
+4-way tensor axis), so any preset runs on any mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical name -> mesh axes (None = replicated). Batch dims are split over data and fsdp
+# (FSDP shards params over 'fsdp' and gathers them per layer; the batch uses both axes).
+LOGICAL_RULES: dict[str, Any] = {
+    "batch": ("data", "fsdp"),
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "mlp": "tensor",
+    "layers": None,
+    "act_batch": ("data", "fsdp"),
+    "act_len": None,
+    "act_embed": None,
+    "act_heads": "tensor",
+}
+
+
+def mesh_shape(shape: Mapping[str, int] | Sequence[int], num_devices: int) -> tuple[int, ...]:
+    """Resolves a mesh shape (dict by axis name or a 3-tuple; one entry may be -1)."""
+    if isinstance(shape, Mapping):
+        unknown = set(shape) - set(MESH_AXES)
+        if unknown:
+            raise ValueError(f"Unknown mesh axes {sorted(unknown)}; valid axes: {MESH_AXES}")
+        dims = [int(shape.get(a, 1)) for a in MESH_AXES]
+    else:
+        dims = [int(x) for x in shape]
+        if len(dims) != len(MESH_AXES):
+            raise ValueError(f"mesh shape {tuple(dims)} must have {len(MESH_AXES)} entries "
+                             f"{MESH_AXES}")
+    if dims.count(-1) > 1:
+        raise ValueError(f"mesh shape {tuple(dims)}: at most one axis may be -1")
+    if any(d == 0 or d < -1 for d in dims):
+        raise ValueError(f"mesh shape {tuple(dims)}: sizes must be positive or -1")
+    fixed = math.prod(d for d in dims if d != -1)
+    if -1 in dims:
+        if num_devices % fixed:
+            raise ValueError(f"mesh shape {tuple(dims)} does not divide the {num_devices} "
+                             "devices")
+        dims[dims.index(-1)] = num_devices // fixed
+    if math.prod(dims) != num_devices:
+        raise ValueError(f"mesh shape {dict(zip(MESH_AXES, dims))} needs {math.prod(dims)} "
+                         f"devices but {num_devices} are available")
+    return tuple(dims)
+
+
+def make_mesh(shape: Mapping[str, int] | Sequence[int] = (-1, 1, 1),
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over `devices` (default: all) with Auto axis types.
+
+    Auto (not Explicit) axis types let XLA's sharding propagation place intermediate values;
+    under Explicit types a plain embedding gather needs hand-written out-shardings.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    dims = mesh_shape(shape, len(devices))
+    return Mesh(np.asarray(devices).reshape(dims), MESH_AXES,
+                axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _mesh_axes_for(name: str | None, rules: Mapping[str, Any]) -> tuple[str, ...]:
+    if name is None:
+        return ()
+    if name not in rules:
+        raise ValueError(f"logical axis {name!r} has no sharding rule; rules: {sorted(rules)}")
+    axes = rules[name]
+    if axes is None:
+        return ()
+    return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def logical_to_spec(logical: PartitionSpec | Sequence[str | None], shape: Sequence[int],
+                    mesh: Mesh, rules: Mapping[str, Any] | None = None) -> PartitionSpec:
+    """Maps logical names to a mesh PartitionSpec for an array of `shape`.
+
+    A mesh axis is used at most once per array, and only where it divides the dimension;
+    otherwise that dimension stays replicated over it.
+    """
+    rules = LOGICAL_RULES if rules is None else rules
+    used: set[str] = set()
+    out = []
+    for name, dim in zip(tuple(logical), shape):
+        axes = []
+        size = 1
+        for axis in _mesh_axes_for(name, rules):
+            n = mesh.shape[axis]
+            if axis in used or n == 1 or dim % (size * n):
+                continue
+            axes.append(axis)
+            size *= n
+        used.update(axes)
+        out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+    return PartitionSpec(*out)
+
+
+def tree_shardings(logical_tree: Any, shape_tree: Any, mesh: Mesh,
+                   rules: Mapping[str, Any] | None = None) -> Any:
+    """NamedShardings for a tree of arrays given a matching tree of logical PartitionSpecs."""
+    return jax.tree.map(
+        lambda spec, x: NamedSharding(mesh, logical_to_spec(spec, x.shape, mesh, rules)),
+        logical_tree, shape_tree, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def param_shardings(cfg: Any, mesh: Mesh, rules: Mapping[str, Any] | None = None) -> Any:
+    """NamedShardings matching `transformer.init_params(cfg)`."""
+    from lrmjax.models import transformer  # late import: models depend on nothing here
+
+    return tree_shardings(transformer.param_logical_axes(cfg), transformer.param_shapes(cfg),
+                          mesh, rules)
+
+
+def init_sharded_params(cfg: Any, key: jax.Array, mesh: Mesh,
+                        rules: Mapping[str, Any] | None = None) -> Any:
+    """Initializes params directly into their shardings (no full copy on one device)."""
+    from lrmjax.models import transformer
+
+    shardings = param_shardings(cfg, mesh, rules)
+    return jax.jit(lambda k: transformer.init_params(cfg, k), out_shardings=shardings)(key)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Mapping[str, Any] | None = None
+                   ) -> NamedSharding:
+    """Sharding of a batch-major array: leading dim over the batch axes, rest replicated."""
+    axes = _mesh_axes_for("batch", LOGICAL_RULES if rules is None else rules)
+    axes = tuple(a for a in axes if mesh.shape[a] > 1)
+    lead = None if not axes else axes[0] if len(axes) == 1 else axes
+    return NamedSharding(mesh, PartitionSpec(lead, *([None] * (ndim - 1))))
+
+
+def batch_divisor(mesh: Mesh, rules: Mapping[str, Any] | None = None) -> int:
+    """The number of shards of the batch dimension: global batch sizes must be multiples."""
+    axes = _mesh_axes_for("batch", LOGICAL_RULES if rules is None else rules)
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
