@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["lrmjax", "lrmjax.*"]),
+    package_data={"lrmjax.data": ["fixtures/*.jsonl"]},
     install_requires=[
         "jax>=0.7.0",
         "flax>=0.11.0",
@@ -19,6 +20,7 @@ setup(
         "tensorflow-datasets>=4.9.9",
         "grain>=0.2.12",
         "array-record>=0.8.1",
+        "importlib_resources>=6.0",  # tfds 4.9.x imports it when building a packaged builder
         "absl-py>=2.1.0",
         "numpy>=1.26",
         "tokenizers>=0.21.0",

@@ -1,0 +1,10 @@
+"""Data: procedural tasks (`lrmjax.data.tasks`), prompt datasets (`lrmjax.data.datasets`),
+TFDS builders (`lrmjax.data.tfds_builders`) and curricula (`lrmjax.data.curriculum`).
+
+Shipped fixtures (hand-written, for tests and smoke runs) live in `FIXTURES_DIR`:
+`gsm8k_sample.jsonl` (30 GSM8K-format problems) and `math_sample.jsonl` (30 MATH-format).
+"""
+
+import pathlib
+
+FIXTURES_DIR = pathlib.Path(__file__).resolve().parent / "fixtures"

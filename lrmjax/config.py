@@ -1,0 +1,235 @@
+"""Experiment configuration: defaults for every group, and validation that names the bad key.
+
+An experiment file under `configs/` starts from `base_config(algorithm)`, changes what it needs
+and returns the ConfigDict. `main.py` locks it (so `--config.rl.kl_coef=0` can only set keys that
+exist) and calls `validate` before anything runs. The config is never mutated at run time;
+derived values live in the trainer's own objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from lrmjax.models import presets
+from lrmjax.rl import algorithms
+
+_TYPES = {"float32", "bfloat16", "float16"}
+# Estimators whose baseline does not come from the other responses to the same prompt; every
+# other estimator in the registry compares responses within a group and needs n >= 2.
+_BATCH_LEVEL_ESTIMATORS = frozenset({"gae", "reinforce_pp", "remax"})
+
+
+def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
+    """Defaults for every config group, with the RL knobs of `algorithm`'s preset."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "tiny"          # a name in lrmjax.models.presets.PRESETS
+    c.model.hf_path = ""             # a local HF checkpoint dir; overrides `preset` when set
+    c.model.dtype = "float32"        # compute dtype (bfloat16 on accelerators)
+    c.model.param_dtype = "float32"
+    c.model.remat = False
+    c.model.scan_layers = False
+    # ModelConfig fields to replace in the preset, e.g. {'num_layers': 2}. vocab_size -1 means
+    # "the tokenizer's vocabulary size".
+    c.model.overrides = ml_collections.ConfigDict({"vocab_size": -1})
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.kind = "char"        # 'char' (procedural tasks) or 'hf' (tokenizer.json)
+    c.tokenizer.path = ""            # for 'hf'; defaults to model.hf_path
+    c.tokenizer.chat_template = False  # wrap prompts with the tokenizer's chat template
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "task"           # 'task', 'gsm8k_jsonl' or 'math_jsonl'
+    c.data.task = "arithmetic"       # for source 'task': a name in lrmjax.data.tasks
+    c.data.task_kwargs = ml_collections.ConfigDict()
+    c.data.path = ""                 # for the JSONL sources
+    c.data.eval_path = ""
+    c.data.prompt_template = "{prompt}"  # applied to each Example.prompt
+    c.data.train_size = 100_000      # examples generated for a procedural train set
+    c.data.eval_size = 500           # held-out examples (a disjoint seed)
+    c.data.eval_seed = 1_000_003
+    c.data.curriculum = "none"       # 'none', 'band' (PRIME), 'weighted' (Kimi k1.5)
+    c.data.band_low = 0.0
+    c.data.band_high = 1.0
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.n = 8                 # responses per prompt (the group size)
+    c.sampling.temperature = 1.0
+    c.sampling.top_k = 0
+    c.sampling.top_p = 1.0
+    c.sampling.min_p = 0.0
+    c.sampling.max_new_tokens = 16
+    c.sampling.max_prompt_len = 32
+
+    c.rl = algorithms.get(algorithm)
+    c.algorithm = algorithm
+
+    c.reward = ml_collections.ConfigDict()
+    # Reward functions and weights. 'task' scores with the procedural task's own verifier.
+    c.reward.fns = ml_collections.ConfigDict({"task": 1.0})
+    c.reward.num_workers = 0         # 0 = in-process (no timeouts); >0 = worker processes
+    c.reward.timeout_s = 10.0
+    c.reward.device = False          # use the task's jittable device reward when it has one
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-6
+    c.optim.schedule = "constant"    # 'constant' or 'cosine' (both after linear warmup)
+    c.optim.warmup_steps = 0
+    c.optim.min_lr_ratio = 0.1
+    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.grad_clip = 1.0
+    c.optim.critic_lr = 1e-5
+    c.optim.critic_warmup_steps = 0
+
+    c.sft = ml_collections.ConfigDict()
+    c.sft.steps = 0                  # 0 = no supervised warm start
+    c.sft.batch_size = 64
+    c.sft.lr = 1e-3
+    c.sft.warmup_steps = 20
+    c.sft.eval_every = 50
+    c.sft.target_accuracy = 1.0      # stop once held-out greedy accuracy reaches this
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 100
+    c.train.batch_prompts = 16       # prompts per RL step (x sampling.n responses)
+    c.train.ppo_epochs = 1
+    c.train.minibatches = 1          # optimizer steps per epoch
+    c.train.microbatches = 1         # gradient accumulation inside one optimizer step
+    c.train.max_refill_rounds = 4    # dynamic sampling: extra sampling rounds per step
+    c.train.max_nonfinite = 5        # consecutive skipped (non-finite) updates before stopping
+    c.train.log_every = 10
+    c.train.rollout_log_every = 50
+    c.train.checkpoint_every = 100
+    c.train.keep_checkpoints = 2
+    c.train.export_hf = True         # save_pretrained at the end when the model is HF-compatible
+    c.train.progress = True          # console progress bar
+    c.train.peak_tflops = 0.44       # per device, for perf/mfu (2-core CPU fp32 matmul: ~0.44)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 100               # 0 = only before and after training
+    c.eval.size = 500
+    c.eval.k = 4                     # samples per prompt for pass@k / maj@k (0 = greedy only)
+    c.eval.temperature = 1.0
+    c.eval.batch_size = 256
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    c.mesh.distributed = False       # call jax.distributed.initialize()
+    c.mesh.coordinator_address = ""
+    c.mesh.num_processes = 1
+    c.mesh.process_id = 0
+    return c
+
+
+def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> presets.ModelConfig:
+    """The ModelConfig a run uses (for presets; HF checkpoints bring their own)."""
+    import jax.numpy as jnp
+
+    overrides = dict(cfg.model.overrides)
+    if overrides.get("vocab_size", -1) == -1:
+        overrides["vocab_size"] = vocab_size
+    return presets.get(cfg.model.preset, dtype=jnp.dtype(cfg.model.dtype),
+                       param_dtype=jnp.dtype(cfg.model.param_dtype), remat=cfg.model.remat,
+                       scan_layers=cfg.model.scan_layers, **overrides)
+
+
+def _check_keys(cfg: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
+                prefix: str, free: set[str]) -> None:
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        if key not in defaults:
+            raise ValueError(f"Unknown config key {path!r}; valid keys under "
+                             f"{prefix or 'the root'}: {sorted(defaults.keys())}")
+        value, default = cfg[key], defaults[key]
+        if path in free:
+            continue
+        if isinstance(default, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ValueError(f"Config key {path!r} must be a group, got {value!r}")
+            _check_keys(value, default, path + ".", free)
+        elif default is not None and value is not None and not _same_type(value, default):
+            raise ValueError(f"Config key {path!r} must be {type(default).__name__}, got "
+                             f"{value!r} ({type(value).__name__})")
+
+
+def _same_type(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
+
+
+def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Raises ValueError naming the first bad key: unknown key, wrong type, bad sizes."""
+    defaults = base_config(cfg.get("algorithm", "grpo"))
+    # Groups whose keys are free-form: model overrides (checked against ModelConfig), the
+    # reward weights (checked against the reward registry), task kwargs (checked by the task).
+    free = {"model.overrides", "reward.fns", "data.task_kwargs"}
+    _check_keys(cfg, defaults, "", free)
+
+    fields = {f.name for f in dataclasses.fields(presets.ModelConfig)}
+    bad = set(cfg.model.overrides.keys()) - fields
+    if bad:
+        raise ValueError(f"Unknown key(s) {sorted(bad)} in config 'model.overrides'; valid: "
+                         f"{sorted(fields)}")
+    if not cfg.model.hf_path and cfg.model.preset not in presets.PRESETS:
+        raise ValueError(f"config 'model.preset' {cfg.model.preset!r} is not a preset; valid: "
+                         f"{sorted(presets.PRESETS)}")
+    for key in ("dtype", "param_dtype"):
+        if cfg.model[key] not in _TYPES:
+            raise ValueError(f"config 'model.{key}' must be one of {sorted(_TYPES)}, got "
+                             f"{cfg.model[key]!r}")
+    if cfg.tokenizer.kind not in ("char", "hf"):
+        raise ValueError(f"config 'tokenizer.kind' must be 'char' or 'hf', got "
+                         f"{cfg.tokenizer.kind!r}")
+    if cfg.data.source not in ("task", "gsm8k_jsonl", "math_jsonl"):
+        raise ValueError(f"config 'data.source' {cfg.data.source!r} must be one of 'task', "
+                         "'gsm8k_jsonl', 'math_jsonl'")
+    if cfg.data.curriculum not in ("none", "band", "weighted"):
+        raise ValueError(f"config 'data.curriculum' {cfg.data.curriculum!r} must be one of "
+                         "'none', 'band', 'weighted'")
+    if cfg.optim.schedule not in ("constant", "cosine"):
+        raise ValueError(f"config 'optim.schedule' {cfg.optim.schedule!r} must be 'constant' or "
+                         "'cosine'")
+
+    for key in ("sampling.n", "sampling.max_new_tokens", "sampling.max_prompt_len",
+                "train.batch_prompts", "train.ppo_epochs", "train.minibatches",
+                "train.microbatches", "sft.batch_size", "eval.batch_size"):
+        group, name = key.split(".")
+        if cfg[group][name] <= 0:
+            raise ValueError(f"config '{key}' must be positive, got {cfg[group][name]}")
+    n = cfg.sampling.n
+    batch = cfg.train.batch_prompts * n
+    per_update = cfg.train.minibatches * cfg.train.microbatches
+    if batch % per_update:
+        raise ValueError(f"config 'train.batch_prompts' x 'sampling.n' = {batch} responses is not "
+                         f"divisible by train.minibatches x train.microbatches = {per_update}")
+    if cfg.rl.adv_estimator not in _BATCH_LEVEL_ESTIMATORS and n < 2:
+        raise ValueError(f"config 'sampling.n' = {n}: the {cfg.rl.adv_estimator!r} advantage "
+                         "needs at least 2 responses per prompt")
+    if num_devices is not None:
+        from lrmjax import parallel
+
+        dims = parallel.mesh_shape(
+            {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor},
+            num_devices)
+        shards = dims[0] * dims[1]
+        if (batch // per_update) % shards:
+            raise ValueError(f"a microbatch of {batch // per_update} responses does not divide "
+                             f"over the {shards} batch shards of mesh "
+                             f"{dict(zip(parallel.MESH_AXES, dims))} (config 'train.batch_prompts')")
+    try:
+        algorithms.validate(cfg.rl)
+    except ValueError as e:
+        raise ValueError(f"config 'rl' (algorithm {cfg.algorithm!r}): {e}") from e

@@ -1,0 +1,189 @@
+"""Prompt datasets: TFDS array_record sources read through grain, batched into `Example`s.
+
+    source = make_source("gsm8k_jsonl", path="train.jsonl", data_dir=workdir + "/tfds")
+    data = PromptDataset(source, batch_size=32, seed=0, shard_index=host, shard_count=hosts)
+    it = iter(data)
+    batch = next(it)              # list[Example]; the trainer tokenizes
+    state = it.get_state()        # JSON-serializable; save it in the checkpoint
+    it = iter(data); it.set_state(state)   # continues exactly where it left off
+
+Order: each host takes an equal-size strided shard of the source (rows i with
+i % shard_count == shard_index, after dropping the last len % shard_count rows so every host
+yields the same number of batches), shuffles it with `seed` (a new permutation every epoch),
+batches, and repeats `num_epochs` times (None: forever). Per-prompt curricula and online
+procedural streams live in `lrmjax.data.curriculum`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grain
+import tensorflow_datasets as tfds
+
+from lrmjax.data import tfds_builders
+from lrmjax.data.tasks import Example
+
+DEFAULT_DATA_DIR = os.path.join("~", ".cache", "lrmjax", "tfds")
+
+
+class PromptSource:
+    """Random-access prompts (grain's data-source protocol: `len`, `[i] -> Example`).
+
+    `metadata` of each example is the stored JSON plus `source`, `row_index` and `uid`.
+    `stats` holds the build statistics: num_rows, skipped, skipped_rows ([[row, reason]]).
+    """
+
+    def __init__(self, builder: tfds.core.DatasetBuilder):
+        self.builder = builder
+        self._records = builder.as_data_source()[tfds_builders.SPLIT]
+        self.stats: dict[str, Any] = dict(builder.info.metadata)
+        self.name = builder.builder_config.name
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> Example:
+        record = self._records[index]
+        meta = json.loads(record["metadata"])
+        source = record["source"].decode("utf-8")
+        row_index = int(record["row_index"])
+        meta.update(source=source, row_index=row_index)
+        meta.setdefault("uid", f"{source}:{row_index}")
+        return Example(prompt=record["prompt"].decode("utf-8"),
+                       answer=record["answer"].decode("utf-8"), metadata=meta)
+
+    def __repr__(self) -> str:
+        return f"PromptSource({self.name!r}, {len(self)} rows, skipped={self.stats.get('skipped')})"
+
+
+def _gsm8k(data_dir: str, path: str) -> tfds.core.DatasetBuilder:
+    return tfds_builders.jsonl_builder(path, "gsm8k", data_dir)
+
+
+def _math(data_dir: str, path: str) -> tfds.core.DatasetBuilder:
+    return tfds_builders.jsonl_builder(path, "math", data_dir)
+
+
+def _task(data_dir: str, task: str, n: int, seed: int = 0,
+          task_kwargs: dict[str, Any] | None = None) -> tfds.core.DatasetBuilder:
+    return tfds_builders.task_builder(task, n, seed, data_dir, task_kwargs)
+
+
+SOURCES: dict[str, Callable[..., tfds.core.DatasetBuilder]] = {
+    "gsm8k_jsonl": _gsm8k,   # path=
+    "math_jsonl": _math,     # path=
+    "task": _task,           # task=, n=, seed=, task_kwargs=
+}
+
+
+def make_source(kind: str, data_dir: str | None = None, **kwargs: Any) -> PromptSource:
+    """Builds (once; later calls reuse the files) and opens a prompt source.
+
+    Args:
+      kind: 'gsm8k_jsonl' (path=), 'math_jsonl' (path=) or 'task' (task=, n=, seed=,
+        task_kwargs=).
+      data_dir: where TFDS writes array_record files (default ~/.cache/lrmjax/tfds).
+    """
+    if kind not in SOURCES:
+        raise ValueError(f"unknown source kind {kind!r}; valid: {sorted(SOURCES)}")
+    data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
+    return PromptSource(SOURCES[kind](data_dir, **kwargs))
+
+
+def shard_indices(num_examples: int, shard_index: int, shard_count: int) -> range:
+    """Rows of one host's shard: equal-size strided slices (the last len % count rows dropped).
+
+    Raises ValueError for a bad shard spec or a shard that would be empty."""
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index}, {shard_count}")
+    per_shard = num_examples // shard_count
+    if per_shard == 0:
+        raise ValueError(f"{num_examples} examples cannot fill {shard_count} shards")
+    return range(shard_index, per_shard * shard_count, shard_count)
+
+
+class PromptIterator:
+    """Iterator over `list[Example]` batches with JSON-serializable `get_state`/`set_state`."""
+
+    def __init__(self, dataset: PromptDataset):
+        self._dataset = dataset
+        read = grain.ReadOptions(num_threads=dataset.read_threads,
+                                 prefetch_buffer_size=dataset.read_threads * 4)
+        self._it = dataset.grain_dataset.to_iter_dataset(read).__iter__()
+
+    def __iter__(self) -> PromptIterator:
+        return self
+
+    def __next__(self) -> list[Example]:
+        return next(self._it)
+
+    def get_state(self) -> dict[str, Any]:
+        """{'position': grain's state, 'fingerprint': the settings it is valid for}."""
+        return {"position": self._it.get_state(), "fingerprint": self._dataset.fingerprint}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores a position from `get_state`. Raises ValueError if it was saved by a dataset
+        with other settings (source, size, batch size, seed, shuffle, sharding)."""
+        expected = self._dataset.fingerprint
+        saved = state.get("fingerprint")
+        if saved != expected:
+            diff = {k: (saved.get(k) if isinstance(saved, dict) else None, v)
+                    for k, v in expected.items()
+                    if not isinstance(saved, dict) or saved.get(k) != v}
+            raise ValueError(f"data state was saved with other settings (saved, now): {diff}")
+        self._it.set_state(state["position"])
+
+
+class PromptDataset:
+    """Batches of prompts from a `PromptSource` via grain, shuffled, repeated and sharded.
+
+    Args:
+      source: any random-access source of `Example`s (a `PromptSource`, or a list).
+      batch_size: examples per batch (per host).
+      seed: shuffle seed; each epoch draws a new permutation from it.
+      shuffle: False keeps source order (e.g. for evaluation).
+      shard_index, shard_count: this host's shard (see `shard_indices`).
+      num_epochs: passes over the shard; None repeats forever.
+      drop_remainder: drop each epoch's last partial batch (default True: RL batches keep a
+        static shape); set False for evaluation to see every example once.
+      read_threads: grain reader threads (0 reads in the calling thread).
+    """
+
+    def __init__(self, source: Any, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 shard_index: int = 0, shard_count: int = 1, num_epochs: int | None = None,
+                 drop_remainder: bool = True, read_threads: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_epochs is not None and num_epochs < 1:
+            raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
+        rows = shard_indices(len(source), shard_index, shard_count)
+        if drop_remainder and len(rows) < batch_size:
+            raise ValueError(f"a shard of {len(rows)} examples cannot fill one batch of "
+                             f"{batch_size} with drop_remainder=True")
+        ds = grain.MapDataset.source(source)
+        if shard_count > 1:
+            ds = ds[rows.start:rows.stop:rows.step]
+        if shuffle:
+            ds = ds.shuffle(seed=seed)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=list)
+        self.grain_dataset = ds.repeat(num_epochs)
+        self.read_threads = read_threads
+        self.fingerprint = {
+            "source": getattr(source, "name", type(source).__name__),
+            "num_examples": len(source), "batch_size": batch_size, "seed": seed,
+            "shuffle": shuffle, "shard_index": shard_index, "shard_count": shard_count,
+            "num_epochs": num_epochs, "drop_remainder": drop_remainder,
+        }
+
+    def __iter__(self) -> Iterator[list[Example]]:
+        return PromptIterator(self)
+
+    def __len__(self) -> int:
+        """Batches in all epochs (raises for an endless dataset)."""
+        if self.fingerprint["num_epochs"] is None:
+            raise TypeError("an endlessly repeating PromptDataset has no length")
+        return len(self.grain_dataset)

@@ -1,0 +1,274 @@
+"""TFDS builders that turn prompt sources into array_record files (no TensorFlow needed).
+
+Every builder writes one `train` split of unified records
+
+    {prompt: str, answer: str, metadata: str (JSON), source: str, row_index: int64}
+
+in the array_record format, read back with `builder.as_data_source()` (random access, which
+grain needs). `tfds.core.GeneratorBasedBuilder` with `file_format='array_record'` builds and
+reads in tensorflow-datasets 4.9.10 without TensorFlow installed. Records keep the input's row
+order (`disable_shuffling=True`).
+
+Sources:
+  * GSM8K-format JSONL: {"question", "answer": "...reasoning...\\n#### 42"}; answer = text after
+    the last '####' with thousands commas removed.
+  * MATH-format JSONL: {"problem", "solution" with \\boxed{...}, "level", "type"}; answer = the
+    content of the last \\boxed{} (nested braces handled).
+  * a procedural task: `n` examples of `lrmjax.data.tasks.get_task(task, **task_kwargs)` from
+    `np.random.default_rng(seed)`.
+
+Bad JSONL rows (invalid JSON, a missing or non-string field, no final answer) are skipped,
+logged with their row number (0-based line index) and counted in `builder.info.metadata`
+({'num_rows', 'skipped', 'skipped_rows': [[row, reason], ...]}); a file with no good row raises
+a ValueError naming it. Each config's name carries a hash of the file contents (or of the task
+settings), so editing a file builds a new version instead of reading a stale one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from lrmjax.data.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+SPLIT = "train"
+# How many skipped rows keep their reason in the stored stats (all are counted).
+_MAX_LISTED_SKIPS = 1000
+
+
+class BadRow(ValueError):
+    """A JSONL row that cannot become a prompt; the message says why."""
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last `\boxed{...}` (or `\fbox{...}`) in `text`, braces matched; also the
+    brace-less `\boxed 5` form. None if there is none or its braces do not close."""
+    starts = [m for m in re.finditer(r"\\(?:boxed|fbox)(?:\s*(\{)|\s+)", text)]
+    if not starts:
+        return None
+    m = starts[-1]
+    if m.group(1) is None:  # `\boxed 5`: the answer runs to the next space or '$'.
+        tail = re.match(r"[^\s$]+", text[m.end():])
+        return tail.group(0) if tail else None
+    depth = 1
+    for i in range(m.end(), len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if text[i - 1] == "\\" and text[i] in "{}":  # `\{` and `\}` are literal braces.
+            depth -= {"{": 1, "}": -1}[text[i]]
+        if depth == 0:
+            return text[m.end():i]
+    return None
+
+
+def _string_field(row: dict, key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        raise BadRow(f"missing {key!r}")
+    if not isinstance(value, str):
+        raise BadRow(f"{key!r} is {type(value).__name__}, not str")
+    if not value.strip():
+        raise BadRow(f"{key!r} is empty")
+    return value
+
+
+def parse_gsm8k(row: dict) -> tuple[str, str, dict[str, Any]]:
+    """GSM8K row -> (prompt, answer, metadata). Raises BadRow."""
+    question = _string_field(row, "question")
+    full = _string_field(row, "answer")
+    if "####" not in full:
+        raise BadRow("'answer' has no '#### <final answer>'")
+    reasoning, final = full.rsplit("####", 1)
+    final = final.strip().replace(",", "")
+    if not final:
+        raise BadRow("'answer' has nothing after '####'")
+    return question.strip(), final, {"solution": reasoning.strip()}
+
+
+def parse_math(row: dict) -> tuple[str, str, dict[str, Any]]:
+    """MATH row -> (prompt, answer, metadata with solution, level, type). Raises BadRow."""
+    problem = _string_field(row, "problem")
+    solution = _string_field(row, "solution")
+    answer = last_boxed(solution)
+    if answer is None or not answer.strip():
+        raise BadRow("'solution' has no complete \\boxed{...}")
+    meta = {"solution": solution}
+    for key in ("level", "type"):
+        if key in row:
+            if not isinstance(row[key], str):
+                raise BadRow(f"{key!r} is {type(row[key]).__name__}, not str")
+            meta[key] = row[key]
+    return problem.strip(), answer.strip(), meta
+
+
+PARSERS: dict[str, Callable[[dict], tuple[str, str, dict[str, Any]]]] = {
+    "gsm8k": parse_gsm8k,
+    "math": parse_math,
+}
+
+
+def read_jsonl(path: str, fmt: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Parses a JSONL file into unified records, skipping bad rows.
+
+    Returns:
+      records: dicts with prompt, answer, metadata (JSON str), source, row_index.
+      stats: {'num_rows': kept, 'skipped': count, 'skipped_rows': [[row, reason], ...]}.
+
+    Raises:
+      ValueError: unknown `fmt`, or no row of the file is usable (naming the file).
+    """
+    if fmt not in PARSERS:
+        raise ValueError(f"unknown JSONL format {fmt!r}; valid: {sorted(PARSERS)}")
+    parse = PARSERS[fmt]
+    source = f"{fmt}:{epath.Path(path).stem}"
+    records, skipped = [], []
+    lines = epath.Path(path).read_text(encoding="utf-8").splitlines()
+    for row_index, line in enumerate(lines):
+        if not line.strip():
+            continue  # Blank lines (e.g. a trailing newline) are not rows.
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise BadRow(f"row is a JSON {type(row).__name__}, not an object")
+            prompt, answer, meta = parse(row)
+        except (json.JSONDecodeError, BadRow) as e:
+            reason = f"invalid JSON: {e}" if isinstance(e, json.JSONDecodeError) else str(e)
+            log.warning("%s: skipping row %d: %s", path, row_index, reason)
+            skipped.append([row_index, reason])
+            continue
+        meta["uid"] = f"{source}:{row_index}"
+        records.append({"prompt": prompt, "answer": answer, "metadata": json.dumps(meta),
+                        "source": source, "row_index": row_index})
+    if not records:
+        raise ValueError(f"{path}: no usable {fmt} row ({len(skipped)} skipped, e.g. "
+                         f"{skipped[:3]})")
+    if skipped:
+        log.warning("%s: skipped %d of %d rows", path, len(skipped), len(skipped) + len(records))
+    stats = {"num_rows": len(records), "skipped": len(skipped),
+             "skipped_rows": skipped[:_MAX_LISTED_SKIPS]}
+    return records, stats
+
+
+def task_records(task: str, task_kwargs: dict[str, Any], n: int, seed: int
+                 ) -> list[dict[str, Any]]:
+    """`n` unified records of a procedural task, deterministic in `seed`."""
+    examples = get_task(task, **task_kwargs).sample(np.random.default_rng(seed), n)
+    source = f"task:{task}"
+    records = []
+    for i, ex in enumerate(examples):
+        meta = {**ex.metadata, "uid": f"{source}:{seed}:{i}"}
+        try:
+            meta_json = json.dumps(meta)
+        except TypeError as e:
+            raise ValueError(f"task {task!r} made metadata that is not JSON: {e}") from e
+        records.append({"prompt": ex.prompt, "answer": ex.answer, "metadata": meta_json,
+                        "source": source, "row_index": i})
+    return records
+
+
+def _features() -> tfds.features.FeaturesDict:
+    return tfds.features.FeaturesDict({
+        "prompt": tfds.features.Text(), "answer": tfds.features.Text(),
+        "metadata": tfds.features.Text(), "source": tfds.features.Text(),
+        "row_index": np.int64,
+    })
+
+
+def _config_name(label: str, payload: bytes) -> str:
+    """A valid TFDS config name: sanitized label + content hash."""
+    clean = re.sub(r"[^a-z0-9_]", "_", label.lower()).strip("_") or "data"
+    return f"{clean[:40]}_{hashlib.sha1(payload).hexdigest()[:12]}"
+
+
+@dataclasses.dataclass
+class JsonlConfig(tfds.core.BuilderConfig):
+    path: str = ""
+    fmt: str = "gsm8k"
+
+
+@dataclasses.dataclass
+class TaskConfig(tfds.core.BuilderConfig):
+    task: str = ""
+    task_kwargs: dict = dataclasses.field(default_factory=dict)
+    n: int = 0
+    seed: int = 0
+
+
+class LrmjaxJsonlPrompts(tfds.core.GeneratorBasedBuilder):
+    """Prompts from a local GSM8K- or MATH-format JSONL file."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(builder=self, features=_features(), disable_shuffling=True,
+                                     metadata=tfds.core.MetadataDict())
+
+    def _split_generators(self, dl_manager) -> dict[str, Iterator]:
+        # Parse everything before writing anything, so an all-bad file fails cleanly.
+        records, stats = read_jsonl(self.builder_config.path, self.builder_config.fmt)
+        self.info.metadata.update(stats)
+        return {SPLIT: self._generate_examples(records)}
+
+    def _generate_examples(self, records):
+        for record in records:
+            yield record["row_index"], record
+
+
+class LrmjaxTaskPrompts(tfds.core.GeneratorBasedBuilder):
+    """`n` prompts of a procedural task, generated from a seed."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(builder=self, features=_features(), disable_shuffling=True,
+                                     metadata=tfds.core.MetadataDict())
+
+    def _split_generators(self, dl_manager) -> dict[str, Iterator]:
+        c = self.builder_config
+        records = task_records(c.task, c.task_kwargs, c.n, c.seed)
+        self.info.metadata.update({"num_rows": len(records), "skipped": 0, "skipped_rows": []})
+        return {SPLIT: self._generate_examples(records)}
+
+    def _generate_examples(self, records):
+        for record in records:
+            yield record["row_index"], record
+
+
+def jsonl_builder(path: str, fmt: str, data_dir: str) -> tfds.core.DatasetBuilder:
+    """The (prepared) builder for a JSONL file; builds it on first use."""
+    if fmt not in PARSERS:
+        raise ValueError(f"unknown JSONL format {fmt!r}; valid: {sorted(PARSERS)}")
+    p = epath.Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"JSONL file not found: {path}")
+    name = _config_name(f"{fmt}_{p.stem}", fmt.encode() + b"\0" + p.read_bytes())
+    builder = LrmjaxJsonlPrompts(config=JsonlConfig(name=name, path=str(p), fmt=fmt),
+                                 data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+    return builder
+
+
+def task_builder(task: str, n: int, seed: int, data_dir: str,
+                 task_kwargs: dict[str, Any] | None = None) -> tfds.core.DatasetBuilder:
+    """The (prepared) builder for `n` examples of a procedural task from `seed`."""
+    task_kwargs = dict(task_kwargs or {})
+    if n < 1:
+        raise ValueError(f"task dataset needs n >= 1, got {n}")
+    get_task(task, **task_kwargs)  # Validate name and kwargs before naming anything.
+    settings = json.dumps({"task": task, "kwargs": task_kwargs, "n": n, "seed": seed},
+                          sort_keys=True)
+    name = _config_name(f"{task}_{n}", settings.encode())
+    config = TaskConfig(name=name, task=task, task_kwargs=task_kwargs, n=n, seed=seed)
+    builder = LrmjaxTaskPrompts(config=config, data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+    return builder

@@ -1,0 +1,72 @@
+"""Orbax checkpoints of the whole run: state pytree + JSON extras (data position, curriculum,
+RNG, config).
+
+Two managers under the workdir: `checkpoints/` keeps the last N saves, `best/` keeps the one
+with the highest held-out accuracy. Saves are asynchronous; Orbax writes each step into a
+temporary directory and renames it only when complete, so a save cut off by a crash is never
+listed (and never restored).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def _state_tree(state: Any) -> dict[str, Any]:
+    """The arrays of a TrainState as a plain dict (static optax objects excluded)."""
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
+            "critic_params": state.critic_params, "critic_opt_state": state.critic_opt_state,
+            "kl_coef": state.kl_coef, "nonfinite": state.nonfinite}
+
+
+class Checkpointer:
+    """Saves and restores (state, extras) by step."""
+
+    def __init__(self, workdir: str, keep: int = 2, async_save: bool = True,
+                 best_metric: str = "eval/greedy_pass@1"):
+        directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.best_metric = best_metric
+        self.manager = ocp.CheckpointManager(
+            directory, item_names=("state", "extras"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=async_save))
+        self.best = ocp.CheckpointManager(
+            os.path.abspath(os.path.join(workdir, "best")), item_names=("state", "extras"),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, create=True, best_fn=lambda m: m[best_metric], best_mode="max",
+                enable_async_checkpointing=async_save))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, extras: dict[str, Any],
+             eval_metrics: dict[str, float] | None = None) -> None:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)),
+                                  extras=ocp.args.JsonSave(extras))
+        self.manager.save(step, args=args, force=True)
+        if eval_metrics is not None and self.best_metric in eval_metrics:
+            self.best.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_state_tree(state)),
+                extras=ocp.args.JsonSave(extras)),
+                metrics={self.best_metric: float(eval_metrics[self.best_metric])}, force=True)
+
+    def restore(self, step: int, state: Any) -> tuple[Any, dict[str, Any]]:
+        """Restores into the structure, dtypes and shardings of `state`."""
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(state))
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), extras=ocp.args.JsonRestore()))
+        tree = out["state"]
+        return state.replace(**tree), dict(out["extras"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
+        self.manager.close()
+        self.best.close()

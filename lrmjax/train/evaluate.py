@@ -1,0 +1,91 @@
+"""Held-out evaluation: greedy pass@1, sampled pass@1, pass@k (unbiased), maj@k, length."""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from lrmjax.sampling import SamplingParams
+
+ScoreFn = Callable[[Sequence[Any], Sequence[str]], Sequence[float]]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021, eq. 1):
+    1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_correct(answers: Sequence[str | None], correct: Sequence[float]) -> float:
+    """maj@k: 1.0 if the most frequent (non-empty) answer is a correct one.
+
+    Ties go to the answer seen first; responses without an answer do not vote.
+    """
+    votes = collections.Counter(a for a in answers if a)
+    if not votes:
+        return 0.0
+    top = max(votes.values())
+    winner = next(a for a in answers if a and votes[a] == top)
+    return float(next(c for a, c in zip(answers, correct) if a == winner) > 0.5)
+
+
+def evaluate(sampler: Any, params: Any, examples: Sequence[Any], encode: Callable,
+             decode: Callable, score_fn: ScoreFn, key: jax.Array, *, max_new_tokens: int,
+             k: int = 0, temperature: float = 1.0, batch_size: int = 256,
+             answer_fn: Callable[[str], str | None] | None = None,
+             prefix: str = "eval/") -> dict[str, float]:
+    """Scores `examples` greedily (pass@1) and, with k > 0, with k samples each.
+
+    Args:
+      sampler: a `lrmjax.sampling.Sampler`.
+      encode: list of examples -> (prompt_tokens [B, P], prompt_mask [B, P]).
+      decode: Rollout -> list of completion strings.
+      score_fn: (examples, completions) -> scores in [0, 1] (1 = correct).
+      answer_fn: completion -> extracted answer for maj@k (default: the stripped completion).
+
+    Returns metrics: greedy_pass@1, mean_response_length and, with k > 0, pass@1 (sampled),
+    pass@k and maj@k, each a mean over examples.
+    """
+    answer_fn = answer_fn or (lambda s: s.strip() or None)
+    greedy_scores, lengths = [], []
+    sampled: list[list[float]] = []
+    answers: list[list[str | None]] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start:start + batch_size])
+        tokens, mask = encode(chunk)
+        roll = sampler.generate(params, tokens, mask,
+                                SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens),
+                                key)
+        texts = decode(roll)
+        greedy_scores += list(score_fn(chunk, texts))
+        lengths += list(np.asarray(roll.lengths))
+        if k > 0:
+            key, sub = jax.random.split(key)
+            roll = sampler.generate(params, tokens, mask,
+                                    SamplingParams(temperature=temperature, n=k,
+                                                   max_new_tokens=max_new_tokens), sub)
+            texts = decode(roll)
+            rep = [ex for ex in chunk for _ in range(k)]
+            scores = np.asarray(score_fn(rep, texts), float).reshape(len(chunk), k)
+            sampled += scores.tolist()
+            answers += [[answer_fn(t) for t in texts[i * k:(i + 1) * k]]
+                        for i in range(len(chunk))]
+    out = {f"{prefix}greedy_pass@1": float(np.mean(greedy_scores)),
+           f"{prefix}mean_response_length": float(np.mean(lengths))}
+    if k > 0:
+        s = np.asarray(sampled)
+        correct = (s > 0.5).sum(axis=1)
+        out[f"{prefix}pass@1"] = float(s.mean())
+        out[f"{prefix}pass@{k}"] = float(np.mean([pass_at_k(k, int(c), k) for c in correct]))
+        out[f"{prefix}maj@{k}"] = float(np.mean([majority_correct(a, row)
+                                                 for a, row in zip(answers, s)]))
+    return out

@@ -1,0 +1,233 @@
+"""Everything a run builds from its config before training: mesh, tokenizer, model and its
+initial params, data iterators, the reward path and the sampler, gathered in `Inputs`.
+
+`Inputs` also owns the text <-> token conversions the trainer and evaluator share, so the
+trainer itself never touches strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from lrmjax import config as config_lib
+from lrmjax import parallel
+from lrmjax import tokenizers as tok_lib
+from lrmjax.data import curriculum as curriculum_lib
+from lrmjax.data import datasets
+from lrmjax.data import tasks as tasks_lib
+from lrmjax.data.tasks import Example
+from lrmjax.models import transformer
+from lrmjax.models.presets import ModelConfig
+from lrmjax.rewards import base as reward_base
+from lrmjax.rewards import task as _task_reward  # noqa: F401  (registers the 'task' reward)
+from lrmjax.rewards.pool import RewardPool
+from lrmjax.sampling import Rollout, Sampler, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Inputs:
+    cfg: ml_collections.ConfigDict
+    mesh: Any
+    tokenizer: Any
+    model_cfg: ModelConfig
+    init_params: Any
+    sampler: Sampler
+    train_source: Any
+    data_iter: Any
+    eval_examples: list[Example]
+    reward_fn: Any
+    pool: RewardPool
+    task: Any
+    hf_exportable: bool
+    train_sampling: SamplingParams
+    prompt_len: int
+
+    @property
+    def loss_temperature(self) -> float:
+        t = self.cfg.sampling.temperature
+        return t if t > 0 else 1.0
+
+    # ------------------------------------------------------------ text <-> tokens
+    def prompt_text(self, ex: Example) -> str:
+        text = self.cfg.data.prompt_template.format(prompt=ex.prompt)
+        if self.cfg.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                      add_generation_prompt=True)
+        return text
+
+    def encode(self, examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]:
+        """Left-pads the prompts to exactly `prompt_len` slots: [B, P] tokens and mask."""
+        add_bos = self.tokenizer.bos_id is not None and not self.cfg.tokenizer.chat_template
+        ids = [self.tokenizer.encode(self.prompt_text(ex), add_bos=add_bos) for ex in examples]
+        for ex, seq in zip(examples, ids):
+            if len(seq) > self.prompt_len:
+                raise ValueError(f"prompt of {len(seq)} tokens exceeds sampling.max_prompt_len="
+                                 f"{self.prompt_len}: {ex.prompt[:80]!r}")
+        return tok_lib.left_pad(ids, self.tokenizer.pad_id, self.prompt_len)
+
+    def decode(self, roll: Rollout) -> list[str]:
+        toks = np.asarray(roll.response_tokens)
+        mask = np.asarray(roll.response_mask)
+        return [self.tokenizer.decode(t[m]) for t, m in zip(toks, mask)]
+
+    # ------------------------------------------------------------ rewards
+    def reward_metadata(self, examples: Sequence[Example], roll: Rollout | None
+                        ) -> list[dict[str, Any]]:
+        rows = []
+        for i, ex in enumerate(examples):
+            row = {**ex.metadata, "prompt": ex.prompt, "answer": ex.answer}
+            if roll is not None:
+                row["group_id"] = int(roll.group_ids[i])
+                row["response_tokens"] = int(roll.lengths[i])
+            rows.append(row)
+        return rows
+
+    def score(self, examples: Sequence[Example], completions: Sequence[str], roll: Rollout
+              ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+        """Rewards [N] for one rollout, their components, and the pool's error counts."""
+        prompts = [ex.prompt for ex in examples]
+        return self.pool.score(prompts, list(completions), self.reward_metadata(examples, roll))
+
+    def score_texts(self, examples: Sequence[Example], completions: Sequence[str]
+                    ) -> list[float]:
+        """Correctness for evaluation: the task's verifier, else the reward functions."""
+        if self.task is not None:
+            return [tasks_lib.verify_example(ex, c) for ex, c in zip(examples, completions)]
+        scores, _, _ = self.pool.score([ex.prompt for ex in examples], list(completions),
+                                       self.reward_metadata(examples, None))
+        return list(np.asarray(scores))
+
+    def observe(self, examples: Sequence[Example], rewards: np.ndarray) -> None:
+        """Feeds a step's rewards to the curriculum (per-prompt running accuracy)."""
+        if isinstance(self.data_iter, curriculum_lib.CurriculumDataset):
+            n = len(rewards) // len(examples)
+            self.data_iter.update([ex for ex in examples for _ in range(n)], rewards.tolist())
+
+    # ------------------------------------------------------------ accounting and export
+    def step_flops(self, rows: int, length: int, epochs: int, with_ref: bool,
+                   with_critic: bool) -> float:
+        """FLOPs of one RL step: sampling forward + (ref, critic) forwards + 3x per update."""
+        fwd = rows * length * self.model_cfg.flops_per_token(length // 2)
+        return fwd * (1 + int(with_ref) + 3 * epochs * (1 + int(with_critic)) + int(with_critic))
+
+    def export(self, params: Any, path: str) -> None:
+        from lrmjax.models import hf
+
+        hf.save_pretrained(self.model_cfg, jax.device_get(params), path,
+                           tokenizer=self.tokenizer if self.cfg.tokenizer.kind == "hf" else None)
+
+
+def _tokenizer(cfg: ml_collections.ConfigDict) -> Any:
+    if cfg.tokenizer.kind == "char":
+        return tok_lib.CharTokenizer()
+    return tok_lib.HFTokenizer.from_pretrained(cfg.tokenizer.path or cfg.model.hf_path)
+
+
+def _model(cfg: ml_collections.ConfigDict, tokenizer: Any, mesh: Any
+           ) -> tuple[ModelConfig, Any, bool]:
+    if cfg.model.hf_path:
+        from lrmjax.models import hf
+        import jax.numpy as jnp
+
+        model_cfg, params = hf.load_pretrained(cfg.model.hf_path,
+                                               dtype=jnp.dtype(cfg.model.dtype),
+                                               param_dtype=jnp.dtype(cfg.model.param_dtype),
+                                               mesh=mesh)
+        model_cfg = dataclasses.replace(model_cfg, remat=cfg.model.remat)
+        return model_cfg, params, True
+    model_cfg = config_lib.model_config(cfg, tokenizer.vocab_size)
+    params = parallel.init_sharded_params(model_cfg, jax.random.key(cfg.seed), mesh)
+    return model_cfg, params, cfg.tokenizer.kind == "hf"
+
+
+def _examples(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[Any, list[Example], Any]:
+    """(train source, eval examples, task or None)."""
+    d = cfg.data
+    if d.source == "task":
+        task = tasks_lib.get_task(d.task, **d.task_kwargs.to_dict())
+        train = task.sample(np.random.default_rng([cfg.seed, 1]), d.train_size)
+        held_out = task.sample(np.random.default_rng(d.eval_seed), cfg.eval.size)
+        seen = {ex.prompt for ex in held_out}
+        # Held-out prompts never appear in training (checked, not assumed).
+        train = [ex for ex in train if ex.prompt not in seen]
+        return train, held_out, task
+    data_dir = os.path.join(workdir, "tfds")
+    kind = d.source
+    train = datasets.make_source(kind, data_dir=data_dir, path=d.path)
+    held_out: list[Example] = []
+    if d.eval_path:
+        ev = datasets.make_source(kind, data_dir=data_dir, path=d.eval_path)
+        held_out = [ev[i] for i in range(min(len(ev), cfg.eval.size))]
+    return train, held_out, None
+
+
+def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
+    mesh = parallel.make_mesh({"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp,
+                               "tensor": cfg.mesh.tensor})
+    tokenizer = _tokenizer(cfg)
+    model_cfg, params, exportable = _model(cfg, tokenizer, mesh)
+    train_source, eval_examples, task = _examples(cfg, workdir)
+
+    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
+    per_host = cfg.train.batch_prompts // jax.process_count()
+    if cfg.data.curriculum == "none":
+        data_iter = iter(datasets.PromptDataset(train_source, per_host, seed=cfg.seed, **shard))
+    else:
+        band = (cfg.data.band_low, cfg.data.band_high) if cfg.data.curriculum == "band" else None
+        mode = "weighted" if cfg.data.curriculum == "weighted" else "uniform"
+        data_iter = curriculum_lib.CurriculumDataset(train_source, per_host, seed=cfg.seed,
+                                                     mode=mode, band=band, **shard)
+
+    fns = {name: float(w) for name, w in cfg.reward.fns.items()}
+    for name in fns:
+        reward_base.get(name)  # unknown name -> ValueError listing the registry
+    reward_fn = (next(iter(fns)) if len(fns) == 1 and list(fns.values()) == [1.0]
+                 else reward_base.combine(fns))
+    pool = RewardPool(reward_fn, num_workers=cfg.reward.num_workers,
+                      timeout_s=cfg.reward.timeout_s)
+
+    prompt_len = cfg.sampling.max_prompt_len
+    sampler = Sampler(model_cfg, pad_id=tokenizer.pad_id, stop_ids=tokenizer.stop_ids,
+                      mesh=mesh, prompt_buckets=(prompt_len,))
+    s = cfg.sampling
+    sampling = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                              min_p=s.min_p, max_new_tokens=s.max_new_tokens, n=s.n)
+    log.info("model %s: %s params", model_cfg.name,
+             f"{transformer.count_params(params):,}")
+    return Inputs(cfg=cfg, mesh=mesh, tokenizer=tokenizer, model_cfg=model_cfg,
+                  init_params=params, sampler=sampler, train_source=train_source,
+                  data_iter=data_iter,
+                  eval_examples=list(eval_examples), reward_fn=reward_fn, pool=pool, task=task,
+                  hf_exportable=exportable, train_sampling=sampling, prompt_len=prompt_len)
+
+
+def demonstrations(inp: Inputs, examples: Sequence[Example]) -> dict[str, np.ndarray]:
+    """SFT batch: prompt + demonstration + EOS, left padded to prompt_len + max_new_tokens.
+
+    The demonstration is `metadata['demonstration']` when present (e.g. a worked GSM8K
+    solution), else the reference answer. Returns tokens, mask and target_mask [N, L].
+    """
+    tok = inp.tokenizer
+    length = inp.prompt_len + inp.cfg.sampling.max_new_tokens
+    seqs, targets = [], []
+    p_tokens, p_mask = inp.encode(examples)
+    for ex, prow, pmask in zip(examples, p_tokens, p_mask):
+        prompt = [int(t) for t in prow[pmask]]
+        answer = tok.encode(ex.metadata.get("demonstration", ex.answer)) + [tok.eos_id]
+        answer = answer[: inp.cfg.sampling.max_new_tokens]
+        seqs.append(prompt + answer)
+        targets.append([0] * len(prompt) + [1] * len(answer))
+    tokens, mask = tok_lib.left_pad(seqs, tok.pad_id, length)
+    target_mask, _ = tok_lib.left_pad(targets, 0, length)
+    return {"tokens": tokens, "mask": mask, "target_mask": target_mask.astype(np.float32)}
+

@@ -1,0 +1,395 @@
+"""The RL trainer: configs in, a better reasoner out.
+
+`train(cfg, workdir)` reads top to bottom in sections: mesh, tokenizer + model, data, rewards,
+sampler, state + compiled steps, checkpoint restore, supervised warm start, the RL loop
+(sample -> rewards -> dynamic sampling -> old/ref logprobs, values -> advantages -> ppo_epochs
+x minibatches of `train_step`), evaluation, export. The device math lives in
+`lrmjax.train.steps`; everything that reads text runs here on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lrmjax import config as config_lib
+from lrmjax import parallel
+from lrmjax.data import tasks as tasks_lib
+from lrmjax.data.tasks import Example
+from lrmjax.models import heads, transformer
+from lrmjax.models.presets import ModelConfig
+from lrmjax.rewards import shaping
+from lrmjax.rl import advantages as adv_lib
+from lrmjax.rl import kl as kl_lib
+from lrmjax.sampling import Rollout, Sampler, SamplingParams
+from lrmjax.train import evaluate as eval_lib
+from lrmjax.train import metrics as metrics_lib
+from lrmjax.train import sft as sft_lib
+from lrmjax.train import steps
+from lrmjax.train.checkpoint import Checkpointer
+from lrmjax.train.inputs import Inputs, build_inputs
+from lrmjax.train.state import TrainState, adamw, lr_schedule
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Raised after too many consecutive updates with a non-finite loss or gradient."""
+
+
+@dataclasses.dataclass
+class RLBatch:
+    """One step's scored responses, host side. N = groups * n rows, group-major."""
+
+    examples: list[Example]          # one per group
+    rollout: Rollout                 # numpy arrays, [N, ...]
+    completions: list[str]           # [N]
+    rewards: np.ndarray              # [N] float32 (after shaping)
+    components: dict[str, np.ndarray]
+    reward_metrics: dict[str, float]
+
+
+def _np_rollout(roll: Rollout) -> Rollout:
+    return jax.tree.map(np.asarray, roll)
+
+
+def _take_groups(roll: Rollout, groups: np.ndarray, n: int) -> Rollout:
+    rows = (groups[:, None] * n + np.arange(n)[None]).reshape(-1)
+    out = jax.tree.map(lambda x: x[rows], roll)
+    return out.replace(group_ids=np.repeat(np.arange(len(groups)), n).astype(np.int32))
+
+
+def _concat_rollouts(rolls: list[Rollout]) -> Rollout:
+    width = max(r.prompt_tokens.shape[1] for r in rolls)
+
+    def pad_prompt(r):  # prompts of different rounds may be bucketed to different widths
+        extra = width - r.prompt_tokens.shape[1]
+        return r.replace(prompt_tokens=np.pad(r.prompt_tokens, ((0, 0), (extra, 0))),
+                         prompt_mask=np.pad(r.prompt_mask, ((0, 0), (extra, 0))))
+
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *[pad_prompt(r) for r in rolls])
+
+
+def sample_and_score(inp: Inputs, params: Any, examples: list[Example], key: jax.Array,
+                     sampling: SamplingParams) -> RLBatch:
+    """Samples n responses per example and scores them (host reward pool or device reward)."""
+    tokens, mask = inp.encode(examples)
+    roll = _np_rollout(inp.sampler.generate(params, tokens, mask, sampling, key))
+    completions = inp.decode(roll)
+    rep = [ex for ex in examples for _ in range(sampling.n)]
+    rewards, components, rmetrics = inp.score(rep, completions, roll)
+    algo = inp.cfg.rl
+    if algo.overlong_buffer_len > 0:
+        penalty = shaping.overlong_penalty(roll.lengths, max_len=sampling.max_new_tokens,
+                                           cache_len=algo.overlong_buffer_len,
+                                           factor=algo.overlong_penalty_factor)
+        components["overlong_penalty"] = np.asarray(penalty, np.float32)
+        rewards = rewards + components["overlong_penalty"]
+    return RLBatch(examples, roll, completions, rewards.astype(np.float32), components, rmetrics)
+
+
+def collect(inp: Inputs, params: Any, data_iter: Any, key: jax.Array, step_metrics: dict
+            ) -> RLBatch:
+    """Samples one step's batch; with dynamic sampling (DAPO) drops groups whose rewards are
+    all equal (zero advantage, no gradient) and samples more prompts, at most
+    `train.max_refill_rounds` extra rounds. If the batch is still short, the dropped groups
+    fill it (they add no gradient) and `filter_groups/unfilled` counts them."""
+    cfg = inp.cfg
+    n, want = cfg.sampling.n, cfg.train.batch_prompts
+    batch = sample_and_score(inp, params, next(data_iter), key, inp.train_sampling)
+    if not cfg.rl.dynamic_sampling:
+        return batch
+    kept, dropped, rounds = [], [], 0
+    while True:
+        r = batch.rewards.reshape(-1, n)
+        varied = r.std(axis=1) > 0
+        kept.append((batch, np.flatnonzero(varied)))
+        dropped.append((batch, np.flatnonzero(~varied)))
+        have = sum(len(g) for _, g in kept)
+        if have >= want or rounds >= cfg.train.max_refill_rounds:
+            break
+        rounds += 1
+        key = jax.random.fold_in(key, rounds)
+        batch = sample_and_score(inp, params, next(data_iter), key, inp.train_sampling)
+    step_metrics["filter_groups/dropped"] = float(sum(len(g) for _, g in dropped))
+    step_metrics["filter_groups/rounds"] = float(rounds)
+    picks = kept + dropped
+    parts, total = [], 0
+    for b, groups in picks:
+        groups = groups[: want - total]
+        if len(groups):
+            parts.append((b, groups))
+            total += len(groups)
+    step_metrics["filter_groups/unfilled"] = float(
+        max(0, want - sum(len(g) for _, g in kept)))
+    rows = lambda g: (g[:, None] * n + np.arange(n)[None]).reshape(-1)
+    return RLBatch(
+        examples=[b.examples[i] for b, g in parts for i in g],
+        rollout=_concat_rollouts([_take_groups(b.rollout, g, n) for b, g in parts]),
+        completions=[b.completions[i] for b, g in parts for i in rows(g)],
+        rewards=np.concatenate([b.rewards[rows(g)] for b, g in parts]),
+        components={k: np.concatenate([b.components[k][rows(g)] for b, g in parts])
+                    for k in parts[0][0].components},
+        reward_metrics=parts[0][0].reward_metrics)
+
+
+def rollout_metrics(batch: RLBatch, max_new_tokens: int) -> dict[str, float]:
+    r, roll = batch.rewards, batch.rollout
+    out = dict(batch.reward_metrics)  # error / timeout counts; the means below are post-shaping
+    out |= {"reward/mean": float(r.mean()), "reward/std": float(r.std()),
+           "reward/max": float(r.max()), "reward/min": float(r.min()),
+           "response_length/mean": float(roll.lengths.mean()),
+           "response_length/max": float(roll.lengths.max()),
+           "response_length/clip_ratio": float((roll.finish_reason == 1).mean())}
+    for k, v in batch.components.items():
+        out[f"reward/{k}"] = float(np.mean(v))
+    return out
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Runs (or resumes) the experiment `cfg` in `workdir`. Returns the final eval metrics."""
+    # ---------------------------------------------------------------- mesh and inputs
+    if cfg.mesh.distributed:
+        jax.distributed.initialize(cfg.mesh.coordinator_address or None,
+                                   cfg.mesh.num_processes, cfg.mesh.process_id)
+    config_lib.validate(cfg, jax.device_count())
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    inp = build_inputs(cfg, workdir)
+    algo, model_cfg, mesh = cfg.rl, inp.model_cfg, inp.mesh
+    writer = metrics_lib.MetricsWriter(
+        workdir, enabled=is_main, progress_total=cfg.train.steps, progress=cfg.train.progress,
+        keys={"reward/mean": "reward", "response_length/mean": "len",
+              "actor/pg_clipfrac": "clipfrac", "timing_s/step": "s/step"})
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(cfg.to_json_best_effort(indent=2))
+
+    # ---------------------------------------------------------------- state and optimizers
+    total_updates = cfg.train.steps * cfg.train.ppo_epochs * cfg.train.minibatches
+    tx = adamw(lr_schedule(cfg.optim.lr, cfg.optim.warmup_steps, total_updates,
+                           cfg.optim.schedule, cfg.optim.min_lr_ratio),
+               b1=cfg.optim.b1, b2=cfg.optim.b2, eps=cfg.optim.eps,
+               weight_decay=cfg.optim.weight_decay, grad_clip=cfg.optim.grad_clip)
+    critic_tx = critic_params = None
+    if algo.use_critic:
+        critic_tx = adamw(lr_schedule(cfg.optim.critic_lr, cfg.optim.critic_warmup_steps,
+                                      total_updates, "constant"),
+                          grad_clip=cfg.optim.grad_clip)
+    params = inp.init_params
+    state = TrainState.create(params, tx, kl_coef=algo.kl_coef)
+    extras: dict[str, Any] = {"phase": "sft" if cfg.sft.steps > 0 else "rl", "rl_step": 0}
+
+    ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
+    latest = ckpt.latest_step()
+    ref_params = None
+
+    # ---------------------------------------------------------------- supervised warm start
+    if latest is None and cfg.sft.steps > 0:
+        state, sft_metrics = sft_lib.warm_start(inp, state, writer)
+        extras["sft"] = sft_metrics
+    if algo.use_critic:
+        critic_params = heads.init_from_policy(model_cfg, state.params,
+                                               jax.random.key(cfg.seed + 7))
+    # The RL phase starts from fresh optimizer state (the SFT moments belong to another loss).
+    state = TrainState.create(state.params, tx, critic_params=critic_params,
+                              critic_tx=critic_tx, kl_coef=algo.kl_coef)
+    if algo.kl_mode != "none":
+        ref_params = jax.tree.map(jnp.copy, state.params)  # the policy at RL start
+    if latest is not None:
+        state, extras = ckpt.restore(latest, state)
+        if ref_params is not None:
+            ref_params = ckpt_ref_restore(workdir, ref_params)
+        inp.data_iter.set_state(extras["data"])
+        writer.log(f"resumed from {workdir} at RL step {extras['rl_step']}")
+    elif ref_params is not None and is_main:
+        ckpt_ref_save(workdir, ref_params)
+
+    # ---------------------------------------------------------------- compiled steps
+    on_policy = cfg.train.ppo_epochs == 1 and cfg.train.minibatches == 1
+    train_step = jax.jit(
+        functools.partial(steps.rl_train_step, model_cfg=model_cfg, algo=algo,
+                          prompt_len=inp.prompt_len, temperature=inp.loss_temperature,
+                          microbatches=cfg.train.microbatches, on_policy=on_policy),
+        donate_argnums=(0,))
+    logprob_fn = jax.jit(functools.partial(steps.response_logprobs, model_cfg=model_cfg,
+                                           prompt_len=inp.prompt_len,
+                                           temperature=inp.loss_temperature))
+    value_fn = jax.jit(functools.partial(steps.response_values, model_cfg=model_cfg,
+                                         prompt_len=inp.prompt_len))
+    advantage_fn = jax.jit(functools.partial(adv_lib.compute_advantages, algo,
+                                             group_size=cfg.sampling.n))
+
+    # ---------------------------------------------------------------- evaluation
+    def run_eval(step: int) -> dict[str, float]:
+        if not inp.eval_examples:
+            return {}
+        t0 = time.perf_counter()
+        out = eval_lib.evaluate(
+            inp.sampler, state.params, inp.eval_examples, inp.encode, inp.decode,
+            inp.score_texts, jax.random.key(cfg.seed + 99), k=cfg.eval.k,
+            max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.eval.temperature,
+            batch_size=cfg.eval.batch_size)
+        out["timing_s/eval"] = time.perf_counter() - t0
+        writer.write(step, out, phase="eval")
+        writer.log(f"eval @ RL step {step}: " + ", ".join(
+            f"{k.split('/')[-1]}={v:.3f}" for k, v in out.items() if k.startswith("eval/")))
+        return out
+
+    first = extras["rl_step"]
+    eval_metrics = extras.get("eval_before") or run_eval(first)
+    if first == 0:
+        extras["eval_before"] = eval_metrics
+    rollouts_path = os.path.join(workdir, "rollouts.jsonl")
+    base_key = jax.random.key(cfg.seed)
+    consecutive_bad = 0
+
+    # ---------------------------------------------------------------- the RL loop
+    for rl_step in range(first, cfg.train.steps):
+        t_step = time.perf_counter()
+        key = jax.random.fold_in(base_key, rl_step)
+        m: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        batch = collect(inp, state.params, inp.data_iter, key, m)
+        m["timing_s/sample_and_reward"] = time.perf_counter() - t0
+        m.update(rollout_metrics(batch, cfg.sampling.max_new_tokens))
+        inp.observe(batch.examples, batch.rewards)
+
+        t0 = time.perf_counter()
+        roll = batch.rollout
+        tokens = np.concatenate([roll.prompt_tokens, roll.response_tokens], axis=1)
+        mask = np.concatenate([roll.prompt_mask, roll.response_mask], axis=1)
+        response_mask = roll.response_mask.astype(np.float32)
+        loss_mask = response_mask.copy()
+        if algo.overlong_filter:
+            loss_mask[roll.finish_reason == 1] = 0.0
+            m["response_length/filtered"] = float((roll.finish_reason == 1).mean())
+        dev = lambda x: jax.device_put(x, parallel.batch_sharding(mesh, np.ndim(x)))
+        tokens_d, mask_d = dev(tokens.astype(np.int32)), dev(mask)
+        data = {"tokens": tokens_d, "mask": mask_d, "loss_mask": dev(loss_mask),
+                "sampler_logprobs": dev(roll.logprobs.astype(np.float32))}
+        data["old_logprobs"] = (data["sampler_logprobs"] if on_policy
+                                else logprob_fn(state.params, tokens_d, mask_d))
+        token_rewards = values = baseline = None
+        if ref_params is not None:
+            data["ref_logprobs"] = logprob_fn(ref_params, tokens_d, mask_d)
+            if algo.kl_mode == "reward":
+                old = (logprob_fn(state.params, tokens_d, mask_d) if on_policy
+                       else data["old_logprobs"])
+                token_rewards = kl_lib.kl_penalty_rewards(old, data["ref_logprobs"],
+                                                          data["loss_mask"], state.kl_coef,
+                                                          algo.kl_estimator)
+        if algo.use_critic:
+            values = value_fn(state.critic_params, tokens_d, mask_d)
+            data["old_values"] = values
+        if algo.needs_greedy_baseline:
+            greedy = sample_and_score(inp, state.params, batch.examples,
+                                      jax.random.fold_in(key, 10_000),
+                                      dataclasses.replace(inp.train_sampling, temperature=0.0,
+                                                          n=1))
+            baseline = dev(np.repeat(greedy.rewards, cfg.sampling.n))
+        adv, returns = advantage_fn(rewards=dev(batch.rewards),
+                                    response_mask=data["loss_mask"],
+                                    token_rewards=token_rewards, values=values,
+                                    baseline_rewards=baseline)
+        data["advantages"], data["returns"] = adv, returns
+        m["timing_s/prepare"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, rl_step])
+        num = tokens.shape[0]
+        size = num // cfg.train.minibatches
+        update_metrics = []
+        for _ in range(cfg.train.ppo_epochs):
+            order = rng.permutation(num) if cfg.train.minibatches > 1 else np.arange(num)
+            for i in range(cfg.train.minibatches):
+                idx = np.sort(order[i * size:(i + 1) * size])
+                mb = {k: v[idx] if cfg.train.minibatches > 1 else v for k, v in data.items()}
+                state, um = train_step(state, mb)
+                update_metrics.append(um)
+        um = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(update_metrics))
+        m.update(um)
+        skipped = int(sum(u["actor/skipped"] > 0 for u in jax.device_get(update_metrics)))
+        consecutive_bad = consecutive_bad + skipped if skipped else 0
+        m["timing_s/update"] = time.perf_counter() - t0
+        if algo.kl_mode != "none" and algo.kl_target is not None and "actor/kl_loss" in m:
+            ctrl = kl_lib.update_kl_controller(kl_lib.KLControllerState(coef=state.kl_coef),
+                                               m["actor/kl_loss"], num, algo.kl_target,
+                                               algo.kl_horizon)
+            state = state.replace(kl_coef=ctrl.coef)
+        m["actor/kl_coef"] = float(state.kl_coef)
+
+        m["timing_s/step"] = time.perf_counter() - t_step
+        new_tokens = float(roll.lengths.sum())
+        m["perf/tokens_per_s"] = new_tokens / m["timing_s/step"]
+        flops = inp.step_flops(tokens.shape[0], tokens.shape[1], cfg.train.ppo_epochs,
+                               ref_params is not None, algo.use_critic)
+        m["perf/mfu"] = flops / m["timing_s/step"] / (
+            cfg.train.peak_tflops * 1e12 * jax.device_count())
+        done = rl_step + 1
+        writer.write(done, m)
+        writer.progress(done, m)
+        if done % cfg.train.rollout_log_every == 0 and is_main:
+            metrics_lib.write_rollouts(rollouts_path, done,
+                                       [ex.prompt for ex in batch.examples
+                                        for _ in range(cfg.sampling.n)],
+                                       batch.completions, batch.rewards.tolist())
+        if consecutive_bad >= cfg.train.max_nonfinite:
+            ckpt.close()
+            raise NonFiniteError(
+                f"{consecutive_bad} consecutive updates had a non-finite loss or gradient at RL "
+                f"step {done}; params were left unchanged by each. Lower optim.lr or check the "
+                "rewards (config 'train.max_nonfinite' sets the limit).")
+        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
+            eval_metrics = run_eval(done)
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+            extras.update(rl_step=done, phase="rl", data=inp.data_iter.get_state())
+            ckpt.save(done, state, extras, eval_metrics)
+
+    # ---------------------------------------------------------------- final eval and export
+    final = run_eval(cfg.train.steps) if first < cfg.train.steps else eval_metrics
+    ckpt.close()
+    if is_main:
+        summary = {"before": extras.get("eval_before", {}), "after": final,
+                   "sft": extras.get("sft", {})}
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        metrics_lib.plot_curves(os.path.join(workdir, "metrics.jsonl"),
+                                os.path.join(workdir, "curves.png"))
+        if cfg.train.export_hf and inp.hf_exportable:
+            inp.export(state.params, os.path.join(workdir, "hf_export"))
+    writer.close()
+    return final
+
+
+def ckpt_ref_save(workdir: str, ref_params: Any) -> None:
+    """The reference policy is fixed for the whole run: saved once, beside the checkpoints."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(os.path.join(workdir, "reference"))
+    if not os.path.exists(path):
+        with ocp.StandardCheckpointer() as c:
+            c.save(path, ref_params)
+
+
+def ckpt_ref_restore(workdir: str, like: Any) -> Any:
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(os.path.join(workdir, "reference"))
+    with ocp.StandardCheckpointer() as c:
+        return c.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, like))
+
+
+def model_flops(model_cfg: ModelConfig, rows: int, length: int) -> float:
+    return rows * length * model_cfg.flops_per_token(length // 2)

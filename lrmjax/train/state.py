@@ -1,0 +1,80 @@
+"""The training state pytree and the optimizers that update it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything an RL (or SFT) update changes, as one pytree.
+
+    Attributes:
+      step: optimizer steps taken (int32 scalar).
+      params: policy params.
+      opt_state: the policy optimizer's state.
+      critic_params / critic_opt_state: the value model (PPO, VAPO), or None.
+      kl_coef: the current KL coefficient (a fixed value or the adaptive controller's).
+      nonfinite: updates skipped because the loss or gradient was not finite (cumulative).
+      tx / critic_tx: the optax transformations (static, not part of the pytree).
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    critic_params: Any
+    critic_opt_state: Any
+    kl_coef: jax.Array
+    nonfinite: jax.Array
+    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+    critic_tx: optax.GradientTransformation | None = flax.struct.field(pytree_node=False)
+
+    @classmethod
+    def create(cls, params: Any, tx: optax.GradientTransformation, *, critic_params: Any = None,
+               critic_tx: optax.GradientTransformation | None = None,
+               kl_coef: float = 0.0) -> TrainState:
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                   critic_params=critic_params,
+                   critic_opt_state=None if critic_tx is None else critic_tx.init(critic_params),
+                   kl_coef=jnp.asarray(kl_coef, jnp.float32),
+                   nonfinite=jnp.zeros((), jnp.int32), tx=tx, critic_tx=critic_tx)
+
+
+def lr_schedule(lr: float, warmup_steps: int, total_steps: int, kind: str = "constant",
+                min_lr_ratio: float = 0.1) -> optax.Schedule:
+    """Linear warmup from 0, then constant or cosine decay to `min_lr_ratio * lr`."""
+    warmup = optax.linear_schedule(0.0, lr, max(warmup_steps, 1))
+    if kind == "constant":
+        after = optax.constant_schedule(lr)
+    elif kind == "cosine":
+        after = optax.cosine_decay_schedule(lr, max(total_steps - warmup_steps, 1),
+                                            alpha=min_lr_ratio)
+    else:
+        raise ValueError(f"Unknown lr schedule {kind!r}; valid: 'constant', 'cosine'")
+    if warmup_steps <= 0:
+        return after
+    return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def adamw(schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+          weight_decay: float = 0.0, grad_clip: float = 0.0) -> optax.GradientTransformation:
+    """AdamW with optional global-norm gradient clipping (applied first)."""
+    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+    parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    return optax.chain(*parts)
+
+
+def guarded_update(tx: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any,
+                   ok: jax.Array) -> tuple[Any, Any]:
+    """Applies one optimizer update where `ok` (scalar bool), else leaves params and state as
+    they were: a non-finite loss or gradient never reaches the params."""
+    safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
+    updates, new_opt_state = tx.update(safe_grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    return keep(new_params, params), keep(new_opt_state, opt_state)

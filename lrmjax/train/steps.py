@@ -1,0 +1,183 @@
+"""Device-side pieces of training: per-token logprobs, the RL update and the SFT update.
+
+Every function here is a pure module-level function of arrays and static settings, jitted by
+the trainer with explicit shardings (`jax.jit(partial(fn, **static), in_shardings=...,
+out_shardings=..., donate_argnums=...)`), and callable directly from tests.
+
+Layout of a training batch (a dict of arrays; N responses, P prompt slots, R response slots):
+  tokens [N, P+R] int32     prompt (left padded) followed by the response (right padded)
+  mask [N, P+R] bool        True on real tokens
+  loss_mask [N, R] float32  response tokens that enter the loss (overlong filtering may zero rows)
+  advantages [N, R]; old_logprobs [N, R]; ref_logprobs [N, R]; sampler_logprobs [N, R];
+  returns [N, R], old_values [N, R] (critic only)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lrmjax.models import heads
+from lrmjax.models.presets import ModelConfig
+from lrmjax.models.transformer import Transformer, positions_from_mask
+from lrmjax.rl import losses
+from lrmjax.train.state import TrainState, guarded_update
+
+Array = jax.Array
+
+
+def response_logits(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Array,
+                    prompt_len: int, temperature: float = 1.0) -> Array:
+    """Logits that predict each response token: [N, R, V] float32.
+
+    The token at slot P+t is predicted by the output at slot P+t-1. Logits are divided by the
+    sampling temperature so the trainer's distribution is the one the sampler drew from.
+    """
+    logits, _ = Transformer(model_cfg).apply({"params": params}, tokens,
+                                            positions_from_mask(mask), mask)
+    logits = logits[:, prompt_len - 1:-1]
+    return logits / temperature if temperature not in (0.0, 1.0) else logits
+
+
+def token_logprobs(logits: Array, targets: Array) -> tuple[Array, Array]:
+    """log p(target) and the entropy of each distribution: logits [N, R, V] -> two [N, R]."""
+    logp_all = jax.nn.log_softmax(logits, axis=-1)
+    logp = jnp.take_along_axis(logp_all, targets[..., None], axis=-1)[..., 0]
+    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+    return logp, entropy
+
+
+def response_logprobs(params: Any, tokens: Array, mask: Array, *, model_cfg: ModelConfig,
+                      prompt_len: int, temperature: float = 1.0) -> Array:
+    """Per-token logprobs of the responses [N, R] (old-policy or reference logprobs)."""
+    logits = response_logits(model_cfg, params, tokens, mask, prompt_len, temperature)
+    return token_logprobs(logits, tokens[:, prompt_len:])[0]
+
+
+def response_values(critic_params: Any, tokens: Array, mask: Array, *, model_cfg: ModelConfig,
+                    prompt_len: int) -> Array:
+    """Critic values V(s_t) for each response token [N, R] (same shift as the logits)."""
+    values = heads.token_values(model_cfg, critic_params, tokens, mask)
+    return values[:, prompt_len - 1:-1]
+
+
+def _split_micro(batch: dict[str, Array], microbatches: int) -> dict[str, Array]:
+    return jax.tree.map(lambda x: x.reshape(microbatches, x.shape[0] // microbatches,
+                                            *x.shape[1:]), batch)
+
+
+def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: ModelConfig,
+                  algo: ml_collections.ConfigDict, prompt_len: int, temperature: float,
+                  microbatches: int = 1, on_policy: bool = False
+                  ) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer step of the policy (and the critic, when there is one) on a minibatch.
+
+    Gradients are accumulated over `microbatches` slices with a `lax.scan`. The loss of each
+    slice is divided by the *whole minibatch's* aggregation denominator, so the accumulated
+    gradient equals the full-minibatch gradient for every aggregation mode. A non-finite loss
+    or gradient leaves params and optimizer state unchanged and counts in `state.nonfinite`.
+    With `on_policy` (one epoch, one minibatch: the params are the rollout params) the old
+    logprobs are the current ones under stop_gradient, which saves a forward pass.
+
+    Returns the new state and a flat dict of scalar metrics (verl-style names).
+    """
+    response_len = batch["loss_mask"].shape[1]
+    denom = losses.loss_denominator(algo, batch["loss_mask"], response_len)
+    micro = _split_micro(batch, microbatches)
+    use_kl_loss = algo.kl_mode == "loss"
+
+    def actor_loss_fn(params, mb):
+        logits = response_logits(model_cfg, params, mb["tokens"], mb["mask"], prompt_len,
+                                 temperature)
+        logp, entropy = token_logprobs(logits, mb["tokens"][:, prompt_len:])
+        loss, metrics = losses.actor_loss(
+            algo, logprobs=logp,
+            old_logprobs=jax.lax.stop_gradient(logp) if on_policy else mb["old_logprobs"],
+            advantages=mb["advantages"],
+            response_mask=mb["loss_mask"],
+            ref_logprobs=mb["ref_logprobs"] if use_kl_loss else None, entropy=entropy,
+            sampler_logprobs=mb.get("sampler_logprobs"), loss_denominator=denom,
+            kl_coef=state.kl_coef)
+        return loss, metrics
+
+    def accumulate(fn, params, name):
+        grad_fn = jax.value_and_grad(fn, has_aux=True)
+
+        def body(carry, mb):
+            grads, loss = carry
+            (l, metrics), g = grad_fn(params, mb)
+            return (jax.tree.map(jnp.add, grads, g), loss + l), metrics
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (grads, loss), metrics = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)), micro)
+        # Per-slice metrics are means over the slice: average them over slices.
+        metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+        return grads, loss, metrics
+
+    grads, loss, actor_metrics = accumulate(actor_loss_fn, state.params, "actor")
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params, opt_state = guarded_update(state.tx, grads, state.opt_state, state.params, ok)
+    metrics = {f"actor/{k}": v for k, v in actor_metrics.items()}
+    metrics.update({"actor/loss": loss, "actor/grad_norm": grad_norm})
+
+    critic_params, critic_opt_state = state.critic_params, state.critic_opt_state
+    if state.critic_tx is not None:
+        def critic_loss_fn(cparams, mb):
+            values = response_values(cparams, mb["tokens"], mb["mask"], model_cfg=model_cfg,
+                                     prompt_len=prompt_len)
+            return losses.critic_loss(algo, values=values, old_values=mb["old_values"],
+                                      returns=mb["returns"], response_mask=mb["loss_mask"])
+
+        cgrads, closs, cmetrics = accumulate(
+            lambda p, mb: _scaled(critic_loss_fn(p, mb), microbatches), critic_params, "critic")
+        cnorm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(cgrads)))
+        cok = jnp.isfinite(closs) & jnp.isfinite(cnorm)
+        critic_params, critic_opt_state = guarded_update(state.critic_tx, cgrads,
+                                                         critic_opt_state, critic_params, cok)
+        ok = ok & cok
+        metrics.update({f"critic/{k}": v for k, v in cmetrics.items()})
+        metrics.update({"critic/loss": closs, "critic/grad_norm": cnorm})
+
+    metrics["actor/skipped"] = (~ok).astype(jnp.float32)
+    new_state = state.replace(step=state.step + ok.astype(jnp.int32), params=params,
+                              opt_state=opt_state, critic_params=critic_params,
+                              critic_opt_state=critic_opt_state,
+                              nonfinite=state.nonfinite + (~ok).astype(jnp.int32))
+    return new_state, metrics
+
+
+def _scaled(loss_and_metrics, microbatches: int):
+    """Critic losses are means per slice: scale so accumulated slices give the batch mean."""
+    loss, metrics = loss_and_metrics
+    return loss / microbatches, metrics
+
+
+def sft_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: ModelConfig
+                   ) -> tuple[TrainState, dict[str, Array]]:
+    """One supervised step: mean cross-entropy over the target tokens.
+
+    batch: tokens [N, L] int32 (left padded), mask [N, L] bool, target_mask [N, L] float32
+    (1 where slot l's token is a target, i.e. a demonstration answer token). The loss is the
+    token-mean of -log p(token_l | tokens_<l) over target slots.
+    """
+
+    def loss_fn(params):
+        logits, _ = Transformer(model_cfg).apply(
+            {"params": params}, batch["tokens"], positions_from_mask(batch["mask"]),
+            batch["mask"])
+        logp, _ = token_logprobs(logits[:, :-1], batch["tokens"][:, 1:])
+        weights = batch["target_mask"][:, 1:]
+        return -jnp.sum(logp * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params, opt_state = guarded_update(state.tx, grads, state.opt_state, state.params, ok)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              nonfinite=state.nonfinite + (~ok).astype(jnp.int32))
+    return new_state, {"sft/loss": loss, "sft/grad_norm": grad_norm,
+                       "sft/skipped": (~ok).astype(jnp.float32)}
