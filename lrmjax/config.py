@@ -218,6 +218,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     if cfg.rl.adv_estimator not in _BATCH_LEVEL_ESTIMATORS and n < 2:
         raise ValueError(f"config 'sampling.n' = {n}: the {cfg.rl.adv_estimator!r} advantage "
                          "needs at least 2 responses per prompt")
+    if cfg.rl.overlong_buffer_len > cfg.sampling.max_new_tokens:
+        raise ValueError(f"config 'rl.overlong_buffer_len' = {cfg.rl.overlong_buffer_len} exceeds "
+                         f"'sampling.max_new_tokens' = {cfg.sampling.max_new_tokens}: the soft "
+                         "overlong penalty ramp must fit inside the response budget")
     if num_devices is not None:
         from lrmjax import parallel
 

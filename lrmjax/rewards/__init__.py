@@ -1,0 +1,40 @@
+"""Host-side reward functions: registry, composition, worker pool, sandbox.
+
+Importing this package imports every reward module, which fills the registry in
+:mod:`lrmjax.rewards.base` (one module-level dict). Registered names: ``math``, ``format``,
+``format_lenient``, ``code``, ``majority_vote``, ``self_certainty``, ``neg_entropy``,
+``mean_logprob``, and ``task`` (the verifier of the procedural task that made the prompt).
+
+    from lrmjax import rewards
+    fn = rewards.combine({"math": 1.0, "format": 0.5})
+    with rewards.RewardPool(fn, num_workers=2, timeout_s=10.0) as pool:
+        scores, metrics, components = pool.score(prompts, completions, metadata)
+"""
+
+from lrmjax.rewards import code, format, math_answer, shaping, task, unsupervised  # noqa: F401
+from lrmjax.rewards.base import (
+    CombinedReward,
+    RewardFn,
+    RewardResult,
+    combine,
+    get,
+    names,
+    register,
+)
+from lrmjax.rewards.pool import RewardPool
+from lrmjax.rewards.shaping import ShapedReward, kimi_length_reward, overlong_penalty, shape
+
+__all__ = [
+    "CombinedReward",
+    "RewardFn",
+    "RewardPool",
+    "RewardResult",
+    "ShapedReward",
+    "combine",
+    "get",
+    "kimi_length_reward",
+    "names",
+    "overlong_penalty",
+    "register",
+    "shape",
+]

@@ -1,0 +1,1 @@
+"""Policy-optimization math: advantages, losses, KL, aggregation and algorithm presets."""

@@ -45,12 +45,17 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, extras: dict[str, Any],
              eval_metrics: dict[str, float] | None = None) -> None:
-        args = ocp.args.Composite(state=ocp.args.StandardSave(_state_tree(state)),
+        tree = _state_tree(state)
+        if jax.process_count() == 1:
+            # One host copy per array: Orbax would otherwise slice every replicated array
+            # once per device (a compiled slice per shape and device).
+            tree = jax.device_get(tree)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                   extras=ocp.args.JsonSave(extras))
         self.manager.save(step, args=args, force=True)
         if eval_metrics is not None and self.best_metric in eval_metrics:
             self.best.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_state_tree(state)),
+                state=ocp.args.StandardSave(tree),
                 extras=ocp.args.JsonSave(extras)),
                 metrics={self.best_metric: float(eval_metrics[self.best_metric])}, force=True)
 

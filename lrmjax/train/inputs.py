@@ -27,7 +27,6 @@ from lrmjax.data.tasks import Example
 from lrmjax.models import transformer
 from lrmjax.models.presets import ModelConfig
 from lrmjax.rewards import base as reward_base
-from lrmjax.rewards import task as _task_reward  # noqa: F401  (registers the 'task' reward)
 from lrmjax.rewards.pool import RewardPool
 from lrmjax.sampling import Rollout, Sampler, SamplingParams
 
@@ -96,7 +95,9 @@ class Inputs:
               ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
         """Rewards [N] for one rollout, their components, and the pool's error counts."""
         prompts = [ex.prompt for ex in examples]
-        return self.pool.score(prompts, list(completions), self.reward_metadata(examples, roll))
+        scores, metrics, components = self.pool.score(prompts, list(completions),
+                                                      self.reward_metadata(examples, roll))
+        return scores, components, metrics
 
     def score_texts(self, examples: Sequence[Example], completions: Sequence[str]
                     ) -> list[float]:
@@ -191,7 +192,7 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     fns = {name: float(w) for name, w in cfg.reward.fns.items()}
     for name in fns:
         reward_base.get(name)  # unknown name -> ValueError listing the registry
-    reward_fn = (next(iter(fns)) if len(fns) == 1 and list(fns.values()) == [1.0]
+    reward_fn = (reward_base.get(next(iter(fns))) if len(fns) == 1 and list(fns.values()) == [1.0]
                  else reward_base.combine(fns))
     pool = RewardPool(reward_fn, num_workers=cfg.reward.num_workers,
                       timeout_s=cfg.reward.timeout_s)

@@ -146,7 +146,7 @@ def collect(inp: Inputs, params: Any, data_iter: Any, key: jax.Array, step_metri
 def rollout_metrics(batch: RLBatch, max_new_tokens: int) -> dict[str, float]:
     r, roll = batch.rewards, batch.rollout
     out = dict(batch.reward_metrics)  # error / timeout counts; the means below are post-shaping
-    out |= {"reward/mean": float(r.mean()), "reward/std": float(r.std()),
+    out |= {"batch/groups": float(len(batch.examples)), "reward/mean": float(r.mean()), "reward/std": float(r.std()),
            "reward/max": float(r.max()), "reward/min": float(r.min()),
            "response_length/mean": float(roll.lengths.mean()),
            "response_length/max": float(roll.lengths.max()),
@@ -216,12 +216,16 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         ckpt_ref_save(workdir, ref_params)
 
     # ---------------------------------------------------------------- compiled steps
+    state, state_sh = place_state(state, mesh)
     on_policy = cfg.train.ppo_epochs == 1 and cfg.train.minibatches == 1
+    # Explicit in/out shardings keep the state in one layout across steps (so neither the
+    # step nor the sampler, which reads the same params, ever recompiles for a new layout).
     train_step = jax.jit(
         functools.partial(steps.rl_train_step, model_cfg=model_cfg, algo=algo,
                           prompt_len=inp.prompt_len, temperature=inp.loss_temperature,
                           microbatches=cfg.train.microbatches, on_policy=on_policy),
-        donate_argnums=(0,))
+        in_shardings=(state_sh, parallel.batch_sharding(mesh)),
+        out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,))
     logprob_fn = jax.jit(functools.partial(steps.response_logprobs, model_cfg=model_cfg,
                                            prompt_len=inp.prompt_len,
                                            temperature=inp.loss_temperature))
@@ -315,7 +319,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             order = rng.permutation(num) if cfg.train.minibatches > 1 else np.arange(num)
             for i in range(cfg.train.minibatches):
                 idx = np.sort(order[i * size:(i + 1) * size])
-                mb = {k: v[idx] if cfg.train.minibatches > 1 else v for k, v in data.items()}
+                mb = data if cfg.train.minibatches == 1 else {
+                    k: jax.device_put(v[idx], parallel.batch_sharding(mesh, v.ndim))
+                    for k, v in data.items()}
                 state, um = train_step(state, mb)
                 update_metrics.append(um)
         um = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(update_metrics))
@@ -327,7 +333,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             ctrl = kl_lib.update_kl_controller(kl_lib.KLControllerState(coef=state.kl_coef),
                                                m["actor/kl_loss"], num, algo.kl_target,
                                                algo.kl_horizon)
-            state = state.replace(kl_coef=ctrl.coef)
+            state = state.replace(kl_coef=jax.device_put(ctrl.coef, state_sh.kl_coef))
         m["actor/kl_coef"] = float(state.kl_coef)
 
         m["timing_s/step"] = time.perf_counter() - t_step
@@ -373,6 +379,19 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     return final
 
 
+def place_state(state: TrainState, mesh: Any) -> tuple[TrainState, TrainState]:
+    """Puts every leaf of `state` in a NamedSharding on `mesh` and returns (state, shardings).
+
+    Params keep the sharding they were created with (the logical-axis rules); optimizer
+    moments inherit it from the params; scalars are replicated.
+    """
+    rep = parallel.replicated(mesh)
+    shardings = jax.tree.map(
+        lambda x: x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding) else rep,
+        state)
+    return jax.device_put(state, shardings), shardings
+
+
 def ckpt_ref_save(workdir: str, ref_params: Any) -> None:
     """The reference policy is fixed for the whole run: saved once, beside the checkpoints."""
     import orbax.checkpoint as ocp
@@ -380,7 +399,7 @@ def ckpt_ref_save(workdir: str, ref_params: Any) -> None:
     path = os.path.abspath(os.path.join(workdir, "reference"))
     if not os.path.exists(path):
         with ocp.StandardCheckpointer() as c:
-            c.save(path, ref_params)
+            c.save(path, jax.device_get(ref_params))
 
 
 def ckpt_ref_restore(workdir: str, like: Any) -> Any:

@@ -13,15 +13,21 @@ import dataclasses
 import json
 from typing import Any
 
-import reasoning_gym
-from reasoning_gym import factory
 
 from lrmjax.data.tasks.base import Example, Task, extract_answer_tag
 
 
+def _factory() -> Any:
+    # Imported on first use: reasoning-gym takes seconds to import, and reward workers that
+    # rebuild other tasks should not pay for it.
+    from reasoning_gym import factory
+
+    return factory
+
+
 def available_datasets() -> list[str]:
     """Names of all reasoning-gym datasets (valid `name` arguments), sorted."""
-    return sorted(factory.DATASETS)
+    return sorted(_factory().DATASETS)
 
 
 def _jsonable(value: Any) -> Any:
@@ -49,7 +55,7 @@ class ReasoningGymTask(Task):
 
     def __init__(self, name: str, size: int = 1000, seed: int = 0, difficulty: int | None = None,
                  partial_credit: bool = False, **cfg: Any):
-        if name not in factory.DATASETS:
+        if name not in _factory().DATASETS:
             raise ValueError(f"ReasoningGymTask: unknown dataset {name!r}; "
                              f"valid: {available_datasets()}")
         if size < 1:
@@ -62,15 +68,15 @@ class ReasoningGymTask(Task):
         self.cfg = dict(cfg)
         kwargs: dict[str, Any] = {}
         if difficulty is not None:
-            if not factory.has_curriculum(name):
+            if not _factory().has_curriculum(name):
                 raise ValueError(f"ReasoningGymTask: dataset {name!r} has no reasoning-gym "
                                  "curriculum, so it has no difficulty knob")
-            curriculum = factory.create_curriculum(name)
+            curriculum = _factory().create_curriculum(name)
             curriculum.set_global_level(int(difficulty))
             generated = curriculum.generate_configuration({"seed": self.seed, "size": self.size})
             kwargs = {f.name: getattr(generated, f.name) for f in dataclasses.fields(generated)}
         kwargs.update(cfg, seed=self.seed, size=self.size)
-        self._dataset = reasoning_gym.create_dataset(name, **kwargs)
+        self._dataset = _factory().create_dataset(name, **kwargs)
 
     @property
     def config(self) -> dict[str, Any]:

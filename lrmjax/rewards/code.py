@@ -1,0 +1,84 @@
+"""Code reward: run the completion's program against unit tests in the sandbox.
+
+Program: the last ```` ```python ```` (or ```` ```py ````) fenced block of the completion;
+failing that the last unlabelled ```` ``` ```` block; failing that the whole completion.
+
+Metadata:
+  ``metadata["tests"]``: either a list of str, each a self-contained block of Python
+    (typically one ``assert``) run after the program in the program's namespace and passing
+    iff it raises nothing; or one str, a test script counted as a single test.
+  ``metadata["setup"]`` (optional str): code prepended to the program (imports, helpers).
+
+The program runs with ``__name__ == "solution"`` and stdin = /dev/null (see
+:mod:`lrmjax.rewards.sandbox` for isolation and for what the verdict does and does not
+guarantee).
+
+Modes: ``"all"`` (default): 1.0 iff every test passes; ``"fraction"``: the fraction that
+pass. ``get("code", mode="fraction", timeout_s=2.0)`` binds options.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lrmjax.rewards.base import RewardResult, check_batch, register, require
+from lrmjax.rewards.sandbox import SandboxConfig, run_tests
+
+_FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def extract_program(text: str) -> str:
+    """The program in a completion: last python fence, else last bare fence, else all."""
+    blocks = _FENCE.findall(text)
+    python = [body for lang, body in blocks if lang.lower() in ("python", "py", "python3")]
+    if python:
+        return python[-1]
+    bare = [body for lang, body in blocks if not lang]
+    if bare:
+        return bare[-1]
+    return text
+
+
+def parse_tests(raw: object, row: int) -> list[str]:
+    """metadata["tests"] -> list of test blocks; bad types raise naming the row."""
+    if isinstance(raw, str):
+        tests = [raw]
+    elif isinstance(raw, (list, tuple)) and all(isinstance(t, str) for t in raw):
+        tests = list(raw)
+    else:
+        raise ValueError(f"reward 'code': row {row}: metadata['tests'] must be a str or a "
+                         f"list of str, got {type(raw).__name__}")
+    if not tests:
+        raise ValueError(f"reward 'code': row {row}: metadata['tests'] is empty")
+    return tests
+
+
+@register("code")
+def code_reward(prompts: list[str], completions: list[str], metadata: list[dict], *,
+                mode: str = "all", timeout_s: float = 5.0, memory_mb: int = 1024,
+                tmp_dir: str | None = None) -> RewardResult:
+    """Per completion: all-pass (mode="all") or pass fraction (mode="fraction").
+
+    ``timeout_s`` is the sandbox wall clock per completion (CPU limit = its ceiling);
+    ``tmp_dir`` the parent of the per-run directories (see ``SandboxConfig``).
+
+    Components: ``pass_fraction``, ``timed_out`` (1.0 if the run hit the wall clock),
+    ``program_ok`` (1.0 if the program's top level completed).
+    """
+    if mode not in ("all", "fraction"):
+        raise ValueError(f"reward 'code': mode must be 'all' or 'fraction', got {mode!r}")
+    check_batch(prompts, completions, metadata)
+    config = SandboxConfig(timeout_s=timeout_s, cpu_s=max(1, int(timeout_s + 0.999)),
+                           memory_mb=memory_mb, tmp_dir=tmp_dir)
+    scores, fractions, timeouts, program_ok = [], [], [], []
+    for i, (completion, meta) in enumerate(zip(completions, metadata, strict=True)):
+        tests = parse_tests(require(meta, "tests", i, "code"), i)
+        setup = meta.get("setup", "")
+        program = (setup + "\n" if setup else "") + extract_program(completion)
+        result = run_tests(program, tests, config)
+        fractions.append(result.pass_fraction)
+        timeouts.append(float(result.timed_out))
+        program_ok.append(float(result.program_ok))
+        scores.append(result.pass_fraction if mode == "fraction" else float(result.all_passed))
+    return RewardResult(scores=scores, components={
+        "pass_fraction": fractions, "timed_out": timeouts, "program_ok": program_ok})

@@ -1,0 +1,137 @@
+"""Math answer reward: extract the final answer, check equivalence with math-verify.
+
+(Named ``math_answer`` so that no path setup can make it shadow the stdlib ``math``.)
+
+Metadata: ``metadata["answer"]`` (str or number), the reference answer. It may itself be
+a full GSM8K solution ("... #### 42") or contain ``\\boxed{}``; the same extraction is
+applied to it.
+
+Extraction order (:func:`extract_answer`):
+  1. the last ``<answer>...</answer>`` block (and inside it the last ``\\boxed{}`` if any);
+  2. the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces handled);
+  3. the last GSM8K ``#### <answer>`` line.
+A completion with none of these scores 0 (not an error).
+
+Equivalence (:func:`is_equivalent`) goes through HF ``math-verify``: fractions, decimals,
+percentages, LaTeX, sets, intervals, matrices, ``\\text{}`` units, thousands separators.
+Plain-word units after a number ("18 dollars") are stripped here first. When math-verify
+parses nothing (a text answer such as "yes"), normalized strings are compared.
+
+math-verify's own timeouts use ``signal.alarm``, which only works in the main thread; off
+the main thread we disable them and rely on the pool's per-sample timeout.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from math_verify import parse, verify
+
+from lrmjax.rewards.base import RewardResult, check_batch, register, require
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_GSM8K = re.compile(r"####\s*([^\n]+)")
+_BOXED = re.compile(r"\\(?:boxed|fbox)\b")
+# "18 dollars", "3.5 cm", "1,200 apples": a bare number followed only by words.
+_NUMBER_WITH_WORDS = re.compile(r"^\s*\$?\s*([-+]?\d[\d,]*(?:\.\d+)?)\s*[A-Za-z][A-Za-z .]*$")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox``), nested braces matched.
+
+    ``\\boxed 5`` (no braces) returns the next token. Unbalanced braces -> None.
+    """
+    matches = list(_BOXED.finditer(text))
+    for m in reversed(matches):
+        i = m.end()
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth = 0
+            for j in range(i, len(text)):
+                if text[j] == "{":
+                    depth += 1
+                elif text[j] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        return text[i + 1 : j].strip()
+            continue  # unbalanced: try an earlier box
+        token = re.match(r"[^\s$]+", text[i:])
+        if token:
+            return token.group(0)
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer in `text` (see module docstring for the order), or None."""
+    tags = _ANSWER_TAG.findall(text)
+    if tags:
+        inner = tags[-1]
+        boxed = last_boxed(inner)
+        return boxed if boxed is not None else inner.strip()
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    hashes = _GSM8K.findall(text)
+    if hashes:
+        return hashes[-1].strip()
+    return None
+
+
+def _normalize_text(ans: str) -> str:
+    ans = ans.strip().strip("$").strip()
+    ans = ans.rstrip(".").strip()
+    m = _NUMBER_WITH_WORDS.match(ans)
+    if m:
+        ans = m.group(1)
+    return ans
+
+
+def _timeout() -> int | None:
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+def _parse(ans: str) -> list:
+    return parse("\\boxed{" + ans + "}", parsing_timeout=_timeout())
+
+
+def is_equivalent(reference: str, prediction: str) -> bool:
+    """True iff `prediction` is mathematically equal to `reference` (both answer strings)."""
+    ref, pred = _normalize_text(reference), _normalize_text(prediction)
+    if not pred:
+        return False
+    ref_parsed, pred_parsed = _parse(ref), _parse(pred)
+    if not ref_parsed or not pred_parsed:
+        return " ".join(ref.lower().split()) == " ".join(pred.lower().split())
+    return bool(verify(ref_parsed, pred_parsed, timeout_seconds=_timeout()))
+
+
+def reference_answer(raw: object, row: int) -> str:
+    """metadata["answer"] -> answer string (extracting from a worked solution if needed)."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise ValueError(f"reward 'math': row {row}: metadata['answer'] must be str or number, "
+                         f"got {type(raw).__name__}")
+    text = str(raw)
+    extracted = extract_answer(text)
+    answer = extracted if extracted is not None else text
+    if not answer.strip():
+        raise ValueError(f"reward 'math': row {row}: metadata['answer'] is empty")
+    return answer
+
+
+@register("math")
+def math_reward(prompts: list[str], completions: list[str], metadata: list[dict]
+                ) -> RewardResult:
+    """1.0 iff the completion's extracted answer equals metadata["answer"], else 0.0.
+
+    Components: ``has_answer`` (1.0 iff an answer could be extracted).
+    """
+    check_batch(prompts, completions, metadata)
+    scores, has_answer = [], []
+    for i, (completion, meta) in enumerate(zip(completions, metadata, strict=True)):
+        ref = reference_answer(require(meta, "answer", i, "math"), i)
+        pred = extract_answer(completion)
+        has_answer.append(float(pred is not None))
+        scores.append(float(pred is not None and is_equivalent(ref, pred)))
+    return RewardResult(scores=scores, components={"has_answer": has_answer})

@@ -1,0 +1,217 @@
+"""Tests for lrmjax.rewards.pool.RewardPool: failures score 0 and are counted, hangs are
+killed within their timeout, workers are replaced, and the code reward runs 1,000 sandboxed
+programs without leaking processes or temporary directories."""
+
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from lrmjax.rewards import RewardPool, RewardResult, get, sandbox
+
+
+# Module-level so that spawned workers can import them by reference.
+def behaving(prompts, completions, metadata):
+    """Reward = metadata["mode"]-driven misbehaviour, else float(completion)."""
+    out = []
+    for c, m in zip(completions, metadata, strict=True):
+        mode = m.get("mode", "ok")
+        if mode == "raise":
+            raise RuntimeError("reward bug")
+        if mode == "hang":
+            time.sleep(60)
+        if mode == "exit":
+            os._exit(3)
+        out.append({"nan": math.nan, "inf": math.inf, "str": "1.0"}.get(mode, float(c)))
+    return RewardResult(scores=out, components={"twice": [2 * s if isinstance(s, float)
+                                                          else 0.0 for s in out]})
+
+
+def grouped(prompts, completions, metadata):
+    """Scores each row with the size of the group it was handed with."""
+    return [float(len(completions))] * len(completions)
+
+
+grouped.group_level = True
+
+MODES = ["ok", "raise", "ok", "nan", "inf", "str", "ok"]
+
+
+def _batch(modes):
+    n = len(modes)
+    return ["p"] * n, [str(i + 1) for i in range(n)], [{"mode": m} for m in modes]
+
+
+def _check_scores(scores, metrics, comps, modes):
+    expected = np.array([i + 1.0 if m == "ok" else 0.0 for i, m in enumerate(modes)])
+    np.testing.assert_array_equal(scores, expected)
+    np.testing.assert_array_equal(comps["twice"][[0, 2, 6]], [2.0, 6.0, 14.0])
+    assert metrics["reward/mean"] == pytest.approx(expected.mean())
+    assert metrics["reward/twice"] == pytest.approx(comps["twice"].mean())
+
+
+def test_in_process_mode_counts_errors_and_nonfinite():
+    with RewardPool(behaving, num_workers=0) as pool:
+        scores, metrics, comps = pool.score(*_batch(MODES))
+    _check_scores(scores, metrics, comps, MODES)
+    # "raise" and "str" (not a number) are errors; nan and inf are non-finite.
+    assert metrics["reward/errors"] == 2.0
+    assert metrics["reward/nonfinite"] == 2.0
+    assert metrics["reward/timeouts"] == 0.0
+
+
+def test_workers_kill_hangs_and_replace_dead_workers():
+    modes = MODES + ["hang", "exit", "ok", "hang"]
+    with RewardPool(behaving, num_workers=2, timeout_s=1.0) as pool:
+        pool.score(*_batch(["ok", "ok"]))  # wait for workers to start
+        start = time.monotonic()
+        scores, metrics, comps = pool.score(*_batch(modes))
+        elapsed = time.monotonic() - start
+        assert metrics["reward/timeouts"] == 2.0
+        assert metrics["reward/errors"] == 3.0  # raise, str, worker died (os._exit)
+        assert metrics["reward/nonfinite"] == 2.0
+        _check_scores(scores[:7], metrics | {"reward/mean": scores[:7].mean(),
+                                             "reward/twice": comps["twice"][:7].mean()},
+                      {k: v[:7] for k, v in comps.items()}, MODES)
+        assert scores[9] == 10.0 and scores[7] == scores[8] == scores[10] == 0.0
+        # Two hangs on two workers in parallel: about one timeout, never 60 s.
+        assert elapsed < 8.0
+        # The pool still works after replacing workers.
+        scores2, metrics2, _ = pool.score(*_batch(["ok", "ok", "ok"]))
+        np.testing.assert_array_equal(scores2, [1.0, 2.0, 3.0])
+        assert metrics2["reward/errors"] == metrics2["reward/timeouts"] == 0.0
+
+
+def test_group_level_reward_gets_whole_groups():
+    meta = [{"group_id": g} for g in ["a", "b", "a", "a", "c", "b"]] + [{}]
+    with RewardPool(grouped, num_workers=0) as pool:
+        scores, metrics, _ = pool.score(["p"] * 7, ["x"] * 7, meta)
+    # Rows are scored with their group's size; the row without group_id is its own task.
+    np.testing.assert_array_equal(scores, [3, 2, 3, 3, 1, 2, 1])
+
+
+def test_bad_construction_errors():
+    with pytest.raises(ValueError, match="unknown reward 'nope'.*valid names:.*math"):
+        RewardPool("nope", num_workers=0)
+    with pytest.raises(ValueError, match="fork is unsafe"):
+        RewardPool("math", num_workers=0, start_method="fork")
+    with pytest.raises(ValueError, match="differ in length"):
+        RewardPool("format", num_workers=0).score(["p"], ["a", "b"], [{}])
+
+
+def test_registered_name_in_workers_with_missing_answer_counted():
+    with RewardPool("math", num_workers=1, timeout_s=20.0) as pool:
+        scores, metrics, comps = pool.score(
+            ["q"] * 3, ["\\boxed{4}", "\\boxed{5}", "\\boxed{4}"],
+            [{"answer": "4"}, {"answer": "4"}, {}])
+    np.testing.assert_array_equal(scores, [1.0, 0.0, 0.0])
+    assert metrics["reward/errors"] == 1.0
+
+
+def _uid_pids(worker_pids):
+    """Live processes owned by sandbox uids of runs started by the given workers."""
+    uids = set()
+    for pid in worker_pids:
+        uids.update(sandbox.uid_range(pid))
+    out = []
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                if os.stat(f"/proc/{e}").st_uid in uids:
+                    with open(f"/proc/{e}/stat", "rb") as f:
+                        if f.read().rsplit(b")", 1)[1].split()[0] != b"Z":
+                            out.append(int(e))
+            except (OSError, IndexError):
+                pass
+    return out
+
+
+def _sbx_dirs(root):
+    return {e for e in os.listdir(root) if e.startswith(sandbox.TMP_PREFIX)}
+
+
+@pytest.fixture
+def run_root():
+    """A world-traversable parent for this test's sandbox run directories."""
+    root = tempfile.mkdtemp(prefix="lrmjax_test_poolroot_")
+    os.chmod(root, 0o755)
+    yield root
+    os.rmdir(root)  # fails if a run directory leaked
+
+
+def _children():
+    me = str(os.getpid())
+    kids = []
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                with open(f"/proc/{e}/stat", "rb") as f:
+                    if f.read().rsplit(b")", 1)[1].split()[1].decode() == me:
+                        kids.append(int(e))
+            except (OSError, IndexError):
+                pass
+    return kids
+
+
+def _code_programs(n):
+    completions, metadata = [], []
+    for i in range(n):
+        wrong = i % 3 == 0
+        completions.append(f"```python\ndef f(x):\n    return x + {i + (1 if wrong else 0)}\n```")
+        metadata.append({"tests": [f"assert f(1) == {i + 1}", f"assert f(0) == {i}"]})
+    expected = np.array([0.0 if i % 3 == 0 else 1.0 for i in range(n)])
+    return ["write f"] * n, completions, metadata, expected
+
+
+def _run_many(n, root):
+    if not sandbox.sandbox_python()[1]:
+        pytest.skip("sandbox isolation unavailable here")
+    kids_before = _children()
+    prompts, completions, metadata, expected = _code_programs(n)
+    with RewardPool(get("code", tmp_dir=root), num_workers=2, timeout_s=30.0) as pool:
+        pool.score(prompts[:2], completions[:2], metadata[:2])  # start workers
+        start = time.monotonic()
+        scores, metrics, comps = pool.score(prompts, completions, metadata)
+        elapsed = time.monotonic() - start
+        worker_pids = [w.proc.pid for w in pool._workers]
+    np.testing.assert_array_equal(scores, expected)
+    assert metrics["reward/errors"] == metrics["reward/timeouts"] == 0.0
+    assert _sbx_dirs(root) == set()
+    assert _uid_pids(worker_pids) == []
+    assert sorted(_children()) == sorted(kids_before)
+    # Per-program overhead with 2 workers, printed for the record (pytest -s).
+    print(f"\n{n} sandboxed programs: {elapsed:.2f}s, {1000 * elapsed / n:.1f} ms/program "
+          f"wall with 2 workers")
+
+
+def test_200_sandboxed_programs_through_pool_no_leaks(run_root):
+    _run_many(200, run_root)
+
+
+@pytest.mark.slow
+def test_1000_sandboxed_programs_through_pool_no_leaks(run_root):
+    _run_many(1000, run_root)
+
+
+def test_killed_worker_takes_its_sandbox_run_down(run_root):
+    """A pool timeout shorter than the sandbox's: killing the worker must kill the run; its
+    orphaned run directory goes at the next sweep."""
+    if not sandbox.sandbox_python()[1]:
+        pytest.skip("sandbox isolation unavailable here")
+    fn = get("code", timeout_s=30.0, tmp_dir=run_root)
+    with RewardPool(fn, num_workers=1, timeout_s=2.0) as pool:
+        pool.score(["p"], ["def f(): pass"], [{"tests": ["f()"]}])  # start the worker
+        worker_pid = pool._workers[0].proc.pid
+        scores, metrics, _ = pool.score(["p"], ["import time\ntime.sleep(60)"],
+                                        [{"tests": ["assert True"]}])
+    assert metrics["reward/timeouts"] == 1.0 and scores[0] == 0.0
+    deadline = time.monotonic() + 3.0
+    while _uid_pids([worker_pid]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _uid_pids([worker_pid]) == []
+    assert len(_sbx_dirs(run_root)) == 1  # the killed worker could not clean up
+    assert sandbox.remove_orphaned_dirs(run_root) == 1
+    assert _sbx_dirs(run_root) == set()

@@ -1,0 +1,273 @@
+"""Tests for lrmjax.rewards.sandbox: hostile programs end with reward 0, bounded time, and
+the host unharmed; honest programs pass. Hostile programs run in parallel in one fixture."""
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from lrmjax.rewards import sandbox
+from lrmjax.rewards.sandbox import SandboxConfig, run_tests
+
+# Per-module root for run directories, world-traversable like /tmp, so leak checks only see
+# this module's runs (other test processes may run sandboxes concurrently under xdist).
+ROOT = tempfile.mkdtemp(prefix="lrmjax_test_sbxroot_")
+os.chmod(ROOT, 0o755)
+FAST = SandboxConfig(timeout_s=2.0, cpu_s=2, memory_mb=512, file_size_mb=8, max_procs=16,
+                     tmp_dir=ROOT)
+SECRET = "hunter2-lrmjax-fake-secret"
+TESTS_ADD = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 4"]
+
+if not sandbox.sandbox_python()[1]:
+    pytest.skip("namespaces/setuid unavailable here (needs root + util-linux)",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_root():
+    yield
+    os.rmdir(ROOT)  # fails (rightly) if a run left its directory behind
+
+
+def _sandbox_dirs() -> set[str]:
+    return {e for e in os.listdir(ROOT) if e.startswith(sandbox.TMP_PREFIX)}
+
+
+def _sandbox_pids() -> list[int]:
+    """Live processes owned by the sandbox uids of runs started by this process."""
+    uids = sandbox.uid_range(os.getpid())
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid not in uids:
+                continue
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != b"Z":
+            pids.append(int(entry))
+    return pids
+
+
+def _cmdline_pids(needle: str) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if needle.encode() in f.read():
+                        out.append(int(entry))
+            except OSError:
+                pass
+    return out
+
+
+ADD = "def add(a, b):\n    return a + b\n"
+
+HOSTILE = {
+    "infinite_loop": ADD + "while True:\n    pass\n",
+    "fork_bomb": ADD + (
+        "import os\n"
+        "while True:\n"
+        "    try:\n        os.fork()\n"
+        "    except OSError:\n        pass\n"),
+    "alloc_20gb": ADD + "x = bytearray(20 * 1024 ** 3)\n",
+    "write_10gb": ADD + (
+        "block = b'\\0' * (1 << 20)\n"
+        "with open('big.bin', 'wb') as f:\n"
+        "    for _ in range(10 * 1024):\n        f.write(block)\n"),
+    "socket": ADD + (
+        "import socket\n"
+        "s = socket.create_connection(('127.0.0.1', PORT), timeout=1)\n"
+        "s.sendall(b'exfiltrate')\n"),
+    "read_env": (
+        "import os\n"
+        "found = [v for v in os.environ.values() if 'hunter2' in v]\n"
+        "for p in os.listdir('/proc'):\n"
+        "    try:\n"
+        "        data = open('/proc/%s/environ' % p, 'rb').read()\n"
+        "        if b'hunter2' in data:\n            found.append(data.decode(errors='replace'))\n"
+        "    except Exception:\n        pass\n"
+        "print('FOUND', found)\n"
+        "def add(a, b):\n    assert found, 'no secret'\n    return a + b\n"),
+    # Tries to take the grader down (hoping a dead grader means no failures), then submits
+    # a wrong answer: the grader must survive and still judge.
+    "kill_parent": (
+        "import os\n"
+        "for sig_target in [os.getppid()] + [int(p) for p in os.listdir('/proc') if p.isdigit()]:\n"
+        "    if sig_target != os.getpid():\n"
+        "        try:\n            os.kill(sig_target, 9)\n"
+        "        except Exception:\n            pass\n"
+        "def add(a, b):\n    return a + b + 1\n"),
+    "delete_outside": ADD + (
+        "import os, shutil\n"
+        "for fn in (lambda: os.remove(SENTINEL), lambda: shutil.rmtree(os.path.dirname(SENTINEL)),"
+        " lambda: open(SENTINEL, 'w').close()):\n"
+        "    try:\n        fn()\n"
+        "    except Exception:\n        pass\n"
+        "raise SystemExit(0)\n"),
+    "background": ADD + (
+        "import os, sys\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        os.execv('/bin/sleep', ['sleep', '61.2345'])\n"
+        "    os._exit(0)\n"
+        "def add(a, b):\n    return a - b\n"),
+    "sys_exit_0": "import sys\nsys.exit(0)\n" + ADD,
+    "os_exit_0": "import os\nos._exit(0)\n" + ADD,
+    "fake_marker": (
+        "import os, sys\n"
+        "print('PASS\\nAll tests passed\\nOK', flush=True)\n"
+        "for fd in range(0, 256):\n"
+        "    for i in range(3):\n"
+        "        for line in ('%s test %d pass\\n' % ('0' * 32, i), 'test %d pass\\n' % i):\n"
+        "            try:\n                os.write(fd, line.encode())\n"
+        "            except OSError:\n                pass\n"
+        "os._exit(0)\n"),
+    "patch_builtins": (
+        "import builtins\n"
+        "class Fake(Exception):\n    pass\n"
+        "builtins.AssertionError = Fake\n"
+        "builtins.BaseException = Fake\n"
+        "builtins.Exception = Fake\n"
+        "builtins.exec = lambda *a, **k: None\n"
+        "builtins.compile = lambda *a, **k: compile('pass', 'x', 'exec')\n"
+        "builtins.enumerate = lambda xs: []\n"
+        "import os\nos.write = lambda fd, data: len(data)\n"
+        "def add(a, b):\n    return a + b + 1\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_results():
+    """Runs every hostile program concurrently; returns name -> (result, context)."""
+    dirs_before, pids_before = _sandbox_dirs(), _sandbox_pids()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    sentinel_dir = tempfile.mkdtemp(prefix="lrmjax_test_sentinel_")
+    sentinel = os.path.join(sentinel_dir, "keep.txt")
+    with open(sentinel, "w") as f:
+        f.write("precious")
+    decoy = subprocess.Popen(["sleep", "30"])
+    os.environ["LRMJAX_FAKE_SECRET"] = SECRET
+    programs = {
+        k: v.replace("PORT", str(port)).replace("SENTINEL", repr(sentinel))
+        for k, v in HOSTILE.items()
+    }
+    try:
+        start = time.monotonic()
+        with ThreadPoolExecutor(max_workers=len(programs)) as ex:
+            futs = {k: ex.submit(run_tests, p, TESTS_ADD, FAST) for k, p in programs.items()}
+            results = {k: f.result() for k, f in futs.items()}
+        total = time.monotonic() - start
+        try:
+            server.accept()
+            accepted = True
+        except BlockingIOError:
+            accepted = False
+        ctx = dict(accepted=accepted, sentinel=sentinel, decoy_alive=decoy.poll() is None,
+                   total_s=total, dirs_before=dirs_before, pids_before=pids_before,
+                   sleepers=_cmdline_pids("61.2345"))
+        yield results, ctx
+    finally:
+        del os.environ["LRMJAX_FAKE_SECRET"]
+        decoy.send_signal(signal.SIGKILL)
+        decoy.wait()
+        server.close()
+        for p in (sentinel,):
+            if os.path.exists(p):
+                os.remove(p)
+        os.rmdir(sentinel_dir)
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_program_scores_zero(hostile_results, name):
+    results, ctx = hostile_results
+    r = results[name]
+    assert r.passed == (False, False, False), (name, r)
+    assert r.pass_fraction == 0.0
+    assert r.wall_s < FAST.timeout_s + 2.0, (name, r.wall_s)
+
+
+def test_hostile_batch_bounded_and_host_unharmed(hostile_results):
+    results, ctx = hostile_results
+    # All 14 ran concurrently; each is bounded by the 2 s wall clock plus cleanup.
+    assert ctx["total_s"] < 15.0
+    assert results["infinite_loop"].timed_out and results["fork_bomb"].timed_out
+    assert not ctx["accepted"], "a sandboxed program reached a host socket"
+    assert results["socket"].network_isolated
+    assert ctx["decoy_alive"], "a sandboxed program killed a host process"
+    assert results["kill_parent"].program_ok  # the harness survived the kill attempts
+    with open(ctx["sentinel"]) as f:
+        assert f.read() == "precious"
+    assert SECRET not in results["read_env"].stdout
+    assert "FOUND []" in results["read_env"].stdout  # it ran and found nothing
+    assert "All tests passed" in results["fake_marker"].stdout  # printed, yet scored 0
+    assert "MemoryError" in results["alloc_20gb"].stderr
+
+
+def test_no_leaks_after_hostile_batch(hostile_results):
+    _, ctx = hostile_results
+    assert ctx["sleepers"] == [], "a double-forked background process outlived its run"
+    assert ctx["dirs_before"] == set() and _sandbox_dirs() == set()
+    assert not os.path.exists(os.path.join(tempfile.gettempdir(), "big.bin"))
+    deadline = time.monotonic() + 2.0
+    while _sandbox_pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sandbox_pids() == []
+
+
+def test_correct_program_passes():
+    r = run_tests(ADD, TESTS_ADD, FAST)
+    assert r.passed == (True, True, True) and r.all_passed and r.pass_fraction == 1.0
+    assert r.program_ok and not r.timed_out and r.network_isolated and r.pid_isolated
+
+
+def test_partially_correct_program_gets_fraction():
+    prog = "def add(a, b):\n    return a + b if a != 2 else 5\n"
+    r = run_tests(prog, TESTS_ADD, FAST)
+    assert r.passed == (True, True, False)
+    assert r.pass_fraction == pytest.approx(2 / 3) and not r.all_passed
+
+
+def test_tests_are_independent_and_see_program_namespace():
+    prog = "import math\nCOUNT = [0]\ndef f(x):\n    COUNT[0] += 1\n    return math.sqrt(x)\n"
+    tests = ["assert f(4) == 2", "raise ValueError('boom')", "assert f(9) == 3 and COUNT[0] == 2"]
+    r = run_tests(prog, tests, FAST)
+    assert r.passed == (True, False, True)
+
+
+def test_test_that_exits_loses_only_remaining_tests():
+    prog = "import os\n" + ADD
+    tests = ["assert add(1, 2) == 3", "os._exit(0)", "assert add(2, 2) == 4"]
+    r = run_tests(prog, tests, FAST)
+    assert r.passed == (True, False, False)
+
+
+def test_main_block_and_stdin_are_inert():
+    prog = ADD + "if __name__ == '__main__':\n    raise SystemExit(1)\n" + (
+        "try:\n    input()\n    GOT = True\nexcept EOFError:\n    GOT = False\n")
+    r = run_tests(prog, ["assert GOT is False", "assert __name__ == 'solution'"], FAST)
+    assert r.passed == (True, True)
+
+
+def test_syntax_error_fails_all():
+    r = run_tests("def add(a, b) return a + b", TESTS_ADD, FAST)
+    assert r.passed == (False, False, False) and not r.program_ok
+
+
+def test_rejects_non_string_input():
+    with pytest.raises(TypeError, match="must be str"):
+        run_tests(ADD, ["assert True", 3], FAST)  # type: ignore[list-item]

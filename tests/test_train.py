@@ -1,0 +1,156 @@
+"""End-to-end trainer tests on a 1-layer model (conftest fakes 8 CPU devices)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lrmjax.rl import algorithms
+from lrmjax.train import rl
+from train_helpers import read_metrics, small_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("algorithm", sorted(algorithms.PRESETS))
+def test_every_preset_runs_two_steps(algorithm, tmp_path):
+    cfg = small_config(algorithm)
+    if cfg.rl.overlong_buffer_len:
+        cfg.rl.overlong_buffer_len = 2
+    if algorithm in ("ppo", "vc_ppo", "vapo"):
+        cfg.train.minibatches = 2
+    final = rl.train(cfg, str(tmp_path))
+    rows = read_metrics(str(tmp_path))
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert np.isfinite(r["actor/pg_loss"]), r
+        assert r["actor/skipped"] == 0.0
+        assert -1.0 <= r["reward/mean"] <= 1.0  # the overlong penalty may go below 0
+    assert "eval/greedy_pass@1" in final
+    if algorithms.get(algorithm).use_critic:
+        assert "critic/vf_loss" in rows[0]
+    if algorithms.get(algorithm).kl_mode == "loss":
+        assert "actor/kl_loss" in rows[0]
+
+
+def test_same_seed_same_metrics(tmp_path):
+    cfg = small_config("grpo", steps=3)
+    cfg.reward.fns = {"test_starts_with_7": 1.0}  # rewards that vary, so updates do something
+    rl.train(cfg, str(tmp_path / "a"))
+    rl.train(cfg, str(tmp_path / "b"))
+    a, b = read_metrics(str(tmp_path / "a")), read_metrics(str(tmp_path / "b"))
+    assert a == b
+    cfg.seed = 1
+    rl.train(cfg, str(tmp_path / "c"))
+    assert read_metrics(str(tmp_path / "c")) != a
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_trivial_reward_is_learned(algorithm, tmp_path):
+    """Reward 1 for answers that start with '7' (chance is about 1/16 at first)."""
+    cfg = small_config(algorithm, steps=60, kl_mode="none", kl_coef=0.0)
+    cfg.reward.fns = {"test_starts_with_7": 1.0}
+    cfg.optim.lr = 3e-3
+    cfg.train.batch_prompts = 8
+    cfg.optim.critic_lr = 3e-3
+    cfg.eval.size = 8
+    cfg.eval.k = 0
+    rl.train(cfg, str(tmp_path))
+    rewards = [r["reward/mean"] for r in read_metrics(str(tmp_path))]
+    assert np.mean(rewards[:3]) < 0.5
+    assert np.mean(rewards[-5:]) > 0.9, rewards
+
+
+def test_dynamic_sampling_keeps_batch_full(tmp_path):
+    cfg = small_config("dapo", steps=3, overlong_buffer_len=2)
+    rl.train(cfg, str(tmp_path))
+    rows = read_metrics(str(tmp_path))
+    for r in rows:
+        assert "filter_groups/dropped" in r
+        assert r["filter_groups/dropped"] >= 0
+        # Every update saw batch_prompts groups: kept ones first, refilled if short.
+        assert r["batch/groups"] == cfg.train.batch_prompts
+
+
+def test_nonfinite_updates_are_skipped_then_stop(tmp_path):
+    cfg = small_config("grpo", steps=20, kl_mode="none", kl_coef=0.0)
+    cfg.reward.fns = {"test_starts_with_7": 1.0}
+    cfg.optim.lr = 1e30  # the first update blows the params up; later losses are not finite
+    cfg.optim.grad_clip = 0.0
+    cfg.train.max_nonfinite = 3
+    with pytest.raises(rl.NonFiniteError, match="consecutive updates"):
+        rl.train(cfg, str(tmp_path))
+    rows = read_metrics(str(tmp_path))
+    assert rows[-1]["actor/skipped"] == 1.0
+    assert len(rows) < 20
+
+
+def _run_cli(workdir: str, steps: int) -> subprocess.Popen:
+    env = dict(os.environ, LRMJAX_TEST_STEPS=str(steps), JAX_PLATFORMS="cpu")
+    return subprocess.Popen(
+        [sys.executable, "-m", "lrmjax.main", f"--config={REPO}/tests/resume_config.py",
+         f"--workdir={workdir}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    p = _run_cli(straight, 6)
+    assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-3000:]
+
+    p = _run_cli(killed, 6)
+    # Kill -9 once step 4 has been logged: checkpoint 3 is complete, 4-6 are not.
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if os.path.exists(f"{killed}/metrics.jsonl") and any(
+                r["step"] >= 4 for r in read_metrics(killed)):
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    # It really died mid-run: step 6 was never logged, and only checkpoint 3 exists.
+    assert max(r["step"] for r in read_metrics(killed)) < 6
+    assert sorted(os.listdir(f"{killed}/checkpoints")) == ["3"]
+    # A save cut off mid-write leaves only a temporary directory: it must be ignored.
+    os.makedirs(f"{killed}/checkpoints/5.orbax-checkpoint-tmp-0/state", exist_ok=True)
+    p = _run_cli(killed, 6)
+    assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-3000:]
+
+    want = read_metrics(straight)
+    got = read_metrics(killed)
+    # The killed run logged some steps twice (before the kill and after the resume): the
+    # last row of each step is the one the finished run stands by.
+    last = {r["step"]: r for r in got}
+    assert sorted(last) == [1, 2, 3, 4, 5, 6]
+    for r in want:
+        assert last[r["step"]] == r, r["step"]
+
+
+def test_train_step_skips_nonfinite_update():
+    from lrmjax.models import presets, transformer
+    from lrmjax.train import state as state_lib
+    from lrmjax.train import steps
+
+    cfg = presets.get("tiny", num_layers=1, vocab_size=16, max_seq_len=16)
+    params = transformer.init_params(cfg, jax.random.key(0))
+    state = state_lib.TrainState.create(params, state_lib.adamw(lambda _: 1e-2))
+    n, p_len, r_len = 4, 4, 4
+    batch = {"tokens": jnp.ones((n, p_len + r_len), jnp.int32),
+             "mask": jnp.ones((n, p_len + r_len), bool),
+             "loss_mask": jnp.ones((n, r_len)), "old_logprobs": jnp.zeros((n, r_len)),
+             "advantages": jnp.full((n, r_len), jnp.nan)}
+    algo = algorithms.get("grpo", kl_mode="none", kl_coef=0.0)
+    new, metrics = steps.rl_train_step(state, batch, model_cfg=cfg, algo=algo,
+                                       prompt_len=p_len, temperature=1.0)
+    assert float(metrics["actor/skipped"]) == 1.0
+    assert int(new.nonfinite) == 1 and int(new.step) == 0
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,66 @@
+"""Small configs shared by the trainer tests: a 1-layer width-64 model on 2-digit addition."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from lrmjax import config as config_lib
+from lrmjax.rewards import base as reward_base
+from lrmjax.rl import algorithms
+
+
+@reward_base.register("test_starts_with_7")
+def starts_with_7(prompts, completions, metadata):
+    """A trivially learnable reward: 1 for a completion that starts with '7'."""
+    return [1.0 if c.startswith("7") else 0.0 for c in completions]
+
+
+@reward_base.register("test_slow_starts_with_7")
+def slow_starts_with_7(prompts, completions, metadata):
+    """The same, 50 ms per row: slows a step enough for a test to kill it mid-run."""
+    time.sleep(0.05 * len(completions))
+    return starts_with_7(prompts, completions, metadata)
+
+
+def small_config(algorithm: str = "grpo", steps: int = 2, **rl_overrides):
+    c = config_lib.base_config(algorithm)
+    if rl_overrides:
+        c.rl = algorithms.get(algorithm, **rl_overrides)
+    c.model.overrides.num_layers = 1
+    c.model.overrides.hidden_size = 64
+    c.model.overrides.num_heads = 2
+    c.model.overrides.num_kv_heads = 1
+    c.model.overrides.head_dim = 32
+    c.model.overrides.mlp_dim = 128
+    c.model.overrides.max_seq_len = 32
+    c.data.task_kwargs.digits = 2
+    c.data.task_kwargs.reverse_answer = True
+    c.data.train_size = 2000
+    c.sampling.n = 4
+    c.sampling.max_new_tokens = 4
+    c.sampling.max_prompt_len = 8
+    c.train.batch_prompts = 4
+    c.train.steps = steps
+    c.train.checkpoint_every = 1000
+    c.train.rollout_log_every = 1
+    c.train.progress = False
+    c.train.export_hf = False
+    c.optim.lr = 1e-3
+    c.eval.size = 8
+    c.eval.k = 2
+    c.eval.every = 0
+    return c
+
+
+def read_metrics(workdir: str, phase: str = "rl") -> list[dict]:
+    """Rows of metrics.jsonl for `phase`, without wall-clock entries (timings vary)."""
+    rows = []
+    with open(f"{workdir}/metrics.jsonl") as f:
+        for line in f:
+            row = json.loads(line)
+            if row["phase"] != phase:
+                continue
+            rows.append({k: v for k, v in row.items()
+                         if k != "time" and not k.startswith(("timing_s/", "perf/"))})
+    return rows
