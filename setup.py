@@ -28,6 +28,7 @@ setup(
         "tensorboardX>=2.6.2",
         "tqdm>=4.66",
         "jinja2>=3.1.0",
+        "ml-dtypes>=0.5.0",
         "math-verify>=0.8.0",
         "reasoning-gym>=0.1.19",
         "matplotlib>=3.8",

@@ -184,8 +184,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         raise ValueError(f"Unknown key(s) {sorted(bad)} in config 'model.overrides'; valid: "
                          f"{sorted(fields)}")
     if not cfg.model.hf_path and cfg.model.preset not in presets.PRESETS:
-        raise ValueError(f"config 'model.preset' {cfg.model.preset!r} is not a preset; valid: "
-                         f"{sorted(presets.PRESETS)}")
+        raise ValueError(f"config 'model.preset' {cfg.model.preset!r} is not a preset (valid: "
+                         f"{sorted(presets.PRESETS)}) and 'model.hf_path' is not set: name a "
+                         "preset or a local HF checkpoint directory")
     for key in ("dtype", "param_dtype"):
         if cfg.model[key] not in _TYPES:
             raise ValueError(f"config 'model.{key}' must be one of {sorted(_TYPES)}, got "

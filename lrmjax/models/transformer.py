@@ -139,10 +139,13 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, sin, cos, kv_mask, q_slots, layer_kv, index):
-        """x: [B, T, D]; kv_mask: [B, S]; q_slots: [T]; layer_kv: None or (k, v) [B, S, K, d].
+    def __call__(self, x, sin, cos, kv_mask, q_slots, kv, index):
+        """x: [B, T, D]; kv_mask: [B, S]; q_slots: [T]; kv: None or (k, v, layer) with k, v the
+        whole cache [L, B, S, K, d] and `layer` this layer's index (int or int32 scalar).
 
-        Returns (out [B, T, D], new layer_kv or None).
+        Returns (out [B, T, D], updated kv or None). The new keys/values are written with one
+        dynamic_update_slice into the whole [L, ...] buffer, so inside a decode loop XLA
+        updates the cache in place (no per-step copy or re-stacking of the layers).
         """
         cfg = self.cfg
         D, H, K, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -160,14 +163,14 @@ class Attention(nn.Module):
             k = RMSNorm(cfg, d, "head_dim", name="k_norm")(k)
         q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
 
-        if layer_kv is not None:
-            cache_k, cache_v = layer_kv
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype),
-                                                   (0, index, 0, 0))
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype),
-                                                   (0, index, 0, 0))
-            k, v, layer_kv = cache_k.astype(cfg.dtype), cache_v.astype(cfg.dtype), (
-                cache_k, cache_v)
+        if kv is not None:
+            cache_k, cache_v, layer = kv
+            start = (layer, 0, index, 0, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
+            k = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False).astype(cfg.dtype)
+            v = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False).astype(cfg.dtype)
+            kv = (cache_k, cache_v, layer)
 
         B, T, S = x.shape[0], x.shape[1], k.shape[1]
         # [B, T, S]: a key is visible if it holds a real token and is not in the future.
@@ -179,7 +182,7 @@ class Attention(nn.Module):
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, d)
         out = Projection(cfg, "bthd,hdD->btD", (H, d, D), ("heads", "head_dim", "embed"),
                          fan_in=H * d, name="o_proj")(out)
-        return out, layer_kv
+        return out, kv
 
 
 class MLP(nn.Module):
@@ -199,19 +202,24 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm decoder block. Signature fits `nn.scan`: (x, layer_kv, *broadcast) -> (x, kv)."""
+    """Pre-norm decoder block. Signature fits `nn.scan`: (carry, *broadcast) -> (carry, None)
+    with carry = (x, kv); kv is None or (k, v, layer) (see Attention), returned with `layer`
+    advanced by one so that the next block writes the next layer of the cache."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_kv, sin, cos, kv_mask, q_slots, index):
+    def __call__(self, carry, sin, cos, kv_mask, q_slots, index):
         cfg = self.cfg
-        h, layer_kv = Attention(cfg, name="attn")(
+        x, kv = carry
+        h, kv = Attention(cfg, name="attn")(
             RMSNorm(cfg, cfg.hidden_size, name="attn_norm")(x), sin, cos, kv_mask, q_slots,
-            layer_kv, index)
+            kv, index)
         x = x + h
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, cfg.hidden_size, name="mlp_norm")(x))
-        return x, layer_kv
+        if kv is not None:
+            kv = (kv[0], kv[1], kv[2] + 1)
+        return (x, kv), None
 
 
 class Transformer(nn.Module):
@@ -252,29 +260,24 @@ class Transformer(nn.Module):
         else:
             index = cache.index
             kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask, (0, index))
-            kvs = (cache.k, cache.v)
+            kvs = (cache.k, cache.v, jnp.zeros((), jnp.int32) if cfg.scan_layers else 0)
         q_slots = index + jnp.arange(T)
 
         block_cls = Block
         if cfg.remat:
             block_cls = nn.remat(Block, prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
+            # The whole cache rides in the carry (not scanned over as xs/ys, which would
+            # re-stack a new [L, ...] buffer every call).
             stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast,
-                                     nn.broadcast), length=cfg.num_layers,
+                            in_axes=(nn.broadcast,) * 5, length=cfg.num_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x, kvs = stack(cfg, name="layers")(x, kvs, sin, cos, kv_mask, q_slots, index)
+            (x, kvs), _ = stack(cfg, name="layers")((x, kvs), sin, cos, kv_mask, q_slots,
+                                                    index)
         else:
-            new_k, new_v = [], []
             for i in range(cfg.num_layers):
-                layer_kv = None if kvs is None else (kvs[0][i], kvs[1][i])
-                x, layer_kv = block_cls(cfg, name=f"layers_{i}")(
-                    x, layer_kv, sin, cos, kv_mask, q_slots, index)
-                if layer_kv is not None:
-                    new_k.append(layer_kv[0])
-                    new_v.append(layer_kv[1])
-            if kvs is not None:
-                kvs = (jnp.stack(new_k), jnp.stack(new_v))
+                (x, kvs), _ = block_cls(cfg, name=f"layers_{i}")(
+                    (x, kvs), sin, cos, kv_mask, q_slots, index)
 
         x = RMSNorm(cfg, cfg.hidden_size, name="final_norm")(x)
         new_cache = None if cache is None else KVCache(k=kvs[0], v=kvs[1], mask=kv_mask,

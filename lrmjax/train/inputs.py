@@ -24,7 +24,7 @@ from lrmjax.data import curriculum as curriculum_lib
 from lrmjax.data import datasets
 from lrmjax.data import tasks as tasks_lib
 from lrmjax.data.tasks import Example
-from lrmjax.models import transformer
+from lrmjax.models import tiny_hf, transformer
 from lrmjax.models.presets import ModelConfig
 from lrmjax.rewards import base as reward_base
 from lrmjax.rewards.pool import RewardPool
@@ -128,19 +128,20 @@ class Inputs:
                            tokenizer=self.tokenizer if self.cfg.tokenizer.kind == "hf" else None)
 
 
-def _tokenizer(cfg: ml_collections.ConfigDict) -> Any:
+def _tokenizer(cfg: ml_collections.ConfigDict, hf_path: str) -> Any:
     if cfg.tokenizer.kind == "char":
         return tok_lib.CharTokenizer()
-    return tok_lib.HFTokenizer.from_pretrained(cfg.tokenizer.path or cfg.model.hf_path)
+    return tok_lib.HFTokenizer.from_pretrained(cfg.tokenizer.path or hf_path)
 
 
-def _model(cfg: ml_collections.ConfigDict, tokenizer: Any, mesh: Any
+def _model(cfg: ml_collections.ConfigDict, hf_path: str, tokenizer: Any, mesh: Any
            ) -> tuple[ModelConfig, Any, bool]:
-    if cfg.model.hf_path:
-        from lrmjax.models import hf
+    if hf_path:
         import jax.numpy as jnp
 
-        model_cfg, params = hf.load_pretrained(cfg.model.hf_path,
+        from lrmjax.models import hf
+
+        model_cfg, params = hf.load_pretrained(hf_path,
                                                dtype=jnp.dtype(cfg.model.dtype),
                                                param_dtype=jnp.dtype(cfg.model.param_dtype),
                                                mesh=mesh)
@@ -175,8 +176,9 @@ def _examples(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[Any, list[E
 def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     mesh = parallel.make_mesh({"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp,
                                "tensor": cfg.mesh.tensor})
-    tokenizer = _tokenizer(cfg)
-    model_cfg, params, exportable = _model(cfg, tokenizer, mesh)
+    hf_path = tiny_hf.resolve(cfg.model.hf_path, workdir) if cfg.model.hf_path else ""
+    tokenizer = _tokenizer(cfg, hf_path)
+    model_cfg, params, exportable = _model(cfg, hf_path, tokenizer, mesh)
     train_source, eval_examples, task = _examples(cfg, workdir)
 
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())

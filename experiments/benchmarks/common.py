@@ -1,0 +1,94 @@
+"""Benchmark helpers: device faking, timing, memory, and the machine's measured limits.
+
+`force_cpu_devices` must run before jax is imported (XLA reads XLA_FLAGS once), so this
+module imports jax only inside functions.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def force_cpu_devices(n: int) -> None:
+    """Runs jax on the CPU with `n` (faked) devices. Call before the first `import jax`."""
+    if "jax" in sys.modules:
+        raise RuntimeError("force_cpu_devices must be called before jax is imported")
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    if n > 1:
+        flags.append(f"--xla_force_host_platform_device_count={n}")
+    os.environ["XLA_FLAGS"] = " ".join(flags)
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def block(tree: Any) -> Any:
+    import jax
+
+    return jax.block_until_ready(tree)
+
+
+def timeit(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time (s) of `fn()` over `repeats` runs after `warmup` runs (results are
+    blocked on, so asynchronous dispatch is included)."""
+    for _ in range(warmup):
+        block(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        block(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far, MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def program_memory_mb(compiled: Any) -> float | None:
+    """XLA's estimate of a compiled program's peak: arguments + outputs + temporaries, MiB."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if m is None:
+        return None
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+    return total / 2**20
+
+
+def memory_bandwidth_gbs(mib: int = 512, repeats: int = 5) -> float:
+    """Read bandwidth, GB/s: a jitted sum over a `mib` MiB fp32 array (larger than caches)."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
+    f = jax.jit(jnp.sum)
+    t, _ = timeit(lambda: f(x), repeats=repeats)
+    return x.nbytes / t / 1e9
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of an n x n by n x n `jnp.dot`."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
+    t, _ = timeit(lambda: f(a, b), repeats=repeats)
+    return 2 * n**3 / t / 1e9
+
+
+def machine_summary() -> str:
+    import jax
+
+    return (f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} "
+            f"device(s), {os.cpu_count()} CPU core(s)")

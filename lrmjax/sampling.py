@@ -1,0 +1,438 @@
+"""Autoregressive sampling with a preallocated KV cache: prompts -> n responses each -> Rollout.
+
+Two layers:
+
+* `generate(params, prompt_tokens, prompt_mask, key, *, cfg, sampling, stop_ids, pad_id)` is a
+  pure, jittable function (no host callbacks), so a trainer can jit a whole RL step around it.
+  It prefills the left-padded prompts once (one forward pass writing slots 0..P-1 of a cache
+  with P + max_new_tokens slots), repeats that cache n times (the n continuations of a prompt
+  share its prefill), then runs ONE `lax.while_loop` of single-token decode steps that exits
+  as soon as every sequence has stopped (or after max_new_tokens).
+* `Sampler` is the host-side wrapper used by the trainer: it pads the prompt length and the
+  batch up to buckets so that varying shapes compile a handful of programs, caches the
+  compiled programs, and places inputs on a mesh.
+
+Layout of a Rollout: the batch is B*n rows, group-major (the n samples of prompt b are rows
+b*n .. b*n+n-1). Responses are right padded with `pad_id` after the stop token; the stop token
+itself is part of the response (mask True), so a trainer learns to emit it.
+
+Randomness: the token of row r at response step t is drawn with
+`fold_in(fold_in(key, t), r)`. The key therefore depends on the global row index only, not on
+the batch size, the bucket padding or the prefill sharing: sampling n per prompt gives exactly
+the same tokens as repeating each prompt n times with n=1 (tests/test_sampling.py checks it).
+
+Truncation follows the order used by HF `generate` and vLLM: temperature, then top-k, then
+top-p (nucleus, over the top-k renormalized distribution; the token whose cumulative
+probability crosses top_p is kept, Holtzman et al. 2020), then min-p (keep tokens whose
+probability is at least min_p times the most likely one's, Nguyen et al. 2024). Tokens tied
+with a threshold value are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lrmjax import parallel
+from lrmjax.models import transformer
+from lrmjax.models.presets import ModelConfig
+
+Array = jax.Array
+
+FINISH_STOP = 0  # the sequence emitted EOS / a stop id
+FINISH_LENGTH = 1  # the sequence reached max_new_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each token. Hashable: it is part of the compiled program's cache key.
+
+    Attributes:
+      temperature: logits are divided by it; 0.0 means greedy (argmax of the raw logits).
+      top_k: keep the k most likely tokens (0 = off).
+      top_p: nucleus sampling threshold (1.0 = off).
+      min_p: keep tokens with prob >= min_p * max prob (0.0 = off).
+      max_new_tokens: response length R (static: the Rollout is [B*n, R]).
+      n: samples per prompt.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    max_new_tokens: int = 128
+    n: int = 1
+
+    def __post_init__(self):
+        if not self.temperature >= 0.0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"SamplingParams.top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p < 1.0:
+            raise ValueError(f"SamplingParams.min_p must be in [0, 1), got {self.min_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError("SamplingParams.max_new_tokens must be >= 1, got "
+                             f"{self.max_new_tokens}")
+        if self.n < 1:
+            raise ValueError(f"SamplingParams.n must be >= 1, got {self.n}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@flax.struct.dataclass
+class Rollout:
+    """Sampled responses. All arrays have the batch B*n first, group-major.
+
+    Attributes:
+      prompt_tokens: [B*n, P] int32, left padded.
+      prompt_mask: [B*n, P] bool.
+      response_tokens: [B*n, R] int32, right padded with pad_id after the stop token.
+      response_mask: [B*n, R] bool, True on generated tokens (stop token included).
+      logprobs: [B*n, R] float32, log-prob of each sampled token under log_softmax of the RAW
+        logits (temperature 1, no truncation), 0 where masked. This is the policy's own
+        log-prob, which is what the PPO ratio compares against; the trainer recomputes it
+        with its forward pass (the two agree up to float error), and the sampling
+        distribution's log-probs (with temperature/truncation) would not be comparable.
+      lengths: [B*n] int32, number of response tokens (= response_mask.sum(-1)).
+      finish_reason: [B*n] int32, FINISH_STOP (0) or FINISH_LENGTH (1).
+      group_ids: [B*n] int32, index of the prompt each row answers.
+    """
+
+    prompt_tokens: Array
+    prompt_mask: Array
+    response_tokens: Array
+    response_mask: Array
+    logprobs: Array
+    lengths: Array
+    finish_reason: Array
+    group_ids: Array
+
+    def tokens(self) -> tuple[Array, Array]:
+        """The full sequences: tokens [B*n, P+R] int32 and mask [B*n, P+R] bool."""
+        return (jnp.concatenate([self.prompt_tokens, self.response_tokens], axis=-1),
+                jnp.concatenate([self.prompt_mask, self.response_mask], axis=-1))
+
+
+# ----------------------------------------------------------------------------- token choice
+
+
+def truncate_logits(logits: Array, sampling: SamplingParams) -> Array:
+    """Sets the logits of tokens removed by top-k / top-p / min-p to -inf.
+
+    logits: [N, V] float32, already divided by the temperature. Returns [N, V]. Uses at most
+    one sort per row (top-p) or one `lax.top_k` (top-k alone); min-p needs only the max.
+    """
+    V = logits.shape[-1]
+    k = sampling.top_k if 0 < sampling.top_k < V else 0
+    neg = jnp.asarray(-jnp.inf, logits.dtype)
+    if sampling.top_p < 1.0:
+        desc = jnp.flip(jnp.sort(logits, axis=-1), axis=-1)  # [N, V] descending
+        if k:
+            desc = jnp.where(jnp.arange(V) < k, desc, neg)
+        probs = jax.nn.softmax(desc, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # Keep a token if the tokens ranked above it hold less than top_p: this keeps the
+        # token that crosses the threshold (and always the most likely one).
+        keep = mass_before < sampling.top_p
+        if k:
+            keep &= jnp.arange(V) < k
+        threshold = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits >= threshold, logits, neg)
+    elif k:
+        threshold = jax.lax.top_k(logits, k)[0][..., -1:]
+        logits = jnp.where(logits >= threshold, logits, neg)
+    if sampling.min_p > 0.0:
+        # p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p).
+        threshold = jnp.max(logits, axis=-1, keepdims=True) + np.log(sampling.min_p)
+        logits = jnp.where(logits >= threshold, logits, neg)
+    return logits
+
+
+def sample_logits(logits: Array, keys: Array, sampling: SamplingParams) -> Array:
+    """Picks one token per row.
+
+    Args:
+      logits: [N, V] raw logits (temperature 1).
+      keys: [N] PRNG keys (one per row; unused when greedy).
+      sampling: the sampling parameters.
+    Returns:
+      [N] int32 token ids.
+    """
+    logits = logits.astype(jnp.float32)
+    if sampling.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = truncate_logits(logits / sampling.temperature, sampling)
+    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+
+def row_keys(key: Array, step: Array | int, rows: Array) -> Array:
+    """[N] keys for response step `step`: fold_in(fold_in(key, step), row)."""
+    step_key = jax.random.fold_in(key, step)
+    return jax.vmap(lambda r: jax.random.fold_in(step_key, r))(rows)
+
+
+# ----------------------------------------------------------------------------- pure core
+
+
+def _lm_head(cfg: ModelConfig, params: Any, hidden: Array) -> Array:
+    """Logits [B, T, V] float32 from final normed hidden states [B, T, D]."""
+    if cfg.tie_embeddings:
+        embed = transformer.Embed(cfg)
+        logits = embed.apply({"params": params["embed"]}, hidden, method=embed.attend)
+    else:
+        head = transformer.Projection(cfg, "btD,DV->btV", (cfg.hidden_size, cfg.vocab_size),
+                                      ("embed", "vocab"), fan_in=cfg.hidden_size)
+        logits = head.apply({"params": params["lm_head"]}, hidden)
+    return logits.astype(jnp.float32)
+
+
+@flax.struct.dataclass
+class _DecodeState:
+    step: Array  # int32 scalar: tokens generated so far
+    cache: transformer.KVCache
+    last: Array  # [N] int32: the token to feed next
+    done: Array  # [N] bool
+    tokens: Array  # [N, R] int32
+    mask: Array  # [N, R] bool
+    logprobs: Array  # [N, R] float32
+    finish: Array  # [N] int32
+
+
+def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, *,
+             cfg: ModelConfig, sampling: SamplingParams, stop_ids: tuple[int, ...],
+             pad_id: int) -> Rollout:
+    """Samples `sampling.n` responses per prompt. Pure and jittable.
+
+    Args:
+      params: the transformer's params (any sharding).
+      prompt_tokens: [B, P] int32, left padded.
+      prompt_mask: [B, P] bool. A row with no True entry is a dummy (batch padding): it
+        produces no tokens (length 0, FINISH_STOP) and does not keep the loop running.
+      key: PRNG key (see the module docstring for how per-token keys derive from it).
+      cfg: the model config.
+      sampling: static sampling parameters; R = sampling.max_new_tokens.
+      stop_ids: token ids that end a response (included in it, masked in).
+      pad_id: fills the response after it stops.
+
+    Returns:
+      A Rollout with B*n rows, group-major.
+    """
+    B, P = prompt_tokens.shape
+    n, R = sampling.n, sampling.max_new_tokens
+    N = B * n
+    if P + R > cfg.max_seq_len:
+        raise ValueError(f"prompt length {P} + max_new_tokens {R} exceeds the model's "
+                         f"max_seq_len {cfg.max_seq_len}")
+    model = transformer.Transformer(cfg)
+    prompt_tokens = prompt_tokens.astype(jnp.int32)
+    prompt_mask = prompt_mask.astype(bool)
+
+    # Prefill: one forward pass over the prompts writes cache slots 0..P-1. Only the last
+    # column's logits are needed (prompts are left padded), so the LM head runs on it alone.
+    cache = transformer.init_cache(cfg, B, P + R)
+    hidden, cache = model.apply({"params": params}, prompt_tokens,
+                                transformer.positions_from_mask(prompt_mask), prompt_mask,
+                                cache, return_hidden=True)
+    logits = _lm_head(cfg, params, hidden[:, -1:])[:, 0]  # [B, V]
+
+    # Share the prefill: row b*n + i continues prompt b.
+    def rep(x, axis=0):
+        return x if n == 1 else jnp.repeat(x, n, axis=axis)
+
+    cache = transformer.KVCache(k=rep(cache.k, 1), v=rep(cache.v, 1), mask=rep(cache.mask),
+                                index=cache.index)
+    logits = rep(logits)
+    prompt_len = rep(jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32))
+    rows = jnp.arange(N, dtype=jnp.int32)
+    stops = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
+
+    def choose(step, logits):
+        tok = sample_logits(logits, row_keys(key, step, rows), sampling)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tok[:, None], -1)[:, 0]
+        return tok, logp
+
+    def record(state: _DecodeState, tok: Array, logp: Array, cache) -> _DecodeState:
+        active = ~state.done
+        tok = jnp.where(active, tok, pad_id)
+        logp = jnp.where(active, logp, 0.0)
+        stopped = active & jnp.any(tok[:, None] == stops[None, :], axis=-1)
+        put = functools.partial(jax.lax.dynamic_update_slice_in_dim, start_index=state.step,
+                                axis=1)
+        return _DecodeState(
+            step=state.step + 1, cache=cache, last=tok, done=state.done | stopped,
+            tokens=put(state.tokens, tok[:, None]), mask=put(state.mask, active[:, None]),
+            logprobs=put(state.logprobs, logp[:, None]),
+            finish=jnp.where(stopped, FINISH_STOP, state.finish))
+
+    dummy = prompt_len == 0
+    state = _DecodeState(
+        step=jnp.zeros((), jnp.int32), cache=cache, last=jnp.zeros((N,), jnp.int32),
+        done=dummy, tokens=jnp.full((N, R), pad_id, jnp.int32), mask=jnp.zeros((N, R), bool),
+        logprobs=jnp.zeros((N, R), jnp.float32),
+        finish=jnp.where(dummy, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32))
+    state = record(state, *choose(0, logits), cache)
+
+    def cond(state: _DecodeState) -> Array:
+        return (state.step < R) & ~jnp.all(state.done)
+
+    def body(state: _DecodeState) -> _DecodeState:
+        # Feed the previous token (response index step-1) at slot P + step - 1.
+        positions = prompt_len + state.step - 1
+        logits, cache = model.apply({"params": params}, state.last[:, None],
+                                    positions[:, None], jnp.ones((N, 1), bool), state.cache)
+        return record(state, *choose(state.step, logits[:, 0]), cache)
+
+    state = jax.lax.while_loop(cond, body, state)
+    return Rollout(prompt_tokens=rep(prompt_tokens), prompt_mask=rep(prompt_mask),
+                   response_tokens=state.tokens, response_mask=state.mask,
+                   logprobs=state.logprobs, lengths=jnp.sum(state.mask, -1, dtype=jnp.int32),
+                   finish_reason=state.finish, group_ids=rows // n)
+
+
+# ----------------------------------------------------------------------------- host wrapper
+
+
+def _powers_of_two(lo: int, hi: int) -> tuple[int, ...]:
+    out, x = [], lo
+    while x < hi:
+        out.append(x)
+        x *= 2
+    return tuple(out) + (hi,)
+
+
+def _bucket(size: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if b >= size:
+            return b
+    raise ValueError(f"size {size} exceeds the largest bucket {buckets[-1]}")
+
+
+class Sampler:
+    """Host-side wrapper around `generate`: shape bucketing, compile cache, mesh placement.
+
+    Prompt widths are padded (more left padding) up to a bucket and the batch up to a bucket
+    (dummy rows, removed from the output), so repeated calls compile one program per
+    (prompt bucket, batch bucket, SamplingParams, params layout); `num_compilations` counts
+    them. With a mesh, prompts are placed with `parallel.batch_sharding(mesh)` and every batch
+    bucket must be a multiple of `parallel.batch_divisor(mesh)`; params are used in whatever
+    sharding they already have.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, pad_id: int, stop_ids: Sequence[int],
+                 mesh: jax.sharding.Mesh | None = None,
+                 prompt_buckets: Sequence[int] | None = None,
+                 batch_buckets: Sequence[int] | None = None):
+        self.cfg = cfg
+        self.pad_id = int(pad_id)
+        self.stop_ids = tuple(int(s) for s in stop_ids)
+        self.mesh = mesh
+        divisor = 1 if mesh is None else parallel.batch_divisor(mesh)
+        if prompt_buckets is None:
+            prompt_buckets = _powers_of_two(16, cfg.max_seq_len)
+        if batch_buckets is None:  # powers of two times the mesh's batch divisor
+            batch_buckets = tuple(divisor * b for b in _powers_of_two(1, 4096))
+        self.prompt_buckets = tuple(sorted(int(b) for b in prompt_buckets))
+        self.batch_buckets = tuple(sorted(int(b) for b in batch_buckets))
+        if not self.prompt_buckets or self.prompt_buckets[0] < 1:
+            raise ValueError(f"prompt_buckets must be positive, got {prompt_buckets}")
+        if not self.batch_buckets or self.batch_buckets[0] < 1:
+            raise ValueError(f"batch_buckets must be positive, got {batch_buckets}")
+        bad = [b for b in self.batch_buckets if b % divisor]
+        if bad:
+            raise ValueError(f"batch buckets {bad} are not multiples of the mesh's batch "
+                             f"divisor {divisor}")
+        self._compiled: dict[Any, Any] = {}
+        self.num_compilations = 0
+
+    @property
+    def programs(self) -> list[Any]:
+        """The compiled programs so far (e.g. for `memory_analysis()` in benchmarks)."""
+        return list(self._compiled.values())
+
+    def generate(self, params: Any, prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
+                 sampling: SamplingParams, key: Array) -> Rollout:
+        """Samples `sampling.n` responses for each of the B left-padded prompts.
+
+        Args:
+          params: transformer params.
+          prompt_tokens: [B, P] int, left padded. prompt_mask: [B, P] bool.
+          sampling: SamplingParams.
+          key: PRNG key.
+        Returns:
+          A Rollout with B*n rows (prompt arrays keep the input width P).
+        """
+        tokens = np.asarray(prompt_tokens)
+        mask = np.asarray(prompt_mask).astype(bool)
+        if tokens.ndim != 2 or tokens.shape != mask.shape:
+            raise ValueError(f"prompt_tokens {tokens.shape} and prompt_mask {mask.shape} must "
+                             "be 2-D and of the same shape")
+        B, P = tokens.shape
+        if B == 0:
+            raise ValueError("Sampler.generate got an empty batch")
+        lengths = mask.sum(-1)
+        if (lengths == 0).any():
+            raise ValueError(f"prompt rows {np.flatnonzero(lengths == 0).tolist()} are empty")
+        if (np.diff(mask.astype(np.int8), axis=-1) < 0).any():
+            raise ValueError("prompt_mask must be left padded (pads first, then tokens)")
+        R = sampling.max_new_tokens
+        longest = int(lengths.max())
+        limit = min(self.cfg.max_seq_len - R, self.prompt_buckets[-1])
+        if longest > limit:
+            raise ValueError(
+                f"prompt of {longest} tokens is longer than the limit {limit} = min(model "
+                f"max_seq_len {self.cfg.max_seq_len} - max_new_tokens {R}, largest prompt "
+                f"bucket {self.prompt_buckets[-1]})")
+        width = min(_bucket(longest, self.prompt_buckets), limit)
+        if B > self.batch_buckets[-1]:
+            raise ValueError(f"batch of {B} prompts exceeds the largest batch bucket "
+                             f"{self.batch_buckets[-1]}")
+        rows = _bucket(B, self.batch_buckets)
+
+        # Re-pad: keep the last `width` columns (all real tokens are there), add dummy rows
+        # (empty prompts, which `generate` treats as already finished).
+        padded = np.full((rows, width), self.pad_id, np.int32)
+        padded_mask = np.zeros((rows, width), bool)
+        take = min(width, P)
+        padded[:B, width - take:] = tokens[:, P - take:]
+        padded_mask[:B, width - take:] = mask[:, P - take:]
+        if self.mesh is None:
+            args = (jnp.asarray(padded), jnp.asarray(padded_mask), key)
+        else:
+            shard = parallel.batch_sharding(self.mesh)
+            args = (jax.device_put(padded, shard), jax.device_put(padded_mask, shard),
+                    jax.device_put(key, parallel.replicated(self.mesh)))
+        out = self._program(params, args, sampling)(params, *args)
+        keep = B * sampling.n
+        return Rollout(
+            prompt_tokens=jnp.asarray(np.repeat(tokens.astype(np.int32), sampling.n, axis=0)),
+            prompt_mask=jnp.asarray(np.repeat(mask, sampling.n, axis=0)),
+            response_tokens=out.response_tokens[:keep], response_mask=out.response_mask[:keep],
+            logprobs=out.logprobs[:keep], lengths=out.lengths[:keep],
+            finish_reason=out.finish_reason[:keep], group_ids=out.group_ids[:keep])
+
+    def _program(self, params: Any, args: tuple[Array, ...], sampling: SamplingParams):
+        """The compiled program for these shapes, shardings and sampling params (AOT, so a
+        layout this cache key misses fails loudly instead of silently recompiling)."""
+        def sig(x):
+            return (x.shape, str(x.dtype), getattr(x, "sharding", None))
+
+        cache_key = (sampling, jax.tree.structure(params),
+                     tuple(sig(x) for x in jax.tree.leaves(params)),
+                     tuple(sig(x) for x in args))
+        if cache_key not in self._compiled:
+            fn = jax.jit(functools.partial(generate, cfg=self.cfg, sampling=sampling,
+                                           stop_ids=self.stop_ids, pad_id=self.pad_id))
+            self._compiled[cache_key] = fn.lower(params, *args).compile()
+            self.num_compilations += 1
+        return self._compiled[cache_key]

@@ -1,0 +1,299 @@
+"""Sampler: greedy == step-by-step argmax of full forwards, padding/sharding/n-sharing
+invariance, truncated-distribution statistics, stopping, bucketing and errors."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lrmjax import parallel, sampling
+from lrmjax.models import presets, transformer
+from lrmjax.sampling import Sampler, SamplingParams
+
+CFG = presets.ModelConfig(vocab_size=64, hidden_size=64, num_layers=2, num_heads=4,
+                          num_kv_heads=2, head_dim=16, mlp_dim=96, qkv_bias=True,
+                          max_seq_len=48)
+PAD, EOS = 0, 1
+
+
+def _random_params(cfg, seed=0):
+    """Random params from the shapes (numpy, no compile); large enough weights that the
+    next-token distribution is far from uniform."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, x):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name:
+            return (1 + 0.1 * rng.normal(size=x.shape)).astype(np.float32)
+        return (rng.normal(size=x.shape) * 0.3).astype(np.float32)
+
+    return jax.tree.map(jnp.asarray,
+                        jax.tree_util.tree_map_with_path(draw, transformer.param_shapes(cfg)))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return _random_params(CFG)
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    return Sampler(CFG, pad_id=PAD, stop_ids=(), prompt_buckets=(8, 16), batch_buckets=(4, 8))
+
+
+def _prompts(rows, seed=0, longest=8):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, longest + 1, rows)
+    lengths[0] = longest
+    seqs = [list(rng.integers(2, CFG.vocab_size, n)) for n in lengths]
+    tokens = np.zeros((rows, longest), np.int32)
+    mask = np.zeros((rows, longest), bool)
+    for i, s in enumerate(seqs):
+        tokens[i, longest - len(s):] = s
+        mask[i, longest - len(s):] = True
+    return tokens, mask, seqs
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(cfg, params, tokens):
+    """Full forward of one unpadded sequence [1, T] -> last logits [V]."""
+    T = tokens.shape[1]
+    out, _ = transformer.Transformer(cfg).apply(
+        {"params": params}, tokens, jnp.arange(T)[None], jnp.ones((1, T), bool))
+    return out[0, -1]
+
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=6)
+HOT = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def greedy_run(sampler, params):
+    tokens, mask, seqs = _prompts(3)
+    return seqs, sampler.generate(params, tokens, mask, GREEDY, jax.random.key(0))
+
+
+def test_greedy_equals_argmax_of_full_forwards(params, greedy_run):
+    seqs, roll = greedy_run
+    for i, seq in enumerate(seqs):
+        seq = list(seq)
+        want, want_lp = [], []
+        for _ in range(GREEDY.max_new_tokens):
+            logits = np.asarray(_logits(CFG, params, jnp.asarray([seq], jnp.int32)),
+                                np.float64)
+            tok = int(np.argmax(logits))
+            lse = np.log(np.sum(np.exp(logits - logits.max()))) + logits.max()
+            want.append(tok)
+            want_lp.append(logits[tok] - lse)
+            seq.append(tok)
+        np.testing.assert_array_equal(np.asarray(roll.response_tokens[i]), want)
+        np.testing.assert_allclose(np.asarray(roll.logprobs[i]), want_lp, atol=1e-4)
+    assert np.asarray(roll.response_mask).all()
+    np.testing.assert_array_equal(roll.lengths, [6, 6, 6])
+    np.testing.assert_array_equal(roll.finish_reason, [sampling.FINISH_LENGTH] * 3)
+    np.testing.assert_array_equal(roll.group_ids, [0, 1, 2])
+    toks, mask = roll.tokens()
+    assert toks.shape == (3, 8 + 6) and mask.shape == (3, 14)
+    np.testing.assert_array_equal(toks[:, 8:], roll.response_tokens)
+
+
+def test_extra_left_padding_does_not_change_samples(sampler, params):
+    tokens, mask, _ = _prompts(3, seed=1)
+    wide = np.concatenate([np.full((3, 7), PAD, np.int32), tokens], axis=1)
+    wide_mask = np.concatenate([np.zeros((3, 7), bool), mask], axis=1)
+    a = sampler.generate(params, tokens, mask, HOT, jax.random.key(3))
+    # A longer prompt in the batch forces the 16-column bucket: 8+ more pad columns.
+    longer = np.concatenate([wide, np.arange(2, 17, dtype=np.int32)[None]], axis=0)
+    longer_mask = np.concatenate([wide_mask, np.ones((1, 15), bool)], axis=0)
+    b = sampler.generate(params, longer, longer_mask, HOT, jax.random.key(3))
+    np.testing.assert_array_equal(np.asarray(b.response_tokens[:3]), a.response_tokens)
+    np.testing.assert_allclose(np.asarray(b.logprobs[:3]), a.logprobs, atol=1e-5)
+    np.testing.assert_array_equal(b.prompt_tokens[:3], wide)
+
+
+def test_n_per_prompt_equals_repeated_prompts(sampler, params):
+    tokens, mask, _ = _prompts(2, seed=2)
+    shared = sampler.generate(params, tokens, mask, HOT.__class__(**{**HOT.__dict__, "n": 3}),
+                              jax.random.key(5))
+    repeated = sampler.generate(params, np.repeat(tokens, 3, 0), np.repeat(mask, 3, 0), HOT,
+                                jax.random.key(5))
+    np.testing.assert_array_equal(shared.response_tokens, repeated.response_tokens)
+    np.testing.assert_allclose(shared.logprobs, repeated.logprobs, atol=1e-5)
+    np.testing.assert_array_equal(shared.group_ids, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(shared.prompt_tokens, np.repeat(tokens, 3, 0))
+    # The 3 samples of a prompt are not all the same (they use different keys).
+    assert len({tuple(r) for r in np.asarray(shared.response_tokens[:3])}) > 1
+
+
+def test_deterministic_per_key(sampler, params):
+    tokens, mask, _ = _prompts(4, seed=3)
+    a = sampler.generate(params, tokens, mask, HOT, jax.random.key(7))
+    b = sampler.generate(params, tokens, mask, HOT, jax.random.key(7))
+    c = sampler.generate(params, tokens, mask, HOT, jax.random.key(8))
+    np.testing.assert_array_equal(a.response_tokens, b.response_tokens)
+    assert (np.asarray(a.response_tokens) != np.asarray(c.response_tokens)).any()
+
+
+def test_stop_token_ends_the_response(params, greedy_run):
+    _, free = greedy_run
+    free_tokens = np.asarray(free.response_tokens)
+    stop = int(free_tokens[0, 2])  # row 0 emits it at step 2 (or earlier)
+    stopper = Sampler(CFG, pad_id=PAD, stop_ids=(EOS, stop), prompt_buckets=(8,),
+                      batch_buckets=(4,))
+    tokens, mask, _ = _prompts(3)
+    roll = stopper.generate(params, tokens, mask, GREEDY, jax.random.key(0))
+    for i in range(3):
+        hits = np.flatnonzero(np.isin(free_tokens[i], [EOS, stop]))
+        length = hits[0] + 1 if len(hits) else GREEDY.max_new_tokens
+        assert int(roll.lengths[i]) == length
+        np.testing.assert_array_equal(roll.response_tokens[i, :length], free_tokens[i, :length])
+        assert (np.asarray(roll.response_tokens[i, length:]) == PAD).all()
+        np.testing.assert_array_equal(roll.response_mask[i], np.arange(6) < length)
+        assert (np.asarray(roll.logprobs[i, length:]) == 0).all()
+        assert int(roll.finish_reason[i]) == (sampling.FINISH_STOP if len(hits)
+                                              else sampling.FINISH_LENGTH)
+    assert int(roll.lengths[0]) <= 3 and int(roll.finish_reason[0]) == sampling.FINISH_STOP
+
+
+def test_bucketing_avoids_recompiles(params):
+    s = Sampler(CFG, pad_id=PAD, stop_ids=(EOS,), prompt_buckets=(8, 16),
+                batch_buckets=(4, 8))
+    sp = SamplingParams(temperature=0.0, max_new_tokens=2)
+    for rows, longest in [(1, 3), (3, 8), (4, 5), (2, 7)]:  # all in buckets (4, 8)
+        tokens, mask, _ = _prompts(rows, seed=rows, longest=longest)
+        out = s.generate(params, tokens, mask, sp, jax.random.key(0))
+        assert out.response_tokens.shape == (rows, 2)
+    assert s.num_compilations == 1
+    tokens, mask, _ = _prompts(5, longest=8)  # batch bucket 8
+    s.generate(params, tokens, mask, sp, jax.random.key(0))
+    assert s.num_compilations == 2
+
+
+def test_bad_inputs_are_clear_errors(sampler, params):
+    tokens, mask, _ = _prompts(2, longest=16)
+    long_params = SamplingParams(max_new_tokens=40)  # 48 - 40 = 8 < 16
+    with pytest.raises(ValueError, match=r"16 tokens.*limit 8.*max_seq_len 48"):
+        sampler.generate(params, tokens, mask, long_params, jax.random.key(0))
+    tokens, mask, _ = _prompts(2, longest=20)  # largest bucket is 16
+    with pytest.raises(ValueError, match=r"20 tokens.*limit 16.*bucket 16"):
+        sampler.generate(params, tokens, mask, GREEDY, jax.random.key(0))
+    tokens, mask, _ = _prompts(2)
+    with pytest.raises(ValueError, match="left padded"):
+        sampler.generate(params, tokens, mask[:, ::-1], GREEDY, jax.random.key(0))
+    mask[1] = False
+    with pytest.raises(ValueError, match="empty"):
+        sampler.generate(params, tokens, mask, GREEDY, jax.random.key(0))
+    for bad in [dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-1), dict(min_p=1.0),
+                dict(max_new_tokens=0), dict(n=0)]:
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SamplingParams(**bad)
+    with pytest.raises(ValueError, match="multiples"):
+        Sampler(CFG, pad_id=PAD, stop_ids=(), mesh=parallel.make_mesh((2, 2, 2)),
+                batch_buckets=(2, 4))
+
+
+def test_sharded_sampler_equals_single_device(sampler, params):
+    mesh = parallel.make_mesh((2, 2, 2))
+    shardings = parallel.param_shardings(CFG, mesh)
+    sharded_params = jax.device_put(params, shardings)
+    s = Sampler(CFG, pad_id=PAD, stop_ids=(EOS,), mesh=mesh, prompt_buckets=(8, 16),
+                batch_buckets=(4, 8))
+    tokens, mask, _ = _prompts(3, seed=4)
+    sp = SamplingParams(temperature=1.0, top_k=20, max_new_tokens=6, n=2)
+    got = s.generate(sharded_params, tokens, mask, sp, jax.random.key(11))
+    want = Sampler(CFG, pad_id=PAD, stop_ids=(EOS,), prompt_buckets=(8, 16),
+                   batch_buckets=(4, 8)).generate(params, tokens, mask, sp, jax.random.key(11))
+    np.testing.assert_array_equal(got.response_tokens, want.response_tokens)
+    np.testing.assert_array_equal(got.lengths, want.lengths)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- distributions
+
+LOGITS = np.array([2.0, 1.5, 1.0, 0.5, 0.0, -1.0, -3.0, -5.0], np.float32)
+NUM_DRAWS = 20_000
+
+
+def _expected(params: SamplingParams) -> np.ndarray:
+    """Reference: temperature, top-k, top-p (over the top-k renormalized probs, keeping the
+    crossing token), min-p; written with explicit loops over the sorted tokens."""
+    logits = LOGITS.astype(np.float64) / params.temperature
+    order = np.argsort(-logits)
+    keep = np.zeros(len(logits), bool)
+    k = params.top_k or len(logits)
+    keep[order[:k]] = True
+    p = np.exp(logits - logits.max()) * keep
+    p /= p.sum()
+    if params.top_p < 1.0:
+        mass, nucleus = 0.0, np.zeros_like(keep)
+        for i in order:
+            if not keep[i]:
+                break
+            nucleus[i] = True
+            mass += p[i]
+            if mass >= params.top_p:
+                break
+        keep &= nucleus
+    p = np.exp(logits - logits.max()) * keep
+    p /= p.sum()
+    if params.min_p > 0:
+        keep &= p >= params.min_p * p.max()
+    p = np.exp(logits - logits.max()) * keep
+    return p / p.sum()
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _draw(params, key):
+    keys = jax.random.split(key, NUM_DRAWS)
+    logits = jnp.broadcast_to(jnp.asarray(LOGITS), (NUM_DRAWS, len(LOGITS)))
+    return sampling.sample_logits(logits, keys, params)
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1.0),
+    SamplingParams(temperature=0.5),
+    SamplingParams(temperature=2.0, top_k=3),
+    SamplingParams(temperature=1.0, top_p=0.6),  # 0.41 + 0.25 crosses 0.6: keeps 2 tokens
+    SamplingParams(temperature=1.5, top_k=5, top_p=0.8),
+    SamplingParams(temperature=1.0, min_p=0.2),
+    SamplingParams(temperature=0.7, top_k=6, top_p=0.95, min_p=0.05),
+], ids=lambda p: f"T{p.temperature}-k{p.top_k}-p{p.top_p}-m{p.min_p}")
+def test_sample_frequencies_match_truncated_distribution(params):
+    want = _expected(params)
+    counts = np.bincount(np.asarray(_draw(params, jax.random.key(0))), minlength=len(LOGITS))
+    freq = counts / NUM_DRAWS
+    assert (counts[want == 0] == 0).all(), (freq, want)  # removed tokens never appear
+    # Binomial std <= 0.0036 at 20k draws; 0.015 is > 4 std, yet every off-by-one truncation
+    # or unrenormalized distribution above is off by more than 0.03 on some token.
+    np.testing.assert_allclose(freq, want, atol=0.015)
+
+
+def test_truncation_reference_is_sensitive():
+    """The reference above distinguishes the cases (so the test can fail)."""
+    base = _expected(SamplingParams(temperature=1.0))
+    nucleus = _expected(SamplingParams(temperature=1.0, top_p=0.6))
+    assert (nucleus > 0).sum() == 2 and np.abs(nucleus - base).max() > 0.1
+    assert (_expected(SamplingParams(temperature=1.0, min_p=0.2)) > 0).sum() == 4
+
+
+def test_end_to_end_frequencies(params):
+    """Many samples of one token from one prompt follow the model's truncated distribution."""
+    s = Sampler(CFG, pad_id=PAD, stop_ids=(), prompt_buckets=(8,), batch_buckets=(1,))
+    tokens, mask, seqs = _prompts(1, seed=6)
+    sp = SamplingParams(temperature=0.8, top_k=8, max_new_tokens=1, n=4000)
+    roll = s.generate(params, tokens, mask, sp, jax.random.key(1))
+    logits = np.asarray(_logits(CFG, params, jnp.asarray([seqs[0]], jnp.int32)), np.float64)
+    top = np.argsort(-logits)[:8]
+    want = np.zeros_like(logits)
+    want[top] = np.exp((logits[top] - logits[top].max()) / 0.8)
+    want /= want.sum()
+    freq = np.bincount(np.asarray(roll.response_tokens[:, 0]), minlength=CFG.vocab_size) / 4000
+    assert set(np.flatnonzero(freq)) <= set(top)
+    np.testing.assert_allclose(freq, want, atol=0.03)
+    # top_k=1 at any temperature is greedy.
+    one = s.generate(params, tokens, mask, SamplingParams(temperature=3.0, top_k=1,
+                                                          max_new_tokens=1, n=4),
+                     jax.random.key(2))
+    assert (np.asarray(one.response_tokens) == int(np.argmax(logits))).all()
