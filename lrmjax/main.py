@@ -11,13 +11,6 @@ from __future__ import annotations
 import logging
 import os
 
-# On a CPU host, split it into several XLA devices before jax is imported: with the batch
-# sharded over them, small-model steps run about 2x faster on 2 cores than on one device
-# (experiments/benchmarks/RESULTS.md). The flag only concerns the host (CPU) platform, so
-# GPU/TPU runs are unaffected. Set LRMJAX_CPU_DEVICES=1 to turn it off.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
-                               f"device_count={os.environ.get('LRMJAX_CPU_DEVICES', '8')}")
 # Compiled programs are cached on disk, so a rerun (or a resume) starts in seconds.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(os.path.expanduser("~"), ".cache", "lrmjax", "xla"))
@@ -40,6 +33,12 @@ def main(argv: list[str]) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     cfg = _CONFIG.value
     config_lib.validate(cfg)
+    # On a CPU host, split the host into `mesh.cpu_devices` XLA devices. XLA reads the flag
+    # when the backend starts (the first jax.devices() call, which happens below), so it
+    # can still be set here. It only concerns the host platform: GPU/TPU runs ignore it.
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_"
+                                   f"platform_device_count={cfg.mesh.cpu_devices}").strip()
     from lrmjax.train import rl  # after flag parsing: keeps `--help` fast
 
     final = rl.train(cfg, _WORKDIR.value)

@@ -154,3 +154,14 @@ def test_train_step_skips_nonfinite_update():
     assert int(new.nonfinite) == 1 and int(new.step) == 0
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_unsupervised_reward_gets_token_statistics(tmp_path):
+    """self_certainty needs per-token statistics from the policy: the trainer supplies them."""
+    cfg = small_config("grpo", steps=1, kl_mode="none", kl_coef=0.0)
+    cfg.reward.fns = {"self_certainty": 1.0}
+    rl.train(cfg, str(tmp_path))
+    row = read_metrics(str(tmp_path))[0]
+    assert row["reward/errors"] == 0.0
+    # KL(U || p) >= 0 and differs between responses.
+    assert row["reward/min"] >= 0.0 and row["reward/std"] > 0.0

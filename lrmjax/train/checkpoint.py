@@ -67,6 +67,17 @@ class Checkpointer:
         tree = out["state"]
         return state.replace(**tree), dict(out["extras"])
 
+    def restore_params(self, step: int | None = None, best: bool = False) -> Any:
+        """The policy params of checkpoint `step` (default: the latest, or the best), as host
+        arrays: for sampling or export without rebuilding the optimizer."""
+        manager = self.best if best else self.manager
+        step = manager.best_step() if best else (manager.latest_step() if step is None else step)
+        if step is None:
+            raise FileNotFoundError(f"no {'best ' if best else ''}checkpoint in "
+                                    f"{manager.directory}")
+        out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        return out["state"]["params"]
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
         self.best.wait_until_finished()

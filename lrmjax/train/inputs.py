@@ -8,6 +8,7 @@ trainer itself never touches strings.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -29,8 +30,12 @@ from lrmjax.models.presets import ModelConfig
 from lrmjax.rewards import base as reward_base
 from lrmjax.rewards.pool import RewardPool
 from lrmjax.sampling import Rollout, Sampler, SamplingParams
+from lrmjax.train import steps
 
 log = logging.getLogger(__name__)
+
+# Unsupervised rewards that read the policy's per-token statistics from the metadata.
+TOKEN_STAT_REWARDS = frozenset({"mean_logprob", "neg_entropy", "self_certainty"})
 
 
 @dataclasses.dataclass
@@ -50,6 +55,7 @@ class Inputs:
     hf_exportable: bool
     train_sampling: SamplingParams
     prompt_len: int
+    token_stats_fn: Any = None  # jitted steps.response_token_stats, when a reward needs it
 
     @property
     def loss_temperature(self) -> float:
@@ -80,23 +86,35 @@ class Inputs:
         return [self.tokenizer.decode(t[m]) for t, m in zip(toks, mask)]
 
     # ------------------------------------------------------------ rewards
-    def reward_metadata(self, examples: Sequence[Example], roll: Rollout | None
+    def reward_metadata(self, examples: Sequence[Example], roll: Rollout | None,
+                        token_stats: dict[str, np.ndarray] | None = None
                         ) -> list[dict[str, Any]]:
+        """Per-row metadata for reward functions: the example's own metadata plus `prompt`,
+        `answer`, `group_id`, `response_tokens` and, when a reward asks for them, the
+        per-token statistics of the response (token_logprobs, token_entropies,
+        self_certainty)."""
         rows = []
         for i, ex in enumerate(examples):
             row = {**ex.metadata, "prompt": ex.prompt, "answer": ex.answer}
             if roll is not None:
                 row["group_id"] = int(roll.group_ids[i])
                 row["response_tokens"] = int(roll.lengths[i])
+                for name, values in (token_stats or {}).items():
+                    row[name] = values[i][np.asarray(roll.response_mask[i], bool)].tolist()
             rows.append(row)
         return rows
 
-    def score(self, examples: Sequence[Example], completions: Sequence[str], roll: Rollout
-              ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+    def score(self, examples: Sequence[Example], completions: Sequence[str], roll: Rollout,
+              params: Any = None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
         """Rewards [N] for one rollout, their components, and the pool's error counts."""
+        stats = None
+        if self.token_stats_fn is not None and params is not None:
+            tokens = np.concatenate([roll.prompt_tokens, roll.response_tokens], axis=1)
+            mask = np.concatenate([roll.prompt_mask, roll.response_mask], axis=1)
+            stats = jax.device_get(self.token_stats_fn(params, tokens, mask))
         prompts = [ex.prompt for ex in examples]
-        scores, metrics, components = self.pool.score(prompts, list(completions),
-                                                      self.reward_metadata(examples, roll))
+        scores, metrics, components = self.pool.score(
+            prompts, list(completions), self.reward_metadata(examples, roll, stats))
         return scores, components, metrics
 
     def score_texts(self, examples: Sequence[Example], completions: Sequence[str]
@@ -205,13 +223,19 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     s = cfg.sampling
     sampling = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                               min_p=s.min_p, max_new_tokens=s.max_new_tokens, n=s.n)
+    token_stats_fn = None
+    if set(fns) & TOKEN_STAT_REWARDS:
+        token_stats_fn = jax.jit(functools.partial(
+            steps.response_token_stats, model_cfg=model_cfg, prompt_len=prompt_len,
+            temperature=s.temperature if s.temperature > 0 else 1.0))
     log.info("model %s: %s params", model_cfg.name,
              f"{transformer.count_params(params):,}")
     return Inputs(cfg=cfg, mesh=mesh, tokenizer=tokenizer, model_cfg=model_cfg,
                   init_params=params, sampler=sampler, train_source=train_source,
                   data_iter=data_iter,
                   eval_examples=list(eval_examples), reward_fn=reward_fn, pool=pool, task=task,
-                  hf_exportable=exportable, train_sampling=sampling, prompt_len=prompt_len)
+                  hf_exportable=exportable, train_sampling=sampling, prompt_len=prompt_len,
+                  token_stats_fn=token_stats_fn)
 
 
 def demonstrations(inp: Inputs, examples: Sequence[Example]) -> dict[str, np.ndarray]:

@@ -87,7 +87,7 @@ def sample_and_score(inp: Inputs, params: Any, examples: list[Example], key: jax
     roll = _np_rollout(inp.sampler.generate(params, tokens, mask, sampling, key))
     completions = inp.decode(roll)
     rep = [ex for ex in examples for _ in range(sampling.n)]
-    rewards, components, rmetrics = inp.score(rep, completions, roll)
+    rewards, components, rmetrics = inp.score(rep, completions, roll, params)
     algo = inp.cfg.rl
     if algo.overlong_buffer_len > 0:
         penalty = shaping.overlong_penalty(roll.lengths, max_len=sampling.max_new_tokens,

@@ -57,6 +57,20 @@ def response_logprobs(params: Any, tokens: Array, mask: Array, *, model_cfg: Mod
     return token_logprobs(logits, tokens[:, prompt_len:])[0]
 
 
+def response_token_stats(params: Any, tokens: Array, mask: Array, *, model_cfg: ModelConfig,
+                         prompt_len: int, temperature: float = 1.0) -> dict[str, Array]:
+    """Per-token statistics of the policy on the responses, for unsupervised rewards:
+    token_logprobs, token_entropies and self_certainty = KL(U || p) = -log V - mean_v log p_v
+    (Zhao et al. 2025, INTUITOR, eq. 4), each [N, R]."""
+    logits = response_logits(model_cfg, params, tokens, mask, prompt_len, temperature)
+    logp_all = jax.nn.log_softmax(logits, axis=-1)
+    logp = jnp.take_along_axis(logp_all, tokens[:, prompt_len:, None], axis=-1)[..., 0]
+    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+    vocab = logits.shape[-1]
+    certainty = -jnp.log(vocab) - jnp.mean(logp_all, axis=-1)
+    return {"token_logprobs": logp, "token_entropies": entropy, "self_certainty": certainty}
+
+
 def response_values(critic_params: Any, tokens: Array, mask: Array, *, model_cfg: ModelConfig,
                     prompt_len: int) -> Array:
     """Critic values V(s_t) for each response token [N, R] (same shift as the logits)."""
