@@ -22,7 +22,8 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
 demo: $(STAMP)
-	$(PY) -m lrmjax.main --config configs/arith_grpo.py --workdir /tmp/lrmjax_demo
+	rm -rf workdirs/demo
+	$(PY) experiments/arith_demo.py --workdir workdirs/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

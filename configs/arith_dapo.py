@@ -4,19 +4,15 @@ groups dropped and refilled), token-mean loss, soft overlong penalty, no KL.
     python -m lrmjax.main --config configs/arith_dapo.py --workdir /tmp/arith_dapo
 """
 
-import importlib.util
 import os
+
+from lrmjax import config as config_lib
+from lrmjax.rl import algorithms
 
 
 def get_config(arg: str | None = None):
-    from lrmjax.rl import algorithms
-
-    path = os.path.join(os.path.dirname(__file__), "arith_grpo.py")
-    spec = importlib.util.spec_from_file_location("arith_grpo", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(arg)
+    c = config_lib.from_file(os.path.join(os.path.dirname(__file__), "arith_grpo.py"), arg)
     c.algorithm = "dapo"
-    # Responses are at most 8 tokens: a 2-token ramp before the limit.
+    # Responses are at most 8 tokens: the penalty ramps over the last 2.
     c.rl = algorithms.get("dapo", overlong_buffer_len=2)
     return c

@@ -135,6 +135,18 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     return c
 
 
+def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of the config file at `path`: lets one config build on another."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"lrmjax_config_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot load a config from {path!r}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
 def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> presets.ModelConfig:
     """The ModelConfig a run uses (for presets; HF checkpoints bring their own)."""
     import jax.numpy as jnp
@@ -237,7 +249,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         if (batch // per_update) % shards:
             raise ValueError(f"a microbatch of {batch // per_update} responses does not divide "
                              f"over the {shards} batch shards of mesh "
-                             f"{dict(zip(parallel.MESH_AXES, dims))} (config 'train.batch_prompts')")
+                             f"{dict(zip(parallel.MESH_AXES, dims, strict=True))} "
+                             "(config 'train.batch_prompts')")
     try:
         algorithms.validate(cfg.rl)
     except ValueError as e:

@@ -59,7 +59,8 @@ def mesh_shape(shape: Mapping[str, int] | Sequence[int], num_devices: int) -> tu
                              "devices")
         dims[dims.index(-1)] = num_devices // fixed
     if math.prod(dims) != num_devices:
-        raise ValueError(f"mesh shape {dict(zip(MESH_AXES, dims))} needs {math.prod(dims)} "
+        named = dict(zip(MESH_AXES, dims, strict=True))
+        raise ValueError(f"mesh shape {named} needs {math.prod(dims)} "
                          f"devices but {num_devices} are available")
     return tuple(dims)
 
@@ -98,7 +99,7 @@ def logical_to_spec(logical: PartitionSpec | Sequence[str | None], shape: Sequen
     rules = LOGICAL_RULES if rules is None else rules
     used: set[str] = set()
     out = []
-    for name, dim in zip(tuple(logical), shape):
+    for name, dim in zip(tuple(logical), shape, strict=True):
         axes = []
         size = 1
         for axis in _mesh_axes_for(name, rules):

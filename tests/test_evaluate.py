@@ -111,7 +111,8 @@ def _decode(roll: Rollout) -> list[str]:
 
 
 def _score(examples, completions):
-    return [1.0 if c.strip() == ex["answer"] else 0.0 for ex, c in zip(examples, completions)]
+    return [1.0 if c.strip() == ex["answer"] else 0.0
+            for ex, c in zip(examples, completions, strict=True)]
 
 
 EXAMPLES = [{"id": i, "answer": a} for i, a in enumerate(ANSWERS)]

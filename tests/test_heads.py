@@ -63,7 +63,7 @@ def test_init_from_policy_copies_trunk(setup):
     assert "lm_head" not in critic["trunk"]
     want = {k: v for k, v in policy.items() if k != "lm_head"}
     assert jax.tree.structure(critic["trunk"]) == jax.tree.structure(want)
-    for a, b in zip(jax.tree.leaves(critic["trunk"]), jax.tree.leaves(want)):
+    for a, b in zip(jax.tree.leaves(critic["trunk"]), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert a.unsafe_buffer_pointer() != b.unsafe_buffer_pointer()  # a copy, not an alias
     np.testing.assert_array_equal(np.asarray(critic["head"]["kernel"]), 0.0)

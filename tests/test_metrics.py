@@ -8,7 +8,6 @@ import os
 import struct
 
 import numpy as np
-import pytest
 from tensorboardX.proto import event_pb2
 
 from lrmjax.train import metrics as metrics_lib

@@ -9,6 +9,7 @@ token depends only on the current one, through a lookup table we write into the 
 
 from __future__ import annotations
 
+import functools
 import pickle
 import string
 
@@ -32,7 +33,7 @@ from lrmjax.tokenizers import CharTokenizer
 # ----------------------------------------------------------------------------- reward model
 
 RM_TOK = CharTokenizer()
-RM_CFG = presets.get("tiny", num_layers=2, hidden_size=32, num_heads=2, num_kv_heads=1,
+RM_CFG = presets.get("tiny", num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1,
                      head_dim=16, mlp_dim=64, vocab_size=RM_TOK.vocab_size, max_seq_len=64)
 PROMPTS = ["2+2=", "What is 3*3? ", "x", "Say hi: ", "1", "long prompt here, "]
 COMPLETIONS = ["4", "9", "yes it is", "hi", "one two three", "ok"]
@@ -41,29 +42,38 @@ META = [{} for _ in PROMPTS]
 
 @pytest.fixture(scope="module")
 def rm_params():
-    params = heads.init_head_params(RM_CFG, jax.random.key(0))
-    params["trunk"] = transformer.init_params(RM_CFG, jax.random.key(1))
+    # Random trunk; the head (zero-initialized) is set to a known vector and bias.
+    params = jax.jit(lambda k: heads.init_head_params(RM_CFG, k))(jax.random.key(0))
     rng = np.random.default_rng(0)
     params["head"] = {"kernel": jnp.asarray(rng.normal(size=(32, 1)), jnp.float32),
                       "bias": jnp.asarray([0.25], jnp.float32)}
     return params
 
 
-def manual_score(params, ids: list[int]) -> float:
-    """Last-token hidden state of the unpadded sequence, dotted with the head, in numpy."""
-    tokens = jnp.asarray([ids], jnp.int32)
-    positions = jnp.arange(len(ids), dtype=jnp.int32)[None]
-    hidden, _ = transformer.Transformer(RM_CFG).apply(
-        {"params": params["trunk"]}, tokens, positions, jnp.ones_like(tokens, bool),
-        return_hidden=True)
-    last = np.asarray(hidden, np.float64)[0, -1]
+@functools.partial(jax.jit, static_argnums=0)
+def _trunk_hidden(cfg, trunk, tokens):
+    """Final hidden states [B, T, D] of RIGHT-padded rows with positions 0..T-1: causal
+    attention makes a real token's state independent of the pads after it."""
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    hidden, _ = transformer.Transformer(cfg).apply(
+        {"params": trunk}, tokens, positions, jnp.ones(tokens.shape, bool), return_hidden=True)
+    return hidden
+
+
+def manual_scores(params, rows: list[list[int]], width: int = 32) -> np.ndarray:
+    """Last-token hidden state of each row dotted with the head, in numpy float64."""
+    tokens = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, :len(r)] = r
+    hidden = np.asarray(_trunk_hidden(RM_CFG, params["trunk"], tokens), np.float64)
+    last = hidden[np.arange(len(rows)), [len(r) - 1 for r in rows]]
     kernel = np.asarray(params["head"]["kernel"], np.float64)[:, 0]
-    return float(last @ kernel + float(params["head"]["bias"][0]))
+    return last @ kernel + float(params["head"]["bias"][0])
 
 
 def expected_raw(params, prompts, completions):
-    return np.array([manual_score(params, [RM_TOK.bos_id] + RM_TOK.encode(p + c))
-                     for p, c in zip(prompts, completions, strict=True)])
+    return manual_scores(params, [[RM_TOK.bos_id] + RM_TOK.encode(p + c)
+                                  for p, c in zip(prompts, completions, strict=True)])
 
 
 @pytest.fixture(scope="module")
@@ -118,22 +128,27 @@ def test_batch_splitting_equivalence(rm_params, scorer):
 
 
 def test_no_recompilation_within_a_bucket(rm_params):
-    s = RewardModelScorer(RM_CFG, rm_params, RM_TOK, max_len=32, batch_size=4)
-    s(["ab", "c"], ["d", "efg"], [{}, {}])  # width bucket 16, one chunk
-    assert s.num_compilations == 1
     lowered = []
 
     def listener(event, duration, **kwargs):
         if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
             lowered.append(event)
 
+    # batch_size 3 is used by no other test, so the first call must compile (which also
+    # shows that the listener sees compilations).
+    s = RewardModelScorer(RM_CFG, rm_params, RM_TOK, max_len=32, batch_size=3)
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        res = s(["x", "yy", "zzz"], ["1", "22", "333333"], [{}, {}, {}])  # 3 rows, bucket 16
+        s(["ab", "c"], ["d", "efg"], [{}, {}])  # width bucket 16, one chunk
+        first = len(lowered)
+        # Different batch size and lengths, same width bucket (16): no new program.
+        res = s(["x", "yy", "zzz"], ["1", "22", "333333"], [{}, {}, {}])
+        second = len(lowered) - first
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert len(res.scores) == 3
-    assert lowered == [] and s.num_compilations == 1
+    assert first >= 1 and second == 0
+    assert s.num_compilations == 1
 
 
 def test_left_truncation_keeps_the_end(rm_params):
@@ -142,8 +157,7 @@ def test_left_truncation_keeps_the_end(rm_params):
     res = s(["Q: ", "Q: "], [long_completion, "short"], [{}, {}])
     ids = RM_TOK.encode("Q: " + long_completion)
     kept = [RM_TOK.bos_id] + ids[-15:]  # BOS stays, then the last max_len - 1 tokens
-    want = [manual_score(rm_params, kept),
-            manual_score(rm_params, [RM_TOK.bos_id] + RM_TOK.encode("Q: short"))]
+    want = manual_scores(rm_params, [kept, [RM_TOK.bos_id] + RM_TOK.encode("Q: short")])
     np.testing.assert_allclose(res.scores, want, rtol=1e-4, atol=1e-5)
     assert res.components["rm/truncated"] == [1.0, 0.0]
     assert s.num_truncated == 1
@@ -153,8 +167,8 @@ def test_custom_template(rm_params):
     s = RewardModelScorer(RM_CFG, rm_params, RM_TOK, max_len=32, batch_size=2,
                           template="Q:{prompt}\nA:{completion}")
     res = s(["1+1"], ["2"], [{}])
-    want = manual_score(rm_params, [RM_TOK.bos_id] + RM_TOK.encode("Q:1+1\nA:2"))
-    np.testing.assert_allclose(res.scores, [want], rtol=1e-4, atol=1e-5)
+    want = manual_scores(rm_params, [[RM_TOK.bos_id] + RM_TOK.encode("Q:1+1\nA:2")])
+    np.testing.assert_allclose(res.scores, want, rtol=1e-4, atol=1e-5)
 
 
 def test_scorer_in_process_only(scorer, rm_expected):
@@ -222,7 +236,7 @@ COIN = ","
 
 @pytest.fixture(scope="module")
 def judge_params():
-    params = transformer.init_params(J_CFG, jax.random.key(2))
+    params = jax.jit(lambda k: transformer.init_params(J_CFG, k))(jax.random.key(2))
     layer = params["layers_0"]
     layer["attn"]["o_proj"]["kernel"] = jnp.zeros_like(layer["attn"]["o_proj"]["kernel"])
     layer["mlp"]["down_proj"]["kernel"] = jnp.zeros_like(layer["mlp"]["down_proj"]["kernel"])
@@ -247,9 +261,9 @@ TAIL = "Q: {question}\nR: {response}"  # the prompt ends with the response's las
 def test_bigram_model_is_what_we_built(judge_params):
     # Independent check of the construction: the plain forward pass's argmax follows BIGRAM.
     ids = [J_TOK.bos_id] + J_TOK.encode("ok!yes?no.hm")
-    logits, _ = transformer.Transformer(J_CFG).apply(
-        {"params": judge_params}, jnp.asarray([ids]), jnp.arange(len(ids))[None],
-        jnp.ones((1, len(ids)), bool))
+    forward = jax.jit(lambda p, t: transformer.Transformer(J_CFG).apply(
+        {"params": p}, t, jnp.arange(t.shape[1])[None], jnp.ones(t.shape, bool))[0])
+    logits = forward(judge_params, jnp.asarray([ids]))
     got = np.asarray(logits)[0].argmax(-1)
     for i, tok in enumerate(ids[1:]):
         ch = J_TOK.decode([tok])
@@ -285,13 +299,13 @@ def test_judge_custom_parser(judge_params):
 
 
 def test_judge_majority_of_k(judge_params):
-    k = 16
+    k = 8
     judge = GenerativeJudge(J_CFG, judge_params, J_TOK, template=TAIL, k=k, batch_size=4,
                             seed=3)
     res = judge(["a", "b", "c"], ["maybe,", "sure!", "nah?"], [{}] * 3)
     coin = judge.last_verdicts[0]
     assert len(coin) == k and set(coin) <= {"yes", "no"}
-    assert 0 < coin.count("yes") < k  # a fair coin over 16 draws
+    assert 0 < coin.count("yes") < k  # a fair coin over k draws
     assert res.scores[0] == pytest.approx(coin.count("yes") / k)
     assert res.scores[1:] == [1.0, 0.0]
     assert judge.last_verdicts[1] == ["yes"] * k and judge.last_verdicts[2] == ["no"] * k
@@ -345,3 +359,14 @@ def test_judge_in_process_only(judge_params):
     judge = GenerativeJudge(J_CFG, judge_params, J_TOK)
     with pytest.raises(TypeError, match="num_workers=0"):
         pickle.dumps(judge)
+
+
+def test_scorer_on_a_mesh_matches_single_device(rm_params, rm_expected):
+    from lrmjax import parallel
+
+    mesh = parallel.make_mesh((-1, 1, 1))  # 8 faked CPU devices on the data axis
+    with pytest.raises(ValueError, match="batch divisor"):
+        RewardModelScorer(RM_CFG, rm_params, RM_TOK, max_len=32, batch_size=4, mesh=mesh)
+    s = RewardModelScorer(RM_CFG, rm_params, RM_TOK, max_len=32, batch_size=8, mesh=mesh)
+    np.testing.assert_allclose(s(PROMPTS, COMPLETIONS, META).scores, rm_expected, rtol=1e-4,
+                               atol=1e-5)

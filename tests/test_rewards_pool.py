@@ -22,7 +22,7 @@ def behaving(prompts, completions, metadata):
         if mode == "raise":
             raise RuntimeError("reward bug")
         if mode == "hang":
-            time.sleep(60)
+            time.sleep(3600)
         if mode == "exit":
             os._exit(3)
         out.append({"nan": math.nan, "inf": math.inf, "str": "1.0"}.get(mode, float(c)))
@@ -77,8 +77,9 @@ def test_workers_kill_hangs_and_replace_dead_workers():
                                              "reward/twice": comps["twice"][:7].mean()},
                       {k: v[:7] for k, v in comps.items()}, MODES)
         assert scores[9] == 10.0 and scores[7] == scores[8] == scores[10] == 0.0
-        # Two hangs on two workers in parallel: about one timeout, never 60 s.
-        assert elapsed < 8.0
+        # Two hangs on two workers in parallel: about one timeout plus worker restarts, never
+        # the hang's 3600 s (generous: worker start-up is slow on a loaded 2-core machine).
+        assert elapsed < 60.0
         # The pool still works after replacing workers.
         scores2, metrics2, _ = pool.score(*_batch(["ok", "ok", "ok"]))
         np.testing.assert_array_equal(scores2, [1.0, 2.0, 3.0])

@@ -60,7 +60,7 @@ def _np_adamw(params, grads_seq, lrs, b1, b2, eps, wd, clip):
     p = {k: v.astype(np.float64) for k, v in params.items()}
     m = {k: np.zeros_like(v) for k, v in p.items()}
     v2 = {k: np.zeros_like(v) for k, v in p.items()}
-    for t, (g, lr) in enumerate(zip(grads_seq, lrs), start=1):
+    for t, (g, lr) in enumerate(zip(grads_seq, lrs, strict=True), start=1):
         g = {k: x.astype(np.float64) for k, x in g.items()}
         if clip > 0:
             norm = math.sqrt(sum(float(np.sum(x ** 2)) for x in g.values()))
@@ -129,7 +129,7 @@ def _problem():
 
 def _assert_trees_equal(a, b):
     assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -139,7 +139,8 @@ def test_guarded_update_ok_equals_plain_update():
                              )(grads, opt, params)
     updates, want_opt = tx.update(grads, opt, params)
     want_p = optax.apply_updates(params, updates)
-    for x, y in zip(jax.tree.leaves((new_p, new_opt)), jax.tree.leaves((want_p, want_opt))):
+    for x, y in zip(jax.tree.leaves((new_p, new_opt)), jax.tree.leaves((want_p, want_opt)),
+                    strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
     assert not np.allclose(np.asarray(new_p["w"]), np.asarray(params["w"]))
 

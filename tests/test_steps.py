@@ -36,7 +36,7 @@ def _batch(seed: int = 0) -> dict[str, np.ndarray]:
             "advantages": np.where(resp_mask, rng.normal(size=(n, R)), 0).astype(np.float32)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _params():
     return transformer.init_params(CFG, jax.random.key(0))
 
@@ -87,7 +87,7 @@ def test_sft_step_matches_reference_loss_and_decreases_it():
     ref = _reference_logprobs(_params(), b["tokens"], b["mask"])
     want = -np.sum(ref * b["loss_mask"]) / np.sum(b["loss_mask"])
     assert losses[0] == pytest.approx(want, rel=1e-5)
-    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
     assert losses[-1] < losses[0] - 0.5
     assert int(state.step) == 6
 
@@ -111,14 +111,14 @@ ALGOS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _step_fn(name: str, microbatches: int, on_policy: bool = False):
     return jax.jit(functools.partial(steps.rl_train_step, model_cfg=CFG, algo=ALGOS[name](),
                                      prompt_len=P, temperature=1.0, microbatches=microbatches,
                                      on_policy=on_policy))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sgd(lr: float) -> optax.GradientTransformation:
     # One object per lr: the optimizer is static in TrainState, so a new one would recompile.
     return optax.sgd(lr)
@@ -137,7 +137,7 @@ def _rl_step(name, microbatches, *, batch=None, lr=1.0, on_policy=False):
                                                                                 batch))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _default_step(name: str, microbatches: int):
     return _rl_step(name, microbatches)
 
@@ -154,7 +154,8 @@ def test_gradient_accumulation_is_exact(agg):
     # With SGD at lr 1 the update is the gradient itself: compare it exactly.
     _assert_close_trees(s1.params, s2.params, atol=1e-6)
     delta = max(float(jnp.max(jnp.abs(a - b)))
-                for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(old.params)))
+                for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(old.params),
+                                strict=True))
     assert delta > 1e-3   # the step did move the params
     assert float(m1["actor/loss"]) == pytest.approx(float(m2["actor/loss"]), abs=1e-6)
     assert float(m1["actor/grad_norm"]) == pytest.approx(float(m2["actor/grad_norm"]), rel=1e-5)

@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from train_helpers import read_metrics, small_config
 
 from lrmjax.rl import algorithms
 from lrmjax.train import rl
-from train_helpers import read_metrics, small_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,7 +152,7 @@ def test_train_step_skips_nonfinite_update():
                                        prompt_len=p_len, temperature=1.0)
     assert float(metrics["actor/skipped"]) == 1.0
     assert int(new.nonfinite) == 1 and int(new.step) == 0
-    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -220,6 +220,11 @@ def run_tunix(args, model_dir: pathlib.Path, tag: str) -> dict:
     if len(stamps) != args.warmup + args.steps + 1:
         raise RuntimeError(f"Tunix called the reward {len(stamps)} times, expected "
                            f"{args.warmup + args.steps + 1} (one per step)")
+    if out["train_steps"] != len(stamps):
+        raise RuntimeError(f"Tunix made {out['train_steps']} updates in {len(stamps)} steps")
+    if min(out["mean_words"]) != args.new_tokens:
+        print(f"note: Tunix completions averaged {out['mean_words']} tokens, not "
+              f"{args.new_tokens}", flush=True)
     intervals = list(np.diff(stamps))
     return {"step_s": _timed(intervals, args.warmup), "wall_s": _timed(intervals, args.warmup),
             "first_s": stamps[1] if len(stamps) > 1 else None, "parts": None,
@@ -332,7 +337,10 @@ def print_table(args, results: dict, contenders: list[tuple[str, int]]) -> None:
                     if name == "tunix" else "")
             print(f"| {model} | {name} | {dev} | {step:.3f} | {wall:.3f} | {ratio} | "
                   f"{part_cell} | {peer} |")
-    print("target: lrmjax at most 0.5x Tunix's s/step on both models")
+    print("lrmjax's parts are its trainer's timing_s/{sample_and_reward,prepare,update}; the "
+          "reference logprobs and advantages are dispatched asynchronously in 'prepare', so "
+          "their device time lands in 'update'.\n"
+          "target: lrmjax at most 0.5x Tunix's s/step on both models")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -15,7 +15,8 @@ the caller).
 Usage (normally via grpo_step.py):
   JAX_PLATFORMS=cpu .bench-venvs/tunix/bin/python grpo_step_tunix.py --model DIR \
       --prompts prompts.json --new-tokens 64 --prompt-len 32
-Prints one JSON line on stdout: {"stamps": [...], "train_steps": int, "mean_chars": [...]}.
+Prints one JSON line on stdout: {"stamps": [...] (s since train() began), "total_s",
+"train_steps", "mean_chars": [...], "mean_words": [...] (tokens per completion, per step)}.
 """
 
 from __future__ import annotations
@@ -95,10 +96,12 @@ def main(args: argparse.Namespace) -> dict:
                            cluster_config=cluster_cfg)
     stamps: list[float] = []
     mean_chars: list[float] = []
+    mean_words: list[float] = []  # = generated tokens per completion ("id id id")
 
     def len_reward(prompts, completions, **kw):
         stamps.append(time.perf_counter())
         mean_chars.append(float(np.mean([len(c) for c in completions])))
+        mean_words.append(float(np.mean([len(c.split()) for c in completions])))
         return [len(c) / 100.0 for c in completions]
 
     learner = gl.GRPOLearner(
@@ -109,7 +112,8 @@ def main(args: argparse.Namespace) -> dict:
     learner.train(data)
     end = time.perf_counter()
     return {"stamps": [s - start for s in stamps], "total_s": end - start,
-            "train_steps": int(cluster.actor_trainer.train_steps), "mean_chars": mean_chars}
+            "train_steps": int(cluster.actor_trainer.train_steps), "mean_chars": mean_chars,
+            "mean_words": mean_words}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

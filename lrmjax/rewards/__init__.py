@@ -21,11 +21,14 @@ from lrmjax.rewards.base import (
     names,
     register,
 )
+from lrmjax.rewards.model_based import GenerativeJudge, RewardModelScorer
 from lrmjax.rewards.pool import RewardPool
 from lrmjax.rewards.shaping import ShapedReward, kimi_length_reward, overlong_penalty, shape
 
 __all__ = [
     "CombinedReward",
+    "GenerativeJudge",
+    "RewardModelScorer",
     "RewardFn",
     "RewardPool",
     "RewardResult",

@@ -90,6 +90,19 @@ def _check_fields(fields: set[str], allowed: set[str], required: str, what: str)
 
 # ----------------------------------------------------------------------------- reward model
 
+# One jitted function for every scorer: jit's cache is keyed by the (hashable, static) config
+# and the shapes/shardings of params and batch, so scorers of one model share programs.
+_sequence_scores = jax.jit(heads.sequence_scores, static_argnums=0)
+
+
+def _signature(tree: Any) -> Any:
+    """What jit's cache key depends on besides the static config: structure, shapes, dtypes
+    and shardings of the arguments."""
+    return (jax.tree.structure(tree),
+            tuple((x.shape, str(x.dtype), getattr(x, "sharding", None))
+                  for x in jax.tree.leaves(tree)))
+
+
 NORMALIZATIONS = ("raw", "sigmoid", "standardize")
 
 
@@ -147,8 +160,7 @@ class RewardModelScorer:
         self.batch_size, self.add_bos, self.add_eos, self.mesh = (batch_size, add_bos, add_eos,
                                                                    mesh)
         self.buckets = length_buckets(max_len)
-        self._compiled: dict[Any, Any] = {}
-        self.num_compilations = 0
+        self._programs: set[Any] = set()
         self.num_truncated = 0  # over the scorer's lifetime
 
     def __reduce__(self) -> Any:
@@ -188,25 +200,17 @@ class RewardModelScorer:
             if self.mesh is not None:
                 shard = parallel.batch_sharding(self.mesh)
                 args = tuple(jax.device_put(a, shard) for a in args)
-            scores = self._program(args)(self.params, *args)
+            self._programs.add(_signature((self.params, *args)))
+            scores = _sequence_scores(self.cfg, self.params, *args)
             n = min(self.batch_size, len(ids) - start)
             # Fetch to the host before slicing: an eager device slice would compile per size.
             out[start:start + n] = np.asarray(scores)[:n]
         return out
 
-    def _program(self, args: tuple[Any, ...]) -> Any:
-        """AOT-compiled `sequence_scores` for this width and param layout (cached)."""
-        def sig(x):
-            return (x.shape, str(x.dtype), getattr(x, "sharding", None))
-
-        key = (jax.tree.structure(self.params),
-               tuple(sig(x) for x in jax.tree.leaves(self.params)),
-               tuple(sig(x) for x in args))
-        if key not in self._compiled:
-            fn = jax.jit(lambda p, t, m: heads.sequence_scores(self.cfg, p, t, m))
-            self._compiled[key] = fn.lower(self.params, *args).compile()
-            self.num_compilations += 1
-        return self._compiled[key]
+    @property
+    def num_compilations(self) -> int:
+        """Distinct programs (width, batch, param layout) this scorer has run."""
+        return len(self._programs)
 
     def __call__(self, prompts: list[str], completions: list[str], metadata: list[dict]
                  ) -> RewardResult:
@@ -221,7 +225,7 @@ class RewardModelScorer:
         self.num_truncated += sum(cut)
         raw = self.raw_scores(ids).astype(np.float64)
         if self.normalize == "sigmoid":
-            scores = 1.0 / (1.0 + np.exp(-raw))
+            scores = 0.5 * (1.0 + np.tanh(0.5 * raw))  # sigmoid, without exp overflow
         elif self.normalize == "standardize":
             scores = (raw - raw.mean()) / (raw.std() + 1e-8)
         else:
@@ -280,7 +284,8 @@ def _jinja(template: str) -> tuple[Any, set[str]]:
     import jinja2.meta
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined,
+                                        keep_trailing_newline=True)
     fields = jinja2.meta.find_undeclared_variables(env.parse(template))
     return env.from_string(template), set(fields)
 

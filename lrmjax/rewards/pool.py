@@ -141,6 +141,10 @@ class RewardPool:
         self._workers = []
 
     def _tasks(self, metadata: list[dict]) -> list[list[int]]:
+        if getattr(self.fn, "batched", False):
+            # Model-based rewards score a whole batch in one device call (one raise then
+            # zeroes the batch, counted per row).
+            return [list(range(len(metadata)))] if metadata else []
         if not self.group_level:
             return [[i] for i in range(len(metadata))]
         groups: dict[Any, list[int]] = {}

@@ -11,7 +11,8 @@ from lrmjax.rewards.base import register, require
 @register("task")
 def task_reward(prompts: list[str], completions: list[str], metadata: list[dict]) -> list[float]:
     scores = []
-    for row, (prompt, completion, meta) in enumerate(zip(prompts, completions, metadata, strict=True)):
+    rows = zip(prompts, completions, metadata, strict=True)
+    for row, (prompt, completion, meta) in enumerate(rows):
         answer = require(meta, "answer", row, "task")
         require(meta, "task", row, "task")
         scores.append(verify_example(Example(prompt=prompt, answer=answer, metadata=meta),

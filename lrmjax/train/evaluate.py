@@ -35,7 +35,7 @@ def majority_correct(answers: Sequence[str | None], correct: Sequence[float]) ->
         return 0.0
     top = max(votes.values())
     winner = next(a for a in answers if a and votes[a] == top)
-    return float(next(c for a, c in zip(answers, correct) if a == winner) > 0.5)
+    return float(next(c for a, c in zip(answers, correct, strict=True) if a == winner) > 0.5)
 
 
 def evaluate(sampler: Any, params: Any, examples: Sequence[Any], encode: Callable,
@@ -87,5 +87,5 @@ def evaluate(sampler: Any, params: Any, examples: Sequence[Any], encode: Callabl
         out[f"{prefix}pass@1"] = float(s.mean())
         out[f"{prefix}pass@{k}"] = float(np.mean([pass_at_k(k, int(c), k) for c in correct]))
         out[f"{prefix}maj@{k}"] = float(np.mean([majority_correct(a, row)
-                                                 for a, row in zip(answers, s)]))
+                                                 for a, row in zip(answers, s, strict=True)]))
     return out

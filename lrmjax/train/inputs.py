@@ -74,7 +74,7 @@ class Inputs:
         """Left-pads the prompts to exactly `prompt_len` slots: [B, P] tokens and mask."""
         add_bos = self.tokenizer.bos_id is not None and not self.cfg.tokenizer.chat_template
         ids = [self.tokenizer.encode(self.prompt_text(ex), add_bos=add_bos) for ex in examples]
-        for ex, seq in zip(examples, ids):
+        for ex, seq in zip(examples, ids, strict=True):
             if len(seq) > self.prompt_len:
                 raise ValueError(f"prompt of {len(seq)} tokens exceeds sampling.max_prompt_len="
                                  f"{self.prompt_len}: {ex.prompt[:80]!r}")
@@ -83,7 +83,7 @@ class Inputs:
     def decode(self, roll: Rollout) -> list[str]:
         toks = np.asarray(roll.response_tokens)
         mask = np.asarray(roll.response_mask)
-        return [self.tokenizer.decode(t[m]) for t, m in zip(toks, mask)]
+        return [self.tokenizer.decode(t[m]) for t, m in zip(toks, mask, strict=True)]
 
     # ------------------------------------------------------------ rewards
     def reward_metadata(self, examples: Sequence[Example], roll: Rollout | None,
@@ -121,7 +121,8 @@ class Inputs:
                     ) -> list[float]:
         """Correctness for evaluation: the task's verifier, else the reward functions."""
         if self.task is not None:
-            return [tasks_lib.verify_example(ex, c) for ex, c in zip(examples, completions)]
+            return [tasks_lib.verify_example(ex, c)
+                    for ex, c in zip(examples, completions, strict=True)]
         scores, _, _ = self.pool.score([ex.prompt for ex in examples], list(completions),
                                        self.reward_metadata(examples, None))
         return list(np.asarray(scores))
@@ -248,7 +249,7 @@ def demonstrations(inp: Inputs, examples: Sequence[Example]) -> dict[str, np.nda
     length = inp.prompt_len + inp.cfg.sampling.max_new_tokens
     seqs, targets = [], []
     p_tokens, p_mask = inp.encode(examples)
-    for ex, prow, pmask in zip(examples, p_tokens, p_mask):
+    for ex, prow, pmask in zip(examples, p_tokens, p_mask, strict=True):
         prompt = [int(t) for t in prow[pmask]]
         answer = tok.encode(ex.metadata.get("demonstration", ex.answer)) + [tok.eos_id]
         answer = answer[: inp.cfg.sampling.max_new_tokens]

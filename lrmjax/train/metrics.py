@@ -93,7 +93,7 @@ def write_rollouts(path: str, step: int, prompts: Sequence[str], completions: Se
                    rewards: Sequence[float], limit: int = 16) -> None:
     """Appends up to `limit` sampled (prompt, response, reward) rows to a JSONL file."""
     with open(path, "a", encoding="utf-8") as f:
-        for p, c, r in list(zip(prompts, completions, rewards))[:limit]:
+        for p, c, r in list(zip(prompts, completions, rewards, strict=True))[:limit]:
             f.write(json.dumps({"step": int(step), "prompt": p, "response": c,
                                 "reward": float(r)}) + "\n")
 
@@ -117,10 +117,10 @@ def plot_curves(metrics_path: str, out_path: str) -> str:
 
     rows = [r for r in read_jsonl(metrics_path) if r.get("phase") in ("rl", "eval")]
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
-    for ax, (key, title) in zip(axes, CURVES):
+    for ax, (key, title) in zip(axes, CURVES, strict=True):
         pts = sorted((r["step"], r[key]) for r in rows if key in r)
         if pts:
-            xs, ys = zip(*pts)
+            xs, ys = zip(*pts, strict=True)
             ax.plot(xs, ys, marker="." if len(xs) < 30 else None)
         ax.set_title(title)
         ax.set_xlabel("RL step")

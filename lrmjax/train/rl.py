@@ -24,14 +24,13 @@ import numpy as np
 
 from lrmjax import config as config_lib
 from lrmjax import parallel
-from lrmjax.data import tasks as tasks_lib
 from lrmjax.data.tasks import Example
-from lrmjax.models import heads, transformer
+from lrmjax.models import heads
 from lrmjax.models.presets import ModelConfig
 from lrmjax.rewards import shaping
 from lrmjax.rl import advantages as adv_lib
 from lrmjax.rl import kl as kl_lib
-from lrmjax.sampling import Rollout, Sampler, SamplingParams
+from lrmjax.sampling import Rollout, SamplingParams
 from lrmjax.train import evaluate as eval_lib
 from lrmjax.train import metrics as metrics_lib
 from lrmjax.train import sft as sft_lib
@@ -146,11 +145,12 @@ def collect(inp: Inputs, params: Any, data_iter: Any, key: jax.Array, step_metri
 def rollout_metrics(batch: RLBatch, max_new_tokens: int) -> dict[str, float]:
     r, roll = batch.rewards, batch.rollout
     out = dict(batch.reward_metrics)  # error / timeout counts; the means below are post-shaping
-    out |= {"batch/groups": float(len(batch.examples)), "reward/mean": float(r.mean()), "reward/std": float(r.std()),
-           "reward/max": float(r.max()), "reward/min": float(r.min()),
-           "response_length/mean": float(roll.lengths.mean()),
-           "response_length/max": float(roll.lengths.max()),
-           "response_length/clip_ratio": float((roll.finish_reason == 1).mean())}
+    out |= {"batch/groups": float(len(batch.examples)), "reward/mean": float(r.mean()),
+            "reward/std": float(r.std()), "reward/max": float(r.max()),
+            "reward/min": float(r.min()),
+            "response_length/mean": float(roll.lengths.mean()),
+            "response_length/max": float(roll.lengths.max()),
+            "response_length/clip_ratio": float((roll.finish_reason == 1).mean())}
     for k, v in batch.components.items():
         out[f"reward/{k}"] = float(np.mean(v))
     return out

@@ -122,8 +122,8 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
 
         def body(carry, mb):
             grads, loss = carry
-            (l, metrics), g = grad_fn(params, mb)
-            return (jax.tree.map(jnp.add, grads, g), loss + l), metrics
+            (mb_loss, metrics), g = grad_fn(params, mb)
+            return (jax.tree.map(jnp.add, grads, g), loss + mb_loss), metrics
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         (grads, loss), metrics = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)), micro)

@@ -13,7 +13,6 @@ import dataclasses
 import json
 from typing import Any
 
-
 from lrmjax.data.tasks.base import Example, Task, extract_answer_tag
 
 
