@@ -4,7 +4,8 @@
 
 The answer is an expression; the verifier parses it with `ast` (no eval) and checks each
 number is used exactly once. A tiny model learns little here: this config is the template for
-running Countdown on a real model (set model.hf_path and tokenizer.kind='hf').
+running Countdown on a real model (set model.hf_path, tokenizer.kind='hf' and
+data.task_kwargs.template='tinyzero', whose prompt asks for <answer> tags).
 """
 
 from lrmjax import config as config_lib
@@ -16,9 +17,10 @@ def get_config(arg: str | None = None):
     c.model.overrides.max_seq_len = 128
     c.data.task = "countdown"
     c.data.task_kwargs.num_numbers = 3
+    c.data.task_kwargs.template = "short"   # "12 45 67 -> 124": fits a character model
     c.sampling.n = 8
     c.sampling.max_new_tokens = 24
-    c.sampling.max_prompt_len = 64
+    c.sampling.max_prompt_len = 32
     c.train.batch_prompts = 16
     c.train.steps = 200
     c.optim.lr = 3e-4

@@ -67,6 +67,10 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.sampling.max_prompt_len = 32
 
     c.rl = algorithms.get(algorithm)
+    # Presets are written for long responses (DAPO's overlong buffer is 4096 tokens); keep
+    # the soft overlong ramp inside the default response budget.
+    if c.rl.overlong_buffer_len > c.sampling.max_new_tokens:
+        c.rl.overlong_buffer_len = c.sampling.max_new_tokens // 2
     c.algorithm = algorithm
 
     c.reward = ml_collections.ConfigDict()

@@ -185,18 +185,6 @@ def row_keys(key: Array, step: Array | int, rows: Array) -> Array:
 # ----------------------------------------------------------------------------- pure core
 
 
-def _lm_head(cfg: ModelConfig, params: Any, hidden: Array) -> Array:
-    """Logits [B, T, V] float32 from final normed hidden states [B, T, D]."""
-    if cfg.tie_embeddings:
-        embed = transformer.Embed(cfg)
-        logits = embed.apply({"params": params["embed"]}, hidden, method=embed.attend)
-    else:
-        head = transformer.Projection(cfg, "btD,DV->btV", (cfg.hidden_size, cfg.vocab_size),
-                                      ("embed", "vocab"), fan_in=cfg.hidden_size)
-        logits = head.apply({"params": params["lm_head"]}, hidden)
-    return logits.astype(jnp.float32)
-
-
 @flax.struct.dataclass
 class _DecodeState:
     step: Array  # int32 scalar: tokens generated so far
@@ -244,7 +232,7 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
     hidden, cache = model.apply({"params": params}, prompt_tokens,
                                 transformer.positions_from_mask(prompt_mask), prompt_mask,
                                 cache, return_hidden=True)
-    logits = _lm_head(cfg, params, hidden[:, -1:])[:, 0]  # [B, V]
+    logits = transformer.lm_head(cfg, params, hidden[:, -1:])[:, 0]  # [B, V]
 
     # Share the prefill: row b*n + i continues prompt b.
     def rep(x, axis=0):

@@ -44,10 +44,14 @@ def _trained_state(seed: int, critic: bool = False, params=None) -> state_lib.Tr
     state = state_lib.TrainState.create(params, _tx(), kl_coef=0.01 * (seed + 1), **kwargs)
     rng = np.random.default_rng(seed)
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+    return _update(state, grads).replace(step=jnp.asarray(seed + 3, jnp.int32),
+                                         nonfinite=jnp.asarray(seed + 1, jnp.int32))
+
+
+@jax.jit
+def _update(state, grads):
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    return state.replace(step=jnp.asarray(seed + 3, jnp.int32),
-                         params=optax.apply_updates(state.params, updates), opt_state=opt_state,
-                         nonfinite=jnp.asarray(seed + 1, jnp.int32))
+    return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state)
 
 
 def _assert_same_state(a, b):

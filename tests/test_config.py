@@ -21,10 +21,7 @@ def _set_untyped(cfg: ml_collections.ConfigDict, path: str, value) -> None:
 
 @pytest.mark.parametrize(
     "algorithm",
-    [pytest.param("dapo", marks=pytest.mark.xfail(
-        strict=True, reason="base_config('dapo') keeps the preset's overlong_buffer_len=4096, "
-        "which exceeds the default sampling.max_new_tokens=16"))]
-    + sorted(set(algorithms.PRESETS) - {"dapo"}))
+    sorted(algorithms.PRESETS))
 def test_every_default_validates(algorithm):
     cfg = config_lib.base_config(algorithm)
     assert cfg.algorithm == algorithm

@@ -81,10 +81,7 @@ RUNLOCAL = [
     "arith_grpo",                                   # the fast suite's end-to-end smoke run
     pytest.param("arith_dapo", marks=_SLOW),
     pytest.param("arith_ppo", marks=_SLOW),
-    pytest.param("countdown_grpo", marks=[_SLOW, pytest.mark.xfail(
-        strict=True, reason="countdown's default 'tinyzero' prompt is ~300 characters but the "
-        "config sets sampling.max_prompt_len=64: the SFT warm start raises 'prompt of 300 "
-        "tokens exceeds sampling.max_prompt_len=64'")]),
+    pytest.param("countdown_grpo", marks=_SLOW),
     pytest.param("gsm8k_grpo_qwen2_5_1_5b", marks=_SLOW),
     pytest.param("math_dapo_qwen2_5_math_7b", marks=_SLOW),
 ]

@@ -139,7 +139,8 @@ def _rl_step(name, microbatches, *, batch=None, lr=1.0, on_policy=False):
 
 @functools.cache
 def _default_step(name: str, microbatches: int):
-    return _rl_step(name, microbatches)
+    # The critic's head sees hidden states of norm ~sqrt(D): a smaller step keeps SGD stable.
+    return _rl_step(name, microbatches, lr=0.1 if name == "ppo" else 1.0)
 
 
 def _assert_close_trees(a, b, atol):
@@ -186,9 +187,6 @@ def test_loss_reference_for_aggregation(agg):
                                                    abs=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="rl_train_step averages the per-slice pg_loss/kl_loss "
-                   "metrics over microbatches, but each slice is already divided by the whole "
-                   "minibatch's denominator, so they must be summed")
 def test_loss_metrics_do_not_depend_on_microbatches():
     _, _, m1 = _default_step("token-mean", 1)
     _, _, m2 = _default_step("token-mean", 2)
@@ -218,7 +216,7 @@ def _critic_batch(seed: int = 4) -> dict[str, np.ndarray]:
 def test_critic_update_and_metrics():
     algo = ALGOS["ppo"]()
     b = _critic_batch()
-    old, new, m = _rl_step("ppo", 1, batch=b, lr=0.1)
+    old, new, m = _default_step("ppo", 1)
     for key in ("critic/vf_loss", "critic/vf_clipfrac", "critic/vf_explained_var",
                 "critic/vpred_mean", "critic/loss", "critic/grad_norm"):
         assert key in m and np.isfinite(float(m[key])), key
@@ -239,10 +237,6 @@ def test_critic_update_and_metrics():
     assert int(new.step) == 1 and int(new.nonfinite) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="the critic loss of each microbatch is its own "
-                   "token-mean divided by the number of slices, not the slice's token sum over "
-                   "the minibatch's token count, so accumulation is inexact when slices hold "
-                   "different numbers of tokens")
 def test_critic_gradient_accumulation_is_exact():
     _, s1, m1 = _default_step("ppo", 1)
     _, s2, m2 = _default_step("ppo", 2)
@@ -250,9 +244,6 @@ def test_critic_gradient_accumulation_is_exact():
     assert float(m1["critic/loss"]) == pytest.approx(float(m2["critic/loss"]), rel=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="a non-finite critic loss marks the step skipped "
-                   "(step not advanced, actor/skipped=1) but the actor update was already "
-                   "applied")
 def test_nonfinite_critic_skips_the_whole_update():
     b = _critic_batch()
     b["returns"][0, 0] = np.nan
