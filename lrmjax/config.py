@@ -100,6 +100,7 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.sft.warmup_steps = 20
     c.sft.eval_every = 50
     c.sft.target_accuracy = 1.0      # stop once held-out greedy accuracy reaches this
+    c.sft.eval_size = 200            # held-out examples checked every sft.eval_every steps
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 100

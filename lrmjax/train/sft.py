@@ -43,7 +43,7 @@ def warm_start(inp: Inputs, state: TrainState, writer: Any) -> tuple[TrainState,
         if step % 10 == 0:
             writer.write(step, jax.device_get(m), phase="sft")
         if step % s.eval_every == 0 or step == s.steps:
-            accuracy = _greedy_accuracy(inp, state.params)
+            accuracy = _greedy_accuracy(inp, state.params, inp.eval_examples[:s.eval_size])
             writer.write(step, {"sft/eval_greedy_pass@1": accuracy}, phase="sft")
             writer.log(f"sft step {step}: loss {float(m['sft/loss']):.3f}, held-out greedy "
                        f"accuracy {accuracy:.3f}")
@@ -53,8 +53,8 @@ def warm_start(inp: Inputs, state: TrainState, writer: Any) -> tuple[TrainState,
                    "seconds": time.perf_counter() - t0}
 
 
-def _greedy_accuracy(inp: Inputs, params: Any) -> float:
-    out = eval_lib.evaluate(inp.sampler, params, inp.eval_examples, inp.encode, inp.decode,
+def _greedy_accuracy(inp: Inputs, params: Any, examples: list) -> float:
+    out = eval_lib.evaluate(inp.sampler, params, examples, inp.encode, inp.decode,
                             inp.score_texts, jax.random.key(0),
                             max_new_tokens=inp.cfg.sampling.max_new_tokens, k=0,
                             batch_size=inp.cfg.eval.batch_size)
