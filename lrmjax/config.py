@@ -78,7 +78,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.reward.fns = ml_collections.ConfigDict({"task": 1.0})
     c.reward.num_workers = 0         # 0 = in-process (no timeouts); >0 = worker processes
     c.reward.timeout_s = 10.0
-    c.reward.device = False          # use the task's jittable device reward when it has one
+    # A control experiment: permute the rewards across the batch before computing advantages,
+    # so they carry no information about the responses (learning should then stall).
+    c.reward.shuffle_control = False
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-6

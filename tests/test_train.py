@@ -165,3 +165,19 @@ def test_unsupervised_reward_gets_token_statistics(tmp_path):
     assert row["reward/errors"] == 0.0
     # KL(U || p) >= 0 and differs between responses.
     assert row["reward/min"] >= 0.0 and row["reward/std"] > 0.0
+
+
+@pytest.mark.parametrize("control", ["zero_lr", "shuffled_rewards"])
+def test_controls_do_not_learn(control, tmp_path):
+    """The same run as test_trivial_reward_is_learned[grpo], with learning disabled (lr 0) or
+    the rewards permuted across the batch: the reward must stay near chance."""
+    cfg = small_config("grpo", steps=60, kl_mode="none", kl_coef=0.0)
+    cfg.reward.fns = {"test_starts_with_7": 1.0}
+    cfg.optim.lr = 0.0 if control == "zero_lr" else 3e-3
+    cfg.reward.shuffle_control = control == "shuffled_rewards"
+    cfg.train.batch_prompts = 8
+    cfg.eval.size = 8
+    cfg.eval.k = 0
+    rl.train(cfg, str(tmp_path))
+    rewards = [r["reward/mean"] for r in read_metrics(str(tmp_path))]
+    assert np.mean(rewards[-10:]) < 0.3, rewards

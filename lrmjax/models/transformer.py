@@ -132,10 +132,18 @@ class Projection(nn.Module):
         init = nn.initializers.normal(stddev=1.0 / math.sqrt(self.fan_in))
         kernel = _param(self, "kernel", self.kernel_shape, self.kernel_axes, init)
         in_dims, out_dims = self.kernel_shape[:self.num_in], self.kernel_shape[self.num_in:]
-        lead = x.shape[:x.ndim - self.num_in]
-        x2 = x.astype(self.cfg.dtype).reshape(*lead, math.prod(in_dims))
-        w2 = kernel.astype(self.cfg.dtype).reshape(math.prod(in_dims), math.prod(out_dims))
-        y = (x2 @ w2).reshape(*lead, *out_dims)
+        x, kernel = x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype)
+        if 1 in self.kernel_shape:
+            # A size-1 axis (e.g. one KV head) in these reshapes sends XLA's SPMD compile of
+            # the train step into an endless loop (jax 0.10, 8 CPU devices): use the einsum.
+            n_in, n_out = self.num_in, len(out_dims)
+            eq = "...{0},{0}{1}->...{1}".format("abcd"[:n_in], "efgh"[:n_out])
+            y = jnp.einsum(eq, x, kernel)
+        else:
+            lead = x.shape[:x.ndim - self.num_in]
+            x2 = x.reshape(*lead, math.prod(in_dims))
+            w2 = kernel.reshape(math.prod(in_dims), math.prod(out_dims))
+            y = (x2 @ w2).reshape(*lead, *out_dims)
         if self.bias_shape is not None:
             bias = _param(self, "bias", self.bias_shape, self.bias_axes, nn.initializers.zeros)
             y = y + bias.astype(self.cfg.dtype)

@@ -268,6 +268,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         batch = collect(inp, state.params, inp.data_iter, key, m)
         m["timing_s/sample_and_reward"] = time.perf_counter() - t0
         m.update(rollout_metrics(batch, cfg.sampling.max_new_tokens))
+        if cfg.reward.shuffle_control:
+            shuffle = np.random.default_rng([cfg.seed, rl_step, 7]).permutation(len(batch.rewards))
+            batch = dataclasses.replace(batch, rewards=batch.rewards[shuffle])
         inp.observe(batch.examples, batch.rewards)
 
         t0 = time.perf_counter()
