@@ -22,7 +22,7 @@ import ml_collections
 
 from lrmjax.models import heads
 from lrmjax.models.presets import ModelConfig
-from lrmjax.models.transformer import Transformer, positions_from_mask
+from lrmjax.models.transformer import Transformer, lm_head, positions_from_mask
 from lrmjax.rl import losses
 from lrmjax.train.state import TrainState, guarded_update
 
@@ -36,9 +36,10 @@ def response_logits(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Ar
     The token at slot P+t is predicted by the output at slot P+t-1. Logits are divided by the
     sampling temperature so the trainer's distribution is the one the sampler drew from.
     """
-    logits, _ = Transformer(model_cfg).apply({"params": params}, tokens,
-                                            positions_from_mask(mask), mask)
-    logits = logits[:, prompt_len - 1:-1]
+    hidden, _ = Transformer(model_cfg).apply({"params": params}, tokens,
+                                            positions_from_mask(mask), mask, return_hidden=True)
+    # The vocabulary projection runs on the response positions only.
+    logits = lm_head(model_cfg, params, hidden[:, prompt_len - 1:-1])
     return logits / temperature if temperature not in (0.0, 1.0) else logits
 
 
@@ -117,7 +118,7 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
             kl_coef=state.kl_coef)
         return loss, metrics
 
-    def accumulate(fn, params, name):
+    def accumulate(fn, params):
         grad_fn = jax.value_and_grad(fn, has_aux=True)
 
         def body(carry, mb):
@@ -127,35 +128,38 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         (grads, loss), metrics = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)), micro)
-        # Per-slice metrics are means over the slice: average them over slices.
-        metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-        return grads, loss, metrics
+        # Loss terms are divided by the whole minibatch's denominator, so their slices add
+        # up; diagnostics (clip fractions, ratios, entropy) are per-slice means.
+        metrics = {k: jnp.sum(m) if k in _SUMMED_METRICS else jnp.mean(m)
+                   for k, m in metrics.items()}
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+        return grads, loss, grad_norm, metrics
 
-    grads, loss, actor_metrics = accumulate(actor_loss_fn, state.params, "actor")
-    grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+    grads, loss, grad_norm, actor_metrics = accumulate(actor_loss_fn, state.params)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    params, opt_state = guarded_update(state.tx, grads, state.opt_state, state.params, ok)
     metrics = {f"actor/{k}": v for k, v in actor_metrics.items()}
     metrics.update({"actor/loss": loss, "actor/grad_norm": grad_norm})
 
     critic_params, critic_opt_state = state.critic_params, state.critic_opt_state
     if state.critic_tx is not None:
+        token_count = jnp.sum(batch["loss_mask"])
+
         def critic_loss_fn(cparams, mb):
             values = response_values(cparams, mb["tokens"], mb["mask"], model_cfg=model_cfg,
                                      prompt_len=prompt_len)
             return losses.critic_loss(algo, values=values, old_values=mb["old_values"],
-                                      returns=mb["returns"], response_mask=mb["loss_mask"])
+                                      returns=mb["returns"], response_mask=mb["loss_mask"],
+                                      loss_denominator=token_count)
 
-        cgrads, closs, cmetrics = accumulate(
-            lambda p, mb: _scaled(critic_loss_fn(p, mb), microbatches), critic_params, "critic")
-        cnorm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(cgrads)))
-        cok = jnp.isfinite(closs) & jnp.isfinite(cnorm)
+        cgrads, closs, cnorm, cmetrics = accumulate(critic_loss_fn, critic_params)
+        # One non-finite half skips the whole update: actor and critic move together.
+        ok = ok & jnp.isfinite(closs) & jnp.isfinite(cnorm)
         critic_params, critic_opt_state = guarded_update(state.critic_tx, cgrads,
-                                                         critic_opt_state, critic_params, cok)
-        ok = ok & cok
+                                                         critic_opt_state, critic_params, ok)
         metrics.update({f"critic/{k}": v for k, v in cmetrics.items()})
         metrics.update({"critic/loss": closs, "critic/grad_norm": cnorm})
 
+    params, opt_state = guarded_update(state.tx, grads, state.opt_state, state.params, ok)
     metrics["actor/skipped"] = (~ok).astype(jnp.float32)
     new_state = state.replace(step=state.step + ok.astype(jnp.int32), params=params,
                               opt_state=opt_state, critic_params=critic_params,
@@ -164,10 +168,9 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
     return new_state, metrics
 
 
-def _scaled(loss_and_metrics, microbatches: int):
-    """Critic losses are means per slice: scale so accumulated slices give the batch mean."""
-    loss, metrics = loss_and_metrics
-    return loss / microbatches, metrics
+# Metrics that are partial sums over microbatches (each slice divided by the minibatch's
+# denominator); every other metric is a per-slice mean.
+_SUMMED_METRICS = frozenset({"pg_loss", "kl_loss", "vf_loss"})
 
 
 def sft_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: ModelConfig
