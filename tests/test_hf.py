@@ -408,4 +408,6 @@ def test_load_peak_rss(tmp_path):
     added = r["peak"] - r["base"]
     print(f"checkpoint {ckpt_bytes / 1e6:.1f} MB, peak RSS added by loading "
           f"{added / 1e6:.1f} MB ({added / ckpt_bytes:.2f}x)")
-    assert added < 1.4 * ckpt_bytes
+    # One copy plus the runtime's own growth (thread stacks, allocator slack): measured 1.17-1.5x
+    # here depending on load. A second full host copy of the weights would be 2x or more.
+    assert added < 1.8 * ckpt_bytes
