@@ -99,25 +99,10 @@ def _transformers_worker(args) -> tuple[int, object]:
 def _tunix_worker(args) -> tuple[int, object]:
     # As /work/shared/peers/tunix_sampler_bench.py measured Tunix.
     import jax.numpy as jnp
+    from grpo_step_tunix import IntTok  # "id id id" <-> ids; 0 is bos, pad and eos
     from tunix.generate import sampler as sm
     from tunix.models.qwen2 import model as qm
     from tunix.models.qwen2 import params as qp
-
-    class IntTok:  # "id id id" <-> ids; 0 is bos (none added), pad and eos
-        def encode(self, s, **kw):
-            return [int(t) for t in s.split()]
-
-        def decode(self, ids, **kw):
-            return " ".join(map(str, ids))
-
-        def bos_id(self):
-            return 0
-
-        def eos_id(self):
-            return 0
-
-        def pad_id(self):
-            return 0
 
     c = json.loads((pathlib.Path(args.model) / "config.json").read_text())
     theta = (c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta"))

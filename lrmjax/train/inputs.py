@@ -49,7 +49,6 @@ class Inputs:
     train_source: Any
     data_iter: Any
     eval_examples: list[Example]
-    reward_fn: Any
     pool: RewardPool
     task: Any
     hf_exportable: bool
@@ -234,7 +233,7 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     return Inputs(cfg=cfg, mesh=mesh, tokenizer=tokenizer, model_cfg=model_cfg,
                   init_params=params, sampler=sampler, train_source=train_source,
                   data_iter=data_iter,
-                  eval_examples=list(eval_examples), reward_fn=reward_fn, pool=pool, task=task,
+                  eval_examples=list(eval_examples), pool=pool, task=task,
                   hf_exportable=exportable, train_sampling=sampling, prompt_len=prompt_len,
                   token_stats_fn=token_stats_fn)
 

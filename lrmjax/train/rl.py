@@ -26,7 +26,6 @@ from lrmjax import config as config_lib
 from lrmjax import parallel
 from lrmjax.data.tasks import Example
 from lrmjax.models import heads
-from lrmjax.models.presets import ModelConfig
 from lrmjax.rewards import shaping
 from lrmjax.rl import advantages as adv_lib
 from lrmjax.rl import kl as kl_lib
@@ -327,9 +326,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     for k, v in data.items()}
                 state, um = train_step(state, mb)
                 update_metrics.append(um)
-        um = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(update_metrics))
-        m.update(um)
-        skipped = int(sum(u["actor/skipped"] > 0 for u in jax.device_get(update_metrics)))
+        update_metrics = jax.device_get(update_metrics)  # one host transfer per RL step
+        m.update(jax.tree.map(lambda *xs: float(np.mean(xs)), *update_metrics))
+        skipped = int(sum(u["actor/skipped"] > 0 for u in update_metrics))
         consecutive_bad = consecutive_bad + skipped if skipped else 0
         m["timing_s/update"] = time.perf_counter() - t0
         if algo.kl_mode != "none" and algo.kl_target is not None and "actor/kl_loss" in m:
@@ -411,7 +410,3 @@ def ckpt_ref_restore(workdir: str, like: Any) -> Any:
     path = os.path.abspath(os.path.join(workdir, "reference"))
     with ocp.StandardCheckpointer() as c:
         return c.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, like))
-
-
-def model_flops(model_cfg: ModelConfig, rows: int, length: int) -> float:
-    return rows * length * model_cfg.flops_per_token(length // 2)
