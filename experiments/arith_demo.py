@@ -2,6 +2,7 @@
 several seeds, with a before/after table of held-out greedy accuracy.
 
     python experiments/arith_demo.py [--seeds 0,1,2] [--workdir workdirs/demo] [--config ARG]
+        [--set train.steps=400 --set optim.lr=5e-4 ...]
 
 Each seed is a full `lrmjax.train.rl.train` run of `configs/arith_grpo.py` in
 `<workdir>/seed<k>` (rerunning resumes or reuses finished runs). The table compares held-out
@@ -25,24 +26,35 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--workdir", default=os.path.join(REPO, "workdirs", "demo"))
     parser.add_argument("--config", default=None, help="config argument, e.g. runlocal")
-    parser.add_argument("--cpu-devices", type=int, default=8)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. optim.lr=5e-4 (repeatable)")
     args = parser.parse_args()
-    # Before jax starts: see config.mesh.cpu_devices.
-    os.environ.setdefault("XLA_FLAGS",
-                          f"--xla_force_host_platform_device_count={args.cpu_devices}")
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                           os.path.join(os.path.expanduser("~"), ".cache", "lrmjax", "xla"))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     sys.path.insert(0, REPO)
     from lrmjax import config as config_lib
+
+    def make_config(seed: int):
+        cfg = config_lib.from_file(os.path.join(REPO, "configs", "arith_grpo.py"), args.config)
+        for item in args.set:
+            key, _, value = item.partition("=")
+            config_lib.set_by_path(cfg, key, value)
+        cfg.seed = seed
+        cfg.train.progress = False
+        config_lib.validate(cfg)
+        return cfg
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    # Before the JAX backend starts (the first jax.devices() call): see mesh.cpu_devices.
+    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count="
+                          f"{make_config(seeds[0]).mesh.cpu_devices}")
     from lrmjax.train import rl
 
     rows = []
     start = time.time()
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        cfg = config_lib.from_file(os.path.join(REPO, "configs", "arith_grpo.py"), args.config)
-        cfg.seed = seed
-        cfg.train.progress = False
+    for seed in seeds:
+        cfg = make_config(seed)
         workdir = os.path.join(args.workdir, f"seed{seed}")
         t0 = time.time()
         summary_path = os.path.join(workdir, "summary.json")

@@ -131,14 +131,16 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.mesh.data = -1
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
-    # CPU only: XLA devices to split the host into (set by `lrmjax.main` before jax starts).
-    # With the batch sharded over them, small-model steps run about 2x faster on 2 cores;
-    # the 40M `bench` model samples faster on 1 (experiments/benchmarks/RESULTS.md).
+    # CPU only: XLA devices to split the host into (set by `lrmjax.main` before jax starts),
+    # so that the sharded code paths run on a CPU as they would on a device mesh. Which count
+    # is fastest depends on the model (experiments/benchmarks/RESULTS.md).
     c.mesh.cpu_devices = 8
-    c.mesh.distributed = False       # call jax.distributed.initialize()
+    # Multi-host: call jax.distributed.initialize(). Empty address / -1 let JAX detect the
+    # cluster (TPU pods, SLURM, ...); on CPU hosts set all three.
+    c.mesh.distributed = False
     c.mesh.coordinator_address = ""
-    c.mesh.num_processes = 1
-    c.mesh.process_id = 0
+    c.mesh.num_processes = -1
+    c.mesh.process_id = -1
     return c
 
 
@@ -154,6 +156,34 @@ def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     return module.get_config(arg)
 
 
+# Groups whose keys are free-form: model overrides (checked against ModelConfig), the reward
+# weights (checked against the reward registry), task kwargs (checked by the task).
+FREE_FORM_GROUPS = frozenset({"model.overrides", "reward.fns", "data.task_kwargs"})
+
+
+def set_by_path(cfg: ml_collections.ConfigDict, path: str, text: str) -> None:
+    """Sets `cfg.<path>` from command-line text, parsed as a Python literal (a bare word stays a
+    string), the way `--config.key=value` does for `main.py`. Unknown paths raise ValueError."""
+    import ast
+
+    *groups, key = path.split(".")
+    node = cfg
+    for i, name in enumerate(groups):
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            raise ValueError(f"Unknown config key {'.'.join(groups[:i + 1])!r}")
+        node = node[name]
+    free = ".".join(groups) in FREE_FORM_GROUPS  # e.g. model.overrides.tie_embeddings
+    if not isinstance(node, ml_collections.ConfigDict) or (key not in node and not free):
+        raise ValueError(f"Unknown config key {path!r}")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if key in node and isinstance(node[key], float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    node[key] = value
+
+
 def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> presets.ModelConfig:
     """The ModelConfig a run uses (for presets; HF checkpoints bring their own)."""
     import jax.numpy as jnp
@@ -167,7 +197,7 @@ def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> presets.Mod
 
 
 def _check_keys(cfg: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
-                prefix: str, free: set[str]) -> None:
+                prefix: str, free: frozenset[str]) -> None:
     for key in cfg.keys():
         path = f"{prefix}{key}"
         if key not in defaults:
@@ -193,13 +223,12 @@ def _same_type(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Raises ValueError naming the first bad key: unknown key, wrong type, bad sizes."""
+def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
+             num_processes: int | None = None) -> None:
+    """Raises ValueError naming the first bad key: unknown key, wrong type, bad sizes.
+    `num_devices` / `num_processes` (known once JAX has started) add the mesh checks."""
     defaults = base_config(cfg.get("algorithm", "grpo"))
-    # Groups whose keys are free-form: model overrides (checked against ModelConfig), the
-    # reward weights (checked against the reward registry), task kwargs (checked by the task).
-    free = {"model.overrides", "reward.fns", "data.task_kwargs"}
-    _check_keys(cfg, defaults, "", free)
+    _check_keys(cfg, defaults, "", FREE_FORM_GROUPS)
 
     fields = {f.name for f in dataclasses.fields(presets.ModelConfig)}
     bad = set(cfg.model.overrides.keys()) - fields
@@ -258,6 +287,14 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
                              f"over the {shards} batch shards of mesh "
                              f"{dict(zip(parallel.MESH_AXES, dims, strict=True))} "
                              "(config 'train.batch_prompts')")
+    hosts = num_processes or (max(cfg.mesh.num_processes, 1) if cfg.mesh.distributed else 1)
+    for key in ("train.batch_prompts", "sft.batch_size", "sft.eval_size", "eval.size",
+                "eval.batch_size"):
+        group, name = key.split(".")
+        if hosts > 1 and cfg[group][name] % hosts:
+            raise ValueError(f"config '{key}' = {cfg[group][name]} does not split over the "
+                             f"{hosts} hosts (mesh.num_processes): each host takes an equal "
+                             "share")
     try:
         algorithms.validate(cfg.rl)
     except ValueError as e:

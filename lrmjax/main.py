@@ -42,6 +42,10 @@ def main(argv: list[str]) -> None:
     from lrmjax.train import rl  # after flag parsing: keeps `--help` fast
 
     final = rl.train(cfg, _WORKDIR.value)
+    import jax
+
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()  # a barrier: host 0 hosts the service the others poll
     if final:
         print("final eval: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(final.items())))
 

@@ -155,3 +155,94 @@ def batch_divisor(mesh: Mesh, rules: Mapping[str, Any] | None = None) -> int:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+# ------------------------------------------------------------------------------ multi-host
+# Host data (prompts, rewards, token ids) is process-local: each process owns the block of
+# rows of a batch-major global array that its devices hold. With one process these helpers
+# reduce to device_put / np.asarray.
+
+
+def host_row_block(mesh: Mesh, global_rows: int) -> slice:
+    """Rows [start, stop) of a batch-sharded [global_rows, ...] array held by this process.
+
+    The trainer relies on process p owning the p-th equal block (prompt shards and reward
+    rows are cut that way); a mesh whose batch axes interleave processes raises ValueError.
+    """
+    count, index = jax.process_count(), jax.process_index()
+    if global_rows % count:
+        raise ValueError(f"a batch of {global_rows} rows does not split over {count} hosts")
+    per = global_rows // count
+    want = slice(index * per, (index + 1) * per)
+    if count > 1:
+        sharding = batch_sharding(mesh, 1)
+        starts = sorted({idx[0].start or 0 for idx in
+                         sharding.addressable_devices_indices_map((global_rows,)).values()})
+        stops = sorted({idx[0].stop or global_rows for idx in
+                        sharding.addressable_devices_indices_map((global_rows,)).values()})
+        if starts[0] != want.start or stops[-1] != want.stop:
+            raise ValueError(
+                f"process {index}'s devices hold batch rows {starts[0]}:{stops[-1]}, not the "
+                f"block {want.start}:{want.stop}; build the mesh from jax.devices() so each "
+                "host's devices are contiguous along the batch axes")
+    return want
+
+
+def put(tree: Any, shardings: Any) -> Any:
+    """`jax.device_put(tree, shardings)` that also works across hosts: a host value (the same
+    on every host, e.g. a PRNG key or a fresh optimizer scalar) becomes a global array; an
+    array that is already global is resharded."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def one(x, sharding):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = one(jax.random.key_data(x), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        value = np.asarray(x)
+        return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: one(x, shardings), tree)
+    return jax.tree.map(one, tree, shardings)
+
+
+def host_to_global(local: np.ndarray, mesh: Mesh) -> jax.Array:
+    """A batch-sharded global array from this process's rows (the p-th block of the batch)."""
+    local = np.asarray(local)
+    sharding = batch_sharding(mesh, local.ndim)
+    if jax.process_count() == 1:
+        return jax.device_put(local, sharding)
+    global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+    return jax.make_array_from_process_local_data(sharding, local, global_shape)
+
+
+def global_to_host(tree: Any) -> Any:
+    """The full value of every (possibly multi-host) array in `tree`, as numpy on every host."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def gather_hosts(local: Any) -> Any:
+    """Concatenates each process's host-local numpy arrays (in process order) on every host."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, local)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(
+        jax.tree.map(np.asarray, local), tiled=True))
+
+
+def apply_to_host_rows(fn: Any, params: Any, *local: np.ndarray, mesh: Mesh) -> Any:
+    """Runs the jitted `fn(params, *batch)` on the global batch assembled from every host's
+    rows and returns this host's rows of the (batch-major) outputs as numpy."""
+    if jax.process_count() == 1:
+        return jax.device_get(fn(params, *(host_to_global(x, mesh) for x in local)))
+    out = global_to_host(fn(params, *(host_to_global(x, mesh) for x in local)))
+    rows = host_row_block(mesh, local[0].shape[0] * jax.process_count())
+    return jax.tree.map(lambda x: x[rows], out)

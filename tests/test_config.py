@@ -247,3 +247,31 @@ def test_model_config_unknown_preset_raises():
     cfg.model.preset = "gpt-17"
     with pytest.raises(ValueError, match="gpt-17"):
         config_lib.model_config(cfg, 10)
+
+
+def test_set_by_path_parses_like_the_command_line():
+    cfg = config_lib.base_config("grpo")
+    config_lib.set_by_path(cfg, "optim.lr", "5e-4")
+    config_lib.set_by_path(cfg, "train.steps", "300")
+    config_lib.set_by_path(cfg, "optim.grad_clip", "2")        # an int for a float key
+    config_lib.set_by_path(cfg, "data.task", "countdown")      # a bare word stays a string
+    config_lib.set_by_path(cfg, "rl.dynamic_sampling", "True")
+    assert (cfg.optim.lr, cfg.train.steps, cfg.data.task) == (5e-4, 300, "countdown")
+    assert cfg.optim.grad_clip == 2.0 and isinstance(cfg.optim.grad_clip, float)
+    assert cfg.rl.dynamic_sampling is True
+    config_lib.validate(cfg)
+    with pytest.raises(ValueError, match="'optim.learning_rate'"):
+        config_lib.set_by_path(cfg, "optim.learning_rate", "1")
+    with pytest.raises(ValueError, match="'optimizer'"):
+        config_lib.set_by_path(cfg, "optimizer.lr", "1")
+
+
+@pytest.mark.parametrize("path", ["train.batch_prompts", "sft.batch_size", "sft.eval_size",
+                                  "eval.size", "eval.batch_size"])
+def test_batch_sizes_must_split_over_hosts(path):
+    cfg = config_lib.base_config("grpo")
+    group, key = path.split(".")
+    cfg[group][key] = 9
+    with pytest.raises(ValueError, match=f"'{path}' = 9 does not split over the 2 hosts"):
+        config_lib.validate(cfg, num_processes=2)
+    config_lib.validate(cfg, num_processes=1)

@@ -212,3 +212,13 @@ def test_list_source_and_finite_epochs():
     assert sorted(sum(_rows(batches[:3]), [])) == list(range(7))
     with pytest.raises(ValueError, match="cannot fill one batch"):
         PromptDataset(src, batch_size=8)
+
+
+def test_hosts_read_blocks_of_the_one_host_batches(gsm8k):
+    """Host h's batch at every step is the h-th block of the batch one host reads with the
+    global batch size, so a multi-host step sees exactly the single-host prompts, in order."""
+    one = _rows(_take(iter(PromptDataset(gsm8k, batch_size=6, seed=4)), 8))
+    hosts = [_rows(_take(iter(PromptDataset(gsm8k, batch_size=3, seed=4, shard_index=h,
+                                            shard_count=2)), 8)) for h in range(2)]
+    for step in range(8):
+        assert hosts[0][step] + hosts[1][step] == one[step]

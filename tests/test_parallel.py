@@ -111,3 +111,20 @@ def test_batch_sharding_and_divisor(mesh):
     assert parallel.batch_sharding(mesh, ndim=3).spec == P(("data", "fsdp"), None, None)
     assert parallel.batch_divisor(parallel.make_mesh((1, 1, 8))) == 1
     assert parallel.batch_sharding(parallel.make_mesh((1, 1, 8))).spec == P(None, None)
+
+
+def test_single_host_helpers_are_device_put_and_numpy(mesh):
+    """With one process the multi-host helpers reduce to device_put / np.asarray."""
+    local = np.arange(24, dtype=np.int32).reshape(8, 3)
+    arr = parallel.host_to_global(local, mesh)
+    assert arr.sharding == parallel.batch_sharding(mesh)
+    np.testing.assert_array_equal(np.asarray(arr), local)
+    assert parallel.host_row_block(mesh, 8) == slice(0, 8)
+    np.testing.assert_array_equal(parallel.global_to_host({"x": arr})["x"], local)
+    np.testing.assert_array_equal(parallel.gather_hosts(local), local)
+    key = parallel.put(jax.random.key(3), parallel.replicated(mesh))
+    assert jax.random.key_data(key).tolist() == jax.random.key_data(jax.random.key(3)).tolist()
+    out = parallel.apply_to_host_rows(jax.jit(lambda p, x: x * p), jnp.int32(2), local,
+                                      mesh=mesh)
+    np.testing.assert_array_equal(out, 2 * local)
+

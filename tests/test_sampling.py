@@ -297,3 +297,18 @@ def test_end_to_end_frequencies(params):
                                                           max_new_tokens=1, n=4),
                      jax.random.key(2))
     assert (np.asarray(one.response_tokens) == int(np.argmax(logits))).all()
+
+
+def test_greedy_tokens_and_token_logprob_match_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 50)).astype(np.float32)
+    logits[1, [3, 17, 40]] = 9.0           # a tie: the first index wins, as np.argmax
+    logits[2] *= 1e3                       # large logits: no overflow in the logsumexp
+    tokens = sampling.greedy_tokens(jnp.asarray(logits))
+    np.testing.assert_array_equal(np.asarray(tokens), np.argmax(logits, axis=-1))
+    picks = rng.integers(0, 50, 6).astype(np.int32)
+    shifted = logits - logits.max(-1, keepdims=True)
+    ref = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    np.testing.assert_allclose(
+        np.asarray(sampling.token_logprob(jnp.asarray(logits), jnp.asarray(picks))),
+        ref[np.arange(6), picks], rtol=1e-5, atol=1e-5)

@@ -120,7 +120,8 @@ def test_scan_layers_and_remat_match_unrolled():
 
     g_scan = transformer.unstack_layers(jax.grad(loss(scan_cfg))(stacked), cfg.num_layers)
     g_ref = jax.grad(loss(cfg))(params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+    # fp32 summation order differs between the scanned and unrolled programs.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=3e-4),
                  g_scan, g_ref)
     assert transformer.unstack_layers(stacked, cfg.num_layers).keys() == params.keys()
 

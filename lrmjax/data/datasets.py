@@ -7,15 +7,17 @@
     state = it.get_state()        # JSON-serializable; save it in the checkpoint
     it = iter(data); it.set_state(state)   # continues exactly where it left off
 
-Order: each host takes an equal-size strided shard of the source (rows i with
-i % shard_count == shard_index, after dropping the last len % shard_count rows so every host
-yields the same number of batches), shuffles it with `seed` (a new permutation every epoch),
-batches, and repeats `num_epochs` times (None: forever). Per-prompt curricula and online
-procedural streams live in `lrmjax.data.curriculum`.
+Order: the source is shuffled with `seed` (a new permutation every epoch) and cut into global
+batches of `batch_size * shard_count` rows; host `shard_index` takes the shard_index-th block
+of each (a last partial batch is split as evenly as possible). The hosts' batches of a step
+are thus exactly the batch one host would read with `batch_size * shard_count`, every host's
+iterator is at the same position, and the epochs repeat `num_epochs` times (None: forever).
+Per-prompt curricula and online procedural streams live in `lrmjax.data.curriculum`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -94,6 +96,13 @@ def make_source(kind: str, data_dir: str | None = None, **kwargs: Any) -> Prompt
     return PromptSource(SOURCES[kind](data_dir, **kwargs))
 
 
+def _host_block(batch: list, index: int, count: int) -> list:
+    """Host `index`'s block of a global batch (np.array_split sizes for a partial batch)."""
+    per, extra = divmod(len(batch), count)
+    start = index * per + min(index, extra)
+    return batch[start:start + per + (index < extra)]
+
+
 def shard_indices(num_examples: int, shard_index: int, shard_count: int) -> range:
     """Rows of one host's shard: equal-size strided slices (the last len % count rows dropped).
 
@@ -160,16 +169,17 @@ class PromptDataset:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_epochs is not None and num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
-        rows = shard_indices(len(source), shard_index, shard_count)
-        if drop_remainder and len(rows) < batch_size:
-            raise ValueError(f"a shard of {len(rows)} examples cannot fill one batch of "
-                             f"{batch_size} with drop_remainder=True")
+        shard_indices(len(source), shard_index, shard_count)  # validates the shard spec
+        global_batch = batch_size * shard_count
+        if drop_remainder and len(source) < global_batch:
+            raise ValueError(f"{len(source)} examples cannot fill one batch of {batch_size} x "
+                             f"{shard_count} hosts with drop_remainder=True")
         ds = grain.MapDataset.source(source)
-        if shard_count > 1:
-            ds = ds[rows.start:rows.stop:rows.step]
         if shuffle:
             ds = ds.shuffle(seed=seed)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=list)
+        ds = ds.batch(global_batch, drop_remainder=drop_remainder, batch_fn=list)
+        if shard_count > 1:
+            ds = ds.map(functools.partial(_host_block, index=shard_index, count=shard_count))
         self.grain_dataset = ds.repeat(num_epochs)
         self.read_threads = read_threads
         self.fingerprint = {

@@ -197,14 +197,16 @@ class RewardModelScorer:
             chunk += [[self.tokenizer.pad_id]] * (self.batch_size - len(chunk))
             tokens, mask = left_pad(chunk, self.tokenizer.pad_id, width)
             args: tuple[Any, ...] = (tokens, mask)
-            if self.mesh is not None:
-                shard = parallel.batch_sharding(self.mesh)
-                args = tuple(jax.device_put(a, shard) for a in args)
+            if self.mesh is not None:  # each host's rows -> one global batch
+                args = tuple(parallel.host_to_global(a, self.mesh) for a in args)
             self._programs.add(_signature((self.params, *args)))
             scores = _sequence_scores(self.cfg, self.params, *args)
             n = min(self.batch_size, len(ids) - start)
             # Fetch to the host before slicing: an eager device slice would compile per size.
-            out[start:start + n] = np.asarray(scores)[:n]
+            scores = parallel.global_to_host(scores)
+            if self.mesh is not None and jax.process_count() > 1:
+                scores = scores[parallel.host_row_block(self.mesh, len(scores))]
+            out[start:start + n] = scores[:n]
         return out
 
     @property

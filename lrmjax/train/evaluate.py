@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from lrmjax import parallel
 from lrmjax.sampling import SamplingParams
 
 ScoreFn = Callable[[Sequence[Any], Sequence[str]], Sequence[float]]
@@ -53,21 +54,28 @@ def evaluate(sampler: Any, params: Any, examples: Sequence[Any], encode: Callabl
       answer_fn: completion -> extracted answer for maj@k (default: the stripped completion).
 
     Returns metrics: greedy_pass@1, mean_response_length and, with k > 0, pass@1 (sampled),
-    pass@k and maj@k, each a mean over examples.
+    pass@k and maj@k, each a mean over examples. With several hosts every host passes the
+    same `examples` and gets the same metrics; each samples and scores its share.
     """
     answer_fn = answer_fn or (lambda s: s.strip() or None)
-    greedy_scores, lengths = [], []
-    sampled: list[list[float]] = []
-    answers: list[list[str | None]] = []
+    hosts, me = jax.process_count(), jax.process_index()
+    greedy_scores, lengths, sampled, majority = [], [], [], []
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start:start + batch_size])
+        if len(chunk) % hosts:
+            raise ValueError(f"an evaluation chunk of {len(chunk)} examples does not split over "
+                             f"{hosts} hosts: make eval.size and eval.batch_size multiples")
+        # Multi-host: each host samples and scores its block of the chunk, so the global
+        # batch (and its random draws) is the one a single host would sample.
+        per = len(chunk) // hosts
+        chunk = chunk[me * per:(me + 1) * per]
         tokens, mask = encode(chunk)
         roll = sampler.generate(params, tokens, mask,
                                 SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens),
                                 key)
         texts = decode(roll)
-        greedy_scores += list(score_fn(chunk, texts))
-        lengths += list(np.asarray(roll.lengths))
+        local = {"greedy": np.asarray(score_fn(chunk, texts), float),
+                 "length": np.asarray(roll.lengths, float)}
         if k > 0:
             key, sub = jax.random.split(key)
             roll = sampler.generate(params, tokens, mask,
@@ -76,9 +84,16 @@ def evaluate(sampler: Any, params: Any, examples: Sequence[Any], encode: Callabl
             texts = decode(roll)
             rep = [ex for ex in chunk for _ in range(k)]
             scores = np.asarray(score_fn(rep, texts), float).reshape(len(chunk), k)
-            sampled += scores.tolist()
-            answers += [[answer_fn(t) for t in texts[i * k:(i + 1) * k]]
-                        for i in range(len(chunk))]
+            local["sampled"] = scores
+            local["majority"] = np.asarray(
+                [majority_correct([answer_fn(t) for t in texts[i * k:(i + 1) * k]], scores[i])
+                 for i in range(len(chunk))], float)
+        local = parallel.gather_hosts(local)
+        greedy_scores += list(local["greedy"])
+        lengths += list(local["length"])
+        if k > 0:
+            sampled += local["sampled"].tolist()
+            majority += list(local["majority"])
     out = {f"{prefix}greedy_pass@1": float(np.mean(greedy_scores)),
            f"{prefix}mean_response_length": float(np.mean(lengths))}
     if k > 0:
@@ -86,6 +101,5 @@ def evaluate(sampler: Any, params: Any, examples: Sequence[Any], encode: Callabl
         correct = (s > 0.5).sum(axis=1)
         out[f"{prefix}pass@1"] = float(s.mean())
         out[f"{prefix}pass@{k}"] = float(np.mean([pass_at_k(k, int(c), k) for c in correct]))
-        out[f"{prefix}maj@{k}"] = float(np.mean([majority_correct(a, row)
-                                                 for a, row in zip(answers, s, strict=True)]))
+        out[f"{prefix}maj@{k}"] = float(np.mean(majority))
     return out

@@ -110,7 +110,8 @@ class Inputs:
         if self.token_stats_fn is not None and params is not None:
             tokens = np.concatenate([roll.prompt_tokens, roll.response_tokens], axis=1)
             mask = np.concatenate([roll.prompt_mask, roll.response_mask], axis=1)
-            stats = jax.device_get(self.token_stats_fn(params, tokens, mask))
+            stats = parallel.apply_to_host_rows(self.token_stats_fn, params, tokens, mask,
+                                                mesh=self.mesh)
         prompts = [ex.prompt for ex in examples]
         scores, metrics, components = self.pool.score(
             prompts, list(completions), self.reward_metadata(examples, roll, stats))

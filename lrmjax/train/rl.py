@@ -103,7 +103,7 @@ def collect(inp: Inputs, params: Any, data_iter: Any, key: jax.Array, step_metri
     `train.max_refill_rounds` extra rounds. If the batch is still short, the dropped groups
     fill it (they add no gradient) and `filter_groups/unfilled` counts them."""
     cfg = inp.cfg
-    n, want = cfg.sampling.n, cfg.train.batch_prompts
+    n, want = cfg.sampling.n, cfg.train.batch_prompts // jax.process_count()  # per host
     batch = sample_and_score(inp, params, next(data_iter), key, inp.train_sampling)
     if not cfg.rl.dynamic_sampling:
         return batch
@@ -114,12 +114,17 @@ def collect(inp: Inputs, params: Any, data_iter: Any, key: jax.Array, step_metri
         kept.append((batch, np.flatnonzero(varied)))
         dropped.append((batch, np.flatnonzero(~varied)))
         have = sum(len(g) for _, g in kept)
-        if have >= want or rounds >= cfg.train.max_refill_rounds:
+        # Sampling is one program over all hosts: they stop refilling together.
+        fewest = int(parallel.gather_hosts(np.array([have])).min())
+        if fewest >= want or rounds >= cfg.train.max_refill_rounds:
             break
         rounds += 1
         key = jax.random.fold_in(key, rounds)
         batch = sample_and_score(inp, params, next(data_iter), key, inp.train_sampling)
-    step_metrics["filter_groups/dropped"] = float(sum(len(g) for _, g in dropped))
+    counts = parallel.gather_hosts(np.array([sum(len(g) for _, g in dropped),
+                                             max(0, want - sum(len(g) for _, g in kept))]))
+    step_metrics["filter_groups/dropped"] = float(counts[0::2].sum())
+    step_metrics["filter_groups/unfilled"] = float(counts[1::2].sum())
     step_metrics["filter_groups/rounds"] = float(rounds)
     picks = kept + dropped
     parts, total = [], 0
@@ -128,8 +133,6 @@ def collect(inp: Inputs, params: Any, data_iter: Any, key: jax.Array, step_metri
         if len(groups):
             parts.append((b, groups))
             total += len(groups)
-    step_metrics["filter_groups/unfilled"] = float(
-        max(0, want - sum(len(g) for _, g in kept)))
     rows = lambda g: (g[:, None] * n + np.arange(n)[None]).reshape(-1)
     return RLBatch(
         examples=[b.examples[i] for b, g in parts for i in g],
@@ -142,26 +145,40 @@ def collect(inp: Inputs, params: Any, data_iter: Any, key: jax.Array, step_metri
 
 
 def rollout_metrics(batch: RLBatch, max_new_tokens: int) -> dict[str, float]:
-    r, roll = batch.rewards, batch.rollout
-    out = dict(batch.reward_metrics)  # error / timeout counts; the means below are post-shaping
-    out |= {"batch/groups": float(len(batch.examples)), "reward/mean": float(r.mean()),
+    """Reward and length statistics of the whole step's batch (every host's rows)."""
+    local = {"rewards": batch.rewards, "lengths": np.asarray(batch.rollout.lengths),
+             "finish": np.asarray(batch.rollout.finish_reason),
+             "groups": np.array([len(batch.examples)]),
+             "pool": np.array([[batch.reward_metrics.get(k, 0.0) for k in _POOL_COUNTS]]),
+             "components": {k: np.asarray(v, np.float64) for k, v in batch.components.items()}}
+    g = parallel.gather_hosts(local)
+    r, lengths = g["rewards"], g["lengths"]
+    out = dict(batch.reward_metrics)  # timing; the counts and means below are global
+    out |= dict(zip(_POOL_COUNTS, (float(x) for x in g["pool"].sum(axis=0)), strict=True))
+    out |= {"batch/groups": float(g["groups"].sum()), "reward/mean": float(r.mean()),
             "reward/std": float(r.std()), "reward/max": float(r.max()),
             "reward/min": float(r.min()),
-            "response_length/mean": float(roll.lengths.mean()),
-            "response_length/max": float(roll.lengths.max()),
-            "response_length/clip_ratio": float((roll.finish_reason == 1).mean())}
-    for k, v in batch.components.items():
+            "response_length/mean": float(lengths.mean()),
+            "response_length/max": float(lengths.max()),
+            "response_length/clip_ratio": float((g["finish"] == 1).mean())}
+    for k, v in g["components"].items():
         out[f"reward/{k}"] = float(np.mean(v))
     return out
+
+
+# Reward-pool counters, summed over hosts.
+_POOL_COUNTS = ("reward/errors", "reward/timeouts", "reward/nonfinite")
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs (or resumes) the experiment `cfg` in `workdir`. Returns the final eval metrics."""
     # ---------------------------------------------------------------- mesh and inputs
-    if cfg.mesh.distributed:
-        jax.distributed.initialize(cfg.mesh.coordinator_address or None,
-                                   cfg.mesh.num_processes, cfg.mesh.process_id)
-    config_lib.validate(cfg, jax.device_count())
+    if cfg.mesh.distributed and not jax.distributed.is_initialized():
+        m = cfg.mesh
+        jax.distributed.initialize(m.coordinator_address or None,
+                                   m.num_processes if m.num_processes > 0 else None,
+                                   m.process_id if m.process_id >= 0 else None)
+    config_lib.validate(cfg, jax.device_count(), jax.process_count())
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     inp = build_inputs(cfg, workdir)
@@ -211,7 +228,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             ref_params = ckpt_ref_restore(workdir, ref_params)
         inp.data_iter.set_state(extras["data"])
         writer.log(f"resumed from {workdir} at RL step {extras['rl_step']}")
-    elif ref_params is not None and is_main:
+    elif ref_params is not None:
         ckpt_ref_save(workdir, ref_params)
 
     # ---------------------------------------------------------------- compiled steps
@@ -280,8 +297,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         loss_mask = response_mask.copy()
         if algo.overlong_filter:
             loss_mask[roll.finish_reason == 1] = 0.0
-            m["response_length/filtered"] = float((roll.finish_reason == 1).mean())
-        dev = lambda x: jax.device_put(x, parallel.batch_sharding(mesh, np.ndim(x)))
+            m["response_length/filtered"] = m["response_length/clip_ratio"]  # all hosts
+        dev = lambda x: parallel.host_to_global(x, mesh)  # this host's rows -> global batch
         tokens_d, mask_d = dev(tokens.astype(np.int32)), dev(mask)
         data = {"tokens": tokens_d, "mask": mask_d, "loss_mask": dev(loss_mask),
                 "sampler_logprobs": dev(roll.logprobs.astype(np.float32))}
@@ -314,7 +331,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, rl_step])
-        num = tokens.shape[0]
+        num = data["tokens"].shape[0]  # global rows
         size = num // cfg.train.minibatches
         update_metrics = []
         for _ in range(cfg.train.ppo_epochs):
@@ -322,7 +339,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             for i in range(cfg.train.minibatches):
                 idx = np.sort(order[i * size:(i + 1) * size])
                 mb = data if cfg.train.minibatches == 1 else {
-                    k: jax.device_put(v[idx], parallel.batch_sharding(mesh, v.ndim))
+                    k: parallel.put(v[idx], parallel.batch_sharding(mesh, v.ndim))
                     for k, v in data.items()}
                 state, um = train_step(state, mb)
                 update_metrics.append(um)
@@ -335,13 +352,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             ctrl = kl_lib.update_kl_controller(kl_lib.KLControllerState(coef=state.kl_coef),
                                                m["actor/kl_loss"], num, algo.kl_target,
                                                algo.kl_horizon)
-            state = state.replace(kl_coef=jax.device_put(ctrl.coef, state_sh.kl_coef))
+            state = state.replace(kl_coef=parallel.put(ctrl.coef, state_sh.kl_coef))
         m["actor/kl_coef"] = float(state.kl_coef)
 
         m["timing_s/step"] = time.perf_counter() - t_step
-        new_tokens = float(roll.lengths.sum())
+        new_tokens = m["response_length/mean"] * num
         m["perf/tokens_per_s"] = new_tokens / m["timing_s/step"]
-        flops = inp.step_flops(tokens.shape[0], tokens.shape[1], cfg.train.ppo_epochs,
+        flops = inp.step_flops(num, tokens.shape[1], cfg.train.ppo_epochs,
                                ref_params is not None, algo.use_critic)
         m["perf/mfu"] = flops / m["timing_s/step"] / (
             cfg.train.peak_tflops * 1e12 * jax.device_count())
@@ -375,9 +392,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             json.dump(summary, f, indent=2)
         metrics_lib.plot_curves(os.path.join(workdir, "metrics.jsonl"),
                                 os.path.join(workdir, "curves.png"))
-        if cfg.train.export_hf and inp.hf_exportable:
-            inp.export(state.params, os.path.join(workdir, "hf_export"))
+    if cfg.train.export_hf and inp.hf_exportable:
+        params_np = parallel.global_to_host(state.params)  # a collective: every host joins
+        if is_main:
+            inp.export(params_np, os.path.join(workdir, "hf_export"))
     writer.close()
+    if jax.process_count() > 1:
+        # No host leaves (and, on host 0, takes the coordination service down) while another
+        # is still in a collective.
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("lrmjax.train: done")
     return final
 
 
@@ -391,17 +416,19 @@ def place_state(state: TrainState, mesh: Any) -> tuple[TrainState, TrainState]:
     shardings = jax.tree.map(
         lambda x: x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding) else rep,
         state)
-    return jax.device_put(state, shardings), shardings
+    return parallel.put(state, shardings), shardings
 
 
 def ckpt_ref_save(workdir: str, ref_params: Any) -> None:
-    """The reference policy is fixed for the whole run: saved once, beside the checkpoints."""
+    """The reference policy is fixed for the whole run: saved once, beside the checkpoints.
+    Every host calls this (Orbax writes each host's shards of multi-host arrays)."""
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(os.path.join(workdir, "reference"))
     if not os.path.exists(path):
+        tree = jax.device_get(ref_params) if jax.process_count() == 1 else ref_params
         with ocp.StandardCheckpointer() as c:
-            c.save(path, jax.device_get(ref_params))
+            c.save(path, tree)
 
 
 def ckpt_ref_restore(workdir: str, like: Any) -> Any:

@@ -31,13 +31,16 @@ def warm_start(inp: Inputs, state: TrainState, writer: Any) -> tuple[TrainState,
     state = TrainState.create(state.params, tx)
     step_fn = jax.jit(functools.partial(steps.sft_train_step, model_cfg=inp.model_cfg),
                       donate_argnums=(0,))
-    sharding = parallel.batch_sharding(inp.mesh)
-    # A separate shuffle of the training prompts (seeded apart from the RL iterator's).
-    data = iter(datasets.PromptDataset(inp.train_source, s.batch_size, seed=cfg.seed + 1))
+    # A separate shuffle of the training prompts (seeded apart from the RL iterator's); each
+    # host reads its block of every global batch.
+    hosts = jax.process_count()
+    data = iter(datasets.PromptDataset(inp.train_source, s.batch_size // hosts,
+                                       seed=cfg.seed + 1, shard_index=jax.process_index(),
+                                       shard_count=hosts))
     t0 = time.perf_counter()
     accuracy, step = float("nan"), 0
     for step in range(1, s.steps + 1):
-        batch = {k: jax.device_put(v, sharding) for k, v in
+        batch = {k: parallel.host_to_global(v, inp.mesh) for k, v in
                  demonstrations(inp, next(data)).items()}
         state, m = step_fn(state, batch)
         if step % 10 == 0:
