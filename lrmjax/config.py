@@ -179,7 +179,8 @@ def set_by_path(cfg: ml_collections.ConfigDict, path: str, text: str) -> None:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         value = text
-    if key in node and isinstance(node[key], float) and isinstance(value, int) and not isinstance(value, bool):
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if key in node and isinstance(node[key], float) and is_int:
         value = float(value)
     node[key] = value
 
