@@ -173,7 +173,10 @@ def sample_logits(logits: Array, keys: Array, sampling: SamplingParams) -> Array
     if sampling.greedy:
         return greedy_tokens(logits)
     logits = truncate_logits(logits / sampling.temperature, sampling)
-    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+    # Gumbel-max, as jax.random.categorical draws (same noise, same ties), with the cheaper
+    # argmax of `greedy_tokens`: the two-operand argmax was a fifth of a sampled decode step.
+    noise = jax.vmap(lambda k: jax.random.gumbel(k, logits.shape[-1:], logits.dtype))(keys)
+    return greedy_tokens(logits + noise)
 
 
 def greedy_tokens(logits: Array) -> Array:
@@ -181,9 +184,12 @@ def greedy_tokens(logits: Array) -> Array:
 
     Written as a max and a min over indices: XLA's CPU backend runs jnp.argmax's two-operand
     reduce about 3x slower over a 32k vocabulary."""
-    top = jnp.max(logits, axis=-1, keepdims=True)
+    top = jnp.max(logits, axis=-1, keepdims=True)  # NaN if the row holds a NaN
     V = logits.shape[-1]
-    return jnp.min(jnp.where(logits == top, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
+    # As jnp.argmax, a NaN counts as the maximum (the row's first NaN wins), so broken
+    # params still yield valid token ids.
+    hit = (logits == top) | jnp.isnan(logits)
+    return jnp.min(jnp.where(hit, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
 
 
 def token_logprob(logits: Array, tokens: Array) -> Array:

@@ -304,11 +304,23 @@ def test_greedy_tokens_and_token_logprob_match_numpy():
     logits = rng.normal(size=(6, 50)).astype(np.float32)
     logits[1, [3, 17, 40]] = 9.0           # a tie: the first index wins, as np.argmax
     logits[2] *= 1e3                       # large logits: no overflow in the logsumexp
+    logits[3, [5, 9]] = np.nan             # NaN counts as the max, as in np.argmax
     tokens = sampling.greedy_tokens(jnp.asarray(logits))
     np.testing.assert_array_equal(np.asarray(tokens), np.argmax(logits, axis=-1))
+    logits[3] = rng.normal(size=50)
     picks = rng.integers(0, 50, 6).astype(np.int32)
     shifted = logits - logits.max(-1, keepdims=True)
     ref = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     np.testing.assert_allclose(
         np.asarray(sampling.token_logprob(jnp.asarray(logits), jnp.asarray(picks))),
         ref[np.arange(6), picks], rtol=1e-5, atol=1e-5)
+
+
+def test_sampled_tokens_are_jax_categorical_draws():
+    """Gumbel-max with the cheaper argmax draws exactly what jax.random.categorical draws."""
+    keys = jax.random.split(jax.random.key(1), 64)
+    logits = jax.random.normal(jax.random.key(2), (64, 1000)) * 3
+    ours = sampling.sample_logits(logits, keys, SamplingParams(temperature=1.0,
+                                                               max_new_tokens=1))
+    np.testing.assert_array_equal(np.asarray(ours),
+                                  np.asarray(jax.vmap(jax.random.categorical)(keys, logits)))

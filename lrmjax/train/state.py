@@ -73,8 +73,10 @@ def guarded_update(tx: optax.GradientTransformation, grads: Any, opt_state: Any,
                    ok: jax.Array) -> tuple[Any, Any]:
     """Applies one optimizer update where `ok` (scalar bool), else leaves params and state as
     they were: a non-finite loss or gradient never reaches the params."""
-    safe_grads = jax.tree.map(lambda g: jnp.where(ok, g, jnp.zeros_like(g)), grads)
-    updates, new_opt_state = tx.update(safe_grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-    return keep(new_params, params), keep(new_opt_state, opt_state)
+    def update(grads, opt_state, params):
+        updates, new_opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_opt_state
+
+    # A conditional, not a select of both outcomes: on the usual path no extra pass over
+    # params and moments (a select over them was 3 % of a `bench` update step).
+    return jax.lax.cond(ok, update, lambda g, s, p: (p, s), grads, opt_state, params)
