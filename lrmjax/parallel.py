@@ -246,3 +246,24 @@ def apply_to_host_rows(fn: Any, params: Any, *local: np.ndarray, mesh: Mesh) -> 
     out = global_to_host(fn(params, *(host_to_global(x, mesh) for x in local)))
     rows = host_row_block(mesh, local[0].shape[0] * jax.process_count())
     return jax.tree.map(lambda x: x[rows], out)
+
+
+def main_host_first(fn: Any, name: str) -> Any:
+    """Runs `fn()` on host 0, then on the other hosts once host 0 is done (for steps that
+    write shared files the others then read, e.g. building a dataset cache)."""
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+
+    out = fn() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices(f"lrmjax: {name}")
+    return out if jax.process_index() == 0 else fn()
+
+
+def same_on_all_hosts(value: bool) -> bool:
+    """Host 0's `value` on every host (a decision every host must take the same way)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(value)))

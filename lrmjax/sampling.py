@@ -381,6 +381,10 @@ class Sampler:
           key: PRNG key.
         Returns:
           A Rollout with B*n rows (prompt arrays keep the input width P).
+
+        With several processes (multi-host), every host calls this with its own B prompts
+        (the same B everywhere); they are sampled as one global batch, and each host gets its
+        own B*n rows back as numpy arrays.
         """
         tokens = np.asarray(prompt_tokens)
         mask = np.asarray(prompt_mask).astype(bool)
@@ -398,6 +402,8 @@ class Sampler:
         R = sampling.max_new_tokens
         longest = int(lengths.max())
         hosts = jax.process_count()
+        if hosts > 1 and self.mesh is None:
+            raise ValueError("a multi-host Sampler needs the global mesh (Sampler(mesh=...))")
         if hosts > 1:
             # Every host runs the same program: agree on the prompt width and batch size.
             sizes = parallel.gather_hosts(np.array([[B, longest]], np.int64))

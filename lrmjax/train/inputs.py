@@ -195,10 +195,16 @@ def _examples(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[Any, list[E
 def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     mesh = parallel.make_mesh({"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp,
                                "tensor": cfg.mesh.tensor})
-    hf_path = tiny_hf.resolve(cfg.model.hf_path, workdir) if cfg.model.hf_path else ""
+    # Files under the shared workdir (a tiny test checkpoint, TFDS caches) are written by
+    # host 0 first, then read by the others.
+    hf_path = ""
+    if cfg.model.hf_path:
+        hf_path = parallel.main_host_first(
+            lambda: tiny_hf.resolve(cfg.model.hf_path, workdir), "tiny_hf")
     tokenizer = _tokenizer(cfg, hf_path)
     model_cfg, params, exportable = _model(cfg, hf_path, tokenizer, mesh)
-    train_source, eval_examples, task = _examples(cfg, workdir)
+    train_source, eval_examples, task = parallel.main_host_first(
+        lambda: _examples(cfg, workdir), "datasets")
 
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
     per_host = cfg.train.batch_prompts // jax.process_count()

@@ -425,7 +425,9 @@ def ckpt_ref_save(workdir: str, ref_params: Any) -> None:
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(os.path.join(workdir, "reference"))
-    if not os.path.exists(path):
+    # Host 0 decides: a host that looked after another had started writing would skip the
+    # save and leave the others waiting in it.
+    if not parallel.same_on_all_hosts(os.path.exists(path)):
         tree = jax.device_get(ref_params) if jax.process_count() == 1 else ref_params
         with ocp.StandardCheckpointer() as c:
             c.save(path, tree)
