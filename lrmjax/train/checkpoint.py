@@ -2,9 +2,9 @@
 RNG, config).
 
 Two managers under the workdir: `checkpoints/` keeps the last N saves, `best/` keeps the one
-with the highest held-out accuracy. Saves are asynchronous; Orbax writes each step into a
-temporary directory and renames it only when complete, so a save cut off by a crash is never
-listed (and never restored).
+with the highest held-out accuracy. Saves are asynchronous on one host (synchronous across
+several); Orbax writes each step into a temporary directory and renames it only when
+complete, so a save cut off by a crash is never listed (and never restored).
 """
 
 from __future__ import annotations
@@ -26,8 +26,13 @@ def _state_tree(state: Any) -> dict[str, Any]:
 class Checkpointer:
     """Saves and restores (state, extras) by step."""
 
-    def __init__(self, workdir: str, keep: int = 2, async_save: bool = True,
+    def __init__(self, workdir: str, keep: int = 2, async_save: bool | None = None,
                  best_metric: str = "eval/greedy_pass@1"):
+        if async_save is None:
+            # Multi-host saves are synchronous: with two async managers, the hosts' background
+            # commit threads and the next save's barriers deadlocked now and then (Orbax
+            # 0.12, two processes on gloo; tests/test_multihost.py).
+            async_save = jax.process_count() == 1
         directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self.best_metric = best_metric
         self.manager = ocp.CheckpointManager(
