@@ -175,14 +175,12 @@ def host_row_block(mesh: Mesh, global_rows: int) -> slice:
     per = global_rows // count
     want = slice(index * per, (index + 1) * per)
     if count > 1:
-        sharding = batch_sharding(mesh, 1)
-        starts = sorted({idx[0].start or 0 for idx in
-                         sharding.addressable_devices_indices_map((global_rows,)).values()})
-        stops = sorted({idx[0].stop or global_rows for idx in
-                        sharding.addressable_devices_indices_map((global_rows,)).values()})
-        if starts[0] != want.start or stops[-1] != want.stop:
+        held = batch_sharding(mesh, 1).addressable_devices_indices_map((global_rows,)).values()
+        start = min(idx[0].start or 0 for idx in held)
+        stop = max(global_rows if idx[0].stop is None else idx[0].stop for idx in held)
+        if (start, stop) != (want.start, want.stop):
             raise ValueError(
-                f"process {index}'s devices hold batch rows {starts[0]}:{stops[-1]}, not the "
+                f"process {index}'s devices hold batch rows {start}:{stop}, not the "
                 f"block {want.start}:{want.stop}; build the mesh from jax.devices() so each "
                 "host's devices are contiguous along the batch axes")
     return want
@@ -220,7 +218,9 @@ def host_to_global(local: np.ndarray, mesh: Mesh) -> jax.Array:
 
 
 def global_to_host(tree: Any) -> Any:
-    """The full value of every (possibly multi-host) array in `tree`, as numpy on every host."""
+    """Every host's data, as numpy on every host: the full value of each global (possibly
+    multi-host) array in `tree`, and each host-local numpy array concatenated over the
+    processes in process order."""
     if jax.process_count() == 1:
         return jax.tree.map(np.asarray, jax.device_get(tree))
     from jax.experimental import multihost_utils
@@ -228,21 +228,9 @@ def global_to_host(tree: Any) -> Any:
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
-def gather_hosts(local: Any) -> Any:
-    """Concatenates each process's host-local numpy arrays (in process order) on every host."""
-    if jax.process_count() == 1:
-        return jax.tree.map(np.asarray, local)
-    from jax.experimental import multihost_utils
-
-    return jax.tree.map(np.asarray, multihost_utils.process_allgather(
-        jax.tree.map(np.asarray, local), tiled=True))
-
-
 def apply_to_host_rows(fn: Any, params: Any, *local: np.ndarray, mesh: Mesh) -> Any:
     """Runs the jitted `fn(params, *batch)` on the global batch assembled from every host's
     rows and returns this host's rows of the (batch-major) outputs as numpy."""
-    if jax.process_count() == 1:
-        return jax.device_get(fn(params, *(host_to_global(x, mesh) for x in local)))
     out = global_to_host(fn(params, *(host_to_global(x, mesh) for x in local)))
     rows = host_row_block(mesh, local[0].shape[0] * jax.process_count())
     return jax.tree.map(lambda x: x[rows], out)

@@ -406,7 +406,7 @@ class Sampler:
             raise ValueError("a multi-host Sampler needs the global mesh (Sampler(mesh=...))")
         if hosts > 1:
             # Every host runs the same program: agree on the prompt width and batch size.
-            sizes = parallel.gather_hosts(np.array([[B, longest]], np.int64))
+            sizes = parallel.global_to_host(np.array([[B, longest]], np.int64))
             if (sizes[:, 0] != B).any():
                 raise ValueError(f"Sampler.generate got different batch sizes per host "
                                  f"{sizes[:, 0].tolist()}; every host must pass as many prompts")

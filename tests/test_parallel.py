@@ -121,7 +121,7 @@ def test_single_host_helpers_are_device_put_and_numpy(mesh):
     np.testing.assert_array_equal(np.asarray(arr), local)
     assert parallel.host_row_block(mesh, 8) == slice(0, 8)
     np.testing.assert_array_equal(parallel.global_to_host({"x": arr})["x"], local)
-    np.testing.assert_array_equal(parallel.gather_hosts(local), local)
+    np.testing.assert_array_equal(parallel.global_to_host(local), local)
     key = parallel.put(jax.random.key(3), parallel.replicated(mesh))
     assert jax.random.key_data(key).tolist() == jax.random.key_data(jax.random.key(3)).tolist()
     out = parallel.apply_to_host_rows(jax.jit(lambda p, x: x * p), jnp.int32(2), local,

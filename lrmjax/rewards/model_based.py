@@ -204,7 +204,7 @@ class RewardModelScorer:
             n = min(self.batch_size, len(ids) - start)
             # Fetch to the host before slicing: an eager device slice would compile per size.
             scores = parallel.global_to_host(scores)
-            if self.mesh is not None and jax.process_count() > 1:
+            if self.mesh is not None:  # this host's rows of the global batch
                 scores = scores[parallel.host_row_block(self.mesh, len(scores))]
             out[start:start + n] = scores[:n]
         return out

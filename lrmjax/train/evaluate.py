@@ -88,7 +88,7 @@ def evaluate(sampler: Any, params: Any, examples: Sequence[Any], encode: Callabl
             local["majority"] = np.asarray(
                 [majority_correct([answer_fn(t) for t in texts[i * k:(i + 1) * k]], scores[i])
                  for i in range(len(chunk))], float)
-        local = parallel.gather_hosts(local)
+        local = parallel.global_to_host(local)
         greedy_scores += list(local["greedy"])
         lengths += list(local["length"])
         if k > 0:

@@ -115,13 +115,13 @@ def collect(inp: Inputs, params: Any, data_iter: Any, key: jax.Array, step_metri
         dropped.append((batch, np.flatnonzero(~varied)))
         have = sum(len(g) for _, g in kept)
         # Sampling is one program over all hosts: they stop refilling together.
-        fewest = int(parallel.gather_hosts(np.array([have])).min())
+        fewest = int(parallel.global_to_host(np.array([have])).min())
         if fewest >= want or rounds >= cfg.train.max_refill_rounds:
             break
         rounds += 1
         key = jax.random.fold_in(key, rounds)
         batch = sample_and_score(inp, params, next(data_iter), key, inp.train_sampling)
-    counts = parallel.gather_hosts(np.array([sum(len(g) for _, g in dropped),
+    counts = parallel.global_to_host(np.array([sum(len(g) for _, g in dropped),
                                              max(0, want - sum(len(g) for _, g in kept))]))
     step_metrics["filter_groups/dropped"] = float(counts[0::2].sum())
     step_metrics["filter_groups/unfilled"] = float(counts[1::2].sum())
@@ -151,7 +151,7 @@ def rollout_metrics(batch: RLBatch, max_new_tokens: int) -> dict[str, float]:
              "groups": np.array([len(batch.examples)]),
              "pool": np.array([[batch.reward_metrics.get(k, 0.0) for k in _POOL_COUNTS]]),
              "components": {k: np.asarray(v, np.float64) for k, v in batch.components.items()}}
-    g = parallel.gather_hosts(local)
+    g = parallel.global_to_host(local)
     r, lengths = g["rewards"], g["lengths"]
     out = dict(batch.reward_metrics)  # timing; the counts and means below are global
     out |= dict(zip(_POOL_COUNTS, (float(x) for x in g["pool"].sum(axis=0)), strict=True))
