@@ -49,7 +49,6 @@ def main() -> int:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__)))))
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from lrmjax import config as config_lib
