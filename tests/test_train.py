@@ -15,7 +15,7 @@ import pytest
 from train_helpers import read_metrics, small_config
 
 from lrmjax.rl import algorithms
-from lrmjax.train import rl
+from lrmjax.train import compilation, rl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +27,15 @@ def test_every_preset_runs_two_steps(algorithm, tmp_path):
         cfg.rl.overlong_buffer_len = 2
     if algorithm in ("ppo", "vc_ppo", "vapo"):
         cfg.train.minibatches = 2
-    final = rl.train(cfg, str(tmp_path))
+    with compilation.CompileCounter() as compiles:
+        final = rl.train(cfg, str(tmp_path))
+    # Compiled once, before the loop: the batch spec matches what the loop builds for every
+    # preset (critic, KL in the reward or the loss, minibatches, greedy baseline).
+    assert compiles.names["jit(rl_train_step)"] == 1
+    compiled = read_metrics(str(tmp_path), phase="compile", keep_perf=True)
+    assert len(compiled) == 1 and compiled[0]["perf/train_step_peak_mib"] > 0
+    rows = read_metrics(str(tmp_path), keep_perf=True)
+    assert rows[0]["perf/compiles"] > 0 and rows[1]["perf/compiles"] == 0  # steady state
     rows = read_metrics(str(tmp_path))
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:

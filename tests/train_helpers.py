@@ -53,8 +53,10 @@ def small_config(algorithm: str = "grpo", steps: int = 2, **rl_overrides):
     return c
 
 
-def read_metrics(workdir: str, phase: str = "rl") -> list[dict]:
-    """Rows of metrics.jsonl for `phase`, without wall-clock entries (timings vary)."""
+def read_metrics(workdir: str, phase: str = "rl", keep_perf: bool = False) -> list[dict]:
+    """Rows of metrics.jsonl for `phase`, without wall-clock entries (timings vary) and,
+    unless `keep_perf`, without perf/ entries."""
+    dropped = ("timing_s/",) if keep_perf else ("timing_s/", "perf/")
     rows = []
     with open(f"{workdir}/metrics.jsonl") as f:
         for line in f:
@@ -62,5 +64,5 @@ def read_metrics(workdir: str, phase: str = "rl") -> list[dict]:
             if row["phase"] != phase:
                 continue
             rows.append({k: v for k, v in row.items()
-                         if k != "time" and not k.startswith(("timing_s/", "perf/"))})
+                         if k != "time" and not k.startswith(dropped)})
     return rows

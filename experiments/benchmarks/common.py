@@ -87,8 +87,20 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / t / 1e9
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown CPU" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def machine_summary() -> str:
     import jax
 
     return (f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} "
-            f"device(s), {os.cpu_count()} CPU core(s)")
+            f"device(s), {os.cpu_count()} CPU core(s) ({cpu_model()})")

@@ -23,19 +23,19 @@ also the loop's bookkeeping between steps, which is how Tunix is timed. There is
 (no held-out set) and the one checkpoint is written after the last timed step.
 
 Tunix 0.1.7 runs `GRPOLearner` in its own venv (`grpo_step_tunix.py`, as the peers ran it):
-its step time is the interval between consecutive calls of the reward function. (Its data
-thread may sample step k+1 while the main thread updates on step k, so that interval is its
-steady-state throughput, overlap included.)
+its step time is the interval between consecutive calls of the reward function. Its rollout
+and update run one after the other, as lrmjax's do: actor and rollout share one mesh, so
+`RLLearner.can_enable_async_rollout` is off, and each global step waits for its rollout.
 
 Each (contender, devices) pair runs in its own process (XLA reads the faked device count
-once): lrmjax on 1 CPU device and on 8 faked CPU devices (the batch sharded over them),
-Tunix on 1 device. Contenders alternate: `--rounds` rounds, each running every contender once
-in a rotating order, so a slow phase of the shared machine hits all of them; each run times
-`--steps` steps after `--warmup` steps (which include compilation). Reported: the median of
-all timed steps of all rounds.
+once): lrmjax on 1 CPU device and on 2 faked CPU devices (the batch sharded over them, one
+device per core; `--devices 1,2,8` adds 8), Tunix on 1 device. Contenders alternate:
+`--rounds` rounds, each running every contender once in a rotating order, so a slow phase of
+the shared machine hits all of them; each run times `--steps` steps after `--warmup` steps
+(which include compilation). Reported: the median of all timed steps of all rounds.
 
-Peers measured on this machine (medians, /work/shared/peers/README.md): Tunix 0.27 s (tiny)
-and 5.5 s (bench); TRL 1.16 GRPOTrainer 0.54 s and 16.1 s.
+Peers measured on the peers' machine (medians, /work/shared/peers/README.md): Tunix 0.27 s
+(tiny) and 5.5 s (bench); TRL 1.16 GRPOTrainer 0.54 s and 16.1 s.
 
 Usage (from the repository root):
   .venv/bin/python experiments/benchmarks/grpo_step.py                       # tiny,bench
@@ -314,7 +314,7 @@ def print_table(args, results: dict, contenders: list[tuple[str, int]]) -> None:
     print(f"\nseconds per GRPO step: {args.batch} prompts x {args.n} samples, prompts 16-"
           f"{args.prompt_len} tokens, exactly {args.new_tokens} new tokens, k3 KL loss "
           f"{args.beta}, fp32; median of {args.steps} steps x {args.rounds} round(s) after "
-          f"{args.warmup} warm-up step(s); {os.cpu_count()} CPU cores; "
+          f"{args.warmup} warm-up step(s); {os.cpu_count()} x {common.cpu_model()}; "
           f"uptime: {os.popen('uptime').read().strip()}")
     head = ["model", "contender", "devices", "s/step", "wall s/step", "vs Tunix (wall)",
             "sample+reward / ref+adv / update", "peers measured"]
@@ -346,7 +346,7 @@ def print_table(args, results: dict, contenders: list[tuple[str, int]]) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="tiny,bench")
-    p.add_argument("--devices", default="1,8", help="lrmjax's CPU device counts")
+    p.add_argument("--devices", default="1,2", help="lrmjax's CPU device counts")
     p.add_argument("--steps", type=int, default=5, help="timed steps per run")
     # Two: Tunix compiles its update during its second reward interval (its data thread
     # samples step 2 while the first update compiles); lrmjax is steady from step 2.

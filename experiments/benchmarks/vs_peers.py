@@ -34,6 +34,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONTENDERS = ("lrmjax", "transformers", "tunix")
 TUNIX_SPEC = "google-tunix==0.1.7"
@@ -259,7 +262,8 @@ def main(args) -> None:
 
     print(f"\nnew tokens/s, fp32, greedy, prompt {args.prompt_len}, {n} new tokens, "
           f"median of {args.repeats} after a warm-up (1 JAX CPU device, torch "
-          f"{args.threads} threads)")
+          f"{args.threads} threads); {os.cpu_count()} x {common.cpu_model()}; "
+          f"uptime: {os.popen('uptime').read().strip()}")
     head = ["batch"] + [f"{k} tok/s" for k in workers]
     if "lrmjax" in workers:
         head += [f"lrmjax / {k}" for k in workers if k != "lrmjax"]

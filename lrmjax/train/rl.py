@@ -30,10 +30,10 @@ from lrmjax.rewards import shaping
 from lrmjax.rl import advantages as adv_lib
 from lrmjax.rl import kl as kl_lib
 from lrmjax.sampling import Rollout, SamplingParams
+from lrmjax.train import compilation, steps
 from lrmjax.train import evaluate as eval_lib
 from lrmjax.train import metrics as metrics_lib
 from lrmjax.train import sft as sft_lib
-from lrmjax.train import steps
 from lrmjax.train.checkpoint import Checkpointer
 from lrmjax.train.inputs import Inputs, build_inputs
 from lrmjax.train.state import TrainState, adamw, lr_schedule
@@ -172,6 +172,12 @@ _POOL_COUNTS = ("reward/errors", "reward/timeouts", "reward/nonfinite")
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs (or resumes) the experiment `cfg` in `workdir`. Returns the final eval metrics."""
+    with compilation.CompileCounter() as compiles:
+        return _train(cfg, workdir, compiles)
+
+
+def _train(cfg: ml_collections.ConfigDict, workdir: str,
+           compiles: compilation.CompileCounter) -> dict[str, float]:
     # ---------------------------------------------------------------- mesh and inputs
     if cfg.mesh.distributed and not jax.distributed.is_initialized():
         m = cfg.mesh
@@ -267,6 +273,18 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         return out
 
     first = extras["rl_step"]
+    # Compile the update before the loop: its memory is known (and an out-of-memory shows)
+    # before any sampling, and the loop's calls hit this executable (jit's cache).
+    if first < cfg.train.steps:
+        t0 = time.perf_counter()
+        compiled = train_step.lower(state, train_batch_spec(
+            cfg, inp, mesh, state, ref_params, on_policy, logprob_fn, value_fn)).compile()
+        seconds = time.perf_counter() - t0
+        memory = compilation.memory_mib(compiled)
+        writer.log(compilation.describe_memory("train step", memory, seconds))
+        writer.write(first, {"perf/train_step_compile_s": seconds,
+                             **{f"perf/train_step_{k}_mib": v for k, v in memory.items()}},
+                     phase="compile")
     eval_metrics = extras.get("eval_before") or run_eval(first)
     if first == 0:
         extras["eval_before"] = eval_metrics
@@ -276,6 +294,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     # ---------------------------------------------------------------- the RL loop
     for rl_step in range(first, cfg.train.steps):
+        compiles_before = compiles.count  # since the previous step's row (its eval and save)
         t_step = time.perf_counter()
         key = jax.random.fold_in(base_key, rl_step)
         m: dict[str, float] = {}
@@ -362,6 +381,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                                ref_params is not None, algo.use_critic)
         m["perf/mfu"] = flops / m["timing_s/step"] / (
             cfg.train.peak_tflops * 1e12 * jax.device_count())
+        new_programs = compiles.new_since(compiles_before)
+        m["perf/compiles"] = float(sum(new_programs.values()))
+        if new_programs and rl_step > first:
+            # After the first step every shape is known: a compile here is a new shape, dtype
+            # or sharding reaching a jitted function (e.g. a sampler prompt-length bucket).
+            writer.log(f"RL step {rl_step + 1}: {sum(new_programs.values())} XLA program(s) "
+                       "compiled after the first step: " + ", ".join(
+                           f"{name} x{k}" for name, k in sorted(new_programs.items())))
         done = rl_step + 1
         writer.write(done, m)
         writer.progress(done, m)
@@ -439,3 +466,34 @@ def ckpt_ref_restore(workdir: str, like: Any) -> Any:
     path = os.path.abspath(os.path.join(workdir, "reference"))
     with ocp.StandardCheckpointer() as c:
         return c.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, like))
+
+
+def train_batch_spec(cfg: ml_collections.ConfigDict, inp: Inputs, mesh: Any,
+                     state: TrainState, ref_params: Any, on_policy: bool, logprob_fn: Any,
+                     value_fn: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shape, dtype and sharding of every entry of one `train_step` minibatch, as the RL loop
+    builds it: batch_prompts x n / minibatches rows of prompt_len + max_new_tokens slots
+    (the batch is always full: dynamic sampling refills it), sharded over the batch axes.
+    Advantages and returns are [rows, R] float32 (compute_advantages' contract); the logprob
+    and value programs are shape-evaluated.
+    """
+    rows = cfg.train.batch_prompts * cfg.sampling.n // cfg.train.minibatches
+    R = cfg.sampling.max_new_tokens
+
+    def spec(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(shape, dtype,
+                                    sharding=parallel.batch_sharding(mesh, len(shape)))
+
+    tokens = spec((rows, inp.prompt_len + R), jnp.int32)
+    mask = spec((rows, inp.prompt_len + R), jnp.bool_)
+    per_token = spec((rows, R), jnp.float32)
+    like = lambda x: spec(x.shape, x.dtype)  # noqa: E731  (an eval_shape result, sharded)
+    batch = {"tokens": tokens, "mask": mask, "loss_mask": per_token,
+             "sampler_logprobs": per_token, "advantages": per_token, "returns": per_token}
+    batch["old_logprobs"] = (per_token if on_policy else
+                             like(jax.eval_shape(logprob_fn, state.params, tokens, mask)))
+    if ref_params is not None:
+        batch["ref_logprobs"] = like(jax.eval_shape(logprob_fn, ref_params, tokens, mask))
+    if cfg.rl.use_critic:
+        batch["old_values"] = like(jax.eval_shape(value_fn, state.critic_params, tokens, mask))
+    return batch

@@ -1,9 +1,9 @@
 """Where the time goes: wall time and XLA's per-op trace of one RL update step or one sampler
 call, with the ops grouped by the model code they come from (layers merged).
 
-    .venv/bin/python experiments/benchmarks/profile.py train --preset bench       # GRPO step shapes
-    .venv/bin/python experiments/benchmarks/profile.py train --demo               # make demo shapes
-    .venv/bin/python experiments/benchmarks/profile.py decode --preset bench --batch 32
+    .venv/bin/python experiments/benchmarks/op_trace.py train --preset bench      # GRPO step shapes
+    .venv/bin/python experiments/benchmarks/op_trace.py train --demo              # make demo shapes
+    .venv/bin/python experiments/benchmarks/op_trace.py decode --preset bench --batch 32
 
 `train` times `steps.rl_train_step` (on-policy, KL k3 in the loss when --kl > 0) on random
 tokens: N rows of P prompt + R response slots (default 32 x (32 + 64), the GRPO-step
@@ -131,14 +131,15 @@ def main() -> int:
             jax.block_until_ready(call())
         trace = glob.glob(f"{tmp}/**/*.trace.json.gz", recursive=True)[0]
         events = json.load(gzip.open(trace))["traceEvents"]
-    total = collections.Counter()
+    total, ops = collections.Counter(), 0
     for e in events:
         if e.get("ph") == "X" and e["name"] in source:
             kind = re.sub(r"\.\d+$", "", e["name"])
             total[(kind, source[e["name"]])] += e.get("dur", 0) / 1e3
+            ops += 1
     print(f"{what}; {jax.device_count()} CPU device(s); median wall {wall * 1e3:.1f} ms of "
-          f"{args.repeats}; op times (ms, one profiled call) sum to "
-          f"{sum(total.values()):.1f}")
+          f"{args.repeats}; {ops} ops ran (all devices), their times (ms, one profiled call) "
+          f"sum to {sum(total.values()):.1f}")
     for (kind, src), ms in total.most_common(args.top):
         src = src.split("/", 1)[-1].replace("while/body/closed_call/", "")
         print(f"{ms:9.2f}  {kind:26s} {src[-90:]}")

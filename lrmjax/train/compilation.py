@@ -1,0 +1,91 @@
+"""What XLA compiles, and how much memory a compiled program needs.
+
+`CompileCounter` listens to JAX's backend-compile event, so it sees every XLA program this
+process builds (or loads from the persistent compilation cache), whoever asked for it: the
+train step, the sampler, a stray `jnp` call on the host. The RL loop compiles its step before
+the loop and then expects no compiles after its first step; a compile there means a new
+shape, dtype or sharding reached a jitted function, which the loop reports by name.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+import jax
+
+# The event jax records around every XLA compilation (jax._src.dispatch.BACKEND_COMPILE_EVENT).
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class CompileCounter:
+    """Counts XLA compilations while active (a context manager).
+
+    `count` and `seconds` are totals; `names` counts compilations per jitted function name
+    (jax's `fun_name`, e.g. "jit(rl_train_step)"). `new_since(mark)` lists the names compiled
+    after an earlier `count`.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._log: list[str] = []
+        self.seconds = 0.0
+
+    def _listener(self, event: str, duration: float, **kwargs: Any) -> None:
+        if event != BACKEND_COMPILE_EVENT:
+            return
+        with self._lock:
+            self._log.append(str(kwargs.get("fun_name", "?")))
+            self.seconds += float(duration)
+
+    def __enter__(self) -> CompileCounter:
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self._log)
+
+    @property
+    def names(self) -> collections.Counter:
+        with self._lock:
+            return collections.Counter(self._log)
+
+    def new_since(self, mark: int) -> collections.Counter:
+        """Names compiled since `count` was `mark`, with how many times each."""
+        with self._lock:
+            return collections.Counter(self._log[mark:])
+
+
+def memory_mib(compiled: Any) -> dict[str, float]:
+    """XLA's memory analysis of a compiled program, MiB per device: arguments, outputs,
+    temporaries, aliased (donated inputs reused as outputs), generated code, and the peak
+    they imply (arguments + outputs + temporaries - aliased). Empty if the backend has none.
+    """
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return {}
+    if m is None:
+        return {}
+    mib = lambda b: float(b) / 2**20  # noqa: E731
+    out = {"arguments": mib(m.argument_size_in_bytes), "outputs": mib(m.output_size_in_bytes),
+           "temporaries": mib(m.temp_size_in_bytes), "aliased": mib(m.alias_size_in_bytes),
+           "code": mib(m.generated_code_size_in_bytes)}
+    out["peak"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
+    return out
+
+
+def describe_memory(name: str, memory: dict[str, float], seconds: float | None = None) -> str:
+    """One log line: "<name>: compiled in 2.1 s; per device 310.2 MiB peak (arguments ...)"."""
+    head = f"{name}: compiled" + (f" in {seconds:.1f} s" if seconds is not None else "")
+    if not memory:
+        return head + "; no memory analysis on this backend"
+    parts = ", ".join(f"{k} {memory[k]:.1f}" for k in
+                      ("arguments", "outputs", "temporaries", "aliased", "code"))
+    return f"{head}; per device {memory['peak']:.1f} MiB peak ({parts} MiB)"

@@ -1,0 +1,59 @@
+"""The benchmark scripts' own logic: module names and the GEMM inventory of floor.py."""
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "experiments" / "benchmarks"
+
+
+def test_no_script_shadows_a_standard_library_module():
+    # A script's directory comes first on sys.path, so experiments/benchmarks/profile.py once
+    # replaced the stdlib `profile` and broke every `import torch` (cProfile) run from there.
+    for folder in (ROOT / "experiments", BENCH_DIR):
+        for path in folder.glob("*.py"):
+            assert path.stem not in sys.stdlib_module_names, path
+
+
+@pytest.fixture(scope="module")
+def floor():
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        import floor as module
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+    return module
+
+
+def test_weight_shapes_cover_every_matmul_parameter(floor):
+    from lrmjax.models import presets
+
+    for name in ("tiny", "bench", "small"):
+        cfg = presets.get(name)
+        per_layer = sum(k * n for _, k, n in floor.weight_shapes(cfg))
+        matmul = cfg.num_layers * per_layer + cfg.vocab_size * cfg.hidden_size
+        assert 2 * matmul == cfg.flops_per_token(0), name
+
+
+@pytest.mark.parametrize("kind", ["fwd", "dx", "dw", "head_fwd", "head_dx", "head_dw"])
+def test_gemm_equations_match_numpy(floor, kind):
+    M, K, N = 5, 3, 4
+    rng = np.random.default_rng(0)
+    a_shape, b_shape = floor.operand_shapes(kind, M, K, N)
+    a, b = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+    x, dy = rng.standard_normal((M, K)), rng.standard_normal((M, N))
+    w, table = rng.standard_normal((K, N)), rng.standard_normal((N, K))
+    operands, expected = {
+        "fwd": ((x, w), x @ w),
+        "dx": ((dy, w), dy @ w.T),
+        "dw": ((x, dy), x.T @ dy),
+        "head_fwd": ((x, table), x @ table.T),
+        "head_dx": ((dy, table), dy @ table),
+        "head_dw": ((dy, x), dy.T @ x),
+    }[kind]
+    assert [o.shape for o in operands] == [a.shape, b.shape]
+    np.testing.assert_allclose(np.einsum(floor.GEMMS[kind][0], *operands), expected,
+                               rtol=1e-12)
