@@ -9,6 +9,7 @@ derived values live in the trainer's own objects.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -44,9 +45,13 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.tokenizer.chat_template = False  # wrap prompts with the tokenizer's chat template
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "task"           # 'task', 'gsm8k_jsonl' or 'math_jsonl'
+    c.data.source = "task"           # 'task', 'task_mixture', 'gsm8k_jsonl' or 'math_jsonl'
     c.data.task = "arithmetic"       # for source 'task': a name in lrmjax.data.tasks
     c.data.task_kwargs = ml_collections.ConfigDict()
+    # For source 'task_mixture': {label: {'task': name (default: the label), 'weight': share
+    # of the train and held-out sets (default 1), 'kwargs': {...}}}. Evaluation reports every
+    # metric per label too (eval/<label>/...).
+    c.data.mixture = ml_collections.ConfigDict()
     c.data.path = ""                 # for the JSONL sources
     c.data.eval_path = ""
     c.data.prompt_template = "{prompt}"  # applied to each Example.prompt
@@ -158,7 +163,42 @@ def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 # Groups whose keys are free-form: model overrides (checked against ModelConfig), the reward
 # weights (checked against the reward registry), task kwargs (checked by the task).
-FREE_FORM_GROUPS = frozenset({"model.overrides", "reward.fns", "data.task_kwargs"})
+FREE_FORM_GROUPS = frozenset({"model.overrides", "reward.fns", "data.task_kwargs",
+                              "data.mixture"})
+
+
+def mixture_components(mixture: Any) -> list[tuple[str, str, float, dict[str, Any]]]:
+    """The entries of config 'data.mixture' as (label, task name, weight, task kwargs), sorted
+    by label. Raises ValueError naming the entry for an empty mixture, an unknown key, an
+    unknown task or a weight that is not positive."""
+    from lrmjax.data import tasks as tasks_lib
+
+    if not mixture:
+        raise ValueError("config 'data.source' = 'task_mixture' needs 'data.mixture': "
+                         "{label: {'task': name, 'weight': w, 'kwargs': {...}}}")
+    out = []
+    for label in sorted(mixture.keys()):
+        entry = mixture[label]
+        where = f"config 'data.mixture.{label}'"
+        if not isinstance(entry, Mapping | ml_collections.ConfigDict):
+            raise ValueError(f"{where} must be a group like {{'task': 'arithmetic', 'weight': 1, "
+                             f"'kwargs': {{}}}}, got {entry!r}")
+        entry = dict(entry)
+        unknown = set(entry) - {"task", "weight", "kwargs"}
+        if unknown:
+            raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; valid: 'task', "
+                             "'weight', 'kwargs'")
+        name = entry.get("task", label)
+        if name not in tasks_lib.TASKS:
+            raise ValueError(f"{where}: unknown task {name!r}; valid: {sorted(tasks_lib.TASKS)}")
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+            raise ValueError(f"config 'data.mixture.{label}.weight' must be a positive number, "
+                             f"got {weight!r}")
+        kwargs = entry.get("kwargs") or {}
+        kwargs = kwargs.to_dict() if isinstance(kwargs, ml_collections.ConfigDict) else dict(kwargs)
+        out.append((str(label), name, float(weight), kwargs))
+    return out
 
 
 def set_by_path(cfg: ml_collections.ConfigDict, path: str, text: str) -> None:
@@ -247,9 +287,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
     if cfg.tokenizer.kind not in ("char", "hf"):
         raise ValueError(f"config 'tokenizer.kind' must be 'char' or 'hf', got "
                          f"{cfg.tokenizer.kind!r}")
-    if cfg.data.source not in ("task", "gsm8k_jsonl", "math_jsonl"):
+    if cfg.data.source not in ("task", "task_mixture", "gsm8k_jsonl", "math_jsonl"):
         raise ValueError(f"config 'data.source' {cfg.data.source!r} must be one of 'task', "
-                         "'gsm8k_jsonl', 'math_jsonl'")
+                         "'task_mixture', 'gsm8k_jsonl', 'math_jsonl'")
+    if cfg.data.source == "task_mixture":
+        mixture_components(cfg.data.mixture)  # raises naming the bad entry
     if cfg.data.curriculum not in ("none", "band", "weighted"):
         raise ValueError(f"config 'data.curriculum' {cfg.data.curriculum!r} must be one of "
                          "'none', 'band', 'weighted'")

@@ -275,3 +275,30 @@ def test_batch_sizes_must_split_over_hosts(path):
     with pytest.raises(ValueError, match=f"'{path}' = 9 does not split over the 2 hosts"):
         config_lib.validate(cfg, num_processes=2)
     config_lib.validate(cfg, num_processes=1)
+
+
+def _mixture_config(mixture):
+    c = config_lib.base_config("grpo")
+    c.data.source = "task_mixture"
+    c.data.mixture = mixture
+    return c
+
+
+def test_task_mixture_validates_and_lists_its_entries():
+    c = _mixture_config({"add": {"task": "arithmetic", "weight": 3, "kwargs": {"digits": 2}},
+                         "countdown": {}})
+    config_lib.validate(c)
+    assert config_lib.mixture_components(c.data.mixture) == [
+        ("add", "arithmetic", 3.0, {"digits": 2}), ("countdown", "countdown", 1.0, {})]
+
+
+@pytest.mark.parametrize("mixture, match", [
+    ({}, "needs 'data.mixture'"),
+    ({"add": {"task": "algebra"}}, r"'data.mixture.add': unknown task 'algebra'"),
+    ({"add": {"task": "arithmetic", "weight": 0}}, r"'data.mixture.add.weight' must be a pos"),
+    ({"add": {"task": "arithmetic", "share": 1}}, r"'data.mixture.add' has unknown key"),
+    ({"add": 2.0}, r"'data.mixture.add' must be a group"),
+])
+def test_bad_task_mixture_names_the_entry(mixture, match):
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(_mixture_config(mixture))

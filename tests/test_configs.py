@@ -84,6 +84,7 @@ RUNLOCAL = [
     pytest.param("countdown_grpo", marks=_SLOW),
     pytest.param("gsm8k_grpo_qwen2_5_1_5b", marks=_SLOW),
     pytest.param("math_dapo_qwen2_5_math_7b", marks=_SLOW),
+    pytest.param("mixture_grpo", marks=_SLOW),    # the mixture's fast test: test_train.py
 ]
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lrmjax.data import FIXTURES_DIR
-from lrmjax.data.datasets import PromptDataset, make_source, shard_indices
+from lrmjax.data.datasets import PromptDataset, make_source, shard_indices, split_counts
 from lrmjax.data.tasks import Example, get_task
 from lrmjax.data.tfds_builders import last_boxed, read_jsonl
 
@@ -222,3 +222,20 @@ def test_hosts_read_blocks_of_the_one_host_batches(gsm8k):
                                             shard_count=2)), 8)) for h in range(2)]
     for step in range(8):
         assert hosts[0][step] + hosts[1][step] == one[step]
+
+
+@pytest.mark.parametrize("total, weights, want", [
+    (10, [3, 1], [8, 2]),          # 7.5 / 2.5: the tie in remainders goes to the first
+    (8, [1, 1, 1], [3, 3, 2]),     # 2.67 each
+    (500, [3.0, 1.0], [375, 125]),
+    (7, [0.2, 0.5, 0.3], [1, 4, 2]),  # 1.4 / 3.5 / 2.1: one extra to the largest remainder
+    (0, [1, 2], [0, 0]),
+])
+def test_split_counts_by_hand(total, weights, want):
+    assert split_counts(total, weights) == want
+
+
+@pytest.mark.parametrize("weights", [[], [1, 0], [1, -2]])
+def test_split_counts_rejects_bad_weights(weights):
+    with pytest.raises(ValueError, match="positive weights"):
+        split_counts(4, weights)

@@ -166,3 +166,35 @@ def test_evaluate_answer_fn_drives_majority():
     out = ev.evaluate(FakeSampler(), None, EXAMPLES, _encode, _decode, _score,
                       jax.random.key(0), max_new_tokens=R, k=4, answer_fn=lambda s: None)
     assert out["eval/maj@4"] == 0.0   # no votes at all
+
+
+class _Tagged(dict):
+    """A test example: dict access for the fakes above, and Example-style metadata."""
+
+    @property
+    def metadata(self):
+        return {"subset": self["subset"]}
+
+
+def test_evaluate_reports_every_metric_per_subset():
+    examples = [_Tagged(ex, subset=s) for ex, s in zip(EXAMPLES, ["add", "add", "cd"],
+                                                       strict=True)]
+    out = ev.evaluate(FakeSampler(), None, examples, _encode, _decode, _score,
+                      jax.random.key(0), max_new_tokens=R, k=4, batch_size=2)
+    # Overall: as without subsets (test_evaluate_against_hand_computed_metrics).
+    assert out["eval/greedy_pass@1"] == pytest.approx(2 / 3)
+    assert out["eval/pass@1"] == pytest.approx(5 / 12)
+    # 'add' = examples 0 and 1, 'cd' = example 2, each by hand from GREEDY and SAMPLED.
+    assert {k: v for k, v in out.items() if k.startswith("eval/add/")} == pytest.approx({
+        "eval/add/greedy_pass@1": 1 / 2, "eval/add/mean_response_length": 4.0,
+        "eval/add/pass@1": 3 / 8, "eval/add/pass@4": 1 / 2, "eval/add/maj@4": 1 / 2})
+    assert {k: v for k, v in out.items() if k.startswith("eval/cd/")} == pytest.approx({
+        "eval/cd/greedy_pass@1": 1.0, "eval/cd/mean_response_length": 2.0,
+        "eval/cd/pass@1": 1 / 2, "eval/cd/pass@4": 1.0, "eval/cd/maj@4": 1.0})
+
+
+def test_evaluate_one_subset_adds_no_breakdown():
+    examples = [_Tagged(ex, subset="add") for ex in EXAMPLES]
+    out = ev.evaluate(FakeSampler(), None, examples, _encode, _decode, _score,
+                      jax.random.key(0), max_new_tokens=R, k=0)
+    assert set(out) == {"eval/greedy_pass@1", "eval/mean_response_length"}

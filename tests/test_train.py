@@ -189,3 +189,32 @@ def test_controls_do_not_learn(control, tmp_path):
     rl.train(cfg, str(tmp_path))
     rewards = [r["reward/mean"] for r in read_metrics(str(tmp_path))]
     assert np.mean(rewards[-10:]) < 0.3, rewards
+
+
+def test_task_mixture_trains_and_evaluates_per_label(tmp_path):
+    from lrmjax.train import inputs as inputs_lib
+
+    cfg = small_config("grpo", steps=2)
+    cfg.data.source = "task_mixture"
+    cfg.data.mixture = {
+        "add": {"task": "arithmetic", "weight": 3.0,
+                "kwargs": {"digits": 2, "reverse_answer": True}},
+        "cd": {"task": "countdown", "kwargs": {"num_numbers": 2, "template": "short"}}}
+    cfg.sampling.max_prompt_len = 16
+    cfg.data.train_size = 400
+    cfg.eval.size = 8
+    train, held_out, _ = inputs_lib._mixture_examples(cfg)
+    # Weights 3:1 -> 6 + 2 held-out problems and 300 + 100 train problems (minus overlaps).
+    assert sorted(ex.metadata["subset"] for ex in held_out) == ["add"] * 6 + ["cd"] * 2
+    assert {ex.metadata["task"] for ex in held_out} == {"arithmetic", "countdown"}
+    subsets = [ex.metadata["subset"] for ex in train]
+    assert 290 <= subsets.count("add") <= 300 and 90 <= subsets.count("cd") <= 100
+    assert not {ex.prompt for ex in held_out} & {ex.prompt for ex in train}
+
+    final = rl.train(cfg, str(tmp_path))
+    for metric in ("greedy_pass@1", "mean_response_length", "pass@1", "maj@2"):
+        add, cd = final[f"eval/add/{metric}"], final[f"eval/cd/{metric}"]
+        # Overall = the example-weighted mean of the labels' (6 and 2 problems).
+        assert final[f"eval/{metric}"] == pytest.approx((6 * add + 2 * cd) / 8), metric
+    assert final["eval/mean_response_length"] > 0
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -94,6 +94,21 @@ def make_source(kind: str, data_dir: str | None = None, **kwargs: Any) -> Prompt
         raise ValueError(f"unknown source kind {kind!r}; valid: {sorted(SOURCES)}")
     data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
     return PromptSource(SOURCES[kind](data_dir, **kwargs))
+
+
+def split_counts(total: int, weights: Sequence[float]) -> list[int]:
+    """Splits `total` items in proportion to `weights` (largest remainders): the counts sum
+    to exactly `total`, and each is within one of total x weight / sum(weights). Ties in
+    the remainder go to the earlier entry."""
+    if total < 0 or not weights or any(not w > 0 for w in weights):
+        raise ValueError(f"split_counts needs total >= 0 and positive weights, got {total}, "
+                         f"{list(weights)}")
+    exact = [total * w / sum(weights) for w in weights]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[:total - sum(counts)]:
+        counts[i] += 1
+    return counts
 
 
 def _host_block(batch: list, index: int, count: int) -> list:

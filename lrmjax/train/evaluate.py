@@ -43,7 +43,7 @@ def evaluate(sampler: Any, params: Any, examples: Sequence[Any], encode: Callabl
              decode: Callable, score_fn: ScoreFn, key: jax.Array, *, max_new_tokens: int,
              k: int = 0, temperature: float = 1.0, batch_size: int = 256,
              answer_fn: Callable[[str], str | None] | None = None,
-             prefix: str = "eval/") -> dict[str, float]:
+             prefix: str = "eval/", group_key: str = "subset") -> dict[str, float]:
     """Scores `examples` greedily (pass@1) and, with k > 0, with k samples each.
 
     Args:
@@ -54,8 +54,10 @@ def evaluate(sampler: Any, params: Any, examples: Sequence[Any], encode: Callabl
       answer_fn: completion -> extracted answer for maj@k (default: the stripped completion).
 
     Returns metrics: greedy_pass@1, mean_response_length and, with k > 0, pass@1 (sampled),
-    pass@k and maj@k, each a mean over examples. With several hosts every host passes the
-    same `examples` and gets the same metrics; each samples and scores its share.
+    pass@k and maj@k, each a mean over examples. When the examples' metadata[group_key] takes
+    two or more values (a task mixture's labels), every metric also comes per value, as
+    `<prefix><value>/<metric>`. With several hosts every host passes the same `examples` and
+    gets the same metrics; each samples and scores its share.
     """
     answer_fn = answer_fn or (lambda s: s.strip() or None)
     hosts, me = jax.process_count(), jax.process_index()
@@ -94,12 +96,31 @@ def evaluate(sampler: Any, params: Any, examples: Sequence[Any], encode: Callabl
         if k > 0:
             sampled += local["sampled"].tolist()
             majority += list(local["majority"])
-    out = {f"{prefix}greedy_pass@1": float(np.mean(greedy_scores)),
-           f"{prefix}mean_response_length": float(np.mean(lengths))}
+    # Per-example results, in the order of `examples` (each chunk's host blocks are gathered
+    # in host order, which is the chunk's order).
+    per_example = {"greedy": np.asarray(greedy_scores), "length": np.asarray(lengths)}
     if k > 0:
-        s = np.asarray(sampled)
+        per_example.update(sampled=np.asarray(sampled), majority=np.asarray(majority))
+    out = _summarize(per_example, np.arange(len(examples)), k, prefix)
+    groups = [ex.metadata.get(group_key) if hasattr(ex, "metadata") else None
+              for ex in examples]
+    names = sorted({g for g in groups if g is not None}, key=str)
+    if len(names) > 1:
+        for name in names:
+            rows = np.flatnonzero([g == name for g in groups])
+            out |= _summarize(per_example, rows, k, f"{prefix}{name}/")
+    return out
+
+
+def _summarize(per_example: dict[str, np.ndarray], rows: np.ndarray, k: int,
+               prefix: str) -> dict[str, float]:
+    """Means over `rows` of the per-example results."""
+    out = {f"{prefix}greedy_pass@1": float(np.mean(per_example["greedy"][rows])),
+           f"{prefix}mean_response_length": float(np.mean(per_example["length"][rows]))}
+    if k > 0:
+        s = per_example["sampled"][rows]
         correct = (s > 0.5).sum(axis=1)
         out[f"{prefix}pass@1"] = float(s.mean())
         out[f"{prefix}pass@{k}"] = float(np.mean([pass_at_k(k, int(c), k) for c in correct]))
-        out[f"{prefix}maj@{k}"] = float(np.mean(majority))
+        out[f"{prefix}maj@{k}"] = float(np.mean(per_example["majority"][rows]))
     return out

@@ -174,6 +174,8 @@ def _model(cfg: ml_collections.ConfigDict, hf_path: str, tokenizer: Any, mesh: A
 def _examples(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[Any, list[Example], Any]:
     """(train source, eval examples, task or None)."""
     d = cfg.data
+    if d.source == "task_mixture":
+        return _mixture_examples(cfg)
     if d.source == "task":
         task = tasks_lib.get_task(d.task, **d.task_kwargs.to_dict())
         train = task.sample(np.random.default_rng([cfg.seed, 1]), d.train_size)
@@ -190,6 +192,41 @@ def _examples(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[Any, list[E
         ev = datasets.make_source(kind, data_dir=data_dir, path=d.eval_path)
         held_out = [ev[i] for i in range(min(len(ev), cfg.eval.size))]
     return train, held_out, None
+
+
+def _mixture_examples(cfg: ml_collections.ConfigDict) -> tuple[list[Example], list[Example],
+                                                                tuple[Any, ...]]:
+    """(train examples, held-out examples, tasks) of config 'data.mixture'.
+
+    Each entry gets its weight's share of `data.train_size` and of `eval.size` (largest
+    remainders, so the totals are exact), drawn with its own seeds, and every example is
+    tagged `metadata['subset'] = label` for the per-label evaluation. No held-out prompt of
+    any entry appears in training. The held-out set is shuffled once (seeded), so any prefix
+    of it (the warm start checks `eval_examples[:sft.eval_size]`) mixes the entries.
+    """
+    d = cfg.data
+    parts = config_lib.mixture_components(d.mixture)
+    weights = [w for _, _, w, _ in parts]
+    n_train = datasets.split_counts(d.train_size, weights)
+    n_eval = datasets.split_counts(cfg.eval.size, weights)
+    train, held_out, tasks = [], [], []
+    for i, (label, name, _, kwargs) in enumerate(parts):
+        try:
+            task = tasks_lib.get_task(name, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config 'data.mixture.{label}': {e}") from e
+
+        def tag(examples: list[Example], label: str = label) -> list[Example]:
+            return [dataclasses.replace(ex, metadata={**ex.metadata, "subset": label})
+                    for ex in examples]
+
+        train += tag(task.sample(np.random.default_rng([cfg.seed, 1, i]), n_train[i]))
+        held_out += tag(task.sample(np.random.default_rng([d.eval_seed, i]), n_eval[i]))
+        tasks.append(task)
+    seen = {ex.prompt for ex in held_out}
+    train = [ex for ex in train if ex.prompt not in seen]
+    order = np.random.default_rng([d.eval_seed, len(parts)]).permutation(len(held_out))
+    return train, [held_out[i] for i in order], tuple(tasks)
 
 
 def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:

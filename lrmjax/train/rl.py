@@ -269,7 +269,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         out["timing_s/eval"] = time.perf_counter() - t0
         writer.write(step, out, phase="eval")
         writer.log(f"eval @ RL step {step}: " + ", ".join(
-            f"{k.split('/')[-1]}={v:.3f}" for k, v in out.items() if k.startswith("eval/")))
+            f"{k[len('eval/'):]}={v:.3f}" for k, v in out.items() if k.startswith("eval/")))
         return out
 
     first = extras["rl_step"]
