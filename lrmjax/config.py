@@ -54,6 +54,10 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.data.mixture = ml_collections.ConfigDict()
     c.data.path = ""                 # for the JSONL sources
     c.data.eval_path = ""
+    # For the JSONL sources, several held-out sets instead of eval_path: {label: {'path':
+    # file, 'source': 'gsm8k_jsonl' | 'math_jsonl' (default: data.source)}}, the first
+    # eval.size rows of each; evaluation reports every metric per label (eval/<label>/...).
+    c.data.eval_sets = ml_collections.ConfigDict()
     c.data.prompt_template = "{prompt}"  # applied to each Example.prompt
     c.data.train_size = 100_000      # examples generated for a procedural train set
     c.data.eval_size = 500           # held-out examples (a disjoint seed)
@@ -164,7 +168,7 @@ def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 # Groups whose keys are free-form: model overrides (checked against ModelConfig), the reward
 # weights (checked against the reward registry), task kwargs (checked by the task).
 FREE_FORM_GROUPS = frozenset({"model.overrides", "reward.fns", "data.task_kwargs",
-                              "data.mixture"})
+                              "data.mixture", "data.eval_sets"})
 
 
 def mixture_components(mixture: Any) -> list[tuple[str, str, float, dict[str, Any]]]:
@@ -198,6 +202,39 @@ def mixture_components(mixture: Any) -> list[tuple[str, str, float, dict[str, An
         kwargs = entry.get("kwargs") or {}
         kwargs = kwargs.to_dict() if isinstance(kwargs, ml_collections.ConfigDict) else dict(kwargs)
         out.append((str(label), name, float(weight), kwargs))
+    return out
+
+
+def eval_set_entries(data: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
+    """The entries of config 'data.eval_sets' as (label, source kind, path), sorted by label.
+    Raises ValueError naming the entry: eval sets need a JSONL training source, exclude
+    'data.eval_path', and each needs a 'path' and a JSONL 'source'."""
+    jsonl = ("gsm8k_jsonl", "math_jsonl")
+    if data.source not in jsonl:
+        raise ValueError(f"config 'data.eval_sets' needs a JSONL 'data.source' {jsonl}, got "
+                         f"{data.source!r} (a task run evaluates on its own held-out problems)")
+    if data.eval_path:
+        raise ValueError("config 'data.eval_sets' and 'data.eval_path' exclude each other: "
+                         "put the eval_path file in eval_sets under a label")
+    out = []
+    for label in sorted(data.eval_sets.keys()):
+        entry = data.eval_sets[label]
+        where = f"config 'data.eval_sets.{label}'"
+        if not isinstance(entry, Mapping | ml_collections.ConfigDict):
+            raise ValueError(f"{where} must be a group like {{'path': 'test.jsonl'}}, got "
+                             f"{entry!r}")
+        entry = dict(entry)
+        unknown = set(entry) - {"path", "source"}
+        if unknown:
+            raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; valid: 'path', "
+                             "'source'")
+        if not entry.get("path"):
+            raise ValueError(f"{where} needs a 'path' (a JSONL file)")
+        kind = entry.get("source", data.source)
+        if kind not in jsonl:
+            raise ValueError(f"config 'data.eval_sets.{label}.source' must be one of {jsonl}, "
+                             f"got {kind!r}")
+        out.append((str(label), kind, str(entry["path"])))
     return out
 
 
@@ -292,6 +329,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
                          "'task_mixture', 'gsm8k_jsonl', 'math_jsonl'")
     if cfg.data.source == "task_mixture":
         mixture_components(cfg.data.mixture)  # raises naming the bad entry
+    if cfg.data.eval_sets:
+        eval_set_entries(cfg.data)  # raises naming the bad entry
     if cfg.data.curriculum not in ("none", "band", "weighted"):
         raise ValueError(f"config 'data.curriculum' {cfg.data.curriculum!r} must be one of "
                          "'none', 'band', 'weighted'")

@@ -302,3 +302,31 @@ def test_task_mixture_validates_and_lists_its_entries():
 def test_bad_task_mixture_names_the_entry(mixture, match):
     with pytest.raises(ValueError, match=match):
         config_lib.validate(_mixture_config(mixture))
+
+
+def _eval_sets_config(eval_sets, source="gsm8k_jsonl", eval_path=""):
+    c = config_lib.base_config("grpo")
+    c.data.source, c.data.path, c.data.eval_path = source, "train.jsonl", eval_path
+    c.data.eval_sets = eval_sets
+    return c
+
+
+def test_eval_sets_validate_and_list_their_entries():
+    c = _eval_sets_config({"math500": {"source": "math_jsonl", "path": "m.jsonl"},
+                           "gsm8k": {"path": "g.jsonl"}})
+    config_lib.validate(c)
+    assert config_lib.eval_set_entries(c.data) == [
+        ("gsm8k", "gsm8k_jsonl", "g.jsonl"), ("math500", "math_jsonl", "m.jsonl")]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(eval_sets={"g": {"path": "g.jsonl"}}, source="task"), "needs a JSONL 'data.source'"),
+    (dict(eval_sets={"g": {"path": "g.jsonl"}}, eval_path="t.jsonl"), "exclude each other"),
+    (dict(eval_sets={"g": {}}), r"'data.eval_sets.g' needs a 'path'"),
+    (dict(eval_sets={"g": {"path": "g.jsonl", "source": "task"}}),
+     r"'data.eval_sets.g.source' must be one of"),
+    (dict(eval_sets={"g": {"path": "g.jsonl", "size": 5}}), r"'data.eval_sets.g' has unknown"),
+])
+def test_bad_eval_sets_name_the_entry(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(_eval_sets_config(**kwargs))

@@ -218,3 +218,29 @@ def test_task_mixture_trains_and_evaluates_per_label(tmp_path):
         assert final[f"eval/{metric}"] == pytest.approx((6 * add + 2 * cd) / 8), metric
     assert final["eval/mean_response_length"] > 0
     assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]
+
+
+def test_eval_sets_report_every_metric_per_set(tmp_path):
+    import json
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(path)
+
+    gsm8k = [{"question": f"What is {a} plus {b}?", "answer": f"{a}+{b}=#### {a + b}"}
+             for a in range(1, 4) for b in range(1, 4)]
+    math = [{"problem": f"Compute ${a}*{b}$.", "solution": f"$\\boxed{{{a * b}}}$"}
+            for a in range(2, 5) for b in range(2, 4)]
+    cfg = small_config("grpo", steps=1)
+    cfg.data.source, cfg.data.path = "gsm8k_jsonl", write("train.jsonl", gsm8k)
+    cfg.data.eval_sets = {"gsm8k": {"path": write("g.jsonl", gsm8k[:5])},
+                          "math": {"source": "math_jsonl", "path": write("m.jsonl", math)}}
+    cfg.reward.fns = {"math": 1.0}
+    cfg.sampling.max_prompt_len = 24
+    cfg.eval.size = 4  # the first 4 rows of each set
+    final = rl.train(cfg, str(tmp_path / "run"))
+    for metric in ("greedy_pass@1", "mean_response_length", "pass@1", "maj@2"):
+        g, m = final[f"eval/gsm8k/{metric}"], final[f"eval/math/{metric}"]
+        assert final[f"eval/{metric}"] == pytest.approx((g + m) / 2), metric  # 4 and 4 rows
+    assert final["eval/mean_response_length"] > 0

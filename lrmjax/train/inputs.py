@@ -191,7 +191,18 @@ def _examples(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[Any, list[E
     if d.eval_path:
         ev = datasets.make_source(kind, data_dir=data_dir, path=d.eval_path)
         held_out = [ev[i] for i in range(min(len(ev), cfg.eval.size))]
+    for label, set_kind, path in (config_lib.eval_set_entries(d) if d.eval_sets else []):
+        ev = datasets.make_source(set_kind, data_dir=data_dir, path=path)
+        held_out += [_tagged(ev[i], label) for i in range(min(len(ev), cfg.eval.size))]
+    if d.eval_sets:  # seeded shuffle, so any prefix (the warm start's check) mixes the sets
+        order = np.random.default_rng(d.eval_seed).permutation(len(held_out))
+        held_out = [held_out[i] for i in order]
     return train, held_out, None
+
+
+def _tagged(example: Example, label: str) -> Example:
+    """`example` with metadata['subset'] = label (what evaluation groups its metrics by)."""
+    return dataclasses.replace(example, metadata={**example.metadata, "subset": label})
 
 
 def _mixture_examples(cfg: ml_collections.ConfigDict) -> tuple[list[Example], list[Example],
@@ -216,12 +227,10 @@ def _mixture_examples(cfg: ml_collections.ConfigDict) -> tuple[list[Example], li
         except (TypeError, ValueError) as e:
             raise ValueError(f"config 'data.mixture.{label}': {e}") from e
 
-        def tag(examples: list[Example], label: str = label) -> list[Example]:
-            return [dataclasses.replace(ex, metadata={**ex.metadata, "subset": label})
-                    for ex in examples]
-
-        train += tag(task.sample(np.random.default_rng([cfg.seed, 1, i]), n_train[i]))
-        held_out += tag(task.sample(np.random.default_rng([d.eval_seed, i]), n_eval[i]))
+        train += [_tagged(ex, label)
+                  for ex in task.sample(np.random.default_rng([cfg.seed, 1, i]), n_train[i])]
+        held_out += [_tagged(ex, label)
+                     for ex in task.sample(np.random.default_rng([d.eval_seed, i]), n_eval[i])]
         tasks.append(task)
     seen = {ex.prompt for ex in held_out}
     train = [ex for ex in train if ex.prompt not in seen]
