@@ -6,6 +6,7 @@ import math
 import os
 import tempfile
 import time
+from multiprocessing import resource_tracker
 
 import numpy as np
 import pytest
@@ -170,6 +171,11 @@ def _code_programs(n):
 def _run_many(n, root):
     if not sandbox.sandbox_python()[1]:
         pytest.skip("sandbox isolation unavailable here")
+    # multiprocessing's resource tracker is one helper per parent process, started by the
+    # first pool and kept for the process's life by design: start it before counting, so
+    # the comparison below sees only what the pool itself leaves (run alone, this test
+    # otherwise found the tracker as a "leaked" child).
+    resource_tracker.ensure_running()
     kids_before = _children()
     prompts, completions, metadata, expected = _code_programs(n)
     with RewardPool(get("code", tmp_dir=root), num_workers=2, timeout_s=30.0) as pool:
