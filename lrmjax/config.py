@@ -85,6 +85,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.reward = ml_collections.ConfigDict()
     # Reward functions and weights. 'task' scores with the procedural task's own verifier.
     c.reward.fns = ml_collections.ConfigDict({"task": 1.0})
+    # Process (step-level) rewards and weights (lrmjax.rewards.process), added per token on
+    # top of the outcome reward; they need a token-level rl.adv_estimator.
+    c.reward.process_fns = ml_collections.ConfigDict()
     c.reward.num_workers = 0         # 0 = in-process (no timeouts); >0 = worker processes
     c.reward.timeout_s = 10.0
     # A control experiment: permute the rewards across the batch before computing advantages,
@@ -167,7 +170,8 @@ def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 # Groups whose keys are free-form: model overrides (checked against ModelConfig), the reward
 # weights (checked against the reward registry), task kwargs (checked by the task).
-FREE_FORM_GROUPS = frozenset({"model.overrides", "reward.fns", "data.task_kwargs",
+FREE_FORM_GROUPS = frozenset({"model.overrides", "reward.fns", "reward.process_fns",
+                              "data.task_kwargs",
                               "data.mixture", "data.eval_sets"})
 
 
@@ -331,6 +335,22 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
         mixture_components(cfg.data.mixture)  # raises naming the bad entry
     if cfg.data.eval_sets:
         eval_set_entries(cfg.data)  # raises naming the bad entry
+    if cfg.reward.process_fns:
+        from lrmjax.rewards import process as process_lib
+        from lrmjax.rl import advantages
+
+        for name, weight in cfg.reward.process_fns.items():
+            if name not in process_lib.registered_process():
+                raise ValueError(f"config 'reward.process_fns.{name}': unknown process reward; "
+                                 f"registered: {process_lib.registered_process()}")
+            if isinstance(weight, bool) or not isinstance(weight, int | float):
+                raise ValueError(f"config 'reward.process_fns.{name}' must be a number (the "
+                                 f"weight), got {weight!r}")
+        if cfg.rl.adv_estimator not in advantages.TOKEN_REWARD_ESTIMATORS:
+            raise ValueError(
+                f"config 'reward.process_fns' needs a token-level 'rl.adv_estimator' "
+                f"{sorted(advantages.TOKEN_REWARD_ESTIMATORS)}, got {cfg.rl.adv_estimator!r} "
+                "(its advantages take outcome rewards only)")
     if cfg.data.curriculum not in ("none", "band", "weighted"):
         raise ValueError(f"config 'data.curriculum' {cfg.data.curriculum!r} must be one of "
                          "'none', 'band', 'weighted'")

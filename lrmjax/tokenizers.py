@@ -108,6 +108,17 @@ class CharTokenizer:
             out.append(self.alphabet[i - len(self._SPECIAL)])
         return "".join(out)
 
+    def char_ends(self, ids: Sequence[int]) -> list[int]:
+        """len(decode(ids[:j + 1])) for every j: where each token's text ends in the decoded
+        response (what process rewards' character offsets are mapped back through)."""
+        ends, n, stopped = [], 0, False
+        for i in ids:
+            i = int(i)
+            stopped = stopped or i == self.EOS
+            n += 0 if stopped or i < len(self._SPECIAL) else 1
+            ends.append(n)
+        return ends
+
     def batch_encode(self, texts: Sequence[str], add_bos: bool = True,
                      length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Encodes and left-pads. Returns tokens [B, L] int32 and mask [B, L] bool."""
@@ -254,6 +265,27 @@ class HFTokenizer:
             stop = next((k for k, i in enumerate(ids) if i in self._stops), len(ids))
             ids = ids[:stop]
         return self._tok.decode(ids, skip_special_tokens=skip_special)
+
+    def char_ends(self, ids: Sequence[int]) -> list[int]:
+        """len(decode(ids[:j + 1])) for every j: where each token's text ends in the decoded
+        response (what process rewards' character offsets are mapped back through).
+
+        Streams the ids through the tokenizer's decoder (a token that completes no character
+        yet, e.g. half of a UTF-8 sequence, adds 0, and the token that completes it owns the
+        character); if the streamed text differs from `decode(ids)` it falls back to the
+        length of every prefix's decode."""
+        from tokenizers.decoders import DecodeStream
+
+        ids = [int(i) for i in ids]
+        stop = next((k for k, i in enumerate(ids) if i in self._stops), len(ids))
+        stream, text, ends = DecodeStream(skip_special_tokens=True), [], []
+        for i in ids[:stop]:
+            text.append(stream.step(self._tok, i) or "")
+            ends.append((ends[-1] if ends else 0) + len(text[-1]))
+        ends += [ends[-1] if ends else 0] * (len(ids) - stop)
+        if "".join(text) != self.decode(ids):
+            ends = [len(self.decode(ids[:j + 1])) for j in range(len(ids))]
+        return ends
 
     def batch_encode(self, texts: Sequence[str], add_bos: bool = True,
                      length: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -203,3 +203,50 @@ def test_load_tokenizer(tok_dir, tmp_path):
     assert isinstance(load_tokenizer(tok_dir), HFTokenizer)
     with pytest.raises(ValueError, match="Unknown tokenizer"):
         load_tokenizer(tmp_path)
+
+
+# ----------------------------------------------------------------------------- char_ends
+
+
+def test_char_tokenizer_char_ends_by_hand():
+    tok = CharTokenizer()
+    ids = tok.encode("12+3") + [tok.EOS] + tok.encode("9")
+    assert tok.char_ends(ids) == [1, 2, 3, 4, 4, 4]  # nothing after the stop token
+    assert tok.char_ends([tok.BOS] + tok.encode("ab")) == [0, 1, 2]
+    assert tok.char_ends([]) == []
+
+
+def _gpt2_byte_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte (GPT-2's table), inverted."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+@pytest.mark.parametrize("text", ["What is 12 * 7?", "ünïcode  spaces\n\t", "∑ 3 → ☃ done"])
+def test_hf_char_ends_follow_the_bytes_each_token_completes(pair, text):
+    ref_tok, tok = pair
+    byte_of = _gpt2_byte_alphabet()
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    # Reference: bytes of each token from its byte-level spelling; character c is complete
+    # once the tokens so far hold all of its UTF-8 bytes.
+    token_bytes = np.cumsum([len(ref_tok.convert_ids_to_tokens(i)) for i in ids])
+    assert all(ch in byte_of for i in ids for ch in ref_tok.convert_ids_to_tokens(i))
+    char_bytes = np.cumsum([len(ch.encode()) for ch in text])
+    want = [int(np.searchsorted(char_bytes, b, side="right")) for b in token_bytes]
+    assert tok.char_ends(ids) == want
+    assert want[-1] == len(text)
+
+
+def test_hf_char_ends_stop_at_the_stop_token(pair):
+    _, tok = pair
+    ids = tok.encode("ab") + [tok.eos_id] + tok.encode("cd")
+    ends = tok.char_ends(ids)
+    assert ends[len(tok.encode("ab")) - 1:] == [2] * (len(ids) - len(tok.encode("ab")) + 1)

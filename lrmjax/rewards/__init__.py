@@ -4,6 +4,8 @@ Importing this package imports every reward module, which fills the registry in
 :mod:`lrmjax.rewards.base` (one module-level dict). Registered names: ``math``, ``format``,
 ``format_lenient``, ``code``, ``majority_vote``, ``self_certainty``, ``neg_entropy``,
 ``mean_logprob``, and ``task`` (the verifier of the procedural task that made the prompt).
+Process (step-level) rewards have their own registry in :mod:`lrmjax.rewards.process`
+(``arithmetic_digits``).
 
     from lrmjax import rewards
     fn = rewards.combine({"math": 1.0, "format": 0.5})
@@ -11,7 +13,15 @@ Importing this package imports every reward module, which fills the registry in
         scores, metrics, components = pool.score(prompts, completions, metadata)
 """
 
-from lrmjax.rewards import code, format, math_answer, shaping, task, unsupervised  # noqa: F401
+from lrmjax.rewards import (  # noqa: F401
+    code,
+    format,
+    math_answer,
+    process,
+    shaping,
+    task,
+    unsupervised,
+)
 from lrmjax.rewards.base import (
     CombinedReward,
     RewardFn,

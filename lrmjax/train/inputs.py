@@ -28,6 +28,7 @@ from lrmjax.data.tasks import Example
 from lrmjax.models import tiny_hf, transformer
 from lrmjax.models.presets import ModelConfig
 from lrmjax.rewards import base as reward_base
+from lrmjax.rewards import process as process_lib
 from lrmjax.rewards.pool import RewardPool
 from lrmjax.sampling import Rollout, Sampler, SamplingParams
 from lrmjax.train import steps
@@ -116,6 +117,33 @@ class Inputs:
         scores, metrics, components = self.pool.score(
             prompts, list(completions), self.reward_metadata(examples, roll, stats))
         return scores, components, metrics
+
+    def process_rewards(self, examples: Sequence[Example], completions: Sequence[str],
+                        roll: Rollout) -> tuple[np.ndarray, dict[str, float]]:
+        """Per-token process rewards [N, R] float32 of this host's rows, from
+        `reward.process_fns` (weighted and summed), and their counts: `reward/process_errors`
+        (rows whose function raised or returned the wrong number of rows; they score no steps)
+        and `reward/process_dropped` (steps outside the completion or non-finite)."""
+        tokens, mask = np.asarray(roll.response_tokens), np.asarray(roll.response_mask, bool)
+        char_ends = [self.tokenizer.char_ends(t[m]) for t, m in zip(tokens, mask, strict=True)]
+        prompts = [ex.prompt for ex in examples]
+        metadata = self.reward_metadata(examples, roll)
+        total = np.zeros(tokens.shape, np.float32)
+        errors = dropped = 0
+        for name, weight in self.cfg.reward.process_fns.items():
+            try:
+                steps = list(process_lib.get_process(name)(prompts, list(completions), metadata))
+                if len(steps) != len(completions):
+                    raise ValueError(f"returned {len(steps)} rows for {len(completions)}")
+            except Exception as e:  # noqa: BLE001 - a process reward never crashes a run
+                log.warning("process reward %r failed on a batch: %s", name, e)
+                errors += len(completions)
+                continue
+            rewards, bad = process_lib.token_rewards(steps, char_ends, tokens.shape[1])
+            total += float(weight) * rewards
+            dropped += bad
+        return total, {"reward/process_errors": float(errors),
+                       "reward/process_dropped": float(dropped)}
 
     def score_texts(self, examples: Sequence[Example], completions: Sequence[str]
                     ) -> list[float]:

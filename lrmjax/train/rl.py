@@ -324,14 +324,26 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         data["old_logprobs"] = (data["sampler_logprobs"] if on_policy
                                 else logprob_fn(state.params, tokens_d, mask_d))
         token_rewards = values = baseline = None
+        if cfg.reward.process_fns:  # step-level rewards -> per-token rewards [N, R]
+            process, pm = inp.process_rewards(
+                [ex for ex in batch.examples for _ in range(cfg.sampling.n)],
+                batch.completions, roll)
+            g = parallel.global_to_host({"sums": process.sum(axis=1), "counts": np.array(
+                [[pm["reward/process_errors"], pm["reward/process_dropped"]]])})
+            m["reward/process_mean"] = float(g["sums"].mean())
+            m["reward/process_errors"], m["reward/process_dropped"] = (
+                float(x) for x in g["counts"].sum(axis=0))
+            token_rewards = dev(process)
         if ref_params is not None:
             data["ref_logprobs"] = logprob_fn(ref_params, tokens_d, mask_d)
             if algo.kl_mode == "reward":
                 old = (logprob_fn(state.params, tokens_d, mask_d) if on_policy
                        else data["old_logprobs"])
-                token_rewards = kl_lib.kl_penalty_rewards(old, data["ref_logprobs"],
-                                                          data["loss_mask"], state.kl_coef,
-                                                          algo.kl_estimator)
+                kl_rewards = kl_lib.kl_penalty_rewards(old, data["ref_logprobs"],
+                                                       data["loss_mask"], state.kl_coef,
+                                                       algo.kl_estimator)
+                token_rewards = (kl_rewards if token_rewards is None
+                                 else token_rewards + kl_rewards)
         if algo.use_critic:
             values = value_fn(state.critic_params, tokens_d, mask_d)
             data["old_values"] = values
