@@ -397,7 +397,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         m["perf/compiles"] = float(sum(new_programs.values()))
         if new_programs and rl_step > first:
             # After the first step every shape is known: a compile here is a new shape, dtype
-            # or sharding reaching a jitted function (e.g. a sampler prompt-length bucket).
+            # or sharding reaching a jitted function.
             writer.log(f"RL step {rl_step + 1}: {sum(new_programs.values())} XLA program(s) "
                        "compiled after the first step: " + ", ".join(
                            f"{name} x{k}" for name, k in sorted(new_programs.items())))
