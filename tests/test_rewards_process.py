@@ -4,13 +4,14 @@ trainer path into the token-level advantages."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
 from train_helpers import read_metrics, small_config
 
 from lrmjax import config as config_lib
-from lrmjax.rewards import process
+from lrmjax.rewards import RewardPool, process
 from lrmjax.train import rl
 
 
@@ -23,6 +24,29 @@ def first_char(prompts, completions, metadata):
 @process.register_process("test_raises")
 def raises(prompts, completions, metadata):
     raise RuntimeError("a broken process reward")
+
+
+@process.register_process("test_hangs_on_x")
+def hangs_on_x(prompts, completions, metadata):
+    """A step on the first character; hangs on the completion "x"; one row too many on "y"."""
+    if "x" in completions:
+        time.sleep(3600)
+    extra = [[]] if "y" in completions else []
+    return [[(1, 1.0)] if c else [] for c in completions] + extra
+
+
+def test_process_pool_kills_hangs_and_counts_failures():
+    fn = process.get_process("test_hangs_on_x")
+    completions = ["a", "x", "", "y", "b"]
+    with RewardPool(fn, num_workers=2, timeout_s=1.0) as pool:
+        steps, counts = pool.score_steps(["p"] * 5, completions, [{}] * 5)
+        with pytest.raises(TypeError, match="use score_steps"):
+            pool.score(["p"], ["a"], [{}])
+    # Rows are scored one by one: the hang and the malformed answer lose only their own row.
+    assert steps == [[(1, 1.0)], [], [], [], [(1, 1.0)]]
+    assert counts == {"errors": 1.0, "timeouts": 1.0}
+    with RewardPool("task", num_workers=0) as pool, pytest.raises(TypeError, match="process"):
+        pool.score_steps(["p"], ["a"], [{}])
 
 
 def test_token_rewards_by_hand():

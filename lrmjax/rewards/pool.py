@@ -41,6 +41,12 @@ def _run_task(fn: Callable[..., Any], prompts: list[str], completions: list[str]
               metadata: list[dict]) -> tuple[str, Any]:
     """Runs `fn` on one task; never raises (except process-killing signals)."""
     try:
+        if getattr(fn, "process", False):  # a process reward: per row, its (end, value) steps
+            steps = [list(row) for row in fn(prompts, completions, metadata)]
+            if len(steps) != len(completions):
+                raise ValueError(f"process reward returned {len(steps)} rows for "
+                                 f"{len(completions)} completions")
+            return _OK, steps
         res = as_result(fn(prompts, completions, metadata), len(completions))
         return _OK, (res.scores, res.components)
     except (Exception, SystemExit) as e:  # any reward failure is scored 0 and counted
@@ -156,18 +162,9 @@ class RewardPool:
                 singles.append([i])  # the reward raises on it, naming the row
         return list(groups.values()) + singles
 
-    def score(self, prompts: list[str], completions: list[str], metadata: list[dict]
-              ) -> tuple[np.ndarray, dict[str, float], dict[str, np.ndarray]]:
-        """Scores a batch.
-
-        Returns:
-          scores: [B] float64, 0 for rows that errored, timed out or were non-finite.
-          metrics: flat dict of floats (see module docstring).
-          components: name -> [B] float64 (0 where the row failed or lacked the component).
-        """
+    def _run(self, prompts: list[str], completions: list[str], metadata: list[dict]
+             ) -> tuple[list[list[int]], list[tuple[str, Any]]]:
         check_batch(prompts, completions, metadata)
-        start = time.monotonic()
-        n = len(completions)
         tasks = self._tasks(metadata)
         results: list[tuple[str, Any] | None] = [None] * len(tasks)
         if self.num_workers == 0:
@@ -177,6 +174,44 @@ class RewardPool:
                                        [metadata[i] for i in rows])
         else:
             self._run_parallel(tasks, prompts, completions, metadata, results)
+        return tasks, results
+
+    def score_steps(self, prompts: list[str], completions: list[str], metadata: list[dict]
+                    ) -> tuple[list[list[Any]], dict[str, float]]:
+        """Runs a process reward (see lrmjax.rewards.process) over a batch.
+
+        Returns the (end, value) steps of each row ([] where the row's task raised, returned
+        the wrong number of rows, or timed out) and the counts `errors` and `timeouts`.
+        """
+        if not getattr(self.fn, "process", False):
+            raise TypeError("score_steps needs a process reward (register_process)")
+        tasks, results = self._run(prompts, completions, metadata)
+        steps: list[list[Any]] = [[] for _ in completions]
+        errors = timeouts = 0
+        for rows, (status, payload) in zip(tasks, results, strict=True):
+            if status == "timeout":
+                timeouts += len(rows)
+            elif status == _ERROR:
+                errors += len(rows)
+            else:
+                for i, row_steps in zip(rows, payload, strict=True):
+                    steps[i] = row_steps
+        return steps, {"errors": float(errors), "timeouts": float(timeouts)}
+
+    def score(self, prompts: list[str], completions: list[str], metadata: list[dict]
+              ) -> tuple[np.ndarray, dict[str, float], dict[str, np.ndarray]]:
+        """Scores a batch.
+
+        Returns:
+          scores: [B] float64, 0 for rows that errored, timed out or were non-finite.
+          metrics: flat dict of floats (see module docstring).
+          components: name -> [B] float64 (0 where the row failed or lacked the component).
+        """
+        if getattr(self.fn, "process", False):
+            raise TypeError("a process reward returns steps, not scores: use score_steps")
+        start = time.monotonic()
+        n = len(completions)
+        tasks, results = self._run(prompts, completions, metadata)
 
         scores = np.zeros(n, dtype=np.float64)
         comps: dict[str, np.ndarray] = {}

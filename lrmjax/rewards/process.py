@@ -13,10 +13,13 @@ adds the values to the per-token rewards [B, R] that the token-level advantage e
 take (`rl.adv_estimator` in gae, reinforce_pp, reinforce_pp_baseline, rloo), on top of the
 outcome reward on the last token. Configure with `reward.process_fns = {name: weight}`.
 
-Functions are registered by name (`register_process`) and run in the trainer's process. A
-function that raises scores no steps for the batch and its rows are counted
-(`reward/process_errors`); a pair outside the completion, or with a non-finite value, is
-dropped and counted (`reward/process_dropped`).
+Functions are registered by name (`register_process`) and run row by row through a
+`RewardPool` like the outcome rewards, with the same `reward.num_workers` and
+`reward.timeout_s`: a row whose call raises, returns the wrong number of rows or runs past the
+timeout (with workers) scores no steps and is counted (`reward/process_errors`,
+`reward/process_timeouts`); a pair outside the completion, or with a non-finite value, is
+dropped and counted (`reward/process_dropped`). Worker processes import the function, so
+with `num_workers > 0` it must live in an importable module.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def register_process(name: str) -> Callable[[ProcessFn], ProcessFn]:
     def deco(fn: ProcessFn) -> ProcessFn:
         if name in _PROCESS and _PROCESS[name] is not fn:
             raise ValueError(f"process reward {name!r} is already registered")
+        fn.process = True  # the reward pool returns its steps (RewardPool.score_steps)
         _PROCESS[name] = fn
         return fn
 

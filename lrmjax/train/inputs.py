@@ -56,6 +56,8 @@ class Inputs:
     train_sampling: SamplingParams
     prompt_len: int
     token_stats_fn: Any = None  # jitted steps.response_token_stats, when a reward needs it
+    process_pools: dict[str, tuple[RewardPool, float]] = dataclasses.field(
+        default_factory=dict)  # reward.process_fns: name -> (its pool, weight)
 
     @property
     def loss_temperature(self) -> float:
@@ -122,28 +124,27 @@ class Inputs:
                         roll: Rollout) -> tuple[np.ndarray, dict[str, float]]:
         """Per-token process rewards [N, R] float32 of this host's rows, from
         `reward.process_fns` (weighted and summed), and their counts: `reward/process_errors`
-        (rows whose function raised or returned the wrong number of rows; they score no steps)
-        and `reward/process_dropped` (steps outside the completion or non-finite)."""
+        and `reward/process_timeouts` (rows whose call raised, returned the wrong number of
+        rows or timed out; they score no steps) and `reward/process_dropped` (steps outside
+        the completion or non-finite)."""
         tokens, mask = np.asarray(roll.response_tokens), np.asarray(roll.response_mask, bool)
         char_ends = [self.tokenizer.char_ends(t[m]) for t, m in zip(tokens, mask, strict=True)]
         prompts = [ex.prompt for ex in examples]
         metadata = self.reward_metadata(examples, roll)
         total = np.zeros(tokens.shape, np.float32)
-        errors = dropped = 0
-        for name, weight in self.cfg.reward.process_fns.items():
-            try:
-                steps = list(process_lib.get_process(name)(prompts, list(completions), metadata))
-                if len(steps) != len(completions):
-                    raise ValueError(f"returned {len(steps)} rows for {len(completions)}")
-            except Exception as e:  # noqa: BLE001 - a process reward never crashes a run
-                log.warning("process reward %r failed on a batch: %s", name, e)
-                errors += len(completions)
-                continue
-            rewards, bad = process_lib.token_rewards(steps, char_ends, tokens.shape[1])
-            total += float(weight) * rewards
-            dropped += bad
-        return total, {"reward/process_errors": float(errors),
-                       "reward/process_dropped": float(dropped)}
+        counts = {"reward/process_errors": 0.0, "reward/process_timeouts": 0.0,
+                  "reward/process_dropped": 0.0}
+        for name, (pool, weight) in self.process_pools.items():
+            steps, failed = pool.score_steps(prompts, list(completions), metadata)
+            if failed["errors"] or failed["timeouts"]:
+                log.warning("process reward %r: %d rows raised, %d timed out", name,
+                            failed["errors"], failed["timeouts"])
+            rewards, dropped = process_lib.token_rewards(steps, char_ends, tokens.shape[1])
+            total += weight * rewards
+            counts["reward/process_errors"] += failed["errors"]
+            counts["reward/process_timeouts"] += failed["timeouts"]
+            counts["reward/process_dropped"] += dropped
+        return total, counts
 
     def score_texts(self, examples: Sequence[Example], completions: Sequence[str]
                     ) -> list[float]:
@@ -297,6 +298,10 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
                  else reward_base.combine(fns))
     pool = RewardPool(reward_fn, num_workers=cfg.reward.num_workers,
                       timeout_s=cfg.reward.timeout_s)
+    process_pools = {
+        name: (RewardPool(process_lib.get_process(name), num_workers=cfg.reward.num_workers,
+                          timeout_s=cfg.reward.timeout_s), float(weight))
+        for name, weight in cfg.reward.process_fns.items()}
 
     prompt_len = cfg.sampling.max_prompt_len
     sampler = Sampler(model_cfg, pad_id=tokenizer.pad_id, stop_ids=tokenizer.stop_ids,
@@ -316,7 +321,7 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
                   data_iter=data_iter,
                   eval_examples=list(eval_examples), pool=pool, task=task,
                   hf_exportable=exportable, train_sampling=sampling, prompt_len=prompt_len,
-                  token_stats_fn=token_stats_fn)
+                  token_stats_fn=token_stats_fn, process_pools=process_pools)
 
 
 def demonstrations(inp: Inputs, examples: Sequence[Example]) -> dict[str, np.ndarray]:

@@ -328,11 +328,11 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
             process, pm = inp.process_rewards(
                 [ex for ex in batch.examples for _ in range(cfg.sampling.n)],
                 batch.completions, roll)
-            g = parallel.global_to_host({"sums": process.sum(axis=1), "counts": np.array(
-                [[pm["reward/process_errors"], pm["reward/process_dropped"]]])})
+            names = sorted(pm)  # counts summed over hosts, the mean over every row
+            g = parallel.global_to_host({"sums": process.sum(axis=1),
+                                         "counts": np.array([[pm[k] for k in names]])})
             m["reward/process_mean"] = float(g["sums"].mean())
-            m["reward/process_errors"], m["reward/process_dropped"] = (
-                float(x) for x in g["counts"].sum(axis=0))
+            m.update(zip(names, (float(x) for x in g["counts"].sum(axis=0)), strict=True))
             token_rewards = dev(process)
         if ref_params is not None:
             data["ref_logprobs"] = logprob_fn(ref_params, tokens_d, mask_d)
