@@ -175,6 +175,20 @@ FREE_FORM_GROUPS = frozenset({"model.overrides", "reward.fns", "reward.process_f
                               "data.mixture", "data.eval_sets"})
 
 
+def _group_entry(entry: Any, where: str, valid: tuple[str, ...], example: str
+                 ) -> dict[str, Any]:
+    """One entry of a free-form group of groups as a dict; raises ValueError naming it
+    (`where`) if it is not a group or has a key outside `valid`."""
+    if not isinstance(entry, Mapping | ml_collections.ConfigDict):
+        raise ValueError(f"{where} must be a group like {example}, got {entry!r}")
+    entry = dict(entry)
+    unknown = set(entry) - set(valid)
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; valid: "
+                         f"{', '.join(repr(k) for k in valid)}")
+    return entry
+
+
 def mixture_components(mixture: Any) -> list[tuple[str, str, float, dict[str, Any]]]:
     """The entries of config 'data.mixture' as (label, task name, weight, task kwargs), sorted
     by label. Raises ValueError naming the entry for an empty mixture, an unknown key, an
@@ -186,16 +200,9 @@ def mixture_components(mixture: Any) -> list[tuple[str, str, float, dict[str, An
                          "{label: {'task': name, 'weight': w, 'kwargs': {...}}}")
     out = []
     for label in sorted(mixture.keys()):
-        entry = mixture[label]
         where = f"config 'data.mixture.{label}'"
-        if not isinstance(entry, Mapping | ml_collections.ConfigDict):
-            raise ValueError(f"{where} must be a group like {{'task': 'arithmetic', 'weight': 1, "
-                             f"'kwargs': {{}}}}, got {entry!r}")
-        entry = dict(entry)
-        unknown = set(entry) - {"task", "weight", "kwargs"}
-        if unknown:
-            raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; valid: 'task', "
-                             "'weight', 'kwargs'")
+        entry = _group_entry(mixture[label], where, ("task", "weight", "kwargs"),
+                             "{'task': 'arithmetic', 'weight': 1, 'kwargs': {}}")
         name = entry.get("task", label)
         if name not in tasks_lib.TASKS:
             raise ValueError(f"{where}: unknown task {name!r}; valid: {sorted(tasks_lib.TASKS)}")
@@ -222,16 +229,9 @@ def eval_set_entries(data: ml_collections.ConfigDict) -> list[tuple[str, str, st
                          "put the eval_path file in eval_sets under a label")
     out = []
     for label in sorted(data.eval_sets.keys()):
-        entry = data.eval_sets[label]
         where = f"config 'data.eval_sets.{label}'"
-        if not isinstance(entry, Mapping | ml_collections.ConfigDict):
-            raise ValueError(f"{where} must be a group like {{'path': 'test.jsonl'}}, got "
-                             f"{entry!r}")
-        entry = dict(entry)
-        unknown = set(entry) - {"path", "source"}
-        if unknown:
-            raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; valid: 'path', "
-                             "'source'")
+        entry = _group_entry(data.eval_sets[label], where, ("path", "source"),
+                             "{'path': 'test.jsonl'}")
         if not entry.get("path"):
             raise ValueError(f"{where} needs a 'path' (a JSONL file)")
         kind = entry.get("source", data.source)

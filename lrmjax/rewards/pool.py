@@ -130,6 +130,7 @@ class RewardPool:
         self.fn_spec = reward_fn
         self.fn = resolve(reward_fn)  # validates a name in the parent, not in a worker
         self.group_level = is_group_level(self.fn)
+        self.process = bool(getattr(self.fn, "process", False))  # register_process: steps
         self.num_workers, self.timeout_s = num_workers, timeout_s
         self._ctx = mp.get_context(start_method)
         self._workers = [_Worker(self._ctx, self.fn_spec) for _ in range(num_workers)]
@@ -183,7 +184,7 @@ class RewardPool:
         Returns the (end, value) steps of each row ([] where the row's task raised, returned
         the wrong number of rows, or timed out) and the counts `errors` and `timeouts`.
         """
-        if not getattr(self.fn, "process", False):
+        if not self.process:
             raise TypeError("score_steps needs a process reward (register_process)")
         tasks, results = self._run(prompts, completions, metadata)
         steps: list[list[Any]] = [[] for _ in completions]
@@ -207,7 +208,7 @@ class RewardPool:
           metrics: flat dict of floats (see module docstring).
           components: name -> [B] float64 (0 where the row failed or lacked the component).
         """
-        if getattr(self.fn, "process", False):
+        if self.process:
             raise TypeError("a process reward returns steps, not scores: use score_steps")
         start = time.monotonic()
         n = len(completions)

@@ -53,8 +53,7 @@ class CompileCounter:
 
     @property
     def names(self) -> collections.Counter:
-        with self._lock:
-            return collections.Counter(self._log)
+        return self.new_since(0)
 
     def new_since(self, mark: int) -> collections.Counter:
         """Names compiled since `count` was `mark`, with how many times each."""
