@@ -34,6 +34,7 @@ def main() -> int:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     sys.path.insert(0, REPO)
     from lrmjax import config as config_lib
+    from lrmjax import host
 
     def make_config(seed: int):
         cfg = config_lib.from_file(os.path.join(REPO, "configs", "arith_grpo.py"), args.config)
@@ -46,9 +47,9 @@ def main() -> int:
         return cfg
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    # Before the JAX backend starts (the first jax.devices() call): see mesh.cpu_devices.
-    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count="
-                          f"{make_config(seeds[0]).mesh.cpu_devices}")
+    # Before the JAX backend starts (the first jax.devices() call): the CPU device count and
+    # malloc settings (lrmjax/host.py).
+    host.prepare(make_config(seeds[0]))
     from lrmjax.train import rl
 
     rows = []

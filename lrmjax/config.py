@@ -147,6 +147,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     # so that the sharded code paths run on a CPU as they would on a device mesh. Which count
     # is fastest depends on the model (experiments/benchmarks/RESULTS.md).
     c.mesh.cpu_devices = 8
+    # CPU hosts: glibc malloc keeps XLA's per-call buffers instead of unmapping them after every
+    # call and page-faulting them back in (17% of the tiny train step; see lrmjax/host.py).
+    c.mesh.cpu_retain_freed_memory = True
     # Multi-host: call jax.distributed.initialize(). Empty address / -1 let JAX detect the
     # cluster (TPU pods, SLURM, ...); on CPU hosts set all three.
     c.mesh.distributed = False

@@ -20,6 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lrmjax import config as config_lib
+from lrmjax import host
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -33,12 +34,9 @@ def main(argv: list[str]) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     cfg = _CONFIG.value
     config_lib.validate(cfg)
-    # On a CPU host, split the host into `mesh.cpu_devices` XLA devices. XLA reads the flag
-    # when the backend starts (the first jax.devices() call, which happens below), so it
-    # can still be set here. It only concerns the host platform: GPU/TPU runs ignore it.
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_"
-                                   f"platform_device_count={cfg.mesh.cpu_devices}").strip()
+    # The CPU device count and malloc settings: before the backend starts (the first
+    # jax.devices() call, in rl.train below).
+    host.prepare(cfg)
     from lrmjax.train import rl  # after flag parsing: keeps `--help` fast
 
     final = rl.train(cfg, _WORKDIR.value)

@@ -27,6 +27,33 @@ def force_cpu_devices(n: int) -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 
+def worker_env(platform: str, root: str) -> dict[str, str]:
+    """The environment of a benchmark's worker process on `platform` ("cpu" or "gpu").
+
+    cpu: one plain CPU device (no faked devices unless the worker asks for them). gpu: JAX on
+    CUDA without preallocation, since several JAX workers (lrmjax, Tunix) share the card at
+    once. `root` goes first on PYTHONPATH; an existing PYTHONPATH (e.g. extra packages) stays.
+    """
+    if platform not in ("cpu", "gpu"):
+        raise ValueError(f"platform must be 'cpu' or 'gpu', got {platform!r}")
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
+    if platform == "cpu":
+        env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    else:
+        env.update(JAX_PLATFORMS="cuda", XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    return env
+
+
+def accelerator_name() -> str:
+    """The first GPU's name from nvidia-smi, or the CPU model where there is none."""
+    try:
+        out = os.popen("nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null").read()
+    except OSError:
+        out = ""
+    return out.strip().splitlines()[0] if out.strip() else cpu_model()
+
+
 def block(tree: Any) -> Any:
     import jax
 

@@ -34,6 +34,9 @@ device per core; `--devices 1,2,8` adds 8), Tunix on 1 device. Contenders altern
 the shared machine hits all of them; each run times `--steps` steps after `--warmup` steps
 (which include compilation). Reported: the median of all timed steps of all rounds.
 
+With `--platform gpu` both contenders run on the first GPU instead (fp32, one device, JAX
+without preallocation) and `--peer-python` can name an interpreter that has google-tunix.
+
 Peers measured on the peers' machine (medians, /work/shared/peers/README.md): Tunix 0.27 s
 (tiny) and 5.5 s (bench); TRL 1.16 GRPOTrainer 0.54 s and 16.1 s.
 
@@ -41,6 +44,7 @@ Usage (from the repository root):
   .venv/bin/python experiments/benchmarks/grpo_step.py                       # tiny,bench
   .venv/bin/python experiments/benchmarks/grpo_step.py --quick --models tiny  # smoke run
   .venv/bin/python experiments/benchmarks/grpo_step.py --devices 1 --no-tunix
+  python experiments/benchmarks/grpo_step.py --platform gpu --peer-python python  # on a GPU
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, str(pathlib.Path(__file__).resolve().parents[2]))  # lrmjax, uninstalled
 import common  # noqa: E402
 import vs_peers  # noqa: E402  (the bench checkpoint maker and the Tunix venv)
 
@@ -152,12 +157,18 @@ def lrmjax_config(args: argparse.Namespace):
     c.train.progress = False
     c.eval.every = 0  # and no eval_path: no eval before or after
     c.mesh.cpu_devices = args.devices
+    c.mesh.cpu_retain_freed_memory = args.malloc == "retain"
     return c
 
 
 def lrmjax_worker(args: argparse.Namespace) -> dict:
     args.devices = int(args.devices)  # one count per worker
-    common.force_cpu_devices(args.devices)  # before jax is imported
+    from lrmjax import host
+
+    if args.platform == "cpu":  # before jax starts, as lrmjax.main does (lrmjax/host.py)
+        common.force_cpu_devices(args.devices)
+        if args.malloc == "retain":
+            host.retain_freed_memory()
     import jax
 
     from lrmjax.rewards import base as reward_base
@@ -201,7 +212,7 @@ def run_lrmjax(args, model_dir: pathlib.Path, devices: int, tag: str) -> dict:
     cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", "lrmjax",
            "--model-dir", str(model_dir), "--devices", str(devices),
            "--run-dir", str(model_dir.parent / "runs" / tag), *_shape_flags(args)]
-    out = _run(cmd, model_dir.parent / f"{tag}.log", args.timeout)
+    out = _run(cmd, model_dir.parent / f"{tag}.log", args)
     return {"step_s": _timed(out["step_s"], args.warmup),
             "wall_s": _timed(out["wall_s"], args.warmup),
             "parts": {k: statistics.median(_timed(out[f"{k}_s"], args.warmup))
@@ -210,12 +221,12 @@ def run_lrmjax(args, model_dir: pathlib.Path, devices: int, tag: str) -> dict:
 
 
 def run_tunix(args, model_dir: pathlib.Path, tag: str) -> dict:
-    python = vs_peers.tunix_python(ROOT / args.tunix_venv)
+    python = vs_peers.tunix_python(ROOT / args.tunix_venv, args.peer_python)
     cmd = [str(python), str(TUNIX_SCRIPT), "--model", str(model_dir),
            "--prompts", str(model_dir.parent / "prompts.json"), "--new-tokens",
            str(args.new_tokens), "--prompt-len", str(args.prompt_len), "--n", str(args.n),
            "--beta", str(args.beta)]
-    out = _run(cmd, model_dir.parent / f"{tag}.log", args.timeout)
+    out = _run(cmd, model_dir.parent / f"{tag}.log", args)
     stamps = out["stamps"]
     if len(stamps) != args.warmup + args.steps + 1:
         raise RuntimeError(f"Tunix called the reward {len(stamps)} times, expected "
@@ -234,16 +245,16 @@ def run_tunix(args, model_dir: pathlib.Path, tag: str) -> dict:
 def _shape_flags(args) -> list[str]:
     return ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch",
             str(args.batch), "--n", str(args.n), "--new-tokens", str(args.new_tokens),
-            "--prompt-len", str(args.prompt_len), "--beta", str(args.beta)]
+            "--prompt-len", str(args.prompt_len), "--beta", str(args.beta),
+            "--platform", args.platform, "--malloc", args.malloc]
 
 
-def _run(cmd: list[str], log: pathlib.Path, timeout: float) -> dict:
+def _run(cmd: list[str], log: pathlib.Path, args) -> dict:
     """Runs a worker; its last stdout line is its JSON result, everything else goes to `log`."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": str(ROOT),
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = common.worker_env(args.platform, str(ROOT))
     with open(log, "w") as err:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
-                              cwd=ROOT, timeout=timeout)
+                              cwd=ROOT, timeout=args.timeout)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}); see {log}:"
@@ -273,6 +284,8 @@ def main(args) -> None:
     if unknown:
         raise SystemExit(f"unknown models {sorted(unknown)}; valid: {sorted(MODELS)}")
     devices = [int(d) for d in args.devices.split(",") if d]
+    if args.platform == "gpu" and devices != [1]:
+        raise SystemExit("--platform gpu runs on one GPU: pass --devices 1")
     contenders = [("lrmjax", d) for d in devices] + ([] if args.no_tunix else [("tunix", 1)])
     print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
     results = {}
@@ -311,10 +324,13 @@ def _fmt(parts: dict[str, float]) -> str:
 
 
 def print_table(args, results: dict, contenders: list[tuple[str, int]]) -> None:
+    where = (f"{os.cpu_count()} x {common.cpu_model()}" if args.platform == "cpu"
+             else f"one {common.accelerator_name()}, XLA_FLAGS="
+                  f"{os.environ.get('XLA_FLAGS', '')!r}")
     print(f"\nseconds per GRPO step: {args.batch} prompts x {args.n} samples, prompts 16-"
           f"{args.prompt_len} tokens, exactly {args.new_tokens} new tokens, k3 KL loss "
           f"{args.beta}, fp32; median of {args.steps} steps x {args.rounds} round(s) after "
-          f"{args.warmup} warm-up step(s); {os.cpu_count()} x {common.cpu_model()}; "
+          f"{args.warmup} warm-up step(s); {where}; "
           f"uptime: {os.popen('uptime').read().strip()}")
     head = ["model", "contender", "devices", "s/step", "wall s/step", "vs Tunix (wall)",
             "sample+reward / ref+adv / update", "peers measured"]
@@ -363,6 +379,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=3600, help="seconds per worker run")
     p.add_argument("--workdir", default="/tmp/lrmjax_grpo_step")
     p.add_argument("--tunix-venv", default=".bench-venvs/tunix")
+    p.add_argument("--peer-python", help="interpreter with google-tunix (else the venv's)")
+    p.add_argument("--platform", choices=("cpu", "gpu"), default="cpu",
+                   help="where both contenders run (gpu: the first CUDA device)")
+    p.add_argument("--malloc", choices=("retain", "default"), default="retain",
+                   help="lrmjax's mesh.cpu_retain_freed_memory (lrmjax/host.py): on or off")
     p.add_argument("--worker", choices=("lrmjax",), help=argparse.SUPPRESS)
     p.add_argument("--model-dir", type=pathlib.Path, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)

@@ -43,11 +43,18 @@ def main() -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--top", type=int, default=20)
+    p.add_argument("--malloc", choices=("retain", "default"), default="retain",
+                   help="retain: lrmjax.host.retain_freed_memory() as the trainer runs; "
+                        "default: glibc's own settings")
     args = p.parse_args()
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={args.devices}")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__)))))
+    from lrmjax import host
+
+    if args.malloc == "retain":
+        host.retain_freed_memory()  # before the backend starts, as the trainer does
     import jax
     import numpy as np
 
@@ -137,9 +144,9 @@ def main() -> int:
             kind = re.sub(r"\.\d+$", "", e["name"])
             total[(kind, source[e["name"]])] += e.get("dur", 0) / 1e3
             ops += 1
-    print(f"{what}; {jax.device_count()} CPU device(s); median wall {wall * 1e3:.1f} ms of "
-          f"{args.repeats}; {ops} ops ran (all devices), their times (ms, one profiled call) "
-          f"sum to {sum(total.values()):.1f}")
+    print(f"{what}; {jax.device_count()} CPU device(s), malloc {args.malloc}; median wall "
+          f"{wall * 1e3:.1f} ms of {args.repeats}; {ops} ops ran (all devices), their times "
+          f"(ms, one profiled call) sum to {sum(total.values()):.1f}")
     for (kind, src), ms in total.most_common(args.top):
         src = src.split("/", 1)[-1].replace("while/body/closed_call/", "")
         print(f"{ms:9.2f}  {kind:26s} {src[-90:]}")

@@ -14,11 +14,15 @@ and XLA's thread pools never compete inside one process: lrmjax and transformers
 repository's venv, Tunix in a separate venv (created on first use under .bench-venvs/tunix,
 `pip install google-tunix==0.1.7`), so Tunix never enters lrmjax's dependencies. The JAX
 workers see one CPU device; torch uses `--threads` threads (2, as the peers were measured).
+With `--platform gpu` every contender runs on the first GPU instead (JAX on CUDA without
+preallocation, so the workers share the card; torch on `cuda:0`), still fp32, and
+`--peer-python` can name an interpreter that already has google-tunix installed.
 
 Usage (from the repository root):
   .venv/bin/python experiments/benchmarks/vs_peers.py                    # batches 1,8,32 x 3
   .venv/bin/python experiments/benchmarks/vs_peers.py --batches 1,8 --repeats 1   # quick
   .venv/bin/python experiments/benchmarks/vs_peers.py --contenders lrmjax,transformers
+  python experiments/benchmarks/vs_peers.py --platform gpu --peer-python python  # on a GPU
 """
 
 from __future__ import annotations
@@ -82,19 +86,23 @@ def _transformers_worker(args) -> tuple[int, object]:
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
+    device = "cuda" if args.platform == "gpu" else "cpu"
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = model.to(device)
     vocab = model.config.vocab_size
 
     def run(batch):
-        ids = torch.from_numpy(prompts(batch, args.prompt_len, vocab)).long()
+        ids = torch.from_numpy(prompts(batch, args.prompt_len, vocab)).long().to(device)
         kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                   do_sample=False, eos_token_id=None, pad_token_id=0,
                   attention_mask=torch.ones_like(ids))
         with torch.inference_mode():
             start = time.perf_counter()
             out = model.generate(ids, **kw)
+            if device == "cuda":
+                torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-        return seconds, out[:, ids.shape[1]:].numpy()
+        return seconds, out[:, ids.shape[1]:].cpu().numpy()
 
     return vocab, run
 
@@ -168,8 +176,11 @@ def make_model(path: pathlib.Path) -> None:
     Qwen2ForCausalLM(cfg).float().eval().save_pretrained(path, safe_serialization=True)
 
 
-def tunix_python(venv: pathlib.Path) -> pathlib.Path:
-    """The Tunix venv's interpreter, creating the venv on first use."""
+def tunix_python(venv: pathlib.Path, peer_python: str | None = None) -> pathlib.Path:
+    """The interpreter that runs Tunix: `peer_python` when given (one that already has
+    google-tunix), else the venv's, creating the venv on first use."""
+    if peer_python:
+        return pathlib.Path(peer_python)
     python = venv / "bin" / "python"
     if not python.exists():
         print(f"creating {venv} with {TUNIX_SPEC} (first run only)", flush=True)
@@ -185,9 +196,9 @@ class Worker:
     def __init__(self, name: str, python: pathlib.Path, args, log: pathlib.Path):
         cmd = [str(python), str(pathlib.Path(__file__).resolve()), "--worker", name,
                "--model", str(args.model), "--prompt-len", str(args.prompt_len),
-               "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-               "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+               "--new-tokens", str(args.new_tokens), "--threads", str(args.threads),
+               "--platform", args.platform]
+        env = common.worker_env(args.platform, str(ROOT))
         self.name, self.log = name, log
         self._log_file = open(log, "w")  # noqa: SIM115  closed in close()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -234,7 +245,8 @@ def main(args) -> None:
 
     workers = {}
     for name in names:
-        python = tunix_python(ROOT / args.tunix_venv) if name == "tunix" else sys.executable
+        python = (tunix_python(ROOT / args.tunix_venv, args.peer_python) if name == "tunix"
+                  else sys.executable)
         start = time.perf_counter()
         workers[name] = Worker(name, python, args, work / f"{name}.log")
         print(f"{name}: loaded in {time.perf_counter() - start:.1f}s", flush=True)
@@ -260,9 +272,12 @@ def main(args) -> None:
     for w in workers.values():
         w.close()
 
+    where = (f"1 JAX CPU device, torch {args.threads} threads); {os.cpu_count()} x "
+             f"{common.cpu_model()}" if args.platform == "cpu"
+             else f"all on one {common.accelerator_name()}, XLA_FLAGS="
+                  f"{os.environ.get('XLA_FLAGS', '')!r})")
     print(f"\nnew tokens/s, fp32, greedy, prompt {args.prompt_len}, {n} new tokens, "
-          f"median of {args.repeats} after a warm-up (1 JAX CPU device, torch "
-          f"{args.threads} threads); {os.cpu_count()} x {common.cpu_model()}; "
+          f"median of {args.repeats} after a warm-up ({where}; "
           f"uptime: {os.popen('uptime').read().strip()}")
     head = ["batch"] + [f"{k} tok/s" for k in workers]
     if "lrmjax" in workers:
@@ -289,6 +304,9 @@ def parse_args(argv=None):
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--workdir", default="/tmp/lrmjax_vs_peers")
     p.add_argument("--tunix-venv", default=".bench-venvs/tunix")
+    p.add_argument("--peer-python", help="interpreter with google-tunix (else the venv's)")
+    p.add_argument("--platform", choices=("cpu", "gpu"), default="cpu",
+                   help="where every contender runs (gpu: the first CUDA device)")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     return p.parse_args(argv)

@@ -41,9 +41,9 @@ class MetricsWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-        from tensorboardX import SummaryWriter
+        from tensorboardX import FileWriter
 
-        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        self._tb = FileWriter(os.path.join(workdir, "tb"))
         if progress and progress_total:
             from tqdm import tqdm
 
@@ -57,12 +57,20 @@ class MetricsWriter:
         self._jsonl.write(json.dumps({"step": int(step), "phase": phase, "time": time.time(),
                                       **row}) + "\n")
         self._jsonl.flush()
-        for k, v in row.items():
-            if math.isfinite(v):
-                # TensorBoard tag names may not contain '@'.
-                tag = k if k.startswith(f"{phase}/") or phase in ("rl", "eval") else f"{phase}/{k}"
-                self._tb.add_scalar(tag.replace("@", "_at_"), v, int(step))
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        # One event per row holding every finite scalar: SummaryWriter.add_scalar would write
+        # one event per metric, ~70 us each (2 ms a step for the 31 metrics of an RL step,
+        # which is 6 % of a GRPO step on a GPU). TensorBoard tags may not contain '@'.
+        values = [Summary.Value(tag=self._tag(k, phase), simple_value=v)
+                  for k, v in row.items() if math.isfinite(v)]
+        self._tb.add_summary(Summary(value=values), int(step))
         self._tb.flush()
+
+    @staticmethod
+    def _tag(key: str, phase: str) -> str:
+        tag = key if key.startswith(f"{phase}/") or phase in ("rl", "eval") else f"{phase}/{key}"
+        return tag.replace("@", "_at_")
 
     def progress(self, step: int, metrics: Mapping[str, Any]) -> None:
         if self._bar is None:

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from lrmjax import config as config_lib
-from lrmjax import parallel
+from lrmjax import host, parallel
 from lrmjax.data.tasks import Example
 from lrmjax.models import heads
 from lrmjax.rewards import shaping
@@ -179,6 +179,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 def _train(cfg: ml_collections.ConfigDict, workdir: str,
            compiles: compilation.CompileCounter) -> dict[str, float]:
     # ---------------------------------------------------------------- mesh and inputs
+    host.tune_malloc(cfg)  # before the backend starts, if it has not yet (lrmjax/host.py)
     if cfg.mesh.distributed and not jax.distributed.is_initialized():
         m = cfg.mesh
         jax.distributed.initialize(m.coordinator_address or None,
