@@ -1,4 +1,4 @@
-"""The benchmark scripts' own logic: module names and the GEMM inventory of floor.py."""
+"""The benchmark scripts' own logic: module names, the GEMM inventory of floor.py, worker envs."""
 
 import pathlib
 import sys
@@ -18,14 +18,20 @@ def test_no_script_shadows_a_standard_library_module():
             assert path.stem not in sys.stdlib_module_names, path
 
 
-@pytest.fixture(scope="module")
-def floor():
+def _bench_module(name: str):
+    """A script of experiments/benchmarks imported as a module (its folder on sys.path)."""
+    import importlib
+
     sys.path.insert(0, str(BENCH_DIR))
     try:
-        import floor as module
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH_DIR))
-    return module
+
+
+@pytest.fixture(scope="module")
+def floor():
+    return _bench_module("floor")
 
 
 def test_weight_shapes_cover_every_matmul_parameter(floor):
@@ -57,3 +63,25 @@ def test_gemm_equations_match_numpy(floor, kind):
     assert [o.shape for o in operands] == [a.shape, b.shape]
     np.testing.assert_allclose(np.einsum(floor.GEMMS[kind][0], *operands), expected,
                                rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def common():
+    return _bench_module("common")
+
+
+def test_worker_env_per_platform(common, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/extra/site")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    cpu = common.worker_env("cpu", "/repo")
+    # The repo first, a caller's extra packages kept; one plain CPU device.
+    assert cpu["PYTHONPATH"].split(":") == ["/repo", "/extra/site"]
+    assert cpu["JAX_PLATFORMS"] == "cpu" and cpu["XLA_FLAGS"] == ""
+    gpu = common.worker_env("gpu", "/repo")
+    # Several JAX workers share the card: no preallocation; the caller's XLA flags stay.
+    assert gpu["JAX_PLATFORMS"] == "cuda" and gpu["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert gpu["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
+    monkeypatch.delenv("PYTHONPATH")
+    assert common.worker_env("cpu", "/repo")["PYTHONPATH"] == "/repo"
+    with pytest.raises(ValueError, match="platform"):
+        common.worker_env("tpu", "/repo")
