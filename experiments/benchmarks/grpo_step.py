@@ -34,6 +34,9 @@ device per core; `--devices 1,2,8` adds 8), Tunix on 1 device. Contenders altern
 the shared machine hits all of them; each run times `--steps` steps after `--warmup` steps
 (which include compilation). Reported: the median of all timed steps of all rounds.
 
+lrmjax's worker applies the malloc settings its trainer applies on a CPU host
+(`lrmjax/host.py`); `--malloc default` leaves glibc's own, for an A/B.
+
 With `--platform gpu` both contenders run on the first GPU instead (fp32, one device, JAX
 without preallocation) and `--peer-python` can name an interpreter that has google-tunix.
 
