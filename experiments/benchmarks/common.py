@@ -54,6 +54,14 @@ def accelerator_name() -> str:
     return out.strip().splitlines()[0] if out.strip() else cpu_model()
 
 
+def machine(platform: str) -> str:
+    """Where a benchmark ran, for its table header: "2 x <CPU model>" on the CPU, "one <GPU>,
+    XLA_FLAGS='...'" on a GPU."""
+    if platform == "cpu":
+        return f"{os.cpu_count()} x {cpu_model()}"
+    return f"one {accelerator_name()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+
+
 def block(tree: Any) -> Any:
     import jax
 

@@ -327,9 +327,7 @@ def _fmt(parts: dict[str, float]) -> str:
 
 
 def print_table(args, results: dict, contenders: list[tuple[str, int]]) -> None:
-    where = (f"{os.cpu_count()} x {common.cpu_model()}" if args.platform == "cpu"
-             else f"one {common.accelerator_name()}, XLA_FLAGS="
-                  f"{os.environ.get('XLA_FLAGS', '')!r}")
+    where = common.machine(args.platform)
     print(f"\nseconds per GRPO step: {args.batch} prompts x {args.n} samples, prompts 16-"
           f"{args.prompt_len} tokens, exactly {args.new_tokens} new tokens, k3 KL loss "
           f"{args.beta}, fp32; median of {args.steps} steps x {args.rounds} round(s) after "

@@ -272,10 +272,9 @@ def main(args) -> None:
     for w in workers.values():
         w.close()
 
-    where = (f"1 JAX CPU device, torch {args.threads} threads); {os.cpu_count()} x "
-             f"{common.cpu_model()}" if args.platform == "cpu"
-             else f"all on one {common.accelerator_name()}, XLA_FLAGS="
-                  f"{os.environ.get('XLA_FLAGS', '')!r})")
+    where = (f"1 JAX CPU device, torch {args.threads} threads); "
+             f"{common.machine('cpu')}" if args.platform == "cpu"
+             else f"all on {common.machine(args.platform)})")
     print(f"\nnew tokens/s, fp32, greedy, prompt {args.prompt_len}, {n} new tokens, "
           f"median of {args.repeats} after a warm-up ({where}; "
           f"uptime: {os.popen('uptime').read().strip()}")
