@@ -10,12 +10,13 @@ allocation that large with a fresh `mmap` and unmaps it on free (or, from a work
 from a per-thread arena that cannot grow past 64 MiB, so again with `mmap`), so every call
 page-faults its whole working set back in: one fault per 4 KiB page, each zeroing the page.
 On the 2-core development machine a 4-layer SwiGLU stack's forward + backward at the tiny
-model's shapes (100 MiB of temporaries; tests/test_host.py) faulted 27,418 times per call,
-and 2 times with these settings; the tiny preset's GRPO train step went from 195 to 157-165
-ms, the bench preset's from 3.19 to 2.85 s (`experiments/benchmarks/op_trace.py train
---preset tiny|bench --malloc default|retain`). The sampler's decode loop, whose buffers are
-small, got 8-15 % slower (threads now share one arena's lock); a whole GRPO step still gains
-5-10 % (experiments/benchmarks/RESULTS.md, "Malloc settings").
+model's shapes (100 MiB of temporaries; tests/test_host.py) faulted 26,490-27,759 times
+per call (median of 9 calls, three runs), and 0 times with these settings; the tiny
+preset's GRPO train step went from 195 to 157-165 ms, the bench preset's from 3.19 to 2.85 s
+(`experiments/benchmarks/op_trace.py train --preset tiny|bench --malloc default|retain`).
+The sampler's decode loop, whose buffers are small, got 8-15 % slower (threads now share one
+arena's lock); a whole GRPO step still gains 5-10 % (experiments/benchmarks/RESULTS.md,
+"Malloc settings").
 
 The fix is three `mallopt` settings: one arena for every thread (the main arena grows with
 `brk`, without a size cap), no `mmap` for allocations below 2 GiB, and no trimming of the

@@ -15,9 +15,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # One process per setting (malloc settings are process-wide): a jitted 4-layer SwiGLU stack
 # whose forward + backward needs about 100 MiB of XLA temporaries, more than a thread's malloc
-# arena can hold, called 5 times after warm-up; prints the minor page faults per call.
+# arena can hold, called 9 times after warm-up; prints the median of the calls' minor page
+# faults (a median: with asynchronous dispatch a call's buffers are now and then allocated
+# before the previous call's are freed, and the heap grows once more).
 _FAULTS = r"""
-import json, resource, sys
+import json, resource, statistics, sys
 retain = sys.argv[1] == "retain"
 if retain:
     from lrmjax import host
@@ -38,10 +40,12 @@ step = jax.jit(jax.grad(stack, argnums=(0, 1))).lower(x, ws).compile()
 temp = step.memory_analysis().temp_size_in_bytes
 for _ in range(3):
     jax.block_until_ready(step(x, ws))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+counts = []
+for _ in range(9):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     jax.block_until_ready(step(x, ws))
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+    counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+faults = statistics.median(counts)
 print(json.dumps({"faults_per_call": faults, "temp_mib": temp / 2**20}))
 """
 
