@@ -16,10 +16,11 @@ Layout of a Rollout: the batch is B*n rows, group-major (the n samples of prompt
 b*n .. b*n+n-1). Responses are right padded with `pad_id` after the stop token; the stop token
 itself is part of the response (mask True), so a trainer learns to emit it.
 
-Randomness: the token of row r at response step t is drawn with
-`fold_in(fold_in(key, t), r)`. The key therefore depends on the global row index only, not on
-the batch size, the bucket padding or the prefill sharing: sampling n per prompt gives exactly
-the same tokens as repeating each prompt n times with n=1 (tests/test_sampling.py checks it).
+Randomness: the token of row r at response step t is drawn by inverse transform sampling
+(`inverse_cdf_tokens`) from one uniform of the key `fold_in(fold_in(key, t), r)`. The key
+depends on the global row index only, not on the batch size, the bucket padding or the
+prefill sharing: sampling n per prompt gives exactly the same tokens as repeating each prompt
+n times with n=1 (tests/test_sampling.py checks it).
 
 Truncation follows the order used by HF `generate` and vLLM: temperature, then top-k, then
 top-p (nucleus, over the top-k renormalized distribution; the token whose cumulative
@@ -48,6 +49,10 @@ Array = jax.Array
 
 FINISH_STOP = 0  # the sequence emitted EOS / a stop id
 FINISH_LENGTH = 1  # the sequence reached max_new_tokens
+# Decode steps between two "has every row stopped?" tests when the batch spans devices:
+# each test is a rendezvous of the devices (on a 2-core CPU with 2 devices, testing every
+# step cost 13 % of a `tiny` rollout); more than 8 would waste more steps after the end.
+SHARDED_STOP_CHECK = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,10 +178,60 @@ def sample_logits(logits: Array, keys: Array, sampling: SamplingParams) -> Array
     if sampling.greedy:
         return greedy_tokens(logits)
     logits = truncate_logits(logits / sampling.temperature, sampling)
-    # Gumbel-max, as jax.random.categorical draws (same noise, same ties), with the cheaper
-    # argmax of `greedy_tokens`: the two-operand argmax was a fifth of a sampled decode step.
-    noise = jax.vmap(lambda k: jax.random.gumbel(k, logits.shape[-1:], logits.dtype))(keys)
-    return greedy_tokens(logits + noise)
+    uniforms = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
+    return inverse_cdf_tokens(logits, uniforms)
+
+
+def _cdf_block(vocab: int) -> int:
+    """Block width of the two-level CDF search: the largest power of two that divides the
+    vocabulary, at most 256 (32,000 -> 256, 151,936 -> 128); 64 with zero padding when
+    that is below 16 (small odd vocabularies)."""
+    b = min(vocab & -vocab, 256)
+    return b if b >= 16 else 64
+
+
+def inverse_cdf_tokens(logits: Array, uniforms: Array) -> Array:
+    """Draws one token per row by inverse transform sampling: [N, V], [N] -> [N] int32.
+
+    Token i is picked when u * sum(p) falls in [c_{i-1}, c_i), c the cumulative sum of
+    p = exp(logits - max), so each token has probability softmax(logits)_i. One uniform per
+    row instead of Gumbel-max's V: on a 2-core CPU the threefry bits for [N, V] noise were a
+    tenth of a sampled decode step (`experiments/benchmarks/op_trace.py decode`). The search
+    is two-level (block sums, the block that crosses, then the crossing inside it), because
+    XLA's CPU cumsum over a 32k vocabulary costs more than the Gumbel draw it replaces.
+
+    Tokens with logit -inf (truncated) have p = 0 and are never picked, whatever the float
+    rounding of the sums (a crossing must hold mass; if rounding leaves none, the last token
+    with mass is taken). fp32 resolves probabilities down to about 1e-7 of the row's mass, the
+    same range as fp32 Gumbel noise (whose largest draw is about 16.6, e^-16.6 ~ 6e-8). A row
+    with NaN logits yields a valid id.
+    """
+    N, V = logits.shape
+    p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))  # [N, V], 0 where -inf
+    width = _cdf_block(V)
+    blocks = -(-V // width)
+    if blocks * width != V:
+        p = jnp.pad(p, ((0, 0), (0, blocks * width - V)))
+    p = p.reshape(N, blocks, width)
+    block_mass = jnp.sum(p, axis=-1)                            # [N, blocks]
+    cum = jnp.cumsum(block_mass, axis=-1)
+    target = uniforms.astype(p.dtype) * cum[:, -1]              # [N]
+
+    def first_crossing(cum, mass, target):
+        """First index whose cumulative mass exceeds target and that holds mass, else the
+        last index with mass (else 0): [N, M] -> [N]."""
+        idx = jnp.arange(mass.shape[-1], dtype=jnp.int32)
+        hit = jnp.min(jnp.where((cum > target[:, None]) & (mass > 0), idx, mass.shape[-1]),
+                      axis=-1)
+        last = jnp.max(jnp.where(mass > 0, idx, 0), axis=-1)
+        return jnp.where(hit < mass.shape[-1], hit, last)
+
+    block = first_crossing(cum, block_mass, target)             # [N]
+    inside = jnp.take_along_axis(p, block[:, None, None], axis=1)[:, 0]  # [N, width]
+    before = jnp.where(block > 0, jnp.take_along_axis(
+        cum, jnp.maximum(block - 1, 0)[:, None], axis=1)[:, 0], 0.0)
+    offset = first_crossing(before[:, None] + jnp.cumsum(inside, axis=-1), inside, target)
+    return jnp.minimum(block * width + offset, V - 1)
 
 
 def greedy_tokens(logits: Array) -> Array:
@@ -214,6 +269,7 @@ class _DecodeState:
     cache: transformer.KVCache
     last: Array  # [N] int32: the token to feed next
     done: Array  # [N] bool
+    all_done: Array  # bool scalar: the loop's exit test, refreshed every stop_check_every steps
     tokens: Array  # [N, R] int32
     mask: Array  # [N, R] bool
     logprobs: Array  # [N, R] float32
@@ -222,7 +278,7 @@ class _DecodeState:
 
 def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, *,
              cfg: ModelConfig, sampling: SamplingParams, stop_ids: tuple[int, ...],
-             pad_id: int) -> Rollout:
+             pad_id: int, stop_check_every: int = 1) -> Rollout:
     """Samples `sampling.n` responses per prompt. Pure and jittable.
 
     Args:
@@ -235,6 +291,11 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
       sampling: static sampling parameters; R = sampling.max_new_tokens.
       stop_ids: token ids that end a response (included in it, masked in).
       pad_id: fills the response after it stops.
+      stop_check_every: the loop tests whether every row has stopped after every this many
+        steps. With the batch sharded over devices the test is an all-reduce, a rendezvous of
+        the devices; `Sampler` then tests every `SHARDED_STOP_CHECK` steps, which may run up to
+        that many minus one extra steps (emitting pads) once every row has stopped. Without
+        stop ids only the dummy rows are ever done, and the loop never tests.
 
     Returns:
       A Rollout with B*n rows, group-major.
@@ -279,8 +340,16 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
         stopped = active & jnp.any(tok[:, None] == stops[None, :], axis=-1)
         put = functools.partial(jax.lax.dynamic_update_slice_in_dim, start_index=state.step,
                                 axis=1)
+        done = state.done | stopped
+        if stops.size and stop_check_every == 1:
+            all_done = jnp.all(done)
+        elif stops.size:
+            all_done = jax.lax.cond((state.step + 1) % stop_check_every == 0, jnp.all,
+                                    lambda d: jnp.zeros((), bool), done)
+        else:
+            all_done = state.all_done
         return _DecodeState(
-            step=state.step + 1, cache=cache, last=tok, done=state.done | stopped,
+            step=state.step + 1, cache=cache, last=tok, done=done, all_done=all_done,
             tokens=put(state.tokens, tok[:, None]), mask=put(state.mask, active[:, None]),
             logprobs=put(state.logprobs, logp[:, None]),
             finish=jnp.where(stopped, FINISH_STOP, state.finish))
@@ -288,13 +357,14 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
     dummy = prompt_len == 0
     state = _DecodeState(
         step=jnp.zeros((), jnp.int32), cache=cache, last=jnp.zeros((N,), jnp.int32),
-        done=dummy, tokens=jnp.full((N, R), pad_id, jnp.int32), mask=jnp.zeros((N, R), bool),
+        done=dummy, all_done=jnp.all(dummy), tokens=jnp.full((N, R), pad_id, jnp.int32),
+        mask=jnp.zeros((N, R), bool),
         logprobs=jnp.zeros((N, R), jnp.float32),
         finish=jnp.where(dummy, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32))
     state = record(state, *choose(0, logits), cache)
 
     def cond(state: _DecodeState) -> Array:
-        return (state.step < R) & ~jnp.all(state.done)
+        return (state.step < R) & ~state.all_done
 
     def body(state: _DecodeState) -> _DecodeState:
         # Feed the previous token (response index step-1) at slot P + step - 1.
@@ -336,18 +406,25 @@ class Sampler:
     (prompt bucket, batch bucket, SamplingParams, params layout); `num_compilations` counts
     them. With a mesh, prompts are placed with `parallel.batch_sharding(mesh)` and every batch
     bucket must be a multiple of `parallel.batch_divisor(mesh)`; params are used in whatever
-    sharding they already have.
+    sharding they already have. `stop_check_every` (see `generate`) defaults to 1 on one
+    device and to `SHARDED_STOP_CHECK` when the batch is split over several.
     """
 
     def __init__(self, cfg: ModelConfig, *, pad_id: int, stop_ids: Sequence[int],
                  mesh: jax.sharding.Mesh | None = None,
                  prompt_buckets: Sequence[int] | None = None,
-                 batch_buckets: Sequence[int] | None = None):
+                 batch_buckets: Sequence[int] | None = None,
+                 stop_check_every: int | None = None):
         self.cfg = cfg
         self.pad_id = int(pad_id)
         self.stop_ids = tuple(int(s) for s in stop_ids)
         self.mesh = mesh
         divisor = 1 if mesh is None else parallel.batch_divisor(mesh)
+        if stop_check_every is None:
+            stop_check_every = 1 if divisor == 1 else SHARDED_STOP_CHECK
+        if stop_check_every < 1:
+            raise ValueError(f"stop_check_every must be >= 1, got {stop_check_every}")
+        self.stop_check_every = int(stop_check_every)
         if prompt_buckets is None:
             prompt_buckets = _powers_of_two(16, cfg.max_seq_len)
         if batch_buckets is None:  # powers of two times the mesh's batch divisor
@@ -463,7 +540,8 @@ class Sampler:
                      tuple(sig(x) for x in args))
         if cache_key not in self._compiled:
             fn = jax.jit(functools.partial(generate, cfg=self.cfg, sampling=sampling,
-                                           stop_ids=self.stop_ids, pad_id=self.pad_id))
+                                           stop_ids=self.stop_ids, pad_id=self.pad_id,
+                                           stop_check_every=self.stop_check_every))
             self._compiled[cache_key] = fn.lower(params, *args).compile()
             self.num_compilations += 1
         return self._compiled[cache_key]

@@ -157,6 +157,37 @@ def test_stop_token_ends_the_response(params, greedy_run):
     assert int(roll.lengths[0]) <= 3 and int(roll.finish_reason[0]) == sampling.FINISH_STOP
 
 
+@pytest.mark.parametrize("every", [2, 4, 8])
+def test_sparse_stop_checks_give_the_same_rollout(params, every):
+    """Testing for "all stopped" every k steps only runs extra pad steps: the rollout is the
+    one a test every step gives, with every row stopping early (stop ids = each row's second
+    sampled token) and with none stopping (no stop ids)."""
+    tokens, mask, _ = _prompts(4, seed=5)
+    key = jax.random.key(3)
+    free = Sampler(CFG, pad_id=PAD, stop_ids=(), prompt_buckets=(8,), batch_buckets=(4,))
+    stops = tuple(int(t) for t in np.unique(np.asarray(
+        free.generate(params, tokens, mask, HOT, key).response_tokens)[:, 1]))
+    for stop_ids in (stops, ()):
+        runs = [Sampler(CFG, pad_id=PAD, stop_ids=stop_ids, prompt_buckets=(8,),
+                        batch_buckets=(4,), stop_check_every=k).generate(
+                            params, tokens, mask, HOT, key) for k in (1, every)]
+        for field in ("response_tokens", "response_mask", "lengths", "finish_reason"):
+            np.testing.assert_array_equal(getattr(runs[0], field), getattr(runs[1], field))
+        np.testing.assert_array_equal(runs[0].logprobs, runs[1].logprobs)
+        if stop_ids:
+            assert (np.asarray(runs[0].lengths) <= 2).all()
+
+
+def test_stop_check_default_follows_the_batch_sharding():
+    assert Sampler(CFG, pad_id=PAD, stop_ids=(EOS,)).stop_check_every == 1
+    two, one = (parallel.make_mesh((k, 1, 1), jax.devices()[:k]) for k in (2, 1))
+    split = Sampler(CFG, pad_id=PAD, stop_ids=(EOS,), mesh=two)
+    assert split.stop_check_every == sampling.SHARDED_STOP_CHECK
+    assert Sampler(CFG, pad_id=PAD, stop_ids=(EOS,), mesh=one).stop_check_every == 1
+    with pytest.raises(ValueError, match="stop_check_every"):
+        Sampler(CFG, pad_id=PAD, stop_ids=(EOS,), stop_check_every=0)
+
+
 def test_bucketing_avoids_recompiles(params):
     s = Sampler(CFG, pad_id=PAD, stop_ids=(EOS,), prompt_buckets=(8, 16),
                 batch_buckets=(4, 8))
@@ -316,11 +347,66 @@ def test_greedy_tokens_and_token_logprob_match_numpy():
         ref[np.arange(6), picks], rtol=1e-5, atol=1e-5)
 
 
-def test_sampled_tokens_are_jax_categorical_draws():
-    """Gumbel-max with the cheaper argmax draws exactly what jax.random.categorical draws."""
+def _numpy_inverse_cdf(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Reference: float64 softmax, cumulative sum, first index whose sum exceeds u."""
+    x = logits.astype(np.float64)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    c = np.cumsum(p / p.sum(-1, keepdims=True), axis=-1)
+    return np.array([np.searchsorted(row, ui, side="right") for row, ui in zip(c, u, strict=True)])
+
+
+@pytest.mark.parametrize("vocab", [7, 50, 1000, 32000])
+def test_inverse_cdf_tokens_match_numpy(vocab):
+    """The two-level search picks the token a float64 cumulative sum picks (one-block, padded
+    and many-block vocabularies); where u lies within float32 rounding of a boundary, the
+    token's float64 CDF interval holds u up to that rounding."""
+    rng = np.random.default_rng(vocab)
+    logits = (rng.normal(size=(256, vocab)) * 3).astype(np.float32)
+    u = rng.random(256).astype(np.float32)
+    ours = np.asarray(sampling.inverse_cdf_tokens(jnp.asarray(logits), jnp.asarray(u)))
+    ref = _numpy_inverse_cdf(logits, u.astype(np.float64))
+    assert ((ours >= 0) & (ours < vocab)).all()
+    x = logits.astype(np.float64)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    c = np.cumsum(p / p.sum(-1, keepdims=True), axis=-1)
+    rows = np.arange(256)
+    lo = np.where(ours > 0, c[rows, np.maximum(ours - 1, 0)], 0.0)
+    hi = c[rows, ours]
+    np.testing.assert_array_less(lo - 2e-6, u)
+    np.testing.assert_array_less(u, hi + 2e-6)
+    assert (ours == ref).mean() >= 0.95
+
+
+def test_inverse_cdf_tokens_edge_cases():
+    V = 300  # padded to 320 (blocks of 64)
+    logits = np.full((6, V), -np.inf, np.float32)
+    logits[0, 5] = 0.0                                  # one token: always picked
+    logits[1, [10, 299]] = 1.0                          # two, the second in the last block
+    logits[2] = np.linspace(0, 5, V)                    # all tokens, u close to 1
+    logits[3, 17] = np.nan                              # NaN: still a valid id
+    logits[4, 64:128] = 0.0                             # a middle block only
+    logits[5, :] = 0.0
+    logits[5, 250:] = -np.inf                           # truncated tail
+    u = np.array([0.5, 0.99, 1 - 2**-24, 0.3, 0.999999, 1 - 2**-24], np.float32)
+    got = np.asarray(sampling.inverse_cdf_tokens(jnp.asarray(logits), jnp.asarray(u)))
+    assert got[0] == 5
+    assert got[1] == 299
+    assert got[2] == V - 1
+    assert 0 <= got[3] < V
+    assert 64 <= got[4] < 128
+    assert got[5] == 249  # never a -inf token, even at u just below 1
+    # u = 0 picks the first token with mass.
+    zero = np.asarray(sampling.inverse_cdf_tokens(jnp.asarray(logits[[1, 4]]),
+                                                  jnp.zeros(2, jnp.float32)))
+    np.testing.assert_array_equal(zero, [10, 64])
+
+
+def test_sampled_tokens_use_one_uniform_per_row_key():
+    """sample_logits draws u = uniform(row key) and inverts the tempered CDF."""
     keys = jax.random.split(jax.random.key(1), 64)
     logits = jax.random.normal(jax.random.key(2), (64, 1000)) * 3
-    ours = sampling.sample_logits(logits, keys, SamplingParams(temperature=1.0,
+    ours = sampling.sample_logits(logits, keys, SamplingParams(temperature=0.5,
                                                                max_new_tokens=1))
-    np.testing.assert_array_equal(np.asarray(ours),
-                                  np.asarray(jax.vmap(jax.random.categorical)(keys, logits)))
+    u = np.asarray(jax.vmap(lambda k: jax.random.uniform(k, ()))(keys), np.float64)
+    ref = _numpy_inverse_cdf(np.asarray(logits) / 0.5, u)
+    assert (np.asarray(ours) == ref).mean() >= 62 / 64

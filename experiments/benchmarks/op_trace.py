@@ -41,6 +41,12 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=32, help="decode: prompts")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--stop-id", type=int, action="append", default=[],
+                   help="decode: a stop token id (repeatable; none by default, so the loop "
+                        "runs all --new-tokens steps either way: a stop id never drawn makes "
+                        "the loop test for it)")
+    p.add_argument("--stop-check-every", type=int,
+                   help="decode: steps between stop tests (default: as Sampler picks it)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--malloc", choices=("retain", "default"), default="retain",
@@ -110,15 +116,19 @@ def main() -> int:
         B = args.batch
         sp = sampling.SamplingParams(temperature=args.temperature,
                                      max_new_tokens=args.new_tokens)
-        fn = jax.jit(functools.partial(sampling.generate, cfg=cfg, sampling=sp, stop_ids=(),
-                                       pad_id=0))
+        every = args.stop_check_every or (
+            1 if args.devices == 1 else sampling.SHARDED_STOP_CHECK)
+        fn = jax.jit(functools.partial(sampling.generate, cfg=cfg, sampling=sp,
+                                       stop_ids=tuple(args.stop_id), pad_id=0,
+                                       stop_check_every=every))
         toks = shard(rng.integers(5, cfg.vocab_size, (B, 64)).astype(np.int32))
         mask = shard(np.ones((B, 64), bool))
         key = jax.random.key(0)
         compiled = fn.lower(params, toks, mask, key).compile()
         call = functools.partial(compiled, params, toks, mask, key)
         what = (f"generate, {cfg.name}, batch {B}, prompt 64, {args.new_tokens} new tokens, "
-                f"temperature {args.temperature}")
+                f"temperature {args.temperature}, stop ids {args.stop_id or 'none'} "
+                f"tested every {every} step(s)")
 
     # Op name -> the model code it came from (layer numbers merged).
     source = {}
