@@ -3,10 +3,11 @@
 import json
 import logging
 
+import grain
 import numpy as np
 import pytest
 
-from lrmjax.data import FIXTURES_DIR
+from lrmjax.data import FIXTURES_DIR, datasets
 from lrmjax.data.datasets import PromptDataset, make_source, shard_indices, split_counts
 from lrmjax.data.tasks import Example, get_task
 from lrmjax.data.tfds_builders import last_boxed, read_jsonl
@@ -173,6 +174,18 @@ def test_shuffle_is_seeded_and_epochs_are_permutations(gsm8k):
     ordered = _rows(_take(iter(PromptDataset(gsm8k, batch_size=5, shuffle=False)), 6))
     assert sum(ordered, []) == list(range(30))
     assert all(isinstance(e, Example) for e in next(iter(PromptDataset(gsm8k, 5))))
+
+
+def test_epoch_shuffle_draws_one_numpy_permutation_per_epoch():
+    """Element i of epoch e is perm_e[i], perm_e = default_rng([seed, e]).permutation(n);
+    any order of access (here epochs 0-4, then back to 1, past the two-epoch cache)."""
+    n, seed = 11, 7
+    ds = datasets.EpochShuffle(grain.MapDataset.source(list(range(n))), seed=seed)
+    assert len(ds) == n
+    want = {e: np.random.default_rng([seed, e]).permutation(n) for e in range(5)}
+    for e in list(range(5)) + [1]:
+        assert [ds[e * n + i] for i in range(n)] == want[e].tolist()
+    assert want[0].tolist() != want[1].tolist()
 
 
 def test_resume_equals_uninterrupted(gsm8k):

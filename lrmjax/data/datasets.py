@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
+import numpy as np
 import tensorflow_datasets as tfds
 
 from lrmjax.data import tfds_builders
@@ -111,6 +112,39 @@ def split_counts(total: int, weights: Sequence[float]) -> list[int]:
     return counts
 
 
+class EpochShuffle(grain.MapDataset):
+    """grain's global shuffle (`MapDataset.shuffle`: element i of epoch e is element
+    perm_e[i] of the parent, a new permutation every epoch), with each epoch's permutation
+    drawn once by numpy (`default_rng([seed, e])`) instead of grain's per-index
+    `index_shuffle`, which took 0.3 ms per element here: 2.5 ms of every 8-prompt RL step
+    and 150 ms of a 512-prompt one. Holds the permutations of the last two epochs read."""
+
+    def __init__(self, parent: grain.MapDataset, *, seed: int):
+        super().__init__(parent)
+        self._seed = int(seed)
+        self._perms: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def __str__(self) -> str:
+        return f"EpochShuffle(seed={self._seed})"
+
+    def _index(self, index: int) -> int:
+        length = len(self._parent)
+        epoch, within = divmod(index, length)
+        if epoch not in self._perms:
+            if len(self._perms) >= 2:
+                del self._perms[min(self._perms)]
+            self._perms[epoch] = np.random.default_rng([self._seed, epoch]).permutation(length)
+        return epoch * length + int(self._perms[epoch][within])
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._index(index)]
+
+
 def _host_block(batch: list, index: int, count: int) -> list:
     """Host `index`'s block of a global batch (np.array_split sizes for a partial batch)."""
     per, extra = divmod(len(batch), count)
@@ -191,7 +225,7 @@ class PromptDataset:
                              f"{shard_count} hosts with drop_remainder=True")
         ds = grain.MapDataset.source(source)
         if shuffle:
-            ds = ds.shuffle(seed=seed)
+            ds = EpochShuffle(ds, seed=seed)
         ds = ds.batch(global_batch, drop_remainder=drop_remainder, batch_fn=list)
         if shard_count > 1:
             ds = ds.map(functools.partial(_host_block, index=shard_index, count=shard_count))
