@@ -98,9 +98,12 @@ def test_process_rewards_reach_the_update(tmp_path):
         assert r["reward/process_mean"] * n + r["reward/process_dropped"] == pytest.approx(n)
         assert r["reward/process_errors"] == 0
     assert rows[0]["reward/process_mean"] > 0
-    # Same seed, same samples at step 1: only the token rewards differ, and so does the loss.
+    # Same seed, same samples at step 1: only the token rewards differ. With weight 0 every
+    # advantage is 0 and so is the gradient; with the process reward it is not. (The loss
+    # itself is no witness: whitened advantages at ratio 1 average to 0 either way.)
     assert rows[0]["reward/mean"] == zero[0]["reward/mean"]
-    assert rows[0]["actor/pg_loss"] != zero[0]["actor/pg_loss"]
+    assert zero[0]["actor/grad_norm"] == 0.0
+    assert rows[0]["actor/grad_norm"] > 0.1
 
 
 def test_a_failing_process_reward_is_counted_not_fatal(tmp_path):
