@@ -122,6 +122,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.train.ppo_epochs = 1
     c.train.minibatches = 1          # optimizer steps per epoch
     c.train.microbatches = 1         # gradient accumulation inside one optimizer step
+    # Each group's prompt runs once, not n times, in the reference/old logprob passes and (with
+    # one minibatch) the update: exact, and n-1 of n prompt token-passes fewer.
+    c.train.shared_prompt_forward = True
     c.train.max_refill_rounds = 4    # dynamic sampling: extra sampling rounds per step
     c.train.max_nonfinite = 5        # consecutive skipped (non-finite) updates before stopping
     c.train.log_every = 10

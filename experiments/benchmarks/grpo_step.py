@@ -47,6 +47,7 @@ Usage (from the repository root):
   .venv/bin/python experiments/benchmarks/grpo_step.py                       # tiny,bench
   .venv/bin/python experiments/benchmarks/grpo_step.py --quick --models tiny  # smoke run
   .venv/bin/python experiments/benchmarks/grpo_step.py --devices 1 --no-tunix
+  .venv/bin/python experiments/benchmarks/grpo_step.py --no-tunix --ab train.microbatches=2
   python experiments/benchmarks/grpo_step.py --platform gpu --peer-python python  # on a GPU
 """
 
@@ -161,6 +162,10 @@ def lrmjax_config(args: argparse.Namespace):
     c.eval.every = 0  # and no eval_path: no eval before or after
     c.mesh.cpu_devices = args.devices
     c.mesh.cpu_retain_freed_memory = args.malloc == "retain"
+    for item in args.set or []:  # an A/B variant's overrides
+        key, _, value = item.partition("=")
+        config_lib.set_by_path(c, key, value)
+    config_lib.validate(c)
     return c
 
 
@@ -211,10 +216,12 @@ def _timed(values: list, warmup: int) -> list[float]:
     return [float(v) for v in values[warmup:] if v is not None]
 
 
-def run_lrmjax(args, model_dir: pathlib.Path, devices: int, tag: str) -> dict:
+def run_lrmjax(args, model_dir: pathlib.Path, devices: int, tag: str,
+               sets: tuple[str, ...] = ()) -> dict:
     cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", "lrmjax",
            "--model-dir", str(model_dir), "--devices", str(devices),
            "--run-dir", str(model_dir.parent / "runs" / tag), *_shape_flags(args)]
+    cmd += [f"--set={item}" for item in sets]
     out = _run(cmd, model_dir.parent / f"{tag}.log", args)
     return {"step_s": _timed(out["step_s"], args.warmup),
             "wall_s": _timed(out["wall_s"], args.warmup),
@@ -289,27 +296,32 @@ def main(args) -> None:
     devices = [int(d) for d in args.devices.split(",") if d]
     if args.platform == "gpu" and devices != [1]:
         raise SystemExit("--platform gpu runs on one GPU: pass --devices 1")
-    contenders = [("lrmjax", d) for d in devices] + ([] if args.no_tunix else [("tunix", 1)])
+    # (name, devices, config overrides): lrmjax as configured, and with --ab overrides.
+    contenders = [("lrmjax", d, ()) for d in devices]
+    if args.ab:
+        contenders += [("lrmjax", d, tuple(args.ab)) for d in devices]
+    contenders += [] if args.no_tunix else [("tunix", 1, ())]
     print(f"uptime: {os.popen('uptime').read().strip()}", flush=True)
     results = {}
     for model in models:
         model_dir = prepare_model(args, model)
-        times: dict[tuple[str, int], dict] = {c: {} for c in contenders}
+        times: dict[tuple, dict] = {c: {} for c in contenders}
         for r in range(args.rounds):
             order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
-            for name, dev in order:
-                tag = f"{name}_d{dev}_r{r}"
+            for contender in order:
+                name, dev, sets = contender
+                tag = f"{name}{'_ab' if sets else ''}_d{dev}_r{r}"
                 start = time.perf_counter()
                 try:
-                    out = (run_lrmjax(args, model_dir, dev, tag) if name == "lrmjax"
+                    out = (run_lrmjax(args, model_dir, dev, tag, sets) if name == "lrmjax"
                            else run_tunix(args, model_dir, tag))
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     print(f"{model} {tag}: FAILED: {e}", flush=True)
-                    times[(name, dev)].setdefault("errors", []).append(str(e)[-500:])
+                    times[contender].setdefault("errors", []).append(str(e)[-500:])
                     continue
                 for k in ("step_s", "wall_s"):
-                    times[(name, dev)].setdefault(k, []).extend(out[k])
-                times[(name, dev)].setdefault("runs", []).append(out)
+                    times[contender].setdefault(k, []).extend(out[k])
+                times[contender].setdefault("runs", []).append(out)
                 print(f"{model} {tag}: step s {[round(t, 3) for t in out['step_s']]}, first "
                       f"{out['first_s']:.1f}s" + (f", parts {_fmt(out['parts'])}"
                                                   if out["parts"] else "")
@@ -317,16 +329,20 @@ def main(args) -> None:
         results[model] = times
     print_table(args, results, contenders)
     out = pathlib.Path(args.workdir).resolve() / "results.json"
-    out.write_text(json.dumps({m: {f"{n}_d{d}": v for (n, d), v in t.items()}
+    out.write_text(json.dumps({m: {_label(n, s) + f"_d{d}": v for (n, d, s), v in t.items()}
                                for m, t in results.items()}, indent=1))
     print(f"all step times: {out}")
+
+
+def _label(name: str, sets: tuple[str, ...]) -> str:
+    return f"{name} ({', '.join(sets)})" if sets else name
 
 
 def _fmt(parts: dict[str, float]) -> str:
     return " / ".join(f"{k} {v:.3f}" for k, v in parts.items())
 
 
-def print_table(args, results: dict, contenders: list[tuple[str, int]]) -> None:
+def print_table(args, results: dict, contenders: list[tuple]) -> None:
     where = common.machine(args.platform)
     print(f"\nseconds per GRPO step: {args.batch} prompts x {args.n} samples, prompts 16-"
           f"{args.prompt_len} tokens, exactly {args.new_tokens} new tokens, k3 KL loss "
@@ -338,10 +354,11 @@ def print_table(args, results: dict, contenders: list[tuple[str, int]]) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for model, times in results.items():
-        tunix = times.get(("tunix", 1), {}).get("wall_s")
+        tunix = times.get(("tunix", 1, ()), {}).get("wall_s")
         tunix_med = statistics.median(tunix) if tunix else None
-        for name, dev in contenders:
-            t = times[(name, dev)]
+        for name, dev, sets in contenders:
+            t = times[(name, dev, sets)]
+            name = _label(name, sets)
             if not t.get("step_s"):
                 print(f"| {model} | {name} | {dev} | failed: see logs | | | | |")
                 continue
@@ -385,6 +402,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="where both contenders run (gpu: the first CUDA device)")
     p.add_argument("--malloc", choices=("retain", "default"), default="retain",
                    help="lrmjax's mesh.cpu_retain_freed_memory (lrmjax/host.py): on or off")
+    p.add_argument("--ab", action="append", default=[], metavar="KEY=VALUE",
+                   help="also run lrmjax with this config override (repeatable: all in one "
+                        "variant), alternating with the plain runs, for an A/B on one machine")
+    p.add_argument("--set", action="append", help=argparse.SUPPRESS)  # a worker's overrides
     p.add_argument("--worker", choices=("lrmjax",), help=argparse.SUPPRESS)
     p.add_argument("--model-dir", type=pathlib.Path, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)

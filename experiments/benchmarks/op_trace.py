@@ -7,7 +7,9 @@ call, with the ops grouped by the model code they come from (layers merged).
 
 `train` times `steps.rl_train_step` (on-policy, KL k3 in the loss when --kl > 0) on random
 tokens: N rows of P prompt + R response slots (default 32 x (32 + 64), the GRPO-step
-benchmark's shapes; `--demo` uses the demo's model and 256 x (10 + 6)). `decode` times
+benchmark's shapes; `--demo` uses the demo's model and 256 x (10 + 6)), the rows in groups
+of --n sharing a prompt that runs once per group, as the trainer runs it (`--no-shared-prompt`:
+once per row). `decode` times
 `sampling.generate` (greedy unless --temperature, exactly --new-tokens tokens). Op times
 come from the profiler trace; ops that run concurrently overlap, so their sum can exceed the
 wall time. Set the device count with --devices (XLA_FLAGS is set before jax starts).
@@ -38,6 +40,10 @@ def main() -> int:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--response-len", type=int, default=64)
     p.add_argument("--kl", type=float, default=0.04)
+    p.add_argument("--n", type=int, default=4,
+                   help="train: responses per prompt (rows come in groups sharing a prompt)")
+    p.add_argument("--no-shared-prompt", action="store_true",
+                   help="train: run every row's prompt (train.shared_prompt_forward=False)")
     p.add_argument("--batch", type=int, default=32, help="decode: prompts")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -76,7 +82,7 @@ def main() -> int:
     if args.demo:
         cfg = presets.get("tiny", vocab_size=CharTokenizer().vocab_size, num_layers=2,
                           max_seq_len=64)
-        args.rows, args.prompt_len, args.response_len, args.kl = 256, 10, 6, 0.0
+        args.rows, args.prompt_len, args.response_len, args.kl, args.n = 256, 10, 6, 0.0, 8
     else:
         cfg = presets.get(args.preset)
     params = parallel.init_sharded_params(cfg, jax.random.key(0), mesh)
@@ -86,15 +92,19 @@ def main() -> int:
         algo = config_lib.base_config("grpo").rl
         algo.kl_mode, algo.kl_coef = ("loss", args.kl) if args.kl > 0 else ("none", 0.0)
         N, P, R = args.rows, args.prompt_len, args.response_len
+        group = 1 if args.no_shared_prompt else args.n
         state, state_sh = rl.place_state(TrainState.create(
             params, adamw(lr_schedule(1e-6, 0, 100), grad_clip=1.0), kl_coef=args.kl), mesh)
         fn = jax.jit(functools.partial(steps.rl_train_step, model_cfg=cfg, algo=algo,
-                                       prompt_len=P, temperature=1.0, on_policy=True),
+                                       prompt_len=P, temperature=1.0, on_policy=True,
+                                       group_size=group),
                      in_shardings=(state_sh, parallel.batch_sharding(mesh)),
                      out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,))
         mask = np.ones((N, P + R), bool)
         mask[:, :P // 4] = False
-        batch = {"tokens": rng.integers(3, cfg.vocab_size, (N, P + R)).astype(np.int32),
+        tokens = rng.integers(3, cfg.vocab_size, (N, P + R)).astype(np.int32)
+        tokens[:, :P] = np.repeat(tokens[::args.n, :P], args.n, axis=0)  # groups of n
+        batch = {"tokens": tokens,
                  "mask": mask, "loss_mask": mask[:, P:].astype(np.float32),
                  "advantages": rng.normal(size=(N, R)).astype(np.float32),
                  "sampler_logprobs": -np.ones((N, R), np.float32),
@@ -103,7 +113,7 @@ def main() -> int:
         batch = {k: shard(v) for k, v in batch.items()}
         if args.kl > 0:
             batch["ref_logprobs"] = jax.jit(functools.partial(
-                steps.response_logprobs, model_cfg=cfg, prompt_len=P))(
+                steps.response_logprobs, model_cfg=cfg, prompt_len=P, group_size=group))(
                 state.params, batch["tokens"], batch["mask"])
         compiled = fn.lower(state, batch).compile()
         holder = {"state": state}
@@ -111,7 +121,8 @@ def main() -> int:
         def call():
             holder["state"], m = compiled(holder["state"], batch)
             return m
-        what = f"rl_train_step, {cfg.name}, {N} x ({P} + {R}) tokens, kl {args.kl}"
+        what = (f"rl_train_step, {cfg.name}, {N} x ({P} + {R}) tokens, kl {args.kl}, "
+                f"{'shared prompts of ' + str(args.n) + ' rows' if group > 1 else 'no sharing'}")
     else:
         B = args.batch
         sp = sampling.SamplingParams(temperature=args.temperature,

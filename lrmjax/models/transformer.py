@@ -54,6 +54,16 @@ class KVCache:
     mask: Array
     index: Array
 
+    def add_slots(self, extra: int) -> KVCache:
+        """The same cache with `extra` empty slots appended (for a continuation)."""
+        k_pad = [(0, 0)] * 3 + [(0, extra)]           # [B, K, d, S]
+        v_pad = [(0, 0)] * 2 + [(0, extra), (0, 0)]   # [B, K, S, d]
+        if not isinstance(self.k, tuple):             # stacked: [L, ...]
+            k_pad, v_pad = [(0, 0)] + k_pad, [(0, 0)] + v_pad
+        return KVCache(k=jax.tree.map(lambda x: jnp.pad(x, k_pad), self.k),
+                       v=jax.tree.map(lambda x: jnp.pad(x, v_pad), self.v),
+                       mask=jnp.pad(self.mask, ((0, 0), (0, extra))), index=self.index)
+
     def repeat_batch(self, n: int) -> KVCache:
         """Each row repeated n times (row b*n + i continues row b): shares a prefill."""
         if n == 1:

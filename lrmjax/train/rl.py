@@ -241,17 +241,20 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     # ---------------------------------------------------------------- compiled steps
     state, state_sh = place_state(state, mesh)
     on_policy = cfg.train.ppo_epochs == 1 and cfg.train.minibatches == 1
+    logprob_group, update_group = shared_prompt_groups(cfg, mesh)
     # Explicit in/out shardings keep the state in one layout across steps (so neither the
     # step nor the sampler, which reads the same params, ever recompiles for a new layout).
     train_step = jax.jit(
         functools.partial(steps.rl_train_step, model_cfg=model_cfg, algo=algo,
                           prompt_len=inp.prompt_len, temperature=inp.loss_temperature,
-                          microbatches=cfg.train.microbatches, on_policy=on_policy),
+                          microbatches=cfg.train.microbatches, on_policy=on_policy,
+                          group_size=update_group),
         in_shardings=(state_sh, parallel.batch_sharding(mesh)),
         out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,))
     logprob_fn = jax.jit(functools.partial(steps.response_logprobs, model_cfg=model_cfg,
                                            prompt_len=inp.prompt_len,
-                                           temperature=inp.loss_temperature))
+                                           temperature=inp.loss_temperature,
+                                           group_size=logprob_group))
     value_fn = jax.jit(functools.partial(steps.response_values, model_cfg=model_cfg,
                                          prompt_len=inp.prompt_len))
     advantage_fn = jax.jit(functools.partial(adv_lib.compute_advantages, algo,
@@ -311,6 +314,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
 
         t0 = time.perf_counter()
         roll = batch.rollout
+        if logprob_group > 1:
+            check_groups_share_prompts(roll, logprob_group)
         tokens = np.concatenate([roll.prompt_tokens, roll.response_tokens], axis=1)
         mask = np.concatenate([roll.prompt_mask, roll.response_mask], axis=1)
         response_mask = roll.response_mask.astype(np.float32)
@@ -444,6 +449,37 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
 
         multihost_utils.sync_global_devices("lrmjax.train: done")
     return final
+
+
+def shared_prompt_groups(cfg: ml_collections.ConfigDict, mesh: Any) -> tuple[int, int]:
+    """Group sizes for the shared-prompt forward (`steps.grouped_hidden`) of the logprob
+    passes and of the update: sampling.n when `train.shared_prompt_forward` is on, else 1.
+
+    The reference/old logprob passes see the whole step's batch, group-major as sampled. The
+    update shares prompts only with one minibatch (several shuffle the rows apart), and each
+    pass only when its prompts split evenly over the batch shards (each device then holds
+    whole groups: no communication)."""
+    n = cfg.sampling.n
+    if not cfg.train.shared_prompt_forward or n == 1:
+        return 1, 1
+    shards = parallel.batch_divisor(mesh)
+    prompts = cfg.train.batch_prompts  # global
+    logprob = n if prompts % shards == 0 else 1
+    per_micro, rest = divmod(prompts, cfg.train.microbatches)
+    update = (n if cfg.train.minibatches == 1 and rest == 0 and per_micro % shards == 0
+              else 1)
+    return logprob, update
+
+
+def check_groups_share_prompts(roll: Rollout, n: int) -> None:
+    """Raises if the rows are not groups of n consecutive rows with one prompt (the layout
+    the shared-prompt forward relies on; a bug if it fails)."""
+    for name in ("prompt_tokens", "prompt_mask"):
+        x = np.asarray(getattr(roll, name))
+        groups = x.reshape(-1, n, x.shape[-1])
+        if (groups != groups[:, :1]).any():
+            raise RuntimeError(f"rollout {name} are not groups of {n} rows sharing a prompt; "
+                               "set train.shared_prompt_forward=False to bypass")
 
 
 def place_state(state: TrainState, mesh: Any) -> tuple[TrainState, TrainState]:
