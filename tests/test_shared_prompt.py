@@ -53,9 +53,9 @@ def _full_forward_logprobs(cfg, params, tokens, mask):
                      for i in range(tokens.shape[0])])
 
 
-@pytest.mark.parametrize("scan", [False, True])
-def test_grouped_logprobs_match_one_full_forward_per_row(scan):
-    cfg = dataclasses.replace(CFG, scan_layers=scan)
+@pytest.mark.parametrize("scan,remat", [(False, False), (True, True)])
+def test_grouped_logprobs_match_one_full_forward_per_row(scan, remat):
+    cfg = dataclasses.replace(CFG, scan_layers=scan, remat=remat)
     params = transformer.init_params(cfg, jax.random.key(1))
     tokens, mask, resp_mask = _batch()
     got = steps.response_logprobs(params, jnp.asarray(tokens), jnp.asarray(mask),
