@@ -55,6 +55,9 @@ class RLBatch:
     rewards: np.ndarray              # [N] float32 (after shaping)
     components: dict[str, np.ndarray]
     reward_metrics: dict[str, float]
+    # What `on_rollout` dispatched to the devices before the responses were decoded and
+    # scored (see `collect`), or None.
+    early: Any = None
 
 
 def _np_rollout(roll: Rollout) -> Rollout:
@@ -79,10 +82,13 @@ def _concat_rollouts(rolls: list[Rollout]) -> Rollout:
 
 
 def sample_and_score(inp: Inputs, params: Any, examples: list[Example], key: jax.Array,
-                     sampling: SamplingParams) -> RLBatch:
-    """Samples n responses per example and scores them (host reward pool or device reward)."""
+                     sampling: SamplingParams, on_rollout: Any = None) -> RLBatch:
+    """Samples n responses per example and scores them (host reward pool or device reward).
+    `on_rollout(rollout)`, if given, runs first: device work dispatched there overlaps the
+    host's decoding and scoring; its result is the batch's `early`."""
     tokens, mask = inp.encode(examples)
     roll = _np_rollout(inp.sampler.generate(params, tokens, mask, sampling, key))
+    early = on_rollout(roll) if on_rollout is not None else None
     completions = inp.decode(roll)
     rep = [ex for ex in examples for _ in range(sampling.n)]
     rewards, components, rmetrics = inp.score(rep, completions, roll, params)
@@ -93,18 +99,23 @@ def sample_and_score(inp: Inputs, params: Any, examples: list[Example], key: jax
                                            factor=algo.overlong_penalty_factor)
         components["overlong_penalty"] = np.asarray(penalty, np.float32)
         rewards = rewards + components["overlong_penalty"]
-    return RLBatch(examples, roll, completions, rewards.astype(np.float32), components, rmetrics)
+    return RLBatch(examples, roll, completions, rewards.astype(np.float32), components, rmetrics,
+                   early)
 
 
-def collect(inp: Inputs, params: Any, data_iter: Any, key: jax.Array, step_metrics: dict
-            ) -> RLBatch:
+def collect(inp: Inputs, params: Any, data_iter: Any, key: jax.Array, step_metrics: dict,
+            on_rollout: Any = None) -> RLBatch:
     """Samples one step's batch; with dynamic sampling (DAPO) drops groups whose rewards are
     all equal (zero advantage, no gradient) and samples more prompts, at most
     `train.max_refill_rounds` extra rounds. If the batch is still short, the dropped groups
-    fill it (they add no gradient) and `filter_groups/unfilled` counts them."""
+    fill it (they add no gradient) and `filter_groups/unfilled` counts them.
+
+    `on_rollout` (see `sample_and_score`) is called only without dynamic sampling, where the
+    first rollout is the batch."""
     cfg = inp.cfg
     n, want = cfg.sampling.n, cfg.train.batch_prompts // jax.process_count()  # per host
-    batch = sample_and_score(inp, params, next(data_iter), key, inp.train_sampling)
+    batch = sample_and_score(inp, params, next(data_iter), key, inp.train_sampling,
+                             None if cfg.rl.dynamic_sampling else on_rollout)
     if not cfg.rl.dynamic_sampling:
         return batch
     kept, dropped, rounds = [], [], 0
@@ -296,6 +307,18 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     base_key = jax.random.key(cfg.seed)
     consecutive_bad = 0
 
+    def dispatch_tokens(roll: Rollout) -> dict[str, Any]:
+        """The rollout's token and mask arrays on the mesh [N, P+R], and the reference
+        policy's log-probs of it dispatched at once: on the devices they overlap the host's
+        decoding and scoring of the responses (`collect`'s on_rollout)."""
+        dev = lambda x: parallel.host_to_global(x, mesh)  # noqa: E731
+        out = {"tokens": dev(np.concatenate([roll.prompt_tokens, roll.response_tokens],
+                                            axis=1).astype(np.int32)),
+               "mask": dev(np.concatenate([roll.prompt_mask, roll.response_mask], axis=1))}
+        if ref_params is not None:
+            out["ref_logprobs"] = logprob_fn(ref_params, out["tokens"], out["mask"])
+        return out
+
     # ---------------------------------------------------------------- the RL loop
     for rl_step in range(first, cfg.train.steps):
         compiles_before = compiles.count  # since the previous step's row (its eval and save)
@@ -304,7 +327,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         m: dict[str, float] = {}
 
         t0 = time.perf_counter()
-        batch = collect(inp, state.params, inp.data_iter, key, m)
+        batch = collect(inp, state.params, inp.data_iter, key, m, on_rollout=dispatch_tokens)
         m["timing_s/sample_and_reward"] = time.perf_counter() - t0
         m.update(rollout_metrics(batch, cfg.sampling.max_new_tokens))
         if cfg.reward.shuffle_control:
@@ -316,15 +339,14 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         roll = batch.rollout
         if logprob_group > 1:
             check_groups_share_prompts(roll, logprob_group)
-        tokens = np.concatenate([roll.prompt_tokens, roll.response_tokens], axis=1)
-        mask = np.concatenate([roll.prompt_mask, roll.response_mask], axis=1)
+        early = batch.early or dispatch_tokens(roll)
+        tokens_d, mask_d = early["tokens"], early["mask"]
         response_mask = roll.response_mask.astype(np.float32)
         loss_mask = response_mask.copy()
         if algo.overlong_filter:
             loss_mask[roll.finish_reason == 1] = 0.0
             m["response_length/filtered"] = m["response_length/clip_ratio"]  # all hosts
         dev = lambda x: parallel.host_to_global(x, mesh)  # this host's rows -> global batch
-        tokens_d, mask_d = dev(tokens.astype(np.int32)), dev(mask)
         data = {"tokens": tokens_d, "mask": mask_d, "loss_mask": dev(loss_mask),
                 "sampler_logprobs": dev(roll.logprobs.astype(np.float32))}
         data["old_logprobs"] = (data["sampler_logprobs"] if on_policy
@@ -341,7 +363,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
             m.update(zip(names, (float(x) for x in g["counts"].sum(axis=0)), strict=True))
             token_rewards = dev(process)
         if ref_params is not None:
-            data["ref_logprobs"] = logprob_fn(ref_params, tokens_d, mask_d)
+            data["ref_logprobs"] = early["ref_logprobs"]
             if algo.kl_mode == "reward":
                 old = (logprob_fn(state.params, tokens_d, mask_d) if on_policy
                        else data["old_logprobs"])
@@ -395,7 +417,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         m["timing_s/step"] = time.perf_counter() - t_step
         new_tokens = m["response_length/mean"] * num
         m["perf/tokens_per_s"] = new_tokens / m["timing_s/step"]
-        flops = inp.step_flops(num, tokens.shape[1], cfg.train.ppo_epochs,
+        flops = inp.step_flops(num, tokens_d.shape[1], cfg.train.ppo_epochs,
                                ref_params is not None, algo.use_critic)
         m["perf/mfu"] = flops / m["timing_s/step"] / (
             cfg.train.peak_tflops * 1e12 * jax.device_count())
