@@ -164,3 +164,12 @@ def test_rollouts_that_are_not_groups_are_refused():
     swapped = roll.replace(prompt_tokens=roll.prompt_tokens[[0, 2, 1, 3, 4, 5, 6, 7]])
     with pytest.raises(RuntimeError, match="not groups of 2 rows"):
         rl.check_groups_share_prompts(swapped, N_PER)
+
+
+def test_a_grouped_forward_takes_no_cache():
+    params = transformer.init_params(CFG, jax.random.key(0))
+    x = jnp.ones((1, P + N_PER * 2), jnp.int32)
+    with pytest.raises(ValueError, match="no KV cache"):
+        transformer.Transformer(CFG, groups=(P, N_PER)).apply(
+            {"params": params}, x, jnp.zeros_like(x), x > 0,
+            transformer.init_cache(CFG, 1, x.shape[1]))

@@ -54,16 +54,6 @@ class KVCache:
     mask: Array
     index: Array
 
-    def add_slots(self, extra: int) -> KVCache:
-        """The same cache with `extra` empty slots appended (for a continuation)."""
-        k_pad = [(0, 0)] * 3 + [(0, extra)]           # [B, K, d, S]
-        v_pad = [(0, 0)] * 2 + [(0, extra), (0, 0)]   # [B, K, S, d]
-        if not isinstance(self.k, tuple):             # stacked: [L, ...]
-            k_pad, v_pad = [(0, 0)] + k_pad, [(0, 0)] + v_pad
-        return KVCache(k=jax.tree.map(lambda x: jnp.pad(x, k_pad), self.k),
-                       v=jax.tree.map(lambda x: jnp.pad(x, v_pad), self.v),
-                       mask=jnp.pad(self.mask, ((0, 0), (0, extra))), index=self.index)
-
     def repeat_batch(self, n: int) -> KVCache:
         """Each row repeated n times (row b*n + i continues row b): shares a prefill."""
         if n == 1:
@@ -185,9 +175,15 @@ class Projection(nn.Module):
 
 
 class Attention(nn.Module):
-    """Grouped-query attention with RoPE, optional QKV bias and QK-norm, and a KV cache."""
+    """Grouped-query attention with RoPE, optional QKV bias and QK-norm, and a KV cache.
+
+    With `groups` = (P, n), row b of the [B, T] input is one group: a prompt of P slots, then
+    its n responses of R slots each (T = P + n*R, see `Transformer`); the prompt attends to
+    itself, each response to the prompt and to itself.
+    """
 
     cfg: ModelConfig
+    groups: tuple[int, int] | None = None
 
     @nn.compact
     def __call__(self, x, sin, cos, kv_mask, q_slots, kv, index):
@@ -214,6 +210,11 @@ class Attention(nn.Module):
             q = RMSNorm(cfg, d, "head_dim", name="q_norm")(q)
             k = RMSNorm(cfg, d, "head_dim", name="k_norm")(k)
         q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+        if self.groups is not None:
+            out = grouped_attention(q, k, v, kv_mask, *self.groups)
+            out = Projection(cfg, (H, d, D), ("heads", "head_dim", "embed"), 2,
+                             fan_in=H * d, name="o_proj")(out)
+            return out, None
         k = k.transpose(0, 2, 3, 1)  # [B, K, d, T]
         v = v.transpose(0, 2, 1, 3)  # [B, K, T, d]
 
@@ -248,6 +249,43 @@ class Attention(nn.Module):
         return out, kv
 
 
+def grouped_attention(q: Array, k: Array, v: Array, mask: Array, prompt_len: int,
+                      group_size: int) -> Array:
+    """Attention of shared-prompt groups: q [B, T, H, d], k/v [B, T, K, d], mask [B, T] with
+    T = P + n*R (a prompt, then its n responses) -> [B, T, H, d].
+
+    A prompt query sees the earlier real prompt slots; a response query sees every real
+    prompt slot and the earlier real slots of its own response: what it sees in the
+    response's own [P + R] row. Prompt keys are shared by the group's n responses (one
+    GEMM over all of them, no copies).
+    """
+    B, T, H, d = q.shape
+    K = k.shape[2]
+    G, P, n = H // K, prompt_len, group_size
+    R = (T - P) // n
+    f32, scale = jnp.float32, math.sqrt(d)
+    qp, kp, vp = q[:, :P].reshape(B, P, K, G, d), k[:, :P], v[:, :P]
+    qr = q[:, P:].reshape(B, n, R, K, G, d)
+    kr, vr = k[:, P:].reshape(B, n, R, K, d), v[:, P:].reshape(B, n, R, K, d)
+    pm, rm = mask[:, :P], mask[:, P:].reshape(B, n, R)
+
+    causal = jnp.arange(P)[None, :] <= jnp.arange(P)[:, None]                  # [t, s]
+    s_pp = jnp.einsum("btkgd,bskd->bkgts", qp, kp).astype(f32) / scale
+    s_pp = jnp.where((pm[:, None, :] & causal)[:, None, None], s_pp, _NEG_INF)
+    p_pp = jax.nn.softmax(s_pp, axis=-1).astype(q.dtype)
+    out_p = jnp.einsum("bkgts,bskd->btkgd", p_pp, vp).reshape(B, P, H, d)
+
+    causal = jnp.arange(R)[None, :] <= jnp.arange(R)[:, None]
+    s_rp = jnp.einsum("bnrkgd,bskd->bnkgrs", qr, kp).astype(f32) / scale     # prompt keys
+    s_rr = jnp.einsum("bnrkgd,bnskd->bnkgrs", qr, kr).astype(f32) / scale    # own keys
+    s_rp = jnp.where(pm[:, None, None, None, None, :], s_rp, _NEG_INF)
+    s_rr = jnp.where((rm[:, :, None, :] & causal)[:, :, None, None], s_rr, _NEG_INF)
+    probs = jax.nn.softmax(jnp.concatenate([s_rp, s_rr], axis=-1), axis=-1).astype(q.dtype)
+    out_r = (jnp.einsum("bnkgrs,bskd->bnrkgd", probs[..., :P], vp)
+             + jnp.einsum("bnkgrs,bnskd->bnrkgd", probs[..., P:], vr))
+    return jnp.concatenate([out_p, out_r.reshape(B, n * R, H, d)], axis=1)
+
+
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
@@ -270,12 +308,13 @@ class Block(nn.Module):
     advanced by one so that the next block writes the next layer of the cache."""
 
     cfg: ModelConfig
+    groups: tuple[int, int] | None = None  # see Attention
 
     @nn.compact
     def __call__(self, carry, sin, cos, kv_mask, q_slots, index):
         cfg = self.cfg
         x, kv = carry
-        h, kv = Attention(cfg, name="attn")(
+        h, kv = Attention(cfg, self.groups, name="attn")(
             RMSNorm(cfg, cfg.hidden_size, name="attn_norm")(x), sin, cos, kv_mask, q_slots,
             kv, index)
         x = x + h
@@ -286,9 +325,15 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """The decoder-only LM. See the module docstring for the slot/position conventions."""
+    """The decoder-only LM. See the module docstring for the slot/position conventions.
+
+    `groups` = (P, n) runs shared-prompt groups (no cache): each input row is a prompt of P
+    slots followed by its n responses of R slots, [B, P + n*R]; positions and mask as they
+    are in the separate [B*n, P + R] rows. Every per-token op runs once per prompt token.
+    """
 
     cfg: ModelConfig
+    groups: tuple[int, int] | None = None
 
     @nn.compact
     def __call__(self, tokens: Array, positions: Array, attention_mask: Array,
@@ -316,6 +361,8 @@ class Transformer(nn.Module):
         angles = jnp.concatenate([angles, angles], axis=-1)
         sin, cos = jnp.sin(angles), jnp.cos(angles)
 
+        if self.groups is not None and cache is not None:
+            raise ValueError("a grouped forward takes no KV cache")
         if cache is None:
             index = jnp.zeros((), jnp.int32)
             kv_mask = attention_mask
@@ -337,14 +384,14 @@ class Transformer(nn.Module):
                             in_axes=(nn.broadcast,) * 5, length=cfg.num_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
             kvs = None if cache is None else (cache.k, cache.v, jnp.zeros((), jnp.int32))
-            (x, kvs), _ = stack(cfg, name="layers")((x, kvs), sin, cos, kv_mask, q_slots,
-                                                    index)
+            (x, kvs), _ = stack(cfg, self.groups, name="layers")(
+                (x, kvs), sin, cos, kv_mask, q_slots, index)
             new_kv = None if cache is None else (kvs[0], kvs[1])
         else:
             new_k, new_v = [], []
             for i in range(cfg.num_layers):
                 kv = None if cache is None else (cache.k[i], cache.v[i], None)
-                (x, kv), _ = block_cls(cfg, name=f"layers_{i}")(
+                (x, kv), _ = block_cls(cfg, self.groups, name=f"layers_{i}")(
                     (x, kv), sin, cos, kv_mask, q_slots, index)
                 if kv is not None:
                     new_k.append(kv[0])

@@ -22,7 +22,7 @@ import ml_collections
 
 from lrmjax.models import heads
 from lrmjax.models.presets import ModelConfig
-from lrmjax.models.transformer import Transformer, init_cache, lm_head, positions_from_mask
+from lrmjax.models.transformer import Transformer, lm_head, positions_from_mask
 from lrmjax.rl import losses
 from lrmjax.train.state import TrainState, guarded_update
 
@@ -56,33 +56,39 @@ def grouped_hidden(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Arr
     [N, R, D], computing each group's shared prompt once ("shared-prefix" forward, as in
     Prefix Grouper, Liu et al. 2025).
 
-    tokens/mask [N, P+R] hold N = B*n rows, n = group_size consecutive rows per prompt. The
-    B prompts run as a prefill that writes a KV cache; the cache is repeated n times and the
-    responses run against it, as decoding does, but all R-1 needed slots at once. The result
-    and its gradient equal a full forward's (autodiff sums the n responses' gradients into
-    the shared prompt's keys and values), while the prompt's tokens cost 1/n of the FLOPs:
-    for 8 prompts x 4 responses of 32 + 64 slots, 2,304 token-passes instead of 3,072.
+    tokens/mask [N, P+R] hold N = B*n rows, n = group_size consecutive rows per prompt. Each
+    group becomes one row of the model's input: the prompt, then the n responses without
+    their last token (it predicts nothing), [B, P + n*(R-1)]; per-token ops see each prompt
+    token once and `transformer.grouped_attention` lets every response read its prompt's
+    keys. The result and its gradient equal a full forward's (autodiff sums the n responses'
+    gradients into the shared prompt), for 1/n of the prompt's FLOPs: for 8 prompts x 4
+    responses of 32 + 64 slots, 2,272 token-passes instead of 3,072.
     """
     N, L = tokens.shape
     n, P = group_size, prompt_len
     if N % n:
         raise ValueError(f"{N} rows are not whole groups of {n}")
     B, R = N // n, L - P
-    model = Transformer(model_cfg)
     prompts = tokens.reshape(B, n, L)[:, 0, :P]
     prompt_mask = mask.reshape(B, n, L)[:, 0, :P]
-    prompt_hidden, cache = model.apply({"params": params}, prompts,
-                                       positions_from_mask(prompt_mask), prompt_mask,
-                                       init_cache(model_cfg, B, P), return_hidden=True)
-    last_prompt = jnp.repeat(prompt_hidden[:, -1:], n, axis=0)   # predicts response slot 0
+    positions = positions_from_mask(mask)
     if R == 1:
-        return last_prompt
-    # The last response token predicts nothing: R-1 new slots.
-    cache = cache.add_slots(R - 1).repeat_batch(n)
-    positions = positions_from_mask(mask)[:, P:L - 1]
-    response_hidden, _ = model.apply({"params": params}, tokens[:, P:L - 1], positions,
-                                     mask[:, P:L - 1], cache, return_hidden=True)
-    return jnp.concatenate([last_prompt, response_hidden], axis=1)
+        hidden, _ = Transformer(model_cfg).apply(
+            {"params": params}, prompts, positions.reshape(B, n, L)[:, 0, :P], prompt_mask,
+            return_hidden=True)
+        return jnp.repeat(hidden[:, -1:], n, axis=0)
+
+    def grouped(x):  # [N, L] -> [B, P + n*(R-1)]: the prompt, then each response but its last
+        x = x.reshape(B, n, L)
+        return jnp.concatenate([x[:, 0, :P], x[:, :, P:L - 1].reshape(B, n * (R - 1))], axis=1)
+
+    hidden, _ = Transformer(model_cfg, groups=(P, n)).apply(
+        {"params": params}, grouped(tokens), grouped(positions), grouped(mask),
+        return_hidden=True)
+    D = hidden.shape[-1]
+    last_prompt = jnp.repeat(hidden[:, P - 1:P], n, axis=0)            # predicts slot P
+    responses = hidden[:, P:].reshape(N, R - 1, D)
+    return jnp.concatenate([last_prompt, responses], axis=1)
 
 
 @jax.custom_vjp
