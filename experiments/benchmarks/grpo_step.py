@@ -162,7 +162,7 @@ def lrmjax_config(args: argparse.Namespace):
     c.eval.every = 0  # and no eval_path: no eval before or after
     c.mesh.cpu_devices = args.devices
     c.mesh.cpu_retain_freed_memory = args.malloc == "retain"
-    for item in getattr(args, "set", None) or []:  # an A/B variant's overrides
+    for item in args.set or []:  # an A/B variant's overrides
         key, _, value = item.partition("=")
         config_lib.set_by_path(c, key, value)
     config_lib.validate(c)

@@ -210,43 +210,51 @@ class Attention(nn.Module):
             q = RMSNorm(cfg, d, "head_dim", name="q_norm")(q)
             k = RMSNorm(cfg, d, "head_dim", name="k_norm")(k)
         q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
-        if self.groups is not None:
+        if self.groups is not None:  # a grouped forward has no cache (see Transformer)
             out = grouped_attention(q, k, v, kv_mask, *self.groups)
-            out = Projection(cfg, (H, d, D), ("heads", "head_dim", "embed"), 2,
-                             fan_in=H * d, name="o_proj")(out)
-            return out, None
-        k = k.transpose(0, 2, 3, 1)  # [B, K, d, T]
-        v = v.transpose(0, 2, 1, 3)  # [B, K, T, d]
-
-        if kv is not None and kv[2] is None:  # this layer's own cache, updated in place
-            cache_k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype),
-                                                   (0, 0, 0, index))
-            cache_v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype),
-                                                   (0, 0, index, 0))
-            k, v = cache_k.astype(cfg.dtype), cache_v.astype(cfg.dtype)
-            kv = (cache_k, cache_v, None)
-        elif kv is not None:  # the stacked cache: one dynamic_update_slice into [L, ...]
-            cache_k, cache_v, layer = kv
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype),
-                                                   (layer, 0, 0, 0, index))
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype),
-                                                   (layer, 0, 0, index, 0))
-            k = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False).astype(cfg.dtype)
-            v = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False).astype(cfg.dtype)
-            kv = (cache_k, cache_v, layer)
-
-        B, T, S = x.shape[0], x.shape[1], k.shape[-1]
-        # [B, T, S]: a key is visible if it holds a real token and is not in the future.
-        visible = kv_mask[:, None, :] & (jnp.arange(S)[None, None, :] <= q_slots[None, :, None])
-        q = q.reshape(B, T, K, H // K, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, d]
-        scores = jnp.einsum("bkgtd,bkds->bkgts", q, k).astype(jnp.float32) / math.sqrt(d)
-        scores = jnp.where(visible[:, None, None], scores, _NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-        out = jnp.einsum("bkgts,bksd->bkgtd", probs, v)
-        out = out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, d)
+        else:
+            out, kv = cached_attention(q, k, v, kv_mask, q_slots, kv, index, cfg.dtype)
         out = Projection(cfg, (H, d, D), ("heads", "head_dim", "embed"), 2,
                          fan_in=H * d, name="o_proj")(out)
         return out, kv
+
+
+def cached_attention(q: Array, k: Array, v: Array, kv_mask: Array, q_slots: Array, kv: Any,
+                     index: Array, dtype: Any) -> tuple[Array, Any]:
+    """Attention of q [B, T, H, d] over k/v [B, T, K, d], written first into the KV cache
+    `kv` when there is one (see `Attention`): -> (out [B, T, H, d], updated kv or None)."""
+    B, T, H, d = q.shape
+    K = k.shape[2]
+    k = k.transpose(0, 2, 3, 1)  # [B, K, d, T]
+    v = v.transpose(0, 2, 1, 3)  # [B, K, T, d]
+
+    if kv is not None and kv[2] is None:  # this layer's own cache, updated in place
+        cache_k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype),
+                                               (0, 0, 0, index))
+        cache_v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype),
+                                               (0, 0, index, 0))
+        k, v = cache_k.astype(dtype), cache_v.astype(dtype)
+        kv = (cache_k, cache_v, None)
+    elif kv is not None:  # the stacked cache: one dynamic_update_slice into [L, ...]
+        cache_k, cache_v, layer = kv
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype),
+                                               (layer, 0, 0, 0, index))
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype),
+                                               (layer, 0, 0, index, 0))
+        k = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False).astype(dtype)
+        v = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False).astype(dtype)
+        kv = (cache_k, cache_v, layer)
+
+    S = k.shape[-1]
+    # [B, T, S]: a key is visible if it holds a real token and is not in the future.
+    visible = kv_mask[:, None, :] & (jnp.arange(S)[None, None, :] <= q_slots[None, :, None])
+    q = q.reshape(B, T, K, H // K, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, d]
+    scores = jnp.einsum("bkgtd,bkds->bkgts", q, k).astype(jnp.float32) / math.sqrt(d)
+    scores = jnp.where(visible[:, None, None], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v)
+    out = out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, d)
+    return out, kv
 
 
 def grouped_attention(q: Array, k: Array, v: Array, mask: Array, prompt_len: int,

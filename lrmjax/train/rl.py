@@ -307,11 +307,14 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     base_key = jax.random.key(cfg.seed)
     consecutive_bad = 0
 
+    dev = lambda x: parallel.host_to_global(x, mesh)  # noqa: E731  host rows -> global batch
+
     def dispatch_tokens(roll: Rollout) -> dict[str, Any]:
         """The rollout's token and mask arrays on the mesh [N, P+R], and the reference
         policy's log-probs of it dispatched at once: on the devices they overlap the host's
         decoding and scoring of the responses (`collect`'s on_rollout)."""
-        dev = lambda x: parallel.host_to_global(x, mesh)  # noqa: E731
+        if logprob_group > 1:
+            check_groups_share_prompts(roll, logprob_group)
         out = {"tokens": dev(np.concatenate([roll.prompt_tokens, roll.response_tokens],
                                             axis=1).astype(np.int32)),
                "mask": dev(np.concatenate([roll.prompt_mask, roll.response_mask], axis=1))}
@@ -337,8 +340,6 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
 
         t0 = time.perf_counter()
         roll = batch.rollout
-        if logprob_group > 1:
-            check_groups_share_prompts(roll, logprob_group)
         early = batch.early or dispatch_tokens(roll)
         tokens_d, mask_d = early["tokens"], early["mask"]
         response_mask = roll.response_mask.astype(np.float32)
@@ -346,7 +347,6 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         if algo.overlong_filter:
             loss_mask[roll.finish_reason == 1] = 0.0
             m["response_length/filtered"] = m["response_length/clip_ratio"]  # all hosts
-        dev = lambda x: parallel.host_to_global(x, mesh)  # this host's rows -> global batch
         data = {"tokens": tokens_d, "mask": mask_d, "loss_mask": dev(loss_mask),
                 "sampler_logprobs": dev(roll.logprobs.astype(np.float32))}
         data["old_logprobs"] = (data["sampler_logprobs"] if on_policy
