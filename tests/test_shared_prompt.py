@@ -65,6 +65,43 @@ def test_grouped_logprobs_match_one_full_forward_per_row(scan, remat):
                                np.where(resp_mask, want, 0), rtol=1e-5, atol=1e-5)
 
 
+def _numpy_attention(q, k, v, visible):
+    """Reference softmax attention in float64: q [T, H, d], k/v [T, K, d], visible [T, T]
+    -> [T, H, d]; query head h reads KV head h // (H / K)."""
+    H, K = q.shape[1], k.shape[1]
+    out = np.zeros(q.shape)
+    for h in range(H):
+        s = q[:, h] @ k[:, h // (H // K)].T / np.sqrt(q.shape[-1])
+        s = np.where(visible, s, -1e300)  # fully masked rows: uniform, not compared
+        p = np.exp(s - s.max(-1, keepdims=True))
+        out[:, h] = (p / p.sum(-1, keepdims=True)) @ v[:, h // (H // K)]
+    return out
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (6, 1)])
+def test_grouped_attention_matches_each_rows_own_attention(heads, kv_heads):
+    """Each response, attended with its prompt as one separate row (numpy, float64), gives
+    the grouped output at its slots; the prompt's own slots match the prompt alone."""
+    B, n, Pl, Rl, d = 2, 3, 4, 5, 8
+    T = Pl + n * Rl
+    rng = np.random.default_rng(heads + kv_heads)
+    q = rng.normal(size=(B, T, heads, d))
+    k, v = rng.normal(size=(2, B, T, kv_heads, d))
+    mask = np.ones((B, T), bool)
+    mask[0, :2] = False                                  # left padded prompt
+    mask[1, Pl + 3:Pl + Rl] = False                      # a short first response
+    got = np.asarray(transformer.grouped_attention(
+        *(jnp.asarray(x, jnp.float32) for x in (q, k, v)), jnp.asarray(mask), Pl, n))
+    for b in range(B):
+        for i in range(n):
+            slots = np.r_[0:Pl, Pl + i * Rl:Pl + (i + 1) * Rl]   # the row [prompt, response i]
+            m = mask[b, slots]
+            visible = m[None, :] & np.tri(len(slots), dtype=bool)
+            want = _numpy_attention(q[b, slots], k[b, slots], v[b, slots], visible)
+            real = m & visible.any(-1)
+            np.testing.assert_allclose(got[b, slots][real], want[real], rtol=1e-5, atol=1e-5)
+
+
 def test_one_response_token():
     params = transformer.init_params(CFG, jax.random.key(2))
     tokens, mask, resp_mask = _batch(1, resp_len=np.ones(8, int), r=1)

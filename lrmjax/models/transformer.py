@@ -266,32 +266,44 @@ def grouped_attention(q: Array, k: Array, v: Array, mask: Array, prompt_len: int
     prompt slot and the earlier real slots of its own response: what it sees in the
     response's own [P + R] row. Prompt keys are shared by the group's n responses (one
     GEMM over all of them, no copies).
+
+    Layout: the heads move in front once, q to [B, K, T*G, d] (query row m = slot * G + g,
+    the G query heads of a KV head side by side) and k/v to [B, K, T, d]. Those copies move
+    whole runs of G*d (or d) contiguous values, and every product after them is a batched
+    GEMM over (B, K) or (B, K, n) in XLA's canonical layout; slicing the [B, T, K, G, d]
+    layout instead made XLA:CPU transpose at element granularity (5 % of a tiny update).
     """
     B, T, H, d = q.shape
     K = k.shape[2]
     G, P, n = H // K, prompt_len, group_size
     R = (T - P) // n
-    f32, scale = jnp.float32, math.sqrt(d)
-    qp, kp, vp = q[:, :P].reshape(B, P, K, G, d), k[:, :P], v[:, :P]
-    qr = q[:, P:].reshape(B, n, R, K, G, d)
-    kr, vr = k[:, P:].reshape(B, n, R, K, d), v[:, P:].reshape(B, n, R, K, d)
+    f32, scale = jnp.float32, 1.0 / math.sqrt(d)
+    q = q.reshape(B, T, K, G * d).transpose(0, 2, 1, 3).reshape(B, K, T * G, d)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)               # [B, K, T, d]
+    qp, kp, vp = q[:, :, :P * G], k[:, :, :P], v[:, :, :P]
+    qr = q[:, :, P * G:].reshape(B, K, n, R * G, d)
+    kr, vr = k[:, :, P:].reshape(B, K, n, R, d), v[:, :, P:].reshape(B, K, n, R, d)
     pm, rm = mask[:, :P], mask[:, P:].reshape(B, n, R)
 
-    causal = jnp.arange(P)[None, :] <= jnp.arange(P)[:, None]                  # [t, s]
-    s_pp = jnp.einsum("btkgd,bskd->bkgts", qp, kp).astype(f32) / scale
-    s_pp = jnp.where((pm[:, None, :] & causal)[:, None, None], s_pp, _NEG_INF)
-    p_pp = jax.nn.softmax(s_pp, axis=-1).astype(q.dtype)
-    out_p = jnp.einsum("bkgts,bskd->btkgd", p_pp, vp).reshape(B, P, H, d)
+    def causal(t):  # [t*G, t]: query row (slot, g) sees keys at slots <= its own
+        return jnp.repeat(jnp.arange(t)[None, :] <= jnp.arange(t)[:, None], G, axis=0)
 
-    causal = jnp.arange(R)[None, :] <= jnp.arange(R)[:, None]
-    s_rp = jnp.einsum("bnrkgd,bskd->bnkgrs", qr, kp).astype(f32) / scale     # prompt keys
-    s_rr = jnp.einsum("bnrkgd,bnskd->bnkgrs", qr, kr).astype(f32) / scale    # own keys
-    s_rp = jnp.where(pm[:, None, None, None, None, :], s_rp, _NEG_INF)
-    s_rr = jnp.where((rm[:, :, None, :] & causal)[:, :, None, None], s_rr, _NEG_INF)
-    probs = jax.nn.softmax(jnp.concatenate([s_rp, s_rr], axis=-1), axis=-1).astype(q.dtype)
-    out_r = (jnp.einsum("bnkgrs,bskd->bnrkgd", probs[..., :P], vp)
-             + jnp.einsum("bnkgrs,bnskd->bnrkgd", probs[..., P:], vr))
-    return jnp.concatenate([out_p, out_r.reshape(B, n * R, H, d)], axis=1)
+    s_pp = jnp.einsum("bkmd,bksd->bkms", qp, kp).astype(f32) * scale    # [B, K, P*G, P]
+    s_pp = jnp.where((pm[:, None, :] & causal(P))[:, None], s_pp, _NEG_INF)
+    out_p = jnp.einsum("bkms,bksd->bkmd", jax.nn.softmax(s_pp, axis=-1).astype(q.dtype), vp)
+
+    # Responses: one softmax over [prompt keys | own keys], [B, K, n, R*G, P + R].
+    s_rp = jnp.einsum("bkmd,bksd->bkms", qr.reshape(B, K, n * R * G, d), kp)
+    s_rr = jnp.einsum("bknmd,bknsd->bknms", qr, kr)
+    s_r = jnp.concatenate([s_rp.reshape(B, K, n, R * G, P), s_rr], axis=-1).astype(f32) * scale
+    visible = jnp.concatenate([jnp.broadcast_to(pm[:, None, None, :], (B, n, R * G, P)),
+                               rm[:, :, None, :] & causal(R)], axis=-1)
+    probs = jax.nn.softmax(jnp.where(visible[:, None], s_r, _NEG_INF), axis=-1).astype(q.dtype)
+    out_r = (jnp.einsum("bkms,bksd->bkmd", probs[..., :P].reshape(B, K, n * R * G, P), vp)
+             + jnp.einsum("bknms,bknsd->bknmd", probs[..., P:], vr).reshape(B, K, n * R * G,
+                                                                            d))
+    out = jnp.concatenate([out_p, out_r], axis=2)                       # [B, K, T*G, d]
+    return out.reshape(B, K, T, G * d).transpose(0, 2, 1, 3).reshape(B, T, H, d)
 
 
 class MLP(nn.Module):
