@@ -264,14 +264,17 @@ def grouped_attention(q: Array, k: Array, v: Array, mask: Array, prompt_len: int
 
     A prompt query sees the earlier real prompt slots; a response query sees every real
     prompt slot and the earlier real slots of its own response: what it sees in the
-    response's own [P + R] row. Prompt keys are shared by the group's n responses (one
-    GEMM over all of them, no copies).
+    response's own [P + R] row. The prompt's projections and per-token ops ran once for the
+    group; here each response reads a copy of the prompt's keys and values (n * P * d values
+    per KV head, small next to the scores).
 
     Layout: the heads move in front once, q to [B, K, T*G, d] (query row m = slot * G + g,
-    the G query heads of a KV head side by side) and k/v to [B, K, T, d]. Those copies move
-    whole runs of G*d (or d) contiguous values, and every product after them is a batched
-    GEMM over (B, K) or (B, K, n) in XLA's canonical layout; slicing the [B, T, K, G, d]
-    layout instead made XLA:CPU transpose at element granularity (5 % of a tiny update).
+    the G query heads of a KV head side by side) and k/v to [B, K, T, d]: copies of whole
+    runs of G*d (or d) contiguous values. Each response's keys and values are then one
+    [P + R] block, so its scores, softmax and output are one batched GEMM pair over
+    (B, K, n) with no slices of the scores: slicing them (or the [B, T, K, G, d] layout)
+    made XLA:CPU pad, add and transpose score-sized arrays element by element (12 % of a
+    tiny update).
     """
     B, T, H, d = q.shape
     K = k.shape[2]
@@ -280,29 +283,27 @@ def grouped_attention(q: Array, k: Array, v: Array, mask: Array, prompt_len: int
     f32, scale = jnp.float32, 1.0 / math.sqrt(d)
     q = q.reshape(B, T, K, G * d).transpose(0, 2, 1, 3).reshape(B, K, T * G, d)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)               # [B, K, T, d]
-    qp, kp, vp = q[:, :, :P * G], k[:, :, :P], v[:, :, :P]
-    qr = q[:, :, P * G:].reshape(B, K, n, R * G, d)
-    kr, vr = k[:, :, P:].reshape(B, K, n, R, d), v[:, :, P:].reshape(B, K, n, R, d)
     pm, rm = mask[:, :P], mask[:, P:].reshape(B, n, R)
 
     def causal(t):  # [t*G, t]: query row (slot, g) sees keys at slots <= its own
         return jnp.repeat(jnp.arange(t)[None, :] <= jnp.arange(t)[:, None], G, axis=0)
 
-    s_pp = jnp.einsum("bkmd,bksd->bkms", qp, kp).astype(f32) * scale    # [B, K, P*G, P]
-    s_pp = jnp.where((pm[:, None, :] & causal(P))[:, None], s_pp, _NEG_INF)
-    out_p = jnp.einsum("bkms,bksd->bkmd", jax.nn.softmax(s_pp, axis=-1).astype(q.dtype), vp)
+    s_p = jnp.einsum("bkmd,bksd->bkms", q[:, :, :P * G], k[:, :, :P]).astype(f32) * scale
+    s_p = jnp.where((pm[:, None, :] & causal(P))[:, None], s_p, _NEG_INF)    # [B, K, P*G, P]
+    out_p = jnp.einsum("bkms,bksd->bkmd", jax.nn.softmax(s_p, axis=-1).astype(q.dtype),
+                       v[:, :, :P])
 
-    # Responses: one softmax over [prompt keys | own keys], [B, K, n, R*G, P + R].
-    s_rp = jnp.einsum("bkmd,bksd->bkms", qr.reshape(B, K, n * R * G, d), kp)
-    s_rr = jnp.einsum("bknmd,bknsd->bknms", qr, kr)
-    s_r = jnp.concatenate([s_rp.reshape(B, K, n, R * G, P), s_rr], axis=-1).astype(f32) * scale
+    def own_row(x):  # [B, K, T, d] -> [B, K, n, P + R, d]: the prompt, then response i
+        return jnp.concatenate([jnp.broadcast_to(x[:, :, None, :P], (B, K, n, P, d)),
+                                x[:, :, P:].reshape(B, K, n, R, d)], axis=3)
+
+    qr = q[:, :, P * G:].reshape(B, K, n, R * G, d)
+    s_r = jnp.einsum("bknmd,bknsd->bknms", qr, own_row(k)).astype(f32) * scale
     visible = jnp.concatenate([jnp.broadcast_to(pm[:, None, None, :], (B, n, R * G, P)),
-                               rm[:, :, None, :] & causal(R)], axis=-1)
-    probs = jax.nn.softmax(jnp.where(visible[:, None], s_r, _NEG_INF), axis=-1).astype(q.dtype)
-    out_r = (jnp.einsum("bkms,bksd->bkmd", probs[..., :P].reshape(B, K, n * R * G, P), vp)
-             + jnp.einsum("bknms,bknsd->bknmd", probs[..., P:], vr).reshape(B, K, n * R * G,
-                                                                            d))
-    out = jnp.concatenate([out_p, out_r], axis=2)                       # [B, K, T*G, d]
+                               rm[:, :, None, :] & causal(R)], axis=-1)  # [B, n, R*G, P+R]
+    probs = jax.nn.softmax(jnp.where(visible[:, None], s_r, _NEG_INF), axis=-1)
+    out_r = jnp.einsum("bknms,bknsd->bknmd", probs.astype(q.dtype), own_row(v))
+    out = jnp.concatenate([out_p, out_r.reshape(B, K, n * R * G, d)], axis=2)  # [B, K, T*G, d]
     return out.reshape(B, K, T, G * d).transpose(0, 2, 1, 3).reshape(B, T, H, d)
 
 
