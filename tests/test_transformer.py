@@ -175,6 +175,26 @@ def test_rope_matches_numpy(name):
     np.testing.assert_allclose(np.asarray(got)[0], _np_rope(x[0], pos, inv), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_rope_sin_cos_table_and_formula_match_numpy(name):
+    """The lookup table (short contexts) and the in-graph formula (long ones) both give the
+    float64 angles' sin/cos; a position past the table reads NaN, not a wrong angle."""
+    small = VARIANTS[name]
+    large = dataclasses.replace(
+        small, max_seq_len=transformer.ROPE_TABLE_MAX // small.head_dim + 1)
+    assert small.max_seq_len * small.head_dim <= transformer.ROPE_TABLE_MAX
+    inv = _np_inv_freq(small)
+    pos = np.array([[0, 1, 2, 7], [40, 41, 50, small.max_seq_len - 1]])
+    ang = pos[..., None] * np.concatenate([inv, inv])
+    for cfg in (small, large):
+        sin, cos = transformer.rope_sin_cos(cfg, jnp.asarray(pos))
+        # fp32 angles: pos * inv_freq rounds to ~1e-7 relative
+        np.testing.assert_allclose(np.asarray(sin), np.sin(ang), atol=2e-4)
+        np.testing.assert_allclose(np.asarray(cos), np.cos(ang), atol=2e-4)
+    sin, cos = transformer.rope_sin_cos(small, jnp.asarray([[small.max_seq_len, -1]]))
+    assert np.isnan(np.asarray(sin)).all() and np.isnan(np.asarray(cos)).all()
+
+
 def test_rmsnorm_matches_numpy():
     cfg = VARIANTS["qwen2"]
     rng = np.random.default_rng(0)

@@ -20,6 +20,7 @@ d head_dim, F mlp, V vocab, L layers.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -102,6 +103,36 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
     medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
     return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+# Largest RoPE table (max_seq_len * head_dim values each for sin and cos, 4 MiB in fp32) kept
+# as a constant of the program; longer contexts compute sin/cos from the positions.
+ROPE_TABLE_MAX = 1 << 20
+
+
+@functools.lru_cache(maxsize=16)
+def _rope_table(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    angles = np.arange(cfg.max_seq_len, dtype=np.float32)[:, None] * rope_inv_freq(cfg)
+    angles = np.concatenate([angles, angles], axis=-1)  # float32, as computed in the graph
+    return np.sin(angles), np.cos(angles)
+
+
+def rope_sin_cos(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
+    """sin and cos of the RoPE angles, [B, T] int positions -> two [B, T, d] float32.
+
+    When the model's table is small (max_seq_len * head_dim <= ROPE_TABLE_MAX) they are
+    looked up in it. Computed in the graph, XLA fuses sin/cos into every op that reads them
+    and recomputes them per head and per use; on CPU the lookup made a tiny update step 5 %
+    faster (2 devices: 119/124/121 -> 113/120/114 ms). A position outside [0, max_seq_len)
+    reads NaN, never a wrong angle.
+    """
+    if cfg.max_seq_len * cfg.head_dim <= ROPE_TABLE_MAX:
+        rows = jnp.where(positions < 0, cfg.max_seq_len, positions)  # no wrap-around from -1
+        return tuple(jnp.take(jnp.asarray(t), rows, axis=0, mode="fill", fill_value=np.nan)
+                     for t in _rope_table(cfg))
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.sin(angles), jnp.cos(angles)
 
 
 def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
@@ -377,10 +408,7 @@ class Transformer(nn.Module):
         embed = Embed(cfg, name="embed")
         x = embed(tokens)
 
-        inv_freq = jnp.asarray(rope_inv_freq(cfg))
-        angles = positions.astype(jnp.float32)[..., None] * inv_freq
-        angles = jnp.concatenate([angles, angles], axis=-1)
-        sin, cos = jnp.sin(angles), jnp.cos(angles)
+        sin, cos = rope_sin_cos(cfg, positions)
 
         if self.groups is not None and cache is not None:
             raise ValueError("a grouped forward takes no KV cache")
