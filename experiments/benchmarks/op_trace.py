@@ -168,6 +168,9 @@ def main() -> int:
     print(f"{what}; {jax.device_count()} CPU device(s), malloc {args.malloc}; median wall "
           f"{wall * 1e3:.1f} ms of {args.repeats}; {ops} ops ran (all devices), their times "
           f"(ms, one profiled call) sum to {sum(total.values()):.1f}")
+    dots = sum(ms for (_, src), ms in total.items() if src.endswith("dot_general"))
+    print(f"matrix products (dot_general) {dots:.1f} ms, every other op "
+          f"{sum(total.values()) - dots:.1f} ms")
     for (kind, src), ms in total.most_common(args.top):
         src = src.split("/", 1)[-1].replace("while/body/closed_call/", "")
         print(f"{ms:9.2f}  {kind:26s} {src[-90:]}")
