@@ -13,9 +13,11 @@ weights stream from memory as they do in the model), and adds them up:
   the prefill), plus the prefill of B x 64 prompt tokens; at batch 1 the floor is instead the
   weight bytes read once per token at the measured read bandwidth;
 - a GRPO step (8 prompts x 4 samples, prompts of 32 and 64 new tokens, KL in the loss): the
-  sampler (one prefill of the 8 prompts, 64 decode steps of 32 rows), the reference forward
-  (3,072 tokens, the vocabulary head on the 2,048 response positions) and the update (the
-  same forward plus two GEMMs per weight in the backward: the input and weight gradients).
+  sampler (one prefill of the 8 prompts, 63 decode steps of 32 rows), the reference forward
+  (2,272 token-passes: each group's prompt once and its 4 responses without their last token,
+  as the trainer's shared-prompt forward runs them; the vocabulary head on the 2,048 response
+  positions) and the update (the same forward plus two GEMMs per weight in the backward: the
+  input and weight gradients).
 
 Everything else (attention over the cache, softmax, norms, sampling, the optimizer) adds
 time, so each sum is a floor *for this compiler on this machine*: a phase cannot be faster
@@ -139,7 +141,9 @@ def decode_floor(timer: GemmTimer, cfg, batch: int) -> float:
 
 def grpo_floor(timer: GemmTimer, cfg) -> dict[str, float]:
     rows = GRPO_PROMPTS * GRPO_N
-    tokens, response = rows * (GRPO_P + GRPO_R), rows * GRPO_R
+    # As train.shared_prompt_forward runs them (steps.grouped_hidden): each prompt once, each
+    # response without its last token; the head on every response position.
+    tokens, response = GRPO_PROMPTS * GRPO_P + rows * (GRPO_R - 1), rows * GRPO_R
     sample = (forward_gemms(timer, cfg, GRPO_PROMPTS * GRPO_P, GRPO_PROMPTS)
               + (GRPO_R - 1) * forward_gemms(timer, cfg, rows, rows))
     ref = forward_gemms(timer, cfg, tokens, response)
