@@ -69,14 +69,7 @@ def grouped_hidden(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Arr
     if N % n:
         raise ValueError(f"{N} rows are not whole groups of {n}")
     B, R = N // n, L - P
-    prompts = tokens.reshape(B, n, L)[:, 0, :P]
-    prompt_mask = mask.reshape(B, n, L)[:, 0, :P]
     positions = positions_from_mask(mask)
-    if R == 1:
-        hidden, _ = Transformer(model_cfg).apply(
-            {"params": params}, prompts, positions.reshape(B, n, L)[:, 0, :P], prompt_mask,
-            return_hidden=True)
-        return jnp.repeat(hidden[:, -1:], n, axis=0)
 
     def grouped(x):  # [N, L] -> [B, P + n*(R-1)]: the prompt, then each response but its last
         x = x.reshape(B, n, L)
@@ -87,7 +80,7 @@ def grouped_hidden(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Arr
         return_hidden=True)
     D = hidden.shape[-1]
     last_prompt = jnp.repeat(hidden[:, P - 1:P], n, axis=0)            # predicts slot P
-    responses = hidden[:, P:].reshape(N, R - 1, D)
+    responses = hidden[:, P:].reshape(N, R - 1, D)  # empty when R == 1
     return jnp.concatenate([last_prompt, responses], axis=1)
 
 
