@@ -55,6 +55,12 @@ FINISH_LENGTH = 1  # the sequence reached max_new_tokens
 SHARDED_STOP_CHECK = 8
 
 
+def default_stop_check_every(batch_shards: int) -> int:
+    """`generate`'s stop_check_every for a batch split `batch_shards` ways: 1 on one device
+    (the test is then a local reduction), SHARDED_STOP_CHECK otherwise."""
+    return 1 if batch_shards == 1 else SHARDED_STOP_CHECK
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
     """How to pick each token. Hashable: it is part of the compiled program's cache key.
@@ -421,7 +427,7 @@ class Sampler:
         self.mesh = mesh
         divisor = 1 if mesh is None else parallel.batch_divisor(mesh)
         if stop_check_every is None:
-            stop_check_every = 1 if divisor == 1 else SHARDED_STOP_CHECK
+            stop_check_every = default_stop_check_every(divisor)
         if stop_check_every < 1:
             raise ValueError(f"stop_check_every must be >= 1, got {stop_check_every}")
         self.stop_check_every = int(stop_check_every)

@@ -127,8 +127,8 @@ def main() -> int:
         B = args.batch
         sp = sampling.SamplingParams(temperature=args.temperature,
                                      max_new_tokens=args.new_tokens)
-        every = args.stop_check_every or (
-            1 if args.devices == 1 else sampling.SHARDED_STOP_CHECK)
+        every = args.stop_check_every or sampling.default_stop_check_every(
+            parallel.batch_divisor(mesh))
         fn = jax.jit(functools.partial(sampling.generate, cfg=cfg, sampling=sp,
                                        stop_ids=tuple(args.stop_id), pad_id=0,
                                        stop_check_every=every))
