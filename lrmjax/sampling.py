@@ -110,11 +110,12 @@ class Rollout:
       prompt_mask: [B*n, P] bool.
       response_tokens: [B*n, R] int32, right padded with pad_id after the stop token.
       response_mask: [B*n, R] bool, True on generated tokens (stop token included).
-      logprobs: [B*n, R] float32, log-prob of each sampled token under log_softmax of the RAW
-        logits (temperature 1, no truncation), 0 where masked. This is the policy's own
-        log-prob, which is what the PPO ratio compares against; the trainer recomputes it
-        with its forward pass (the two agree up to float error), and the sampling
-        distribution's log-probs (with temperature/truncation) would not be comparable.
+      logprobs: [B*n, R] float32, log-prob of each sampled token under
+        log_softmax(logits / temperature) (raw logits when greedy), without top-k / top-p /
+        min-p truncation, 0 where masked. This is the distribution the trainer's forward
+        pass scores (`train.steps.response_logits` divides by the same temperature), so
+        the two agree up to float error and truncated importance sampling compares like with
+        like; the truncated distribution's log-probs would not be comparable.
       lengths: [B*n] int32, number of response tokens (= response_mask.sum(-1)).
       finish_reason: [B*n] int32, FINISH_STOP (0) or FINISH_LENGTH (1).
       group_ids: [B*n] int32, index of the prompt each row answers.
@@ -180,12 +181,31 @@ def sample_logits(logits: Array, keys: Array, sampling: SamplingParams) -> Array
     Returns:
       [N] int32 token ids.
     """
+    return sample_with_logprob(logits, keys, sampling)[0]
+
+
+def sample_with_logprob(logits: Array, keys: Array, sampling: SamplingParams
+                        ) -> tuple[Array, Array]:
+    """Picks one token per row and returns its log-prob under log_softmax(logits / T).
+
+    logits [N, V] raw, keys [N] -> (tokens [N] int32, logprobs [N] float32). Greedy rows use
+    the raw logits (T = 0 has no tempered distribution). Without truncation the log-prob
+    reuses the sampler's max and total mass (the CDF's last entry): one pass over the
+    vocabulary fewer for the max and one for the exponentials, per decode step.
+    """
     logits = logits.astype(jnp.float32)
     if sampling.greedy:
-        return greedy_tokens(logits)
-    logits = truncate_logits(logits / sampling.temperature, sampling)
+        tokens = greedy_tokens(logits)
+        return tokens, token_logprob(logits, tokens)
+    tempered = logits / sampling.temperature
     uniforms = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
-    return inverse_cdf_tokens(logits, uniforms)
+    vocab = logits.shape[-1]
+    if 0 < sampling.top_k < vocab or sampling.top_p < 1.0 or sampling.min_p > 0.0:
+        tokens = inverse_cdf_tokens(truncate_logits(tempered, sampling), uniforms)
+        return tokens, token_logprob(tempered, tokens)
+    tokens, top, mass = _inverse_cdf(tempered, uniforms)
+    picked = jnp.take_along_axis(tempered, tokens[:, None], axis=-1)[:, 0]
+    return tokens, picked - top - jnp.log(mass)
 
 
 def _cdf_block(vocab: int) -> int:
@@ -212,8 +232,16 @@ def inverse_cdf_tokens(logits: Array, uniforms: Array) -> Array:
     same range as fp32 Gumbel noise (whose largest draw is about 16.6, e^-16.6 ~ 6e-8). A row
     with NaN logits yields a valid id.
     """
+    return _inverse_cdf(logits, uniforms)[0]
+
+
+def _inverse_cdf(logits: Array, uniforms: Array) -> tuple[Array, Array, Array]:
+    """`inverse_cdf_tokens` -> (tokens [N], the row max [N], the row's total mass
+    sum(exp(logits - max)) [N]), so that a caller gets log_softmax(logits)[token] as
+    logits[token] - max - log(mass) without another pass over the vocabulary."""
     N, V = logits.shape
-    p = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))  # [N, V], 0 where -inf
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    p = jnp.exp(logits - top)  # [N, V], 0 where -inf
     width = _cdf_block(V)
     blocks = -(-V // width)
     if blocks * width != V:
@@ -237,7 +265,7 @@ def inverse_cdf_tokens(logits: Array, uniforms: Array) -> Array:
     before = jnp.where(block > 0, jnp.take_along_axis(
         cum, jnp.maximum(block - 1, 0)[:, None], axis=1)[:, 0], 0.0)
     offset = first_crossing(before[:, None] + jnp.cumsum(inside, axis=-1), inside, target)
-    return jnp.minimum(block * width + offset, V - 1)
+    return jnp.minimum(block * width + offset, V - 1), top[:, 0], cum[:, -1]
 
 
 def greedy_tokens(logits: Array) -> Array:
@@ -335,9 +363,7 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
     stops = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
 
     def choose(step, logits):
-        tok = sample_logits(logits, row_keys(key, step, rows), sampling)
-        logp = token_logprob(logits.astype(jnp.float32), tok)
-        return tok, logp
+        return sample_with_logprob(logits, row_keys(key, step, rows), sampling)
 
     def record(state: _DecodeState, tok: Array, logp: Array, cache) -> _DecodeState:
         active = ~state.done

@@ -99,6 +99,27 @@ def test_greedy_equals_argmax_of_full_forwards(params, greedy_run):
     np.testing.assert_array_equal(toks[:, 8:], roll.response_tokens)
 
 
+@pytest.mark.parametrize("sp", [
+    SamplingParams(temperature=0.7, max_new_tokens=5),          # the shared max/mass path
+    SamplingParams(temperature=1.3, top_k=5, max_new_tokens=5),  # truncated: a separate lse
+], ids=["T0.7", "T1.3-k5"])
+def test_sampled_logprobs_are_the_tempered_untruncated_log_softmax(sampler, params, sp):
+    """Rollout.logprobs = log_softmax(logits / T)[token] of a full forward over the sequence
+    so far, without truncation: the distribution the trainer's forward scores."""
+    tokens, mask, seqs = _prompts(3, seed=6)
+    roll = sampler.generate(params, tokens, mask, sp, jax.random.key(8))
+    for i, seq in enumerate(seqs):
+        seq, want = list(seq), []
+        for tok in np.asarray(roll.response_tokens[i]):
+            z = np.asarray(_logits(CFG, params, jnp.asarray([seq], jnp.int32)),
+                           np.float64) / sp.temperature
+            want.append(z[tok] - z.max() - np.log(np.exp(z - z.max()).sum()))
+            if sp.top_k:  # the draw itself came from the truncated distribution
+                assert (z > z[tok]).sum() < sp.top_k
+            seq.append(int(tok))
+        np.testing.assert_allclose(np.asarray(roll.logprobs[i]), want, atol=1e-4)
+
+
 def test_extra_left_padding_does_not_change_samples(sampler, params):
     tokens, mask, _ = _prompts(3, seed=1)
     wide = np.concatenate([np.full((3, 7), PAD, np.int32), tokens], axis=1)
