@@ -120,6 +120,31 @@ def test_sampled_logprobs_are_the_tempered_untruncated_log_softmax(sampler, para
         np.testing.assert_allclose(np.asarray(roll.logprobs[i]), want, atol=1e-4)
 
 
+@pytest.mark.parametrize("stop_ids", [(), (EOS,)], ids=["no-stop", "eos"])
+def test_two_phase_decode_equals_one_loop(params, stop_ids, monkeypatch):
+    """Responses of >= DECODE_PHASE_MIN tokens decode in two loops (the first over a shorter
+    cache, then `KVCache.grow`): the same tokens and log-probs as one loop over the whole
+    cache, also when rows stop in the first phase."""
+    sp = SamplingParams(temperature=1.0, max_new_tokens=36, n=2)
+    tokens, mask, _ = _prompts(3, seed=9)
+
+    def run():
+        s = Sampler(CFG, pad_id=PAD, stop_ids=stop_ids, prompt_buckets=(8,),
+                    batch_buckets=(4,))
+        return s.generate(params, tokens, mask, sp, jax.random.key(2))
+
+    assert sampling._decode_phase_ends(36) == (18, 36)
+    phased = run()
+    monkeypatch.setattr(sampling, "DECODE_PHASE_MIN", 10**9)
+    single = run()
+    np.testing.assert_array_equal(phased.response_tokens, single.response_tokens)
+    np.testing.assert_array_equal(phased.lengths, single.lengths)
+    np.testing.assert_array_equal(phased.finish_reason, single.finish_reason)
+    np.testing.assert_allclose(phased.logprobs, single.logprobs, atol=1e-5)
+    if stop_ids:  # some rows stop, one of them inside the first phase
+        assert (np.asarray(phased.lengths) < 18).any()
+
+
 def test_extra_left_padding_does_not_change_samples(sampler, params):
     tokens, mask, _ = _prompts(3, seed=1)
     wide = np.concatenate([np.full((3, 7), PAD, np.int32), tokens], axis=1)

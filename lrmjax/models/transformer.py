@@ -64,6 +64,22 @@ class KVCache:
         return KVCache(k=jax.tree.map(rep, self.k), v=jax.tree.map(rep, self.v),
                        mask=jnp.repeat(self.mask, n, axis=0), index=self.index)
 
+    def grow(self, max_len: int) -> KVCache:
+        """The same cache with `max_len` slots (the new ones empty): a copy of every array."""
+        extra = max_len - self.mask.shape[1]
+        if extra < 0:
+            raise ValueError(f"cannot shrink a KV cache of {self.mask.shape[1]} slots to "
+                             f"{max_len}")
+
+        def pad(x, axis):  # axis counted from the end: the slot axis of k is last, of v -2
+            widths = [(0, 0)] * x.ndim
+            widths[x.ndim + axis] = (0, extra)
+            return jnp.pad(x, widths)
+
+        return KVCache(k=jax.tree.map(lambda x: pad(x, -1), self.k),
+                       v=jax.tree.map(lambda x: pad(x, -2), self.v),
+                       mask=pad(self.mask, -1), index=self.index)
+
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
     """An empty cache with `max_len` slots; its dtype defaults to the compute dtype."""
