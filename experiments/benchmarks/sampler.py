@@ -4,10 +4,15 @@ Run (2-core CPU, fp32, greedy, prompt 64, exactly 128 new tokens, EOS ignored):
 
     .venv/bin/python experiments/benchmarks/sampler.py --presets tiny,bench --batches 1,8,32
 
+The GRPO benchmark's rollout (8 prompts x 4 samples at temperature 0.9, 64 new tokens):
+
+    .venv/bin/python experiments/benchmarks/sampler.py --presets bench --batches 8 --n 4 \
+        --prompt-len 32 --new-tokens 64 --temperature 0.9
+
 Timing: `Sampler.generate` end to end (host padding included), median of --repeats after one
 warm-up call (which compiles). Prefill is timed with max_new_tokens=1 (prefill + the first
-token); decode tok/s = B * (R - 1) / (t_total - t_prefill); new tok/s = B * R / t_total is the
-figure comparable to the peers' "new tokens/s".
+token); with N = B * n rows, decode tok/s = N * (R - 1) / (t_total - t_prefill); new tok/s =
+N * R / t_total is the figure comparable to the peers' "new tokens/s".
 
 Machine limits: decode at batch 1 reads every weight once per token, so tok/s <= bandwidth /
 weight bytes (bandwidth measured with a large jnp.sum); at large batch it is matmul bound:
@@ -35,6 +40,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--scan-layers", action="store_true", help="run the blocks with nn.scan")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--n", type=int, default=1, help="samples per prompt (one prefill each)")
     return p.parse_args()
 
 
@@ -54,6 +61,9 @@ def main() -> None:
           f"{gflops:.0f} GFLOP/s")
     mesh = parallel.make_mesh((-1, 1, 1)) if args.devices > 1 else None
     P, R = args.prompt_len, args.new_tokens
+    sampling_desc = ("greedy" if args.temperature == 0 else f"temperature {args.temperature}")
+    if args.n > 1:
+        sampling_desc += f", {args.n} samples per prompt (batch = prompts)"
     header = (f"{'preset':>6} {'batch':>5} {'prefill tok/s':>13} {'decode tok/s':>12} "
               f"{'new tok/s':>10} {'total s':>8} {'program MiB':>11} {'peak RSS MiB':>12} "
               f"{'bound tok/s':>11} {'of bound':>8}")
@@ -67,7 +77,7 @@ def main() -> None:
         weight_bytes = 4 * cfg.num_params
         print(f"\n{name}: {cfg.num_params:,} params ({weight_bytes / 2**20:.0f} MiB fp32), "
               f"scan_layers={cfg.scan_layers}, devices={args.devices}, prompt {P}, "
-              f"{R} new tokens, greedy, fp32")
+              f"{R} new tokens, {sampling_desc}, fp32")
         print(header)
         sampler = sampling.Sampler(cfg, pad_id=0, stop_ids=(), mesh=mesh)
         rng = np.random.default_rng(0)
@@ -77,7 +87,8 @@ def main() -> None:
 
             def run(new_tokens, tokens=tokens, mask=mask, sampler=sampler, params=params,
                     key=key):
-                sp = sampling.SamplingParams(temperature=0.0, max_new_tokens=new_tokens)
+                sp = sampling.SamplingParams(temperature=args.temperature,
+                                             max_new_tokens=new_tokens, n=args.n)
                 return sampler.generate(params, tokens, mask, sp, key)
 
             out = run(R)
@@ -85,9 +96,10 @@ def main() -> None:
             t_total, _ = common.timeit(lambda: run(R), repeats=args.repeats)
             t_prefill, _ = common.timeit(lambda: run(1), repeats=args.repeats)
             prefill = batch * P / t_prefill
-            decode = batch * (R - 1) / max(t_total - t_prefill, 1e-9)
-            new = batch * R / t_total
-            if batch == 1:
+            rows = batch * args.n
+            decode = rows * (R - 1) / max(t_total - t_prefill, 1e-9)
+            new = rows * R / t_total
+            if rows == 1:
                 bound = bandwidth * 1e9 / weight_bytes
             else:
                 bound = gflops * 1e9 / cfg.flops_per_token(P + R // 2)
