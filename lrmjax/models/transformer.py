@@ -126,10 +126,16 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
 ROPE_TABLE_MAX = 1 << 20
 
 
+def _rope_angles(positions: Any, inv_freq: np.ndarray, xp: Any = jnp) -> Any:
+    """float32 angles [..., d] of positions [...] ("rotate_half" layout), with numpy or jnp."""
+    angles = positions.astype(np.float32)[..., None] * inv_freq
+    return xp.concatenate([angles, angles], axis=-1)
+
+
 @functools.lru_cache(maxsize=16)
 def _rope_table(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-    angles = np.arange(cfg.max_seq_len, dtype=np.float32)[:, None] * rope_inv_freq(cfg)
-    angles = np.concatenate([angles, angles], axis=-1)  # float32, as computed in the graph
+    # In float32 with numpy, the same arithmetic as the in-graph path.
+    angles = _rope_angles(np.arange(cfg.max_seq_len), rope_inv_freq(cfg), np)
     return np.sin(angles), np.cos(angles)
 
 
@@ -146,8 +152,7 @@ def rope_sin_cos(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
         rows = jnp.where(positions < 0, cfg.max_seq_len, positions)  # no wrap-around from -1
         return tuple(jnp.take(jnp.asarray(t), rows, axis=0, mode="fill", fill_value=np.nan)
                      for t in _rope_table(cfg))
-    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))
-    angles = jnp.concatenate([angles, angles], axis=-1)
+    angles = _rope_angles(positions, jnp.asarray(rope_inv_freq(cfg)))
     return jnp.sin(angles), jnp.cos(angles)
 
 
