@@ -277,3 +277,35 @@ def test_token_logprobs_values_and_gradient_match_autodiff_of_log_softmax():
     np.testing.assert_allclose(
         np.asarray(jax.grad(scalar(lambda z: steps.token_logprobs(z, targets)))(logits)),
         np.asarray(jax.grad(scalar(reference))(logits)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_tempered_logits_and_gradient_equal_dividing_the_logits(dtype):
+    """`response_logits` at T = 0.7 scales the fp32 hidden states, not the logits (the head
+    is linear): values and parameter gradients must equal the untempered logits / T. With
+    bf16 activations it divides the fp32 logits, so those match exactly."""
+    cfg = presets.get("tiny", num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1,
+                      head_dim=16, mlp_dim=64, vocab_size=32, max_seq_len=32, dtype=dtype)
+    params = transformer.init_params(cfg, jax.random.key(1))
+    b = _batch(2)
+    tokens, mask = jnp.asarray(b["tokens"]), jnp.asarray(b["mask"])
+    weights = jnp.asarray(np.random.default_rng(3).normal(size=(4, R, CFG.vocab_size)),
+                          jnp.float32)
+
+    def scalar(p, temperature, divide_after):
+        logits = steps.response_logits(cfg, p, tokens, mask, P, 1.0 if divide_after
+                                       else temperature)
+        return jnp.sum((logits / temperature if divide_after else logits) * weights)
+
+    got, want = (steps.response_logits(cfg, params, tokens, mask, P, 0.7),
+                 steps.response_logits(cfg, params, tokens, mask, P, 1.0) / 0.7)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=0, atol=0)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), **tol)
+    g_got = jax.grad(scalar)(params, 0.7, False)
+    g_want = jax.grad(scalar)(params, 0.7, True)
+    for path, a in jax.tree_util.tree_leaves_with_path(g_got):
+        c = functools.reduce(lambda t, k: t[k.key], path, g_want)
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(c, np.float32),
+                                   rtol=1e-4 if dtype == jnp.float32 else 0,
+                                   atol=1e-5 if dtype == jnp.float32 else 0,
+                                   err_msg=jax.tree_util.keystr(path))

@@ -46,7 +46,8 @@ def main() -> int:
                    help="train: run every row's prompt (train.shared_prompt_forward=False)")
     p.add_argument("--batch", type=int, default=32, help="decode: prompts")
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="decode: 0 is greedy; train: the loss's temperature (0 means 1)")
     p.add_argument("--stop-id", type=int, action="append", default=[],
                    help="decode: a stop token id (repeatable; none by default, so the loop "
                         "runs all --new-tokens steps either way: a stop id never drawn makes "
@@ -92,11 +93,12 @@ def main() -> int:
         algo = config_lib.base_config("grpo").rl
         algo.kl_mode, algo.kl_coef = ("loss", args.kl) if args.kl > 0 else ("none", 0.0)
         N, P, R = args.rows, args.prompt_len, args.response_len
+        temperature = args.temperature or 1.0  # the loss's; the GRPO-step benchmark's is 0.9
         group = 1 if args.no_shared_prompt else args.n
         state, state_sh = rl.place_state(TrainState.create(
             params, adamw(lr_schedule(1e-6, 0, 100), grad_clip=1.0), kl_coef=args.kl), mesh)
         fn = jax.jit(functools.partial(steps.rl_train_step, model_cfg=cfg, algo=algo,
-                                       prompt_len=P, temperature=1.0, on_policy=True,
+                                       prompt_len=P, temperature=temperature, on_policy=True,
                                        group_size=group),
                      in_shardings=(state_sh, parallel.batch_sharding(mesh)),
                      out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,))
@@ -113,7 +115,8 @@ def main() -> int:
         batch = {k: shard(v) for k, v in batch.items()}
         if args.kl > 0:
             batch["ref_logprobs"] = jax.jit(functools.partial(
-                steps.response_logprobs, model_cfg=cfg, prompt_len=P, group_size=group))(
+                steps.response_logprobs, model_cfg=cfg, prompt_len=P, temperature=temperature,
+                group_size=group))(
                 state.params, batch["tokens"], batch["mask"])
         compiled = fn.lower(state, batch).compile()
         holder = {"state": state}
@@ -122,6 +125,7 @@ def main() -> int:
             holder["state"], m = compiled(holder["state"], batch)
             return m
         what = (f"rl_train_step, {cfg.name}, {N} x ({P} + {R}) tokens, kl {args.kl}, "
+                f"temperature {temperature}, "
                 f"{'shared prompts of ' + str(args.n) + ' rows' if group > 1 else 'no sharing'}")
     else:
         B = args.batch
