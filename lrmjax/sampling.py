@@ -190,11 +190,12 @@ def sample_logits(logits: Array, keys: Array, sampling: SamplingParams) -> Array
     return sample_with_logprob(logits, keys, sampling)[0]
 
 
-def sample_with_logprob(logits: Array, keys: Array, sampling: SamplingParams
-                        ) -> tuple[Array, Array]:
+def sample_with_logprob(logits: Array, keys: Array, sampling: SamplingParams, *,
+                        tempered: bool = False) -> tuple[Array, Array]:
     """Picks one token per row and returns its log-prob under log_softmax(logits / T).
 
-    logits [N, V] raw, keys [N] -> (tokens [N] int32, logprobs [N] float32). Greedy rows use
+    logits [N, V] raw (or already divided by T when `tempered`; greedy takes raw logits
+    either way), keys [N] -> (tokens [N] int32, logprobs [N] float32). Greedy rows use
     the raw logits (T = 0 has no tempered distribution). Without truncation the log-prob
     reuses the sampler's max and total mass (the CDF's last entry): one pass over the
     vocabulary fewer for the max and one for the exponentials, per decode step.
@@ -203,7 +204,7 @@ def sample_with_logprob(logits: Array, keys: Array, sampling: SamplingParams
     if sampling.greedy:
         tokens = greedy_tokens(logits)
         return tokens, token_logprob(logits, tokens)
-    tempered = logits / sampling.temperature
+    tempered = logits if tempered else logits / sampling.temperature
     uniforms = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
     vocab = logits.shape[-1]
     if 0 < sampling.top_k < vocab or sampling.top_p < 1.0 or sampling.min_p > 0.0:
@@ -357,7 +358,12 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
     hidden, cache = model.apply({"params": params}, prompt_tokens,
                                 transformer.positions_from_mask(prompt_mask), prompt_mask,
                                 cache, return_hidden=True)
-    logits = transformer.lm_head(cfg, params, hidden[:, -1:])[:, 0]  # [B, V]
+
+    def next_logits(hidden):  # [rows, 1, D] -> [rows, V], divided by T unless greedy
+        # As the trainer scores them (`tempered_lm_head`); no [rows, V] division per step.
+        return transformer.tempered_lm_head(cfg, params, hidden, sampling.temperature)[:, 0]
+
+    logits = next_logits(hidden[:, -1:])  # [B, V]
 
     # Share the prefill: row b*n + i continues prompt b.
     def rep(x, axis=0):
@@ -370,7 +376,7 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
     stops = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
 
     def choose(step, logits):
-        return sample_with_logprob(logits, row_keys(key, step, rows), sampling)
+        return sample_with_logprob(logits, row_keys(key, step, rows), sampling, tempered=True)
 
     def record(state: _DecodeState, tok: Array, logp: Array, cache) -> _DecodeState:
         active = ~state.done
@@ -405,9 +411,10 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
     def body(state: _DecodeState) -> _DecodeState:
         # Feed the previous token (response index step-1) at slot P + step - 1.
         positions = prompt_len + state.step - 1
-        logits, cache = model.apply({"params": params}, state.last[:, None],
-                                    positions[:, None], jnp.ones((N, 1), bool), state.cache)
-        return record(state, *choose(state.step, logits[:, 0]), cache)
+        hidden, cache = model.apply({"params": params}, state.last[:, None],
+                                    positions[:, None], jnp.ones((N, 1), bool), state.cache,
+                                    return_hidden=True)
+        return record(state, *choose(state.step, next_logits(hidden)), cache)
 
     # One loop per phase, each over a cache just long enough for it: attention reads every
     # slot of the cache each step, so early steps do not pay for the slots of late ones.

@@ -513,6 +513,23 @@ def lm_head(cfg: ModelConfig, params: Any, hidden: Array) -> Array:
     return logits.astype(jnp.float32)
 
 
+def tempered_lm_head(cfg: ModelConfig, params: Any, hidden: Array, temperature: float
+                     ) -> Array:
+    """`lm_head(hidden) / temperature` ([..., T, V] float32); temperature 0 or 1: raw logits.
+
+    The head is linear, so with fp32 activations the [..., D] hidden states are divided
+    instead of the V-times larger logits (equal up to fp32 rounding): a pass over the logits
+    fewer, forward and backward. The sampler and the trainer both score through here, so
+    they compute the same product. bf16 activations divide the fp32 logits (dividing bf16
+    hidden states would add a bf16 rounding).
+    """
+    if temperature in (0.0, 1.0):
+        return lm_head(cfg, params, hidden)
+    if hidden.dtype == jnp.float32:
+        return lm_head(cfg, params, hidden / temperature)
+    return lm_head(cfg, params, hidden) / temperature
+
+
 def _dummy_inputs() -> tuple[Array, Array, Array]:
     tokens = jnp.zeros((1, 1), jnp.int32)
     return tokens, tokens, jnp.ones((1, 1), bool)
