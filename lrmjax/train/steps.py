@@ -22,8 +22,7 @@ import ml_collections
 
 from lrmjax.models import heads
 from lrmjax.models.presets import ModelConfig
-from lrmjax.models.transformer import (Transformer, positions_from_mask,
-                                       tempered_lm_head)
+from lrmjax.models.transformer import Transformer, positions_from_mask, tempered_lm_head
 from lrmjax.rl import losses
 from lrmjax.train.state import TrainState, guarded_update
 
