@@ -204,14 +204,14 @@ def sample_with_logprob(logits: Array, keys: Array, sampling: SamplingParams, *,
     if sampling.greedy:
         tokens = greedy_tokens(logits)
         return tokens, token_logprob(logits, tokens)
-    tempered = logits if tempered else logits / sampling.temperature
+    scaled = logits if tempered else logits / sampling.temperature
     uniforms = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
     vocab = logits.shape[-1]
     if 0 < sampling.top_k < vocab or sampling.top_p < 1.0 or sampling.min_p > 0.0:
-        tokens = inverse_cdf_tokens(truncate_logits(tempered, sampling), uniforms)
-        return tokens, token_logprob(tempered, tokens)
-    tokens, top, mass = _inverse_cdf(tempered, uniforms)
-    picked = jnp.take_along_axis(tempered, tokens[:, None], axis=-1)[:, 0]
+        tokens = inverse_cdf_tokens(truncate_logits(scaled, sampling), uniforms)
+        return tokens, token_logprob(scaled, tokens)
+    tokens, top, mass = _inverse_cdf(scaled, uniforms)
+    picked = jnp.take_along_axis(scaled, tokens[:, None], axis=-1)[:, 0]
     return tokens, picked - top - jnp.log(mass)
 
 
