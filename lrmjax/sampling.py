@@ -78,6 +78,9 @@ class SamplingParams:
       min_p: keep tokens with prob >= min_p * max prob (0.0 = off).
       max_new_tokens: response length R (static: the Rollout is [B*n, R]).
       n: samples per prompt.
+      keep_logits: also return the logits each response token was drawn from
+        (`Rollout.logits`, [B*n, R, V] float32) so that an on-policy update can reuse them
+        instead of recomputing the vocabulary projection (`train.steps.response_logits`).
     """
 
     temperature: float = 1.0
@@ -86,6 +89,7 @@ class SamplingParams:
     min_p: float = 0.0
     max_new_tokens: int = 128
     n: int = 1
+    keep_logits: bool = False
 
     def __post_init__(self):
         if not self.temperature >= 0.0:
@@ -125,6 +129,11 @@ class Rollout:
       lengths: [B*n] int32, number of response tokens (= response_mask.sum(-1)).
       finish_reason: [B*n] int32, FINISH_STOP (0) or FINISH_LENGTH (1).
       group_ids: [B*n] int32, index of the prompt each row answers.
+      logits: [B*n, R, V] float32 or None (unless `SamplingParams.keep_logits`): the logits
+        that response token t was drawn from, divided by the temperature as the trainer
+        divides them (`transformer.tempered_lm_head`; raw when greedy), untruncated. Masked
+        slots hold what the loop computed there, or 0 where it did not run. Kept on the
+        devices (`Sampler.generate` does not fetch them): the trainer reads them there.
     """
 
     prompt_tokens: Array
@@ -135,6 +144,7 @@ class Rollout:
     lengths: Array
     finish_reason: Array
     group_ids: Array
+    logits: Array | None = None
 
     def tokens(self) -> tuple[Array, Array]:
         """The full sequences: tokens [B*n, P+R] int32 and mask [B*n, P+R] bool."""
@@ -315,6 +325,7 @@ class _DecodeState:
     mask: Array  # [N, R] bool
     logprobs: Array  # [N, R] float32
     finish: Array  # [N] int32
+    logits: Array | None  # [N, R, V] float32 with sampling.keep_logits, else None
 
 
 def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, *,
@@ -378,7 +389,8 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
     def choose(step, logits):
         return sample_with_logprob(logits, row_keys(key, step, rows), sampling, tempered=True)
 
-    def record(state: _DecodeState, tok: Array, logp: Array, cache) -> _DecodeState:
+    def record(state: _DecodeState, tok: Array, logp: Array, cache, logits: Array
+               ) -> _DecodeState:
         active = ~state.done
         tok = jnp.where(active, tok, pad_id)
         logp = jnp.where(active, logp, 0.0)
@@ -397,7 +409,8 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
             step=state.step + 1, cache=cache, last=tok, done=done, all_done=all_done,
             tokens=put(state.tokens, tok[:, None]), mask=put(state.mask, active[:, None]),
             logprobs=put(state.logprobs, logp[:, None]),
-            finish=jnp.where(stopped, FINISH_STOP, state.finish))
+            finish=jnp.where(stopped, FINISH_STOP, state.finish),
+            logits=None if state.logits is None else put(state.logits, logits[:, None]))
 
     dummy = prompt_len == 0
     state = _DecodeState(
@@ -405,8 +418,10 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
         done=dummy, all_done=jnp.all(dummy), tokens=jnp.full((N, R), pad_id, jnp.int32),
         mask=jnp.zeros((N, R), bool),
         logprobs=jnp.zeros((N, R), jnp.float32),
-        finish=jnp.where(dummy, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32))
-    state = record(state, *choose(0, logits), cache)
+        finish=jnp.where(dummy, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32),
+        logits=(jnp.zeros((N, R, cfg.vocab_size), jnp.float32) if sampling.keep_logits
+                else None))
+    state = record(state, *choose(0, logits), cache, logits)
 
     def body(state: _DecodeState) -> _DecodeState:
         # Feed the previous token (response index step-1) at slot P + step - 1.
@@ -414,7 +429,8 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
         hidden, cache = model.apply({"params": params}, state.last[:, None],
                                     positions[:, None], jnp.ones((N, 1), bool), state.cache,
                                     return_hidden=True)
-        return record(state, *choose(state.step, next_logits(hidden)), cache)
+        logits = next_logits(hidden)
+        return record(state, *choose(state.step, logits), cache, logits)
 
     # One loop per phase, each over a cache just long enough for it: attention reads every
     # slot of the cache each step, so early steps do not pay for the slots of late ones.
@@ -426,7 +442,7 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
     return Rollout(prompt_tokens=rep(prompt_tokens), prompt_mask=rep(prompt_mask),
                    response_tokens=state.tokens, response_mask=state.mask,
                    logprobs=state.logprobs, lengths=jnp.sum(state.mask, -1, dtype=jnp.int32),
-                   finish_reason=state.finish, group_ids=rows // n)
+                   finish_reason=state.finish, group_ids=rows // n, logits=state.logits)
 
 
 # ----------------------------------------------------------------------------- host wrapper
@@ -538,6 +554,9 @@ class Sampler:
         hosts = jax.process_count()
         if hosts > 1 and self.mesh is None:
             raise ValueError("a multi-host Sampler needs the global mesh (Sampler(mesh=...))")
+        if hosts > 1 and sampling.keep_logits:
+            raise ValueError("SamplingParams.keep_logits is single-process only: the logits "
+                             "stay on the devices, in the global batch's row order")
         if hosts > 1:
             # Every host runs the same program: agree on the prompt width and batch size.
             sizes = parallel.global_to_host(np.array([[B, longest]], np.int64))
@@ -575,7 +594,7 @@ class Sampler:
         if hosts > 1:
             # Host p's prompts are the p-th block of the global batch, and so are its n
             # responses each (rows are prompt-major): gather, then keep this host's rows.
-            out = parallel.global_to_host(out)
+            out = parallel.global_to_host(out)  # (keep_logits is refused above)
             start = parallel.host_row_block(self.mesh, rows * hosts).start * sampling.n
             out = jax.tree.map(lambda x: x[start:start + keep], out)
             out = out.replace(group_ids=out.group_ids - out.group_ids[0])
@@ -584,7 +603,9 @@ class Sampler:
             prompt_mask=jnp.asarray(np.repeat(mask, sampling.n, axis=0)),
             response_tokens=out.response_tokens[:keep], response_mask=out.response_mask[:keep],
             logprobs=out.logprobs[:keep], lengths=out.lengths[:keep],
-            finish_reason=out.finish_reason[:keep], group_ids=out.group_ids[:keep])
+            finish_reason=out.finish_reason[:keep], group_ids=out.group_ids[:keep],
+            logits=None if out.logits is None else (
+                out.logits if keep == out.logits.shape[0] else out.logits[:keep]))
 
     def _program(self, params: Any, args: tuple[Array, ...], sampling: SamplingParams):
         """The compiled program for these shapes, shardings and sampling params (AOT, so a

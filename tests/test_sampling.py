@@ -1,6 +1,7 @@
 """Sampler: greedy == step-by-step argmax of full forwards, padding/sharding/n-sharing
 invariance, truncated-distribution statistics, stopping, bucketing and errors."""
 
+import dataclasses
 import functools
 
 import jax
@@ -118,6 +119,31 @@ def test_sampled_logprobs_are_the_tempered_untruncated_log_softmax(sampler, para
                 assert (z > z[tok]).sum() < sp.top_k
             seq.append(int(tok))
         np.testing.assert_allclose(np.asarray(roll.logprobs[i]), want, atol=1e-4)
+
+
+def test_kept_logits_are_the_tempered_logits_of_full_forwards(sampler, params):
+    """`keep_logits`: Rollout.logits[row, t] = logits / T of a full forward over the sequence
+    up to response token t (the trainer's `response_logits`), for n = 2 samples of 3 prompts
+    (the batch bucket adds dummy rows, cut from the logits too); off, it is None."""
+    sp = SamplingParams(temperature=0.7, max_new_tokens=5, n=2, keep_logits=True)
+    tokens, mask, seqs = _prompts(3, seed=9)
+    roll = sampler.generate(params, tokens, mask, sp, jax.random.key(3))
+    assert roll.logits.shape == (6, 5, CFG.vocab_size) and roll.logits.dtype == jnp.float32
+    for row in range(6):
+        seq = list(seqs[row // 2])
+        for t, tok in enumerate(np.asarray(roll.response_tokens[row])):
+            z = np.asarray(_logits(CFG, params, jnp.asarray([seq], jnp.int32))) / 0.7
+            np.testing.assert_allclose(np.asarray(roll.logits[row, t]), z, rtol=1e-4,
+                                       atol=1e-4)
+            seq.append(int(tok))
+    logp = jax.nn.log_softmax(roll.logits, axis=-1)
+    np.testing.assert_allclose(
+        np.asarray(jnp.take_along_axis(logp, roll.response_tokens[..., None], -1)[..., 0]),
+        np.asarray(roll.logprobs), atol=1e-5)
+    plain = sampler.generate(params, tokens, mask, dataclasses.replace(sp, keep_logits=False),
+                             jax.random.key(3))
+    assert plain.logits is None
+    np.testing.assert_array_equal(plain.response_tokens, roll.response_tokens)
 
 
 @pytest.mark.parametrize("stop_ids", [(), (EOS,)], ids=["no-stop", "eos"])

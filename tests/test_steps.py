@@ -309,3 +309,55 @@ def test_tempered_logits_and_gradient_equal_dividing_the_logits(dtype):
                                    rtol=1e-4 if dtype == jnp.float32 else 0,
                                    atol=1e-5 if dtype == jnp.float32 else 0,
                                    err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_logits_from_sample_value_is_the_sample_and_gradient_the_heads(tie):
+    """`response_logits(..., sampled_logits=S)` is S itself, and its parameter gradient is
+    the vocabulary projection's VJP at the cotangent taken at S: computed here by autodiff of
+    the ordinary forward, contracted with that cotangent held fixed."""
+    cfg = presets.get("tiny", num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1,
+                      head_dim=16, mlp_dim=64, vocab_size=32, max_seq_len=32,
+                      tie_embeddings=tie)
+    params = transformer.init_params(cfg, jax.random.key(4))
+    b = _batch(5)
+    tokens, mask = jnp.asarray(b["tokens"]), jnp.asarray(b["mask"])
+    rng = np.random.default_rng(6)
+    sampled = jnp.asarray(rng.normal(size=(4, R, CFG.vocab_size)) * 2, jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(4, R)), jnp.float32)
+
+    def loss_of_logits(z):  # log-probs and entropies, as the RL loss reads the logits
+        logp, entropy = steps.token_logprobs(z, tokens[:, P:])
+        return jnp.sum(logp * weights) + 0.3 * jnp.sum(entropy)
+
+    got = steps.response_logits(cfg, params, tokens, mask, P, 0.7, sampled_logits=sampled)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(sampled))
+    g_got = jax.grad(lambda p: loss_of_logits(steps.response_logits(
+        cfg, p, tokens, mask, P, 0.7, sampled_logits=sampled)))(params)
+    cot = jax.grad(loss_of_logits)(sampled)
+    g_want = jax.grad(lambda p: jnp.sum(
+        steps.response_logits(cfg, p, tokens, mask, P, 0.7) * cot))(params)
+    assert ("lm_head" in params) != tie
+    for path, a in jax.tree_util.tree_leaves_with_path(g_got):
+        c = functools.reduce(lambda t, k: t[k.key], path, g_want)
+        assert np.abs(np.asarray(c)).max() > 0, jax.tree_util.keystr(path)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-6,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def test_on_policy_step_with_the_samplers_logits_equals_recomputing_them():
+    """An on-policy update given the logits the sampler computed (here: the same product,
+    recomputed) moves the params as the update that projects the hidden states itself."""
+    b = _rl_batch()
+    logits = steps.response_logits(CFG, _params(), jnp.asarray(b["tokens"]),
+                                   jnp.asarray(b["mask"]), P, 1.0)
+    _, s1, m1 = _rl_step("token-mean", 1, batch=b, on_policy=True)
+    _, s2, m2 = _rl_step("token-mean", 1, batch=dict(b, sampled_logits=np.asarray(logits)),
+                         on_policy=True)
+    _assert_close_trees(s1.params, s2.params, atol=1e-6)
+    assert not np.allclose(np.asarray(s1.params["embed"]["embedding"]),
+                           np.asarray(_params()["embed"]["embedding"]))
+    for key in ("actor/pg_loss", "actor/kl_loss", "actor/entropy", "actor/grad_norm"):
+        assert float(m1[key]) == pytest.approx(float(m2[key]), rel=1e-5, abs=1e-7), key
+    with pytest.raises(ValueError, match="on-policy updates only"):
+        _rl_step("token-mean", 1, batch=dict(b, sampled_logits=np.asarray(logits)))

@@ -15,7 +15,7 @@ import pytest
 from train_helpers import read_metrics, small_config
 
 from lrmjax.rl import algorithms
-from lrmjax.train import compilation, rl
+from lrmjax.train import compilation, inputs, rl, steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,6 +75,43 @@ def test_trivial_reward_is_learned(algorithm, tmp_path):
     rewards = [r["reward/mean"] for r in read_metrics(str(tmp_path))]
     assert np.mean(rewards[:3]) < 0.5
     assert np.mean(rewards[-5:]) > 0.9, rewards
+
+
+def test_reusing_the_samplers_logits_matches_recomputing_them(tmp_path, monkeypatch):
+    """train.reuse_sampler_logits (on by default) gives the metrics of an update that runs
+    the vocabulary projection itself, and the update does read the sampler's logits."""
+    cfg = small_config("grpo", steps=2)
+    cfg.reward.fns = {"test_starts_with_7": 1.0}
+    cfg.optim.lr = 1e-2
+    calls = []
+    real = steps.logits_from_sample
+    monkeypatch.setattr(steps, "logits_from_sample",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    rl.train(cfg, str(tmp_path / "reuse"))
+    assert calls  # traced into the compiled update
+    cfg.train.reuse_sampler_logits = False
+    calls.clear()
+    rl.train(cfg, str(tmp_path / "recompute"))
+    assert not calls
+    a, b = read_metrics(str(tmp_path / "reuse")), read_metrics(str(tmp_path / "recompute"))
+    assert a[0]["reward/std"] > 0  # the update had a gradient to follow
+    for ra, rb in zip(a, b, strict=True):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            want = rb[k] if isinstance(rb[k], str) else pytest.approx(rb[k], rel=1e-4, abs=1e-6)
+            assert ra[k] == want, (ra["step"], k)
+
+
+def test_samplers_logits_are_reused_only_where_exact_and_free():
+    cfg = small_config("grpo")
+    assert inputs.reuses_sampler_logits(cfg)
+    for key, value in (("train.reuse_sampler_logits", False), ("train.ppo_epochs", 2),
+                       ("train.minibatches", 2), ("train.microbatches", 2),
+                       ("rl.dynamic_sampling", True)):
+        c = small_config("grpo")
+        group, name = key.split(".")
+        c[group][name] = value
+        assert not inputs.reuses_sampler_logits(c), key
 
 
 def test_dynamic_sampling_keeps_batch_full(tmp_path):

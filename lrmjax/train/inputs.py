@@ -308,7 +308,8 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
                       mesh=mesh, prompt_buckets=(prompt_len,))
     s = cfg.sampling
     sampling = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                              min_p=s.min_p, max_new_tokens=s.max_new_tokens, n=s.n)
+                              min_p=s.min_p, max_new_tokens=s.max_new_tokens, n=s.n,
+                              keep_logits=reuses_sampler_logits(cfg))
     token_stats_fn = None
     if set(fns) & TOKEN_STAT_REWARDS:
         token_stats_fn = jax.jit(functools.partial(
@@ -322,6 +323,26 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
                   eval_examples=list(eval_examples), pool=pool, task=task,
                   hf_exportable=exportable, train_sampling=sampling, prompt_len=prompt_len,
                   token_stats_fn=token_stats_fn, process_pools=process_pools)
+
+
+def reuses_sampler_logits(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether the RL update takes its logits from the sampler (`train.reuse_sampler_logits`,
+    `steps.logits_from_sample`): only where that is exact and costs no memory the update
+    would not hold anyway.
+
+    - On-policy (one epoch, one minibatch): the params that sampled are the ones updated.
+    - One microbatch: the update then holds the whole batch's [N, R, V] logits itself; with
+      several it holds a slice, and the sampler's copy would add the rest.
+    - One process: the logits stay on the devices, and `Sampler.generate` does not gather
+      them across hosts.
+    - No dynamic sampling: the batch is then one rollout. Refilled batches are assembled from
+      several rollouts' kept groups, a different number each step (gathering their logits
+      would compile a new program for each count).
+    """
+    t = cfg.train
+    return bool(t.reuse_sampler_logits and t.ppo_epochs == 1 and t.minibatches == 1
+                and t.microbatches == 1 and jax.process_count() == 1
+                and not cfg.rl.dynamic_sampling)
 
 
 def demonstrations(inp: Inputs, examples: Sequence[Example]) -> dict[str, np.ndarray]:

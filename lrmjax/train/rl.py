@@ -61,7 +61,9 @@ class RLBatch:
 
 
 def _np_rollout(roll: Rollout) -> Rollout:
-    return jax.tree.map(np.asarray, roll)
+    """The rollout's arrays on the host, except the sampler's logits (`keep_logits`), which
+    stay on the devices for the update."""
+    return jax.tree.map(np.asarray, roll.replace(logits=None)).replace(logits=roll.logits)
 
 
 def _take_groups(roll: Rollout, groups: np.ndarray, n: int) -> Rollout:
@@ -351,6 +353,9 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
                 "sampler_logprobs": dev(roll.logprobs.astype(np.float32))}
         data["old_logprobs"] = (data["sampler_logprobs"] if on_policy
                                 else logprob_fn(state.params, tokens_d, mask_d))
+        if roll.logits is not None:  # inputs.reuses_sampler_logits: the update reads them
+            data["sampled_logits"] = parallel.put(roll.logits,
+                                                  parallel.batch_sharding(mesh, 3))
         token_rewards = values = baseline = None
         if cfg.reward.process_fns:  # step-level rewards -> per-token rewards [N, R]
             process, pm = inp.process_rewards(
@@ -379,7 +384,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
             greedy = sample_and_score(inp, state.params, batch.examples,
                                       jax.random.fold_in(key, 10_000),
                                       dataclasses.replace(inp.train_sampling, temperature=0.0,
-                                                          n=1))
+                                                          n=1, keep_logits=False))
             baseline = dev(np.repeat(greedy.rewards, cfg.sampling.n))
         adv, returns = advantage_fn(rewards=dev(batch.rewards),
                                     response_mask=data["loss_mask"],
@@ -567,4 +572,6 @@ def train_batch_spec(cfg: ml_collections.ConfigDict, inp: Inputs, mesh: Any,
         batch["ref_logprobs"] = like(jax.eval_shape(logprob_fn, ref_params, tokens, mask))
     if cfg.rl.use_critic:
         batch["old_values"] = like(jax.eval_shape(value_fn, state.critic_params, tokens, mask))
+    if inp.train_sampling.keep_logits:
+        batch["sampled_logits"] = spec((rows, R, inp.model_cfg.vocab_size), jnp.float32)
     return batch

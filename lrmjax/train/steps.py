@@ -10,6 +10,8 @@ Layout of a training batch (a dict of arrays; N responses, P prompt slots, R res
   loss_mask [N, R] float32  response tokens that enter the loss (overlong filtering may zero rows)
   advantages [N, R]; old_logprobs [N, R]; ref_logprobs [N, R]; sampler_logprobs [N, R];
   returns [N, R], old_values [N, R] (critic only)
+  sampled_logits [N, R, V] float32 (optional, on-policy updates only): the sampler's logits
+  for these rows (`Rollout.logits`), used instead of recomputing the vocabulary projection
 """
 
 from __future__ import annotations
@@ -30,13 +32,17 @@ Array = jax.Array
 
 
 def response_logits(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Array,
-                    prompt_len: int, temperature: float = 1.0, group_size: int = 1) -> Array:
+                    prompt_len: int, temperature: float = 1.0, group_size: int = 1,
+                    sampled_logits: Array | None = None) -> Array:
     """Logits that predict each response token: [N, R, V] float32.
 
     The token at slot P+t is predicted by the output at slot P+t-1. Logits are divided by the
     sampling temperature so the trainer's distribution is the one the sampler drew from.
     With `group_size` n > 1 the rows must come in groups of n consecutive rows with the same
     prompt (the sampler's layout), and each group's prompt runs once (`grouped_hidden`).
+    `sampled_logits` [N, R, V] (the sampler's `Rollout.logits`, drawn with these params) are
+    returned as the value instead of projecting the hidden states again
+    (`logits_from_sample`); the gradient is the vocabulary projection's.
     """
     if group_size > 1:
         hidden = grouped_hidden(model_cfg, params, tokens, mask, prompt_len, group_size)
@@ -45,9 +51,43 @@ def response_logits(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Ar
                                                 positions_from_mask(mask), mask,
                                                 return_hidden=True)
         hidden = hidden[:, prompt_len - 1:-1]
+    if sampled_logits is not None:
+        return logits_from_sample(model_cfg, params, hidden, temperature, sampled_logits)
     # On the response positions only. Dividing the hidden states rather than the logits by
     # T was a tenth of a `bench` update step at T = 0.9.
     return tempered_lm_head(model_cfg, params, hidden, temperature)
+
+
+def logits_from_sample(model_cfg: ModelConfig, params: Any, hidden: Array, temperature: float,
+                       sampled_logits: Array) -> Array:
+    """`tempered_lm_head(params, hidden)` whose value is `sampled_logits`, the same product
+    as the sampler computed it: hidden [..., D], sampled_logits [..., V] -> [..., V].
+
+    For an on-policy update (the params that sampled are the params being differentiated):
+    the forward's vocabulary projection, [N*R, D] x [D, V], a fifth of a `bench` update's
+    matrix FLOPs, is not run again. The backward is the projection's own (XLA drops the
+    unused forward product from it): d hidden = g W^T and d W = hidden^T g, with g taken at
+    the sampler's logits. They equal the recomputed ones up to float rounding (the decode
+    and the full forward sum in different orders), which the tests bound.
+    """
+    head = {"embed": params["embed"]} if model_cfg.tie_embeddings else {
+        "lm_head": params["lm_head"]}
+
+    def project(head, hidden):
+        return tempered_lm_head(model_cfg, head, hidden, temperature)
+
+    @jax.custom_vjp
+    def from_sample(head, hidden, sampled):
+        return sampled
+
+    def fwd(head, hidden, sampled):
+        return sampled, (head, hidden)
+
+    def bwd(res, g):
+        return (*jax.vjp(project, *res)[1](g), None)
+
+    from_sample.defvjp(fwd, bwd)
+    return from_sample(head, hidden, sampled_logits.astype(jnp.float32))
 
 
 def grouped_hidden(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Array,
@@ -170,10 +210,15 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
     With `on_policy` (one epoch, one minibatch: the params are the rollout params) the old
     logprobs are the current ones under stop_gradient, which saves a forward pass. With
     `group_size` n > 1 every microbatch holds whole groups of n rows sharing a prompt, and the
-    policy runs each prompt once (`response_logits`).
+    policy runs each prompt once (`response_logits`). A batch with `sampled_logits` (on-policy
+    only) takes the logits' values from the sampler (`logits_from_sample`).
 
     Returns the new state and a flat dict of scalar metrics (verl-style names).
     """
+    if "sampled_logits" in batch and not on_policy:
+        raise ValueError("batch['sampled_logits'] is for on-policy updates only (one epoch, "
+                         "one minibatch): other updates differentiate params that did not "
+                         "sample the batch")
     response_len = batch["loss_mask"].shape[1]
     denom = losses.loss_denominator(algo, batch["loss_mask"], response_len)
     micro = _split_micro(batch, microbatches)
@@ -181,7 +226,7 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
 
     def actor_loss_fn(params, mb):
         logits = response_logits(model_cfg, params, mb["tokens"], mb["mask"], prompt_len,
-                                 temperature, group_size)
+                                 temperature, group_size, mb.get("sampled_logits"))
         logp, entropy = token_logprobs(logits, mb["tokens"][:, prompt_len:])
         loss, metrics = losses.actor_loss(
             algo, logprobs=logp,
