@@ -81,6 +81,9 @@ class SamplingParams:
       keep_logits: also return the logits each response token was drawn from
         (`Rollout.logits`, [B*n, R, V] float32) so that an on-policy update can reuse them
         instead of recomputing the vocabulary projection (`train.steps.response_logits`).
+      keep_projections: also return every `Projection`'s outputs over the prompts and the
+        responses (`Rollout.projections`), for an on-policy update to replay instead of
+        recomputing them (`train.steps.grouped_hidden`).
     """
 
     temperature: float = 1.0
@@ -90,6 +93,7 @@ class SamplingParams:
     max_new_tokens: int = 128
     n: int = 1
     keep_logits: bool = False
+    keep_projections: bool = False
 
     def __post_init__(self):
         if not self.temperature >= 0.0:
@@ -134,6 +138,11 @@ class Rollout:
         divides them (`transformer.tempered_lm_head`; raw when greedy), untruncated. Masked
         slots hold what the loop computed there, or 0 where it did not run. Kept on the
         devices (`Sampler.generate` does not fetch them): the trainer reads them there.
+      projections: None (unless `SamplingParams.keep_projections`), or the tree of every
+        `transformer.Projection`'s outputs, as the model's `transformer.REPLAYED` collection
+        takes them: per projection [B, P + n*(R-1), *out_dims] ([L, B, ...] under
+        `scan_layers`), each prompt once and then its n responses without their last
+        token, the layout of `train.steps.grouped_hidden`. On the devices, like `logits`.
     """
 
     prompt_tokens: Array
@@ -145,6 +154,7 @@ class Rollout:
     finish_reason: Array
     group_ids: Array
     logits: Array | None = None
+    projections: Any = None
 
     def tokens(self) -> tuple[Array, Array]:
         """The full sequences: tokens [B*n, P+R] int32 and mask [B*n, P+R] bool."""
@@ -326,6 +336,7 @@ class _DecodeState:
     logprobs: Array  # [N, R] float32
     finish: Array  # [N] int32
     logits: Array | None  # [N, R, V] float32 with sampling.keep_logits, else None
+    projections: Any  # with keep_projections: per Projection [N, R-1, *out] (response part)
 
 
 def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, *,
@@ -361,14 +372,26 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
     model = transformer.Transformer(cfg)
     prompt_tokens = prompt_tokens.astype(jnp.int32)
     prompt_mask = prompt_mask.astype(bool)
+    # The slot axis of captured projection outputs: [B, T, ...], or [L, B, T, ...] stacked.
+    slot_axis = 2 if cfg.scan_layers else 1
+
+    def forward(tokens, positions, mask, cache):  # -> (hidden, cache, projections or None)
+        if not sampling.keep_projections:
+            return (*model.apply({"params": params}, tokens, positions, mask, cache,
+                                 return_hidden=True), None)
+        (hidden, cache), out = model.apply({"params": params}, tokens, positions, mask, cache,
+                                           return_hidden=True, mutable=[transformer.CAPTURED])
+        sown = jax.tree.map(lambda t: t[0], out[transformer.CAPTURED],
+                            is_leaf=lambda x: isinstance(x, tuple))
+        return hidden, cache, sown
 
     # Prefill: one forward pass over the prompts writes cache slots 0..P-1. Only the last
     # column's logits are needed (prompts are left padded), so the LM head runs on it alone.
     phase_ends = _decode_phase_ends(R)
     cache = transformer.init_cache(cfg, B, P + phase_ends[0])
-    hidden, cache = model.apply({"params": params}, prompt_tokens,
-                                transformer.positions_from_mask(prompt_mask), prompt_mask,
-                                cache, return_hidden=True)
+    hidden, cache, prompt_proj = forward(prompt_tokens,
+                                         transformer.positions_from_mask(prompt_mask),
+                                         prompt_mask, cache)
 
     def next_logits(hidden):  # [rows, 1, D] -> [rows, V], divided by T unless greedy
         # As the trainer scores them (`tempered_lm_head`); no [rows, V] division per step.
@@ -410,7 +433,8 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
             tokens=put(state.tokens, tok[:, None]), mask=put(state.mask, active[:, None]),
             logprobs=put(state.logprobs, logp[:, None]),
             finish=jnp.where(stopped, FINISH_STOP, state.finish),
-            logits=None if state.logits is None else put(state.logits, logits[:, None]))
+            logits=None if state.logits is None else put(state.logits, logits[:, None]),
+            projections=state.projections)
 
     dummy = prompt_len == 0
     state = _DecodeState(
@@ -420,15 +444,23 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
         logprobs=jnp.zeros((N, R), jnp.float32),
         finish=jnp.where(dummy, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32),
         logits=(jnp.zeros((N, R, cfg.vocab_size), jnp.float32) if sampling.keep_logits
-                else None))
+                else None),
+        # Response token t (t < R-1) is fed at step t+1: its projections land at index t.
+        projections=None if prompt_proj is None else jax.tree.map(
+            lambda x: jnp.zeros(x.shape[:slot_axis - 1] + (N, R - 1) + x.shape[slot_axis + 1:],
+                                x.dtype), prompt_proj))
     state = record(state, *choose(0, logits), cache, logits)
 
     def body(state: _DecodeState) -> _DecodeState:
         # Feed the previous token (response index step-1) at slot P + step - 1.
         positions = prompt_len + state.step - 1
-        hidden, cache = model.apply({"params": params}, state.last[:, None],
-                                    positions[:, None], jnp.ones((N, 1), bool), state.cache,
-                                    return_hidden=True)
+        hidden, cache, sown = forward(state.last[:, None], positions[:, None],
+                                      jnp.ones((N, 1), bool), state.cache)
+        if sown is not None:
+            state = state.replace(projections=jax.tree.map(
+                lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x, state.step - 1,
+                                                                   axis=slot_axis),
+                state.projections, sown))
         logits = next_logits(hidden)
         return record(state, *choose(state.step, logits), cache, logits)
 
@@ -439,10 +471,19 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
             state = state.replace(cache=state.cache.grow(P + end))
         state = jax.lax.while_loop(
             lambda s, end=end: (s.step < end) & ~s.all_done, body, state)
+
+    def grouped(prompt, responses):  # [B, P, ...], [N, R-1, ...] -> [B, P + n*(R-1), ...]
+        shape = responses.shape
+        responses = responses.reshape(shape[:slot_axis - 1] + (B, n * (R - 1))
+                                      + shape[slot_axis + 1:])
+        return jnp.concatenate([prompt, responses], axis=slot_axis)
+
     return Rollout(prompt_tokens=rep(prompt_tokens), prompt_mask=rep(prompt_mask),
                    response_tokens=state.tokens, response_mask=state.mask,
                    logprobs=state.logprobs, lengths=jnp.sum(state.mask, -1, dtype=jnp.int32),
-                   finish_reason=state.finish, group_ids=rows // n, logits=state.logits)
+                   finish_reason=state.finish, group_ids=rows // n, logits=state.logits,
+                   projections=None if prompt_proj is None else jax.tree.map(
+                       grouped, prompt_proj, state.projections))
 
 
 # ----------------------------------------------------------------------------- host wrapper
@@ -554,9 +595,10 @@ class Sampler:
         hosts = jax.process_count()
         if hosts > 1 and self.mesh is None:
             raise ValueError("a multi-host Sampler needs the global mesh (Sampler(mesh=...))")
-        if hosts > 1 and sampling.keep_logits:
-            raise ValueError("SamplingParams.keep_logits is single-process only: the logits "
-                             "stay on the devices, in the global batch's row order")
+        if hosts > 1 and (sampling.keep_logits or sampling.keep_projections):
+            raise ValueError("SamplingParams.keep_logits and keep_projections are "
+                             "single-process only: they stay on the devices, in the global "
+                             "batch's row order")
         if hosts > 1:
             # Every host runs the same program: agree on the prompt width and batch size.
             sizes = parallel.global_to_host(np.array([[B, longest]], np.int64))
@@ -605,7 +647,10 @@ class Sampler:
             logprobs=out.logprobs[:keep], lengths=out.lengths[:keep],
             finish_reason=out.finish_reason[:keep], group_ids=out.group_ids[:keep],
             logits=None if out.logits is None else (
-                out.logits if keep == out.logits.shape[0] else out.logits[:keep]))
+                out.logits if keep == out.logits.shape[0] else out.logits[:keep]),
+            projections=None if out.projections is None else (
+                out.projections if B == rows else jax.tree.map(
+                    lambda x: x[:, :B] if self.cfg.scan_layers else x[:B], out.projections)))
 
     def _program(self, params: Any, args: tuple[Array, ...], sampling: SamplingParams):
         """The compiled program for these shapes, shardings and sampling params (AOT, so a

@@ -142,8 +142,39 @@ def test_kept_logits_are_the_tempered_logits_of_full_forwards(sampler, params):
         np.asarray(roll.logprobs), atol=1e-5)
     plain = sampler.generate(params, tokens, mask, dataclasses.replace(sp, keep_logits=False),
                              jax.random.key(3))
-    assert plain.logits is None
+    assert plain.logits is None and plain.projections is None
     np.testing.assert_array_equal(plain.response_tokens, roll.response_tokens)
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["layers", "scanned"])
+def test_kept_projections_are_the_grouped_full_forwards(params, scan):
+    """`keep_projections`: Rollout.projections holds every Projection's outputs in the
+    shared-prompt layout, equal (on real tokens) to one grouped full forward over the
+    finished sequences (`steps.grouped_projections`), dummy bucket rows cut."""
+    from lrmjax.train import steps
+
+    cfg = dataclasses.replace(CFG, scan_layers=scan)
+    p = transformer.stack_layers(params, CFG.num_layers) if scan else params
+    sampler = Sampler(cfg, pad_id=PAD, stop_ids=(), prompt_buckets=(8,), batch_buckets=(4,))
+    sp = SamplingParams(temperature=0.7, max_new_tokens=5, n=2, keep_projections=True)
+    tokens, mask, _ = _prompts(3, seed=4)
+    roll = sampler.generate(p, tokens, mask, sp, jax.random.key(5))
+    assert roll.logits is None
+    full_tokens, full_mask = roll.tokens()
+    want = steps.grouped_projections(cfg, p, full_tokens, full_mask, 8, 2)
+    assert jax.tree.structure(roll.projections) == jax.tree.structure(want)
+    grouped_mask = np.concatenate([mask, np.ones((3, 2 * 4), bool)], axis=1)  # [B, 8 + n(R-1)]
+    real = grouped_mask[None] if scan else grouped_mask
+    names = []
+    for path, got in jax.tree_util.tree_leaves_with_path(roll.projections):
+        ref = functools.reduce(lambda t, k: t[k.key], path, want)
+        assert got.shape == ref.shape and got.shape[int(scan)] == 3, (path, got.shape)
+        keep = real.reshape(real.shape + (1,) * (got.ndim - real.ndim))
+        np.testing.assert_allclose(np.where(keep, np.asarray(got), 0),
+                                   np.where(keep, np.asarray(ref), 0), rtol=1e-4, atol=1e-4,
+                                   err_msg=jax.tree_util.keystr(path))
+        names.append(jax.tree_util.keystr(path))
+    assert len(names) == 7 * (1 if scan else CFG.num_layers), names
 
 
 @pytest.mark.parametrize("stop_ids", [(), (EOS,)], ids=["no-stop", "eos"])

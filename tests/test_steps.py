@@ -361,3 +361,39 @@ def test_on_policy_step_with_the_samplers_logits_equals_recomputing_them():
         assert float(m1[key]) == pytest.approx(float(m2[key]), rel=1e-5, abs=1e-7), key
     with pytest.raises(ValueError, match="on-policy updates only"):
         _rl_step("token-mean", 1, batch=dict(b, sampled_logits=np.asarray(logits)))
+
+
+def test_replayed_projections_give_the_values_they_carry_and_the_full_gradient():
+    """`grouped_hidden(..., sampled_projections=...)`: with the grouped forward's own
+    projection outputs it gives that forward's hidden states and parameter gradient; the
+    values come from the replayed tree (scaling the MLP's output projection changes them;
+    scaling one whose output only feeds a replayed projection would not)."""
+    n = 2
+    b = _batch(7)
+    tokens = np.repeat(b["tokens"][::n, :P], n, axis=0)  # rows in groups sharing a prompt
+    tokens = jnp.asarray(np.concatenate([tokens, b["tokens"][:, P:]], axis=1))
+    mask = np.repeat(b["mask"][::n, :P], n, axis=0)
+    mask = jnp.asarray(np.concatenate([mask, b["mask"][:, P:]], axis=1))
+    params = _params()
+    proj = steps.grouped_projections(CFG, params, tokens, mask, P, n)
+    weights = jnp.asarray(np.random.default_rng(8).normal(size=(4, R, CFG.hidden_size)),
+                          jnp.float32)
+    real = jnp.asarray(mask[:, P - 1:-1])[..., None]  # slots whose hidden states are used
+
+    def scalar(p, replay):
+        hidden = steps.grouped_hidden(CFG, p, tokens, mask, P, n, replay)
+        return jnp.sum(jnp.where(real, hidden, 0.0) * weights)
+
+    plain = steps.grouped_hidden(CFG, params, tokens, mask, P, n)
+    np.testing.assert_allclose(np.asarray(steps.grouped_hidden(CFG, params, tokens, mask, P, n,
+                                                               proj)),
+                               np.asarray(plain), rtol=1e-6, atol=1e-6)
+    g_got, g_want = jax.grad(scalar)(params, proj), jax.grad(scalar)(params, None)
+    for path, a in jax.tree_util.tree_leaves_with_path(g_got):
+        c = functools.reduce(lambda t, k: t[k.key], path, g_want)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-6,
+                                   err_msg=jax.tree_util.keystr(path))
+    bent = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 2 if "down_proj" in jax.tree_util.keystr(path) else x, proj)
+    assert not np.allclose(np.asarray(steps.grouped_hidden(CFG, params, tokens, mask, P, n,
+                                                           bent)), np.asarray(plain))

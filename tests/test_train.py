@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from train_helpers import read_metrics, small_config
 
+from lrmjax import parallel
+from lrmjax.models import presets, transformer
 from lrmjax.rl import algorithms
 from lrmjax.train import compilation, inputs, rl, steps
 
@@ -77,19 +79,23 @@ def test_trivial_reward_is_learned(algorithm, tmp_path):
     assert np.mean(rewards[-5:]) > 0.9, rewards
 
 
-def test_reusing_the_samplers_logits_matches_recomputing_them(tmp_path, monkeypatch):
-    """train.reuse_sampler_logits (on by default) gives the metrics of an update that runs
-    the vocabulary projection itself, and the update does read the sampler's logits."""
+def test_reusing_the_samplers_forward_matches_recomputing_it(tmp_path, monkeypatch):
+    """train.reuse_sampler_forward (on by default) gives the metrics of an update that runs
+    its forward's matrix products itself, and the update does replay the sampler's logits
+    and projections."""
     cfg = small_config("grpo", steps=2)
     cfg.reward.fns = {"test_starts_with_7": 1.0}
     cfg.optim.lr = 1e-2
+    cfg.train.batch_prompts = 8  # whole groups on each of the 8 devices: shared prompts
     calls = []
-    real = steps.logits_from_sample
-    monkeypatch.setattr(steps, "logits_from_sample",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    for module, name in ((steps, "logits_from_sample"), (transformer, "replayed")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, name=name, **k:
+                            calls.append(name) or real(*a, **k))
     rl.train(cfg, str(tmp_path / "reuse"))
-    assert calls  # traced into the compiled update
-    cfg.train.reuse_sampler_logits = False
+    # Traced into the compiled update: the head once, each of the layer's 7 projections.
+    assert calls.count("logits_from_sample") == 1 and calls.count("replayed") == 7, calls
+    cfg.train.reuse_sampler_forward = False
     calls.clear()
     rl.train(cfg, str(tmp_path / "recompute"))
     assert not calls
@@ -102,16 +108,29 @@ def test_reusing_the_samplers_logits_matches_recomputing_them(tmp_path, monkeypa
             assert ra[k] == want, (ra["step"], k)
 
 
-def test_samplers_logits_are_reused_only_where_exact_and_free():
+def test_samplers_forward_is_reused_only_where_exact_and_free():
+    mesh = parallel.make_mesh((-1, 1, 1))  # 8 devices
+    model = presets.get("tiny")
     cfg = small_config("grpo")
-    assert inputs.reuses_sampler_logits(cfg)
-    for key, value in (("train.reuse_sampler_logits", False), ("train.ppo_epochs", 2),
+    cfg.train.batch_prompts = 8
+    assert inputs.reuses_sampler_forward(cfg, model, mesh) == (True, True)
+    for key, value in (("train.reuse_sampler_forward", False), ("train.ppo_epochs", 2),
                        ("train.minibatches", 2), ("train.microbatches", 2),
                        ("rl.dynamic_sampling", True)):
         c = small_config("grpo")
+        c.train.batch_prompts = 8
         group, name = key.split(".")
         c[group][name] = value
-        assert not inputs.reuses_sampler_logits(c), key
+        assert inputs.reuses_sampler_forward(c, model, mesh) == (False, False), key
+    # The projections need whole groups per device, shared prompts and plain layers.
+    cfg.train.batch_prompts = 4
+    assert inputs.reuses_sampler_forward(cfg, model, mesh) == (True, False)
+    cfg.train.batch_prompts, cfg.train.shared_prompt_forward = 8, False
+    assert inputs.reuses_sampler_forward(cfg, model, mesh) == (True, False)
+    cfg.train.shared_prompt_forward = True
+    for changed in (dict(scan_layers=True), dict(remat=True)):
+        got = inputs.reuses_sampler_forward(cfg, presets.get("tiny", **changed), mesh)
+        assert got == (True, False), changed
 
 
 def test_dynamic_sampling_keeps_batch_full(tmp_path):

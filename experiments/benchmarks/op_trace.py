@@ -45,9 +45,10 @@ def main() -> int:
     p.add_argument("--no-shared-prompt", action="store_true",
                    help="train: run every row's prompt (train.shared_prompt_forward=False)")
     p.add_argument("--sampled-logits", action="store_true",
-                   help="train: the batch carries the sampler's logits (Rollout.logits), so "
-                        "the update does not recompute the vocabulary projection; decode: "
-                        "the sampler keeps them (SamplingParams.keep_logits)")
+                   help="train: the batch carries the sampler's logits and projections "
+                        "(Rollout.logits, Rollout.projections), so the update does not "
+                        "recompute them; decode: the sampler keeps them "
+                        "(SamplingParams.keep_logits, keep_projections)")
     p.add_argument("--batch", type=int, default=32, help="decode: prompts")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0,
@@ -119,6 +120,10 @@ def main() -> int:
         if args.sampled_logits:
             batch["sampled_logits"] = rng.normal(size=(N, R, cfg.vocab_size)).astype(np.float32)
         batch = {k: shard(v) for k, v in batch.items()}
+        if args.sampled_logits and group > 1:  # and the projections, as the sampler keeps them
+            batch["sampled_projections"] = jax.jit(functools.partial(
+                steps.grouped_projections, cfg, prompt_len=P, group_size=group))(
+                state.params, batch["tokens"], batch["mask"])
         if args.kl > 0:
             batch["ref_logprobs"] = jax.jit(functools.partial(
                 steps.response_logprobs, model_cfg=cfg, prompt_len=P, temperature=temperature,
@@ -138,7 +143,8 @@ def main() -> int:
         B = args.batch
         sp = sampling.SamplingParams(temperature=args.temperature,
                                      max_new_tokens=args.new_tokens,
-                                     keep_logits=args.sampled_logits)
+                                     keep_logits=args.sampled_logits,
+                                     keep_projections=args.sampled_logits)
         every = args.stop_check_every or sampling.default_stop_check_every(
             parallel.batch_divisor(mesh))
         fn = jax.jit(functools.partial(sampling.generate, cfg=cfg, sampling=sp,
