@@ -61,9 +61,10 @@ class RLBatch:
 
 
 def _np_rollout(roll: Rollout) -> Rollout:
-    """The rollout's arrays on the host, except the sampler's logits (`keep_logits`), which
-    stay on the devices for the update."""
-    return jax.tree.map(np.asarray, roll.replace(logits=None)).replace(logits=roll.logits)
+    """The rollout's arrays on the host, except the sampler's logits and projections
+    (`keep_logits`, `keep_projections`), which stay on the devices for the update."""
+    host = jax.tree.map(np.asarray, roll.replace(logits=None, projections=None))
+    return host.replace(logits=roll.logits, projections=roll.projections)
 
 
 def _take_groups(roll: Rollout, groups: np.ndarray, n: int) -> Rollout:
