@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -337,9 +336,7 @@ class _DecodeState:
     logprobs: Array  # [N, R] float32
     finish: Array  # [N] int32
     logits: Array | None  # [N, R, V] float32 with sampling.keep_logits, else None
-    # With keep_projections: every Projection's outputs for the fed response tokens, packed
-    # along the last axis [N, R-1, total] (one write per decode step; `generate` unpacks).
-    projections: Array | None
+    projections: Any  # with keep_projections: per Projection [N, R-1, *out] (response part)
 
 
 def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, *,
@@ -387,26 +384,6 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
         sown = jax.tree.map(lambda t: t[0], out[transformer.CAPTURED],
                             is_leaf=lambda x: isinstance(x, tuple))
         return hidden, cache, sown
-
-    def pack(sown):  # each [N, 1, *out] ([L, N, 1, *out] scanned) -> one [N, 1, total]
-        # Dozens of small cache-like writes per decode step cost more than their bytes (on a
-        # CPU, a few microseconds each): one concatenation and one write instead.
-        lead = lambda x: jnp.moveaxis(x, 0, 2) if cfg.scan_layers else x  # noqa: E731
-        return jnp.concatenate([lead(x).reshape(N, 1, -1) for x in jax.tree.leaves(sown)],
-                               axis=-1)
-
-    def unpack(packed):  # [N, R-1, total] -> the tree of [N, R-1, *out] ([L, N, R-1, *out])
-        leaves, start = [], 0
-        for x in jax.tree.leaves(prompt_proj):  # [B, P, *out] or [L, B, P, *out]
-            size = math.prod(x.shape) // (B * P)
-            part = packed[..., start:start + size]
-            start += size
-            if cfg.scan_layers:
-                part = jnp.moveaxis(part.reshape(N, R - 1, x.shape[0], *x.shape[3:]), 2, 0)
-            else:
-                part = part.reshape(N, R - 1, *x.shape[2:])
-            leaves.append(part)
-        return jax.tree.unflatten(jax.tree.structure(prompt_proj), leaves)
 
     # Prefill: one forward pass over the prompts writes cache slots 0..P-1. Only the last
     # column's logits are needed (prompts are left padded), so the LM head runs on it alone.
@@ -469,9 +446,9 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
         logits=(jnp.zeros((N, R, cfg.vocab_size), jnp.float32) if sampling.keep_logits
                 else None),
         # Response token t (t < R-1) is fed at step t+1: its projections land at index t.
-        projections=None if prompt_proj is None else jnp.zeros(
-            (N, R - 1, sum(math.prod(x.shape) // (B * P) for x in jax.tree.leaves(prompt_proj))),
-            cfg.dtype))
+        projections=None if prompt_proj is None else jax.tree.map(
+            lambda x: jnp.zeros(x.shape[:slot_axis - 1] + (N, R - 1) + x.shape[slot_axis + 1:],
+                                x.dtype), prompt_proj))
     state = record(state, *choose(0, logits), cache, logits)
 
     def body(state: _DecodeState) -> _DecodeState:
@@ -480,8 +457,10 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
         hidden, cache, sown = forward(state.last[:, None], positions[:, None],
                                       jnp.ones((N, 1), bool), state.cache)
         if sown is not None:
-            state = state.replace(projections=jax.lax.dynamic_update_slice_in_dim(
-                state.projections, pack(sown), state.step - 1, axis=1))
+            state = state.replace(projections=jax.tree.map(
+                lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x, state.step - 1,
+                                                                   axis=slot_axis),
+                state.projections, sown))
         logits = next_logits(hidden)
         return record(state, *choose(state.step, logits), cache, logits)
 
@@ -504,7 +483,7 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
                    logprobs=state.logprobs, lengths=jnp.sum(state.mask, -1, dtype=jnp.int32),
                    finish_reason=state.finish, group_ids=rows // n, logits=state.logits,
                    projections=None if prompt_proj is None else jax.tree.map(
-                       grouped, prompt_proj, unpack(state.projections)))
+                       grouped, prompt_proj, state.projections))
 
 
 # ----------------------------------------------------------------------------- host wrapper
