@@ -381,9 +381,7 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
                                  return_hidden=True), None)
         (hidden, cache), out = model.apply({"params": params}, tokens, positions, mask, cache,
                                            return_hidden=True, mutable=[transformer.CAPTURED])
-        sown = jax.tree.map(lambda t: t[0], out[transformer.CAPTURED],
-                            is_leaf=lambda x: isinstance(x, tuple))
-        return hidden, cache, sown
+        return hidden, cache, transformer.captured(out)
 
     # Prefill: one forward pass over the prompts writes cache slots 0..P-1. Only the last
     # column's logits are needed (prompts are left padded), so the LM head runs on it alone.
@@ -495,6 +493,11 @@ def _decode_phase_ends(max_new_tokens: int) -> tuple[int, ...]:
     if max_new_tokens < DECODE_PHASE_MIN:
         return (max_new_tokens,)
     return (max_new_tokens // 2, max_new_tokens)
+
+
+def _first(x: Array, count: int, axis: int = 0) -> Array:
+    """The first `count` entries of `axis` (no copy when that is all of them)."""
+    return x if x.shape[axis] == count else jax.lax.slice_in_dim(x, 0, count, axis=axis)
 
 
 def _powers_of_two(lo: int, hi: int) -> tuple[int, ...]:
@@ -636,7 +639,7 @@ class Sampler:
         if hosts > 1:
             # Host p's prompts are the p-th block of the global batch, and so are its n
             # responses each (rows are prompt-major): gather, then keep this host's rows.
-            out = parallel.global_to_host(out)  # (keep_logits is refused above)
+            out = parallel.global_to_host(out)  # (keep_logits/projections refused above)
             start = parallel.host_row_block(self.mesh, rows * hosts).start * sampling.n
             out = jax.tree.map(lambda x: x[start:start + keep], out)
             out = out.replace(group_ids=out.group_ids - out.group_ids[0])
@@ -646,11 +649,9 @@ class Sampler:
             response_tokens=out.response_tokens[:keep], response_mask=out.response_mask[:keep],
             logprobs=out.logprobs[:keep], lengths=out.lengths[:keep],
             finish_reason=out.finish_reason[:keep], group_ids=out.group_ids[:keep],
-            logits=None if out.logits is None else (
-                out.logits if keep == out.logits.shape[0] else out.logits[:keep]),
-            projections=None if out.projections is None else (
-                out.projections if B == rows else jax.tree.map(
-                    lambda x: x[:, :B] if self.cfg.scan_layers else x[:B], out.projections)))
+            logits=None if out.logits is None else _first(out.logits, keep),
+            projections=None if out.projections is None else jax.tree.map(
+                lambda x: _first(x, B, axis=int(self.cfg.scan_layers)), out.projections))
 
     def _program(self, params: Any, args: tuple[Array, ...], sampling: SamplingParams):
         """The compiled program for these shapes, shardings and sampling params (AOT, so a

@@ -138,7 +138,7 @@ def main() -> int:
         what = (f"rl_train_step, {cfg.name}, {N} x ({P} + {R}) tokens, kl {args.kl}, "
                 f"temperature {temperature}, "
                 f"{'shared prompts of ' + str(args.n) + ' rows' if group > 1 else 'no sharing'}"
-                f"{', sampled logits' if args.sampled_logits else ''}")
+                f"{', sampled logits and projections' if args.sampled_logits else ''}")
     else:
         B = args.batch
         sp = sampling.SamplingParams(temperature=args.temperature,
@@ -157,7 +157,8 @@ def main() -> int:
         call = functools.partial(compiled, params, toks, mask, key)
         what = (f"generate, {cfg.name}, batch {B}, prompt 64, {args.new_tokens} new tokens, "
                 f"temperature {args.temperature}, stop ids {args.stop_id or 'none'} "
-                f"tested every {every} step(s){', keeping logits' if args.sampled_logits else ''}")
+                f"tested every {every} step(s)"
+                f"{', keeping logits and projections' if args.sampled_logits else ''}")
 
     # Op name -> the model code it came from (layer numbers merged).
     source = {}

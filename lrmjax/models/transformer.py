@@ -172,6 +172,13 @@ CAPTURED = "projection_outputs"
 REPLAYED = "sampled_projections"
 
 
+def captured(variables: Any) -> Any:
+    """The CAPTURED collection of a forward's mutable variables, without sow's 1-tuples: the
+    tree a REPLAYED collection takes."""
+    return jax.tree.map(lambda t: t[0], variables[CAPTURED],
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+
 def replayed(fn: Any, value: Array, *args: Array) -> Array:
     """fn(*args) whose value is `value`, computed earlier from the same inputs (the sampler's
     forward with the same params), and whose VJP is fn's: the forward product is not run

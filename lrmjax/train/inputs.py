@@ -307,11 +307,10 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     sampler = Sampler(model_cfg, pad_id=tokenizer.pad_id, stop_ids=tokenizer.stop_ids,
                       mesh=mesh, prompt_buckets=(prompt_len,))
     s = cfg.sampling
+    keep_logits, keep_projections = reuses_sampler_forward(cfg, model_cfg, mesh)
     sampling = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                               min_p=s.min_p, max_new_tokens=s.max_new_tokens, n=s.n,
-                              **dict(zip(("keep_logits", "keep_projections"),
-                                         reuses_sampler_forward(cfg, model_cfg, mesh),
-                                         strict=True)))
+                              keep_logits=keep_logits, keep_projections=keep_projections)
     token_stats_fn = None
     if set(fns) & TOKEN_STAT_REWARDS:
         token_stats_fn = jax.jit(functools.partial(

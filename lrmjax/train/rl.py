@@ -389,7 +389,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
             greedy = sample_and_score(inp, state.params, batch.examples,
                                       jax.random.fold_in(key, 10_000),
                                       dataclasses.replace(inp.train_sampling, temperature=0.0,
-                                                          n=1, keep_logits=False))
+                                                          n=1, keep_logits=False,
+                                                          keep_projections=False))
             baseline = dev(np.repeat(greedy.rewards, cfg.sampling.n))
         adv, returns = advantage_fn(rewards=dev(batch.rewards),
                                     response_mask=data["loss_mask"],

@@ -30,6 +30,7 @@ from lrmjax.models.transformer import (
     CAPTURED,
     REPLAYED,
     Transformer,
+    captured,
     positions_from_mask,
     replayed,
     tempered_lm_head,
@@ -153,7 +154,7 @@ def grouped_projections(model_cfg: ModelConfig, params: Any, tokens: Array, mask
     _, out = Transformer(model_cfg, groups=(prompt_len, group_size)).apply(
         {"params": params}, *_grouped_inputs(tokens, mask, prompt_len, group_size),
         return_hidden=True, mutable=[CAPTURED])
-    return jax.tree.map(lambda t: t[0], out[CAPTURED], is_leaf=lambda x: isinstance(x, tuple))
+    return captured(out)
 
 
 @jax.custom_vjp
