@@ -125,12 +125,6 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     # Each group's prompt runs once, not n times, in the reference/old logprob passes and (with
     # one minibatch) the update: exact, and n-1 of n prompt token-passes fewer.
     c.train.shared_prompt_forward = True
-    # An on-policy update in one piece (ppo_epochs = minibatches = microbatches = 1, one
-    # process) takes the values of its logits and (with shared prompts) of every weight product
-    # from the sampler, which computed them with the same params, instead of running the
-    # forward's matrix products again; the backward runs in full (train/inputs.py,
-    # reuses_sampler_forward).
-    c.train.reuse_sampler_forward = True
     c.train.max_refill_rounds = 4    # dynamic sampling: extra sampling rounds per step
     c.train.max_nonfinite = 5        # consecutive skipped (non-finite) updates before stopping
     c.train.log_every = 10

@@ -78,12 +78,6 @@ class SamplingParams:
       min_p: keep tokens with prob >= min_p * max prob (0.0 = off).
       max_new_tokens: response length R (static: the Rollout is [B*n, R]).
       n: samples per prompt.
-      keep_logits: also return the logits each response token was drawn from
-        (`Rollout.logits`, [B*n, R, V] float32) so that an on-policy update can reuse them
-        instead of recomputing the vocabulary projection (`train.steps.response_logits`).
-      keep_projections: also return every `Projection`'s outputs over the prompts and the
-        responses (`Rollout.projections`), for an on-policy update to replay instead of
-        recomputing them (`train.steps.grouped_hidden`).
     """
 
     temperature: float = 1.0
@@ -92,8 +86,6 @@ class SamplingParams:
     min_p: float = 0.0
     max_new_tokens: int = 128
     n: int = 1
-    keep_logits: bool = False
-    keep_projections: bool = False
 
     def __post_init__(self):
         if not self.temperature >= 0.0:
@@ -133,16 +125,6 @@ class Rollout:
       lengths: [B*n] int32, number of response tokens (= response_mask.sum(-1)).
       finish_reason: [B*n] int32, FINISH_STOP (0) or FINISH_LENGTH (1).
       group_ids: [B*n] int32, index of the prompt each row answers.
-      logits: [B*n, R, V] float32 or None (unless `SamplingParams.keep_logits`): the logits
-        that response token t was drawn from, divided by the temperature as the trainer
-        divides them (`transformer.tempered_lm_head`; raw when greedy), untruncated. Masked
-        slots hold what the loop computed there, or 0 where it did not run. Kept on the
-        devices (`Sampler.generate` does not fetch them): the trainer reads them there.
-      projections: None (unless `SamplingParams.keep_projections`), or the tree of every
-        `transformer.Projection`'s outputs, as the model's `transformer.REPLAYED` collection
-        takes them: per projection [B, P + n*(R-1), *out_dims] ([L, B, ...] under
-        `scan_layers`), each prompt once and then its n responses without their last
-        token, the layout of `train.steps.grouped_hidden`. On the devices, like `logits`.
     """
 
     prompt_tokens: Array
@@ -153,8 +135,6 @@ class Rollout:
     lengths: Array
     finish_reason: Array
     group_ids: Array
-    logits: Array | None = None
-    projections: Any = None
 
     def tokens(self) -> tuple[Array, Array]:
         """The full sequences: tokens [B*n, P+R] int32 and mask [B*n, P+R] bool."""
@@ -335,8 +315,6 @@ class _DecodeState:
     mask: Array  # [N, R] bool
     logprobs: Array  # [N, R] float32
     finish: Array  # [N] int32
-    logits: Array | None  # [N, R, V] float32 with sampling.keep_logits, else None
-    projections: Any  # with keep_projections: per Projection [N, R-1, *out] (response part)
 
 
 def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, *,
@@ -372,24 +350,14 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
     model = transformer.Transformer(cfg)
     prompt_tokens = prompt_tokens.astype(jnp.int32)
     prompt_mask = prompt_mask.astype(bool)
-    # The slot axis of captured projection outputs: [B, T, ...], or [L, B, T, ...] stacked.
-    slot_axis = 2 if cfg.scan_layers else 1
-
-    def forward(tokens, positions, mask, cache):  # -> (hidden, cache, projections or None)
-        if not sampling.keep_projections:
-            return (*model.apply({"params": params}, tokens, positions, mask, cache,
-                                 return_hidden=True), None)
-        (hidden, cache), out = model.apply({"params": params}, tokens, positions, mask, cache,
-                                           return_hidden=True, mutable=[transformer.CAPTURED])
-        return hidden, cache, transformer.captured(out)
 
     # Prefill: one forward pass over the prompts writes cache slots 0..P-1. Only the last
     # column's logits are needed (prompts are left padded), so the LM head runs on it alone.
     phase_ends = _decode_phase_ends(R)
     cache = transformer.init_cache(cfg, B, P + phase_ends[0])
-    hidden, cache, prompt_proj = forward(prompt_tokens,
-                                         transformer.positions_from_mask(prompt_mask),
-                                         prompt_mask, cache)
+    hidden, cache = model.apply({"params": params}, prompt_tokens,
+                                transformer.positions_from_mask(prompt_mask), prompt_mask,
+                                cache, return_hidden=True)
 
     def next_logits(hidden):  # [rows, 1, D] -> [rows, V], divided by T unless greedy
         # As the trainer scores them (`tempered_lm_head`); no [rows, V] division per step.
@@ -410,8 +378,7 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
     def choose(step, logits):
         return sample_with_logprob(logits, row_keys(key, step, rows), sampling, tempered=True)
 
-    def record(state: _DecodeState, tok: Array, logp: Array, cache, logits: Array
-               ) -> _DecodeState:
+    def record(state: _DecodeState, tok: Array, logp: Array, cache) -> _DecodeState:
         active = ~state.done
         tok = jnp.where(active, tok, pad_id)
         logp = jnp.where(active, logp, 0.0)
@@ -430,9 +397,7 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
             step=state.step + 1, cache=cache, last=tok, done=done, all_done=all_done,
             tokens=put(state.tokens, tok[:, None]), mask=put(state.mask, active[:, None]),
             logprobs=put(state.logprobs, logp[:, None]),
-            finish=jnp.where(stopped, FINISH_STOP, state.finish),
-            logits=None if state.logits is None else put(state.logits, logits[:, None]),
-            projections=state.projections)
+            finish=jnp.where(stopped, FINISH_STOP, state.finish))
 
     dummy = prompt_len == 0
     state = _DecodeState(
@@ -440,27 +405,16 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
         done=dummy, all_done=jnp.all(dummy), tokens=jnp.full((N, R), pad_id, jnp.int32),
         mask=jnp.zeros((N, R), bool),
         logprobs=jnp.zeros((N, R), jnp.float32),
-        finish=jnp.where(dummy, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32),
-        logits=(jnp.zeros((N, R, cfg.vocab_size), jnp.float32) if sampling.keep_logits
-                else None),
-        # Response token t (t < R-1) is fed at step t+1: its projections land at index t.
-        projections=None if prompt_proj is None else jax.tree.map(
-            lambda x: jnp.zeros(x.shape[:slot_axis - 1] + (N, R - 1) + x.shape[slot_axis + 1:],
-                                x.dtype), prompt_proj))
-    state = record(state, *choose(0, logits), cache, logits)
+        finish=jnp.where(dummy, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32))
+    state = record(state, *choose(0, logits), cache)
 
     def body(state: _DecodeState) -> _DecodeState:
         # Feed the previous token (response index step-1) at slot P + step - 1.
         positions = prompt_len + state.step - 1
-        hidden, cache, sown = forward(state.last[:, None], positions[:, None],
-                                      jnp.ones((N, 1), bool), state.cache)
-        if sown is not None:
-            state = state.replace(projections=jax.tree.map(
-                lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x, state.step - 1,
-                                                                   axis=slot_axis),
-                state.projections, sown))
-        logits = next_logits(hidden)
-        return record(state, *choose(state.step, logits), cache, logits)
+        hidden, cache = model.apply({"params": params}, state.last[:, None],
+                                    positions[:, None], jnp.ones((N, 1), bool), state.cache,
+                                    return_hidden=True)
+        return record(state, *choose(state.step, next_logits(hidden)), cache)
 
     # One loop per phase, each over a cache just long enough for it: attention reads every
     # slot of the cache each step, so early steps do not pay for the slots of late ones.
@@ -469,19 +423,10 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
             state = state.replace(cache=state.cache.grow(P + end))
         state = jax.lax.while_loop(
             lambda s, end=end: (s.step < end) & ~s.all_done, body, state)
-
-    def grouped(prompt, responses):  # [B, P, ...], [N, R-1, ...] -> [B, P + n*(R-1), ...]
-        shape = responses.shape
-        responses = responses.reshape(shape[:slot_axis - 1] + (B, n * (R - 1))
-                                      + shape[slot_axis + 1:])
-        return jnp.concatenate([prompt, responses], axis=slot_axis)
-
     return Rollout(prompt_tokens=rep(prompt_tokens), prompt_mask=rep(prompt_mask),
                    response_tokens=state.tokens, response_mask=state.mask,
                    logprobs=state.logprobs, lengths=jnp.sum(state.mask, -1, dtype=jnp.int32),
-                   finish_reason=state.finish, group_ids=rows // n, logits=state.logits,
-                   projections=None if prompt_proj is None else jax.tree.map(
-                       grouped, prompt_proj, state.projections))
+                   finish_reason=state.finish, group_ids=rows // n)
 
 
 # ----------------------------------------------------------------------------- host wrapper
@@ -493,11 +438,6 @@ def _decode_phase_ends(max_new_tokens: int) -> tuple[int, ...]:
     if max_new_tokens < DECODE_PHASE_MIN:
         return (max_new_tokens,)
     return (max_new_tokens // 2, max_new_tokens)
-
-
-def _first(x: Array, count: int, axis: int = 0) -> Array:
-    """The first `count` entries of `axis` (no copy when that is all of them)."""
-    return x if x.shape[axis] == count else jax.lax.slice_in_dim(x, 0, count, axis=axis)
 
 
 def _powers_of_two(lo: int, hi: int) -> tuple[int, ...]:
@@ -598,10 +538,6 @@ class Sampler:
         hosts = jax.process_count()
         if hosts > 1 and self.mesh is None:
             raise ValueError("a multi-host Sampler needs the global mesh (Sampler(mesh=...))")
-        if hosts > 1 and (sampling.keep_logits or sampling.keep_projections):
-            raise ValueError("SamplingParams.keep_logits and keep_projections are "
-                             "single-process only: they stay on the devices, in the global "
-                             "batch's row order")
         if hosts > 1:
             # Every host runs the same program: agree on the prompt width and batch size.
             sizes = parallel.global_to_host(np.array([[B, longest]], np.int64))
@@ -639,7 +575,7 @@ class Sampler:
         if hosts > 1:
             # Host p's prompts are the p-th block of the global batch, and so are its n
             # responses each (rows are prompt-major): gather, then keep this host's rows.
-            out = parallel.global_to_host(out)  # (keep_logits/projections refused above)
+            out = parallel.global_to_host(out)
             start = parallel.host_row_block(self.mesh, rows * hosts).start * sampling.n
             out = jax.tree.map(lambda x: x[start:start + keep], out)
             out = out.replace(group_ids=out.group_ids - out.group_ids[0])
@@ -648,10 +584,7 @@ class Sampler:
             prompt_mask=jnp.asarray(np.repeat(mask, sampling.n, axis=0)),
             response_tokens=out.response_tokens[:keep], response_mask=out.response_mask[:keep],
             logprobs=out.logprobs[:keep], lengths=out.lengths[:keep],
-            finish_reason=out.finish_reason[:keep], group_ids=out.group_ids[:keep],
-            logits=None if out.logits is None else _first(out.logits, keep),
-            projections=None if out.projections is None else jax.tree.map(
-                lambda x: _first(x, B, axis=int(self.cfg.scan_layers)), out.projections))
+            finish_reason=out.finish_reason[:keep], group_ids=out.group_ids[:keep])
 
     def _program(self, params: Any, args: tuple[Array, ...], sampling: SamplingParams):
         """The compiled program for these shapes, shardings and sampling params (AOT, so a

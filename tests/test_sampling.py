@@ -1,7 +1,6 @@
 """Sampler: greedy == step-by-step argmax of full forwards, padding/sharding/n-sharing
 invariance, truncated-distribution statistics, stopping, bucketing and errors."""
 
-import dataclasses
 import functools
 
 import jax
@@ -119,62 +118,6 @@ def test_sampled_logprobs_are_the_tempered_untruncated_log_softmax(sampler, para
                 assert (z > z[tok]).sum() < sp.top_k
             seq.append(int(tok))
         np.testing.assert_allclose(np.asarray(roll.logprobs[i]), want, atol=1e-4)
-
-
-def test_kept_logits_are_the_tempered_logits_of_full_forwards(sampler, params):
-    """`keep_logits`: Rollout.logits[row, t] = logits / T of a full forward over the sequence
-    up to response token t (the trainer's `response_logits`), for n = 2 samples of 3 prompts
-    (the batch bucket adds dummy rows, cut from the logits too); off, it is None."""
-    sp = SamplingParams(temperature=0.7, max_new_tokens=5, n=2, keep_logits=True)
-    tokens, mask, seqs = _prompts(3, seed=9)
-    roll = sampler.generate(params, tokens, mask, sp, jax.random.key(3))
-    assert roll.logits.shape == (6, 5, CFG.vocab_size) and roll.logits.dtype == jnp.float32
-    for row in range(6):
-        seq = list(seqs[row // 2])
-        for t, tok in enumerate(np.asarray(roll.response_tokens[row])):
-            z = np.asarray(_logits(CFG, params, jnp.asarray([seq], jnp.int32))) / 0.7
-            np.testing.assert_allclose(np.asarray(roll.logits[row, t]), z, rtol=1e-4,
-                                       atol=1e-4)
-            seq.append(int(tok))
-    logp = jax.nn.log_softmax(roll.logits, axis=-1)
-    np.testing.assert_allclose(
-        np.asarray(jnp.take_along_axis(logp, roll.response_tokens[..., None], -1)[..., 0]),
-        np.asarray(roll.logprobs), atol=1e-5)
-    plain = sampler.generate(params, tokens, mask, dataclasses.replace(sp, keep_logits=False),
-                             jax.random.key(3))
-    assert plain.logits is None and plain.projections is None
-    np.testing.assert_array_equal(plain.response_tokens, roll.response_tokens)
-
-
-@pytest.mark.parametrize("scan", [False, True], ids=["layers", "scanned"])
-def test_kept_projections_are_the_grouped_full_forwards(params, scan):
-    """`keep_projections`: Rollout.projections holds every Projection's outputs in the
-    shared-prompt layout, equal (on real tokens) to one grouped full forward over the
-    finished sequences (`steps.grouped_projections`), dummy bucket rows cut."""
-    from lrmjax.train import steps
-
-    cfg = dataclasses.replace(CFG, scan_layers=scan)
-    p = transformer.stack_layers(params, CFG.num_layers) if scan else params
-    sampler = Sampler(cfg, pad_id=PAD, stop_ids=(), prompt_buckets=(8,), batch_buckets=(4,))
-    sp = SamplingParams(temperature=0.7, max_new_tokens=5, n=2, keep_projections=True)
-    tokens, mask, _ = _prompts(3, seed=4)
-    roll = sampler.generate(p, tokens, mask, sp, jax.random.key(5))
-    assert roll.logits is None
-    full_tokens, full_mask = roll.tokens()
-    want = steps.grouped_projections(cfg, p, full_tokens, full_mask, 8, 2)
-    assert jax.tree.structure(roll.projections) == jax.tree.structure(want)
-    grouped_mask = np.concatenate([mask, np.ones((3, 2 * 4), bool)], axis=1)  # [B, 8 + n(R-1)]
-    real = grouped_mask[None] if scan else grouped_mask
-    names = []
-    for path, got in jax.tree_util.tree_leaves_with_path(roll.projections):
-        ref = functools.reduce(lambda t, k: t[k.key], path, want)
-        assert got.shape == ref.shape and got.shape[int(scan)] == 3, (path, got.shape)
-        keep = real.reshape(real.shape + (1,) * (got.ndim - real.ndim))
-        np.testing.assert_allclose(np.where(keep, np.asarray(got), 0),
-                                   np.where(keep, np.asarray(ref), 0), rtol=1e-4, atol=1e-4,
-                                   err_msg=jax.tree_util.keystr(path))
-        names.append(jax.tree_util.keystr(path))
-    assert len(names) == 7 * (1 if scan else CFG.num_layers), names
 
 
 @pytest.mark.parametrize("stop_ids", [(), (EOS,)], ids=["no-stop", "eos"])

@@ -14,10 +14,8 @@ import numpy as np
 import pytest
 from train_helpers import read_metrics, small_config
 
-from lrmjax import parallel
-from lrmjax.models import presets, transformer
 from lrmjax.rl import algorithms
-from lrmjax.train import compilation, inputs, rl, steps
+from lrmjax.train import compilation, rl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,60 +75,6 @@ def test_trivial_reward_is_learned(algorithm, tmp_path):
     rewards = [r["reward/mean"] for r in read_metrics(str(tmp_path))]
     assert np.mean(rewards[:3]) < 0.5
     assert np.mean(rewards[-5:]) > 0.9, rewards
-
-
-def test_reusing_the_samplers_forward_matches_recomputing_it(tmp_path, monkeypatch):
-    """train.reuse_sampler_forward (on by default) gives the metrics of an update that runs
-    its forward's matrix products itself, and the update does replay the sampler's logits
-    and projections."""
-    cfg = small_config("grpo", steps=2)
-    cfg.reward.fns = {"test_starts_with_7": 1.0}
-    cfg.optim.lr = 1e-2
-    cfg.train.batch_prompts = 8  # whole groups on each of the 8 devices: shared prompts
-    calls = []
-    for module, name in ((steps, "logits_from_sample"), (transformer, "replayed")):
-        real = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, real=real, name=name, **k:
-                            calls.append(name) or real(*a, **k))
-    rl.train(cfg, str(tmp_path / "reuse"))
-    # Traced into the compiled update: the head once, each of the layer's 7 projections.
-    assert calls.count("logits_from_sample") == 1 and calls.count("replayed") == 7, calls
-    cfg.train.reuse_sampler_forward = False
-    calls.clear()
-    rl.train(cfg, str(tmp_path / "recompute"))
-    assert not calls
-    a, b = read_metrics(str(tmp_path / "reuse")), read_metrics(str(tmp_path / "recompute"))
-    assert a[0]["reward/std"] > 0  # the update had a gradient to follow
-    for ra, rb in zip(a, b, strict=True):
-        assert ra.keys() == rb.keys()
-        for k in ra:
-            want = rb[k] if isinstance(rb[k], str) else pytest.approx(rb[k], rel=1e-4, abs=1e-6)
-            assert ra[k] == want, (ra["step"], k)
-
-
-def test_samplers_forward_is_reused_only_where_exact_and_free():
-    mesh = parallel.make_mesh((-1, 1, 1))  # 8 devices
-    model = presets.get("tiny")
-    cfg = small_config("grpo")
-    cfg.train.batch_prompts = 8
-    assert inputs.reuses_sampler_forward(cfg, model, mesh) == (True, True)
-    for key, value in (("train.reuse_sampler_forward", False), ("train.ppo_epochs", 2),
-                       ("train.minibatches", 2), ("train.microbatches", 2),
-                       ("rl.dynamic_sampling", True)):
-        c = small_config("grpo")
-        c.train.batch_prompts = 8
-        group, name = key.split(".")
-        c[group][name] = value
-        assert inputs.reuses_sampler_forward(c, model, mesh) == (False, False), key
-    # The projections need whole groups per device, shared prompts and plain layers.
-    cfg.train.batch_prompts = 4
-    assert inputs.reuses_sampler_forward(cfg, model, mesh) == (True, False)
-    cfg.train.batch_prompts, cfg.train.shared_prompt_forward = 8, False
-    assert inputs.reuses_sampler_forward(cfg, model, mesh) == (True, False)
-    cfg.train.shared_prompt_forward = True
-    for changed in (dict(scan_layers=True), dict(remat=True)):
-        got = inputs.reuses_sampler_forward(cfg, presets.get("tiny", **changed), mesh)
-        assert got == (True, False), changed
 
 
 def test_dynamic_sampling_keeps_batch_full(tmp_path):

@@ -16,8 +16,8 @@ weights stream from memory as they do in the model), and adds them up:
   sampler (one prefill of the 8 prompts, 63 decode steps of 32 rows), the reference forward
   (2,272 token-passes: each group's prompt once and its 4 responses without their last token,
   as the trainer's shared-prompt forward runs them; the vocabulary head on the 2,048 response
-  positions) and the update (two GEMMs per weight in the backward: the input and weight
-  gradients; its forward replays the sampler's products, `train.reuse_sampler_forward`).
+  positions) and the update (the same forward plus two GEMMs per weight in the backward: the
+  input and weight gradients).
 
 Everything else (attention over the cache, softmax, norms, sampling, the optimizer) adds
 time, so each sum is a floor *for this compiler on this machine*: a phase cannot be faster
@@ -147,8 +147,7 @@ def grpo_floor(timer: GemmTimer, cfg) -> dict[str, float]:
     sample = (forward_gemms(timer, cfg, GRPO_PROMPTS * GRPO_P, GRPO_PROMPTS)
               + (GRPO_R - 1) * forward_gemms(timer, cfg, rows, rows))
     ref = forward_gemms(timer, cfg, tokens, response)
-    # train.reuse_sampler_forward: the update replays the sampler's forward products.
-    update = backward_gemms(timer, cfg, tokens, response)
+    update = ref + backward_gemms(timer, cfg, tokens, response)
     return {"sample": sample, "reference": ref, "update": update,
             "step": sample + ref + update}
 

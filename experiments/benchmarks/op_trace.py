@@ -44,11 +44,6 @@ def main() -> int:
                    help="train: responses per prompt (rows come in groups sharing a prompt)")
     p.add_argument("--no-shared-prompt", action="store_true",
                    help="train: run every row's prompt (train.shared_prompt_forward=False)")
-    p.add_argument("--sampled-logits", action="store_true",
-                   help="train: the batch carries the sampler's logits and projections "
-                        "(Rollout.logits, Rollout.projections), so the update does not "
-                        "recompute them; decode: the sampler keeps them "
-                        "(SamplingParams.keep_logits, keep_projections)")
     p.add_argument("--batch", type=int, default=32, help="decode: prompts")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0,
@@ -117,13 +112,7 @@ def main() -> int:
                  "sampler_logprobs": -np.ones((N, R), np.float32),
                  "old_logprobs": -np.ones((N, R), np.float32),
                  "returns": np.zeros((N, R), np.float32)}
-        if args.sampled_logits:
-            batch["sampled_logits"] = rng.normal(size=(N, R, cfg.vocab_size)).astype(np.float32)
         batch = {k: shard(v) for k, v in batch.items()}
-        if args.sampled_logits and group > 1:  # and the projections, as the sampler keeps them
-            batch["sampled_projections"] = jax.jit(functools.partial(
-                steps.grouped_projections, cfg, prompt_len=P, group_size=group))(
-                state.params, batch["tokens"], batch["mask"])
         if args.kl > 0:
             batch["ref_logprobs"] = jax.jit(functools.partial(
                 steps.response_logprobs, model_cfg=cfg, prompt_len=P, temperature=temperature,
@@ -137,14 +126,11 @@ def main() -> int:
             return m
         what = (f"rl_train_step, {cfg.name}, {N} x ({P} + {R}) tokens, kl {args.kl}, "
                 f"temperature {temperature}, "
-                f"{'shared prompts of ' + str(args.n) + ' rows' if group > 1 else 'no sharing'}"
-                f"{', sampled logits and projections' if args.sampled_logits else ''}")
+                f"{'shared prompts of ' + str(args.n) + ' rows' if group > 1 else 'no sharing'}")
     else:
         B = args.batch
         sp = sampling.SamplingParams(temperature=args.temperature,
-                                     max_new_tokens=args.new_tokens,
-                                     keep_logits=args.sampled_logits,
-                                     keep_projections=args.sampled_logits)
+                                     max_new_tokens=args.new_tokens)
         every = args.stop_check_every or sampling.default_stop_check_every(
             parallel.batch_divisor(mesh))
         fn = jax.jit(functools.partial(sampling.generate, cfg=cfg, sampling=sp,
@@ -157,8 +143,7 @@ def main() -> int:
         call = functools.partial(compiled, params, toks, mask, key)
         what = (f"generate, {cfg.name}, batch {B}, prompt 64, {args.new_tokens} new tokens, "
                 f"temperature {args.temperature}, stop ids {args.stop_id or 'none'} "
-                f"tested every {every} step(s)"
-                f"{', keeping logits and projections' if args.sampled_logits else ''}")
+                f"tested every {every} step(s)")
 
     # Op name -> the model code it came from (layer numbers merged).
     source = {}

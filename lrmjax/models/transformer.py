@@ -163,44 +163,6 @@ def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
     return (x * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
 
 
-# Variable collections of `Projection` outputs. A forward applied with CAPTURED mutable sows
-# every projection's output there ([..., *out_dims] under the module's path, as a 1-tuple);
-# a forward given REPLAYED (the same tree, without the tuples) takes each projection's value
-# from it instead of multiplying again (`replayed`): the sampler captures, an on-policy update
-# replays (`train.steps.grouped_hidden`).
-CAPTURED = "projection_outputs"
-REPLAYED = "sampled_projections"
-
-
-def captured(variables: Any) -> Any:
-    """The CAPTURED collection of a forward's mutable variables, without sow's 1-tuples: the
-    tree a REPLAYED collection takes."""
-    return jax.tree.map(lambda t: t[0], variables[CAPTURED],
-                        is_leaf=lambda x: isinstance(x, tuple))
-
-
-def replayed(fn: Any, value: Array, *args: Array) -> Array:
-    """fn(*args) whose value is `value`, computed earlier from the same inputs (the sampler's
-    forward with the same params), and whose VJP is fn's: the forward product is not run
-    again (XLA drops it from the backward, which only needs the inputs), its gradient is.
-
-    The value and the gradient's inputs come from two forwards that sum in different orders
-    (a decode step and a full forward), so they agree up to float rounding, not bitwise.
-    """
-    @jax.custom_vjp
-    def from_value(value, *args):
-        return value
-
-    def fwd(value, *args):
-        return value, args
-
-    def bwd(args, g):
-        return (None, *jax.vjp(fn, *args)[1](g))
-
-    from_value.defvjp(fwd, bwd)
-    return from_value(value, *args)
-
-
 def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...],
            init: Any) -> Array:
     cfg = module.cfg
@@ -245,36 +207,23 @@ class Projection(nn.Module):
     def __call__(self, x: Array) -> Array:
         init = nn.initializers.normal(stddev=1.0 / math.sqrt(self.fan_in))
         kernel = _param(self, "kernel", self.kernel_shape, self.kernel_axes, init)
-        args = (x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype))
+        in_dims, out_dims = self.kernel_shape[:self.num_in], self.kernel_shape[self.num_in:]
+        x, kernel = x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype)
+        if 1 in self.kernel_shape:
+            # A size-1 axis (e.g. one KV head) in these reshapes sends XLA's SPMD compile of
+            # the train step into an endless loop (jax 0.10, 8 CPU devices): use the einsum.
+            n_in, n_out = self.num_in, len(out_dims)
+            eq = "...{0},{0}{1}->...{1}".format("abcd"[:n_in], "efgh"[:n_out])
+            y = jnp.einsum(eq, x, kernel)
+        else:
+            lead = x.shape[:x.ndim - self.num_in]
+            x2 = x.reshape(math.prod(lead), math.prod(in_dims))
+            w2 = kernel.reshape(math.prod(in_dims), math.prod(out_dims))
+            y = (x2 @ w2).reshape(*lead, *out_dims)
         if self.bias_shape is not None:
             bias = _param(self, "bias", self.bias_shape, self.bias_axes, nn.initializers.zeros)
-            args += (bias.astype(self.cfg.dtype),)
-        project = functools.partial(_project, self.kernel_shape, self.num_in)
-        if self.has_variable(REPLAYED, "out"):
-            y = replayed(project, self.get_variable(REPLAYED, "out").astype(self.cfg.dtype),
-                         *args)
-        else:
-            y = project(*args)
-        self.sow(CAPTURED, "out", y)  # a no-op unless CAPTURED is mutable
+            y = y + bias.astype(self.cfg.dtype)
         return y
-
-
-def _project(kernel_shape: tuple[int, ...], num_in: int, x: Array, kernel: Array,
-             bias: Array | None = None) -> Array:
-    """`Projection`'s product: x [..., *in_dims] @ kernel [*in_dims, *out_dims] (+ bias)."""
-    in_dims, out_dims = kernel_shape[:num_in], kernel_shape[num_in:]
-    if 1 in kernel_shape:
-        # A size-1 axis (e.g. one KV head) in these reshapes sends XLA's SPMD compile of
-        # the train step into an endless loop (jax 0.10, 8 CPU devices): use the einsum.
-        n_out = len(out_dims)
-        eq = "...{0},{0}{1}->...{1}".format("abcd"[:num_in], "efgh"[:n_out])
-        y = jnp.einsum(eq, x, kernel)
-    else:
-        lead = x.shape[:x.ndim - num_in]
-        x2 = x.reshape(math.prod(lead), math.prod(in_dims))
-        w2 = kernel.reshape(math.prod(in_dims), math.prod(out_dims))
-        y = (x2 @ w2).reshape(*lead, *out_dims)
-    return y if bias is None else y + bias
 
 
 class Attention(nn.Module):
@@ -501,8 +450,7 @@ class Transformer(nn.Module):
         if cfg.scan_layers:
             # The whole cache rides in the carry (not scanned over as xs/ys, which would
             # re-stack a new [L, ...] buffer every call).
-            stack = nn.scan(block_cls, variable_axes={"params": 0, CAPTURED: 0, REPLAYED: 0},
-                            split_rngs={"params": True},
+            stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                             in_axes=(nn.broadcast,) * 5, length=cfg.num_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
             kvs = None if cache is None else (cache.k, cache.v, jnp.zeros((), jnp.int32))

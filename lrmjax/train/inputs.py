@@ -307,10 +307,8 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     sampler = Sampler(model_cfg, pad_id=tokenizer.pad_id, stop_ids=tokenizer.stop_ids,
                       mesh=mesh, prompt_buckets=(prompt_len,))
     s = cfg.sampling
-    keep_logits, keep_projections = reuses_sampler_forward(cfg, model_cfg, mesh)
     sampling = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                              min_p=s.min_p, max_new_tokens=s.max_new_tokens, n=s.n,
-                              keep_logits=keep_logits, keep_projections=keep_projections)
+                              min_p=s.min_p, max_new_tokens=s.max_new_tokens, n=s.n)
     token_stats_fn = None
     if set(fns) & TOKEN_STAT_REWARDS:
         token_stats_fn = jax.jit(functools.partial(
@@ -324,57 +322,6 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
                   eval_examples=list(eval_examples), pool=pool, task=task,
                   hf_exportable=exportable, train_sampling=sampling, prompt_len=prompt_len,
                   token_stats_fn=token_stats_fn, process_pools=process_pools)
-
-
-def shared_prompt_groups(cfg: ml_collections.ConfigDict, mesh: Any) -> tuple[int, int]:
-    """Group sizes for the shared-prompt forward (`steps.grouped_hidden`) of the logprob
-    passes and of the update: sampling.n when `train.shared_prompt_forward` is on, else 1.
-
-    The reference/old logprob passes see the whole step's batch, group-major as sampled. The
-    update shares prompts only with one minibatch (several shuffle the rows apart), and each
-    pass only when its prompts split evenly over the batch shards (each device then holds
-    whole groups: no communication)."""
-    n = cfg.sampling.n
-    if not cfg.train.shared_prompt_forward or n == 1:
-        return 1, 1
-    shards = parallel.batch_divisor(mesh)
-    prompts = cfg.train.batch_prompts  # global
-    logprob = n if prompts % shards == 0 else 1
-    per_micro, rest = divmod(prompts, cfg.train.microbatches)
-    update = (n if cfg.train.minibatches == 1 and rest == 0 and per_micro % shards == 0
-              else 1)
-    return logprob, update
-
-
-def reuses_sampler_forward(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig,
-                           mesh: Any) -> tuple[bool, bool]:
-    """Whether the RL update takes (logits, projections) from the sampler's forward
-    (`train.reuse_sampler_forward`; `steps.logits_from_sample`, `steps.grouped_hidden`)
-    instead of computing them again: only where that is exact and costs no memory the
-    update would not hold anyway.
-
-    Both need:
-    - An on-policy update (one epoch, one minibatch): the params that sampled are the ones
-      being differentiated.
-    - One microbatch: the update then holds the whole batch's logits and activations; with
-      several it holds a slice, and the sampler's copy would add the rest.
-    - One process: they stay on the devices, and `Sampler.generate` does not gather them
-      across hosts.
-    - No dynamic sampling: the batch is then one rollout. Refilled batches are assembled from
-      several rollouts' kept groups, a different number each step (gathering on the devices
-      would compile a new program for each count).
-    The projections also need the update's shared-prompt forward (their layout; see
-    `shared_prompt_groups`) and unscanned, unrematerialized layers (the update's batch
-    sharding places [B, ...] arrays, not scan's [L, B, ...]; remat would recompute what is
-    replayed).
-    """
-    t = cfg.train
-    logits = bool(t.reuse_sampler_forward and t.ppo_epochs == 1 and t.minibatches == 1
-                  and t.microbatches == 1 and jax.process_count() == 1
-                  and not cfg.rl.dynamic_sampling)
-    projections = (logits and shared_prompt_groups(cfg, mesh)[1] > 1
-                   and not model_cfg.scan_layers and not model_cfg.remat)
-    return logits, projections
 
 
 def demonstrations(inp: Inputs, examples: Sequence[Example]) -> dict[str, np.ndarray]:

@@ -35,7 +35,7 @@ from lrmjax.train import evaluate as eval_lib
 from lrmjax.train import metrics as metrics_lib
 from lrmjax.train import sft as sft_lib
 from lrmjax.train.checkpoint import Checkpointer
-from lrmjax.train.inputs import Inputs, build_inputs, shared_prompt_groups
+from lrmjax.train.inputs import Inputs, build_inputs
 from lrmjax.train.state import TrainState, adamw, lr_schedule
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,7 @@ class RLBatch:
 
 
 def _np_rollout(roll: Rollout) -> Rollout:
-    """The rollout's arrays on the host, except the sampler's logits and projections
-    (`keep_logits`, `keep_projections`), which stay on the devices for the update."""
-    host = jax.tree.map(np.asarray, roll.replace(logits=None, projections=None))
-    return host.replace(logits=roll.logits, projections=roll.projections)
+    return jax.tree.map(np.asarray, roll)
 
 
 def _take_groups(roll: Rollout, groups: np.ndarray, n: int) -> Rollout:
@@ -354,13 +351,6 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
                 "sampler_logprobs": dev(roll.logprobs.astype(np.float32))}
         data["old_logprobs"] = (data["sampler_logprobs"] if on_policy
                                 else logprob_fn(state.params, tokens_d, mask_d))
-        if roll.logits is not None:  # inputs.reuses_sampler_forward: the update reads them
-            data["sampled_logits"] = parallel.put(roll.logits,
-                                                  parallel.batch_sharding(mesh, 3))
-        if roll.projections is not None:  # [B, P + n*(R-1), ...]: whole groups per device
-            data["sampled_projections"] = jax.tree.map(
-                lambda x: parallel.put(x, parallel.batch_sharding(mesh, x.ndim)),
-                roll.projections)
         token_rewards = values = baseline = None
         if cfg.reward.process_fns:  # step-level rewards -> per-token rewards [N, R]
             process, pm = inp.process_rewards(
@@ -389,8 +379,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
             greedy = sample_and_score(inp, state.params, batch.examples,
                                       jax.random.fold_in(key, 10_000),
                                       dataclasses.replace(inp.train_sampling, temperature=0.0,
-                                                          n=1, keep_logits=False,
-                                                          keep_projections=False))
+                                                          n=1))
             baseline = dev(np.repeat(greedy.rewards, cfg.sampling.n))
         adv, returns = advantage_fn(rewards=dev(batch.rewards),
                                     response_mask=data["loss_mask"],
@@ -484,6 +473,26 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     return final
 
 
+def shared_prompt_groups(cfg: ml_collections.ConfigDict, mesh: Any) -> tuple[int, int]:
+    """Group sizes for the shared-prompt forward (`steps.grouped_hidden`) of the logprob
+    passes and of the update: sampling.n when `train.shared_prompt_forward` is on, else 1.
+
+    The reference/old logprob passes see the whole step's batch, group-major as sampled. The
+    update shares prompts only with one minibatch (several shuffle the rows apart), and each
+    pass only when its prompts split evenly over the batch shards (each device then holds
+    whole groups: no communication)."""
+    n = cfg.sampling.n
+    if not cfg.train.shared_prompt_forward or n == 1:
+        return 1, 1
+    shards = parallel.batch_divisor(mesh)
+    prompts = cfg.train.batch_prompts  # global
+    logprob = n if prompts % shards == 0 else 1
+    per_micro, rest = divmod(prompts, cfg.train.microbatches)
+    update = (n if cfg.train.minibatches == 1 and rest == 0 and per_micro % shards == 0
+              else 1)
+    return logprob, update
+
+
 def check_groups_share_prompts(roll: Rollout, n: int) -> None:
     """Raises if the rows are not groups of n consecutive rows with one prompt (the layout
     the shared-prompt forward relies on; a bug if it fails)."""
@@ -558,10 +567,4 @@ def train_batch_spec(cfg: ml_collections.ConfigDict, inp: Inputs, mesh: Any,
         batch["ref_logprobs"] = like(jax.eval_shape(logprob_fn, ref_params, tokens, mask))
     if cfg.rl.use_critic:
         batch["old_values"] = like(jax.eval_shape(value_fn, state.critic_params, tokens, mask))
-    if inp.train_sampling.keep_logits:
-        batch["sampled_logits"] = spec((rows, R, inp.model_cfg.vocab_size), jnp.float32)
-    if inp.train_sampling.keep_projections:
-        batch["sampled_projections"] = jax.tree.map(like, jax.eval_shape(functools.partial(
-            steps.grouped_projections, inp.model_cfg, prompt_len=inp.prompt_len,
-            group_size=cfg.sampling.n), state.params, tokens, mask))
     return batch

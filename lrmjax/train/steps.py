@@ -10,10 +10,6 @@ Layout of a training batch (a dict of arrays; N responses, P prompt slots, R res
   loss_mask [N, R] float32  response tokens that enter the loss (overlong filtering may zero rows)
   advantages [N, R]; old_logprobs [N, R]; ref_logprobs [N, R]; sampler_logprobs [N, R];
   returns [N, R], old_values [N, R] (critic only)
-  sampled_logits [N, R, V] float32 (optional, on-policy updates only): the sampler's logits
-  for these rows (`Rollout.logits`), used instead of recomputing the vocabulary projection
-  sampled_projections (optional, on-policy, shared prompts): `Rollout.projections`, replayed
-  by `grouped_hidden` instead of recomputing the body's projections
 """
 
 from __future__ import annotations
@@ -26,15 +22,7 @@ import ml_collections
 
 from lrmjax.models import heads
 from lrmjax.models.presets import ModelConfig
-from lrmjax.models.transformer import (
-    CAPTURED,
-    REPLAYED,
-    Transformer,
-    captured,
-    positions_from_mask,
-    replayed,
-    tempered_lm_head,
-)
+from lrmjax.models.transformer import Transformer, positions_from_mask, tempered_lm_head
 from lrmjax.rl import losses
 from lrmjax.train.state import TrainState, guarded_update
 
@@ -42,61 +30,28 @@ Array = jax.Array
 
 
 def response_logits(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Array,
-                    prompt_len: int, temperature: float = 1.0, group_size: int = 1,
-                    sampled_logits: Array | None = None, sampled_projections: Any = None
-                    ) -> Array:
+                    prompt_len: int, temperature: float = 1.0, group_size: int = 1) -> Array:
     """Logits that predict each response token: [N, R, V] float32.
 
     The token at slot P+t is predicted by the output at slot P+t-1. Logits are divided by the
     sampling temperature so the trainer's distribution is the one the sampler drew from.
     With `group_size` n > 1 the rows must come in groups of n consecutive rows with the same
     prompt (the sampler's layout), and each group's prompt runs once (`grouped_hidden`).
-    `sampled_logits` [N, R, V] (the sampler's `Rollout.logits`, drawn with these params) are
-    returned as the value instead of projecting the hidden states again
-    (`logits_from_sample`); the gradient is the vocabulary projection's. Likewise
-    `sampled_projections` (`Rollout.projections`, grouped layout: group_size > 1) replay
-    the body's projections (`grouped_hidden`).
     """
     if group_size > 1:
-        hidden = grouped_hidden(model_cfg, params, tokens, mask, prompt_len, group_size,
-                                sampled_projections)
-    elif sampled_projections is not None:
-        raise ValueError("sampled_projections come in the shared-prompt layout: group_size > 1")
+        hidden = grouped_hidden(model_cfg, params, tokens, mask, prompt_len, group_size)
     else:
         hidden, _ = Transformer(model_cfg).apply({"params": params}, tokens,
                                                 positions_from_mask(mask), mask,
                                                 return_hidden=True)
         hidden = hidden[:, prompt_len - 1:-1]
-    if sampled_logits is not None:
-        return logits_from_sample(model_cfg, params, hidden, temperature, sampled_logits)
     # On the response positions only. Dividing the hidden states rather than the logits by
     # T was a tenth of a `bench` update step at T = 0.9.
     return tempered_lm_head(model_cfg, params, hidden, temperature)
 
 
-def logits_from_sample(model_cfg: ModelConfig, params: Any, hidden: Array, temperature: float,
-                       sampled_logits: Array) -> Array:
-    """`tempered_lm_head(params, hidden)` whose value is `sampled_logits`, the same product
-    as the sampler computed it: hidden [..., D], sampled_logits [..., V] -> [..., V].
-
-    For an on-policy update (the params that sampled are the params being differentiated):
-    the forward's vocabulary projection, [N*R, D] x [D, V], a fifth of a `bench` update's
-    matrix FLOPs, is not run again. The backward is the projection's own (XLA drops the
-    unused forward product from it): d hidden = g W^T and d W = hidden^T g, with g taken at
-    the sampler's logits. They equal the recomputed ones up to float rounding (the decode
-    and the full forward sum in different orders), which the tests bound.
-    """
-    head = {"embed": params["embed"]} if model_cfg.tie_embeddings else {
-        "lm_head": params["lm_head"]}
-
-    def project(head, hidden):
-        return tempered_lm_head(model_cfg, head, hidden, temperature)
-
-    return replayed(project, sampled_logits.astype(jnp.float32), head, hidden)
-
-
 def grouped_hidden(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Array,
-                   prompt_len: int, group_size: int, sampled_projections: Any = None) -> Array:
+                   prompt_len: int, group_size: int) -> Array:
     """Final hidden states at slots P-1 .. P+R-2 (those that predict the R response tokens),
     [N, R, D], computing each group's shared prompt once ("shared-prefix" forward, as in
     Prefix Grouper, Liu et al. 2025).
@@ -108,53 +63,25 @@ def grouped_hidden(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Arr
     keys. The result and its gradient equal a full forward's (autodiff sums the n responses'
     gradients into the shared prompt), for 1/n of the prompt's FLOPs: for 8 prompts x 4
     responses of 32 + 64 slots, 2,272 token-passes instead of 3,072.
-
-    `sampled_projections` (the sampler's `Rollout.projections`, this layout, computed with
-    these params) give every `Projection` its value (`transformer.replayed`): the forward
-    runs the norms, attention and elementwise ops but none of the body's weight products;
-    the backward runs all of them.
     """
-    N, L = tokens.shape
-    n, P = group_size, prompt_len
-    R = L - P
-
-    variables = {"params": params}
-    if sampled_projections is not None:
-        variables[REPLAYED] = sampled_projections
-    hidden, _ = Transformer(model_cfg, groups=(P, n)).apply(
-        variables, *_grouped_inputs(tokens, mask, P, n), return_hidden=True)
-    D = hidden.shape[-1]
-    last_prompt = jnp.repeat(hidden[:, P - 1:P], n, axis=0)            # predicts slot P
-    responses = hidden[:, P:].reshape(N, R - 1, D)  # empty when R == 1
-    return jnp.concatenate([last_prompt, responses], axis=1)
-
-
-def _grouped_inputs(tokens: Array, mask: Array, prompt_len: int, group_size: int
-                    ) -> tuple[Array, Array, Array]:
-    """tokens, positions and mask [N, P+R] -> the grouped forward's [B, P + n*(R-1)] rows:
-    each group's prompt, then each of its n responses but the last token."""
     N, L = tokens.shape
     n, P = group_size, prompt_len
     if N % n:
         raise ValueError(f"{N} rows are not whole groups of {n}")
     B, R = N // n, L - P
+    positions = positions_from_mask(mask)
 
-    def grouped(x):
+    def grouped(x):  # [N, L] -> [B, P + n*(R-1)]: the prompt, then each response but its last
         x = x.reshape(B, n, L)
         return jnp.concatenate([x[:, 0, :P], x[:, :, P:L - 1].reshape(B, n * (R - 1))], axis=1)
 
-    return grouped(tokens), grouped(positions_from_mask(mask)), grouped(mask)
-
-
-def grouped_projections(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Array,
-                        prompt_len: int, group_size: int) -> Any:
-    """Every `Projection`'s outputs in `grouped_hidden`'s forward: the tree the sampler
-    returns as `Rollout.projections` (for shapes, and for tests and benchmarks that need
-    one without sampling)."""
-    _, out = Transformer(model_cfg, groups=(prompt_len, group_size)).apply(
-        {"params": params}, *_grouped_inputs(tokens, mask, prompt_len, group_size),
-        return_hidden=True, mutable=[CAPTURED])
-    return captured(out)
+    hidden, _ = Transformer(model_cfg, groups=(P, n)).apply(
+        {"params": params}, grouped(tokens), grouped(positions), grouped(mask),
+        return_hidden=True)
+    D = hidden.shape[-1]
+    last_prompt = jnp.repeat(hidden[:, P - 1:P], n, axis=0)            # predicts slot P
+    responses = hidden[:, P:].reshape(N, R - 1, D)  # empty when R == 1
+    return jnp.concatenate([last_prompt, responses], axis=1)
 
 
 @jax.custom_vjp
@@ -243,17 +170,10 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
     With `on_policy` (one epoch, one minibatch: the params are the rollout params) the old
     logprobs are the current ones under stop_gradient, which saves a forward pass. With
     `group_size` n > 1 every microbatch holds whole groups of n rows sharing a prompt, and the
-    policy runs each prompt once (`response_logits`). A batch with `sampled_logits` (on-policy
-    only) takes the logits' values from the sampler (`logits_from_sample`), and one with
-    `sampled_projections` the body's projections (`grouped_hidden`).
+    policy runs each prompt once (`response_logits`).
 
     Returns the new state and a flat dict of scalar metrics (verl-style names).
     """
-    for key in ("sampled_logits", "sampled_projections"):
-        if key in batch and not on_policy:
-            raise ValueError(f"batch[{key!r}] is for on-policy updates only (one epoch, one "
-                             "minibatch): other updates differentiate params that did not "
-                             "sample the batch")
     response_len = batch["loss_mask"].shape[1]
     denom = losses.loss_denominator(algo, batch["loss_mask"], response_len)
     micro = _split_micro(batch, microbatches)
@@ -261,8 +181,7 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
 
     def actor_loss_fn(params, mb):
         logits = response_logits(model_cfg, params, mb["tokens"], mb["mask"], prompt_len,
-                                 temperature, group_size, mb.get("sampled_logits"),
-                                 mb.get("sampled_projections"))
+                                 temperature, group_size)
         logp, entropy = token_logprobs(logits, mb["tokens"][:, prompt_len:])
         loss, metrics = losses.actor_loss(
             algo, logprobs=logp,
