@@ -106,6 +106,12 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @property
+    def score_temperature(self) -> float:
+        """The temperature log-probs of these samples are scored under: `temperature`, or
+        1.0 when greedy (the raw logits, as `Rollout.logprobs` are then)."""
+        return self.temperature if self.temperature > 0 else 1.0
+
 
 @flax.struct.dataclass
 class Rollout:
@@ -361,7 +367,8 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
 
     def next_logits(hidden):  # [rows, 1, D] -> [rows, V], divided by T unless greedy
         # As the trainer scores them (`tempered_lm_head`); no [rows, V] division per step.
-        return transformer.tempered_lm_head(cfg, params, hidden, sampling.temperature)[:, 0]
+        return transformer.tempered_lm_head(cfg, params, hidden,
+                                            sampling.score_temperature)[:, 0]
 
     logits = next_logits(hidden[:, -1:])  # [B, V]
 
@@ -514,11 +521,11 @@ class Sampler:
           sampling: SamplingParams.
           key: PRNG key.
         Returns:
-          A Rollout with B*n rows (prompt arrays keep the input width P).
+          A Rollout of numpy arrays with B*n rows (prompt arrays keep the input width P).
 
         With several processes (multi-host), every host calls this with its own B prompts
         (the same B everywhere); they are sampled as one global batch, and each host gets its
-        own B*n rows back as numpy arrays.
+        own B*n rows back.
         """
         tokens = np.asarray(prompt_tokens)
         mask = np.asarray(prompt_mask).astype(bool)
@@ -572,19 +579,18 @@ class Sampler:
                     parallel.put(key, parallel.replicated(self.mesh)))
         out = self._program(params, args, sampling)(params, *args)
         keep = B * sampling.n
-        if hosts > 1:
-            # Host p's prompts are the p-th block of the global batch, and so are its n
-            # responses each (rows are prompt-major): gather, then keep this host's rows.
-            out = parallel.global_to_host(out)
-            start = parallel.host_row_block(self.mesh, rows * hosts).start * sampling.n
-            out = jax.tree.map(lambda x: x[start:start + keep], out)
-            out = out.replace(group_ids=out.group_ids - out.group_ids[0])
+        # Host p's prompts are the p-th block of the global batch, and so are its n responses
+        # each (rows are prompt-major): gather, then keep this host's rows.
+        out = parallel.global_to_host(out)
+        start = parallel.host_row_block(self.mesh, rows * hosts).start * sampling.n if (
+            hosts > 1) else 0
+        out = jax.tree.map(lambda x: x[start:start + keep], out)
         return Rollout(
-            prompt_tokens=jnp.asarray(np.repeat(tokens.astype(np.int32), sampling.n, axis=0)),
-            prompt_mask=jnp.asarray(np.repeat(mask, sampling.n, axis=0)),
-            response_tokens=out.response_tokens[:keep], response_mask=out.response_mask[:keep],
-            logprobs=out.logprobs[:keep], lengths=out.lengths[:keep],
-            finish_reason=out.finish_reason[:keep], group_ids=out.group_ids[:keep])
+            prompt_tokens=np.repeat(tokens.astype(np.int32), sampling.n, axis=0),
+            prompt_mask=np.repeat(mask, sampling.n, axis=0),
+            response_tokens=out.response_tokens, response_mask=out.response_mask,
+            logprobs=out.logprobs, lengths=out.lengths, finish_reason=out.finish_reason,
+            group_ids=out.group_ids - out.group_ids[0])
 
     def _program(self, params: Any, args: tuple[Array, ...], sampling: SamplingParams):
         """The compiled program for these shapes, shardings and sampling params (AOT, so a

@@ -20,7 +20,7 @@ from lrmjax import parallel
 from lrmjax.models import presets, transformer
 from lrmjax.rl import algorithms
 from lrmjax.sampling import Rollout
-from lrmjax.train import rl, steps
+from lrmjax.train import rollouts, steps
 from lrmjax.train import state as state_lib
 
 CFG = presets.get("tiny", num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2,
@@ -178,17 +178,17 @@ def test_group_sizes_follow_the_config_and_the_mesh():
     c = config_lib.base_config("grpo")
     c.sampling.n, c.train.batch_prompts = 4, 8
     mesh = parallel.make_mesh((2, 1, 1), jax.devices()[:2])
-    assert rl.shared_prompt_groups(c, mesh) == (4, 4)
+    assert steps.shared_prompt_groups(c, mesh) == (4, 4)
     c.train.microbatches = 2                     # 4 prompts a microbatch, 2 a device
-    assert rl.shared_prompt_groups(c, mesh) == (4, 4)
+    assert steps.shared_prompt_groups(c, mesh) == (4, 4)
     c.train.microbatches = 8                     # 1 prompt a microbatch: not over 2 devices
-    assert rl.shared_prompt_groups(c, mesh) == (4, 1)
+    assert steps.shared_prompt_groups(c, mesh) == (4, 1)
     c.train.microbatches, c.train.minibatches = 1, 2   # minibatches shuffle the rows
-    assert rl.shared_prompt_groups(c, mesh) == (4, 1)
+    assert steps.shared_prompt_groups(c, mesh) == (4, 1)
     c.train.minibatches, c.train.batch_prompts = 1, 3  # 3 prompts do not split over 2
-    assert rl.shared_prompt_groups(c, mesh) == (1, 1)
+    assert steps.shared_prompt_groups(c, mesh) == (1, 1)
     c.train.batch_prompts, c.train.shared_prompt_forward = 8, False
-    assert rl.shared_prompt_groups(c, mesh) == (1, 1)
+    assert steps.shared_prompt_groups(c, mesh) == (1, 1)
 
 
 def test_rollouts_that_are_not_groups_are_refused():
@@ -197,10 +197,10 @@ def test_rollouts_that_are_not_groups_are_refused():
                    response_tokens=tokens[:, P:], response_mask=mask[:, P:],
                    logprobs=np.zeros((8, R)), lengths=RESP_LEN, finish_reason=np.zeros(8),
                    group_ids=np.repeat(np.arange(4), 2))
-    rl.check_groups_share_prompts(roll, N_PER)
+    rollouts.check_groups_share_prompts(roll, N_PER)
     swapped = roll.replace(prompt_tokens=roll.prompt_tokens[[0, 2, 1, 3, 4, 5, 6, 7]])
     with pytest.raises(RuntimeError, match="not groups of 2 rows"):
-        rl.check_groups_share_prompts(swapped, N_PER)
+        rollouts.check_groups_share_prompts(swapped, N_PER)
 
 
 def test_a_grouped_forward_takes_no_cache():

@@ -75,8 +75,8 @@ def main() -> int:
     from lrmjax import parallel, sampling
     from lrmjax.models import presets
     from lrmjax.tokenizers import CharTokenizer
-    from lrmjax.train import rl, steps
-    from lrmjax.train.state import TrainState, adamw, lr_schedule
+    from lrmjax.train import steps
+    from lrmjax.train.state import TrainState, adamw, lr_schedule, place_state
 
     mesh = parallel.make_mesh((-1, 1, 1))
     rng = np.random.default_rng(0)
@@ -95,7 +95,7 @@ def main() -> int:
         N, P, R = args.rows, args.prompt_len, args.response_len
         temperature = args.temperature or 1.0  # the loss's; the GRPO-step benchmark's is 0.9
         group = 1 if args.no_shared_prompt else args.n
-        state, state_sh = rl.place_state(TrainState.create(
+        state, state_sh = place_state(TrainState.create(
             params, adamw(lr_schedule(1e-6, 0, 100), grad_clip=1.0), kl_coef=args.kl), mesh)
         fn = jax.jit(functools.partial(steps.rl_train_step, model_cfg=cfg, algo=algo,
                                        prompt_len=P, temperature=temperature, on_policy=True,

@@ -515,7 +515,8 @@ def lm_head(cfg: ModelConfig, params: Any, hidden: Array) -> Array:
 
 def tempered_lm_head(cfg: ModelConfig, params: Any, hidden: Array, temperature: float
                      ) -> Array:
-    """`lm_head(hidden) / temperature` ([..., T, V] float32); temperature 0 or 1: raw logits.
+    """`lm_head(hidden) / temperature` ([..., T, V] float32), temperature > 0 (greedy
+    sampling scores the raw logits: pass `SamplingParams.score_temperature`, 1.0).
 
     The head is linear, so with fp32 activations the [..., D] hidden states are divided
     instead of the V-times larger logits (equal up to fp32 rounding): a pass over the logits
@@ -523,7 +524,9 @@ def tempered_lm_head(cfg: ModelConfig, params: Any, hidden: Array, temperature: 
     they compute the same product. bf16 activations divide the fp32 logits (dividing bf16
     hidden states would add a bf16 rounding).
     """
-    if temperature in (0.0, 1.0):
+    if not temperature > 0:
+        raise ValueError(f"tempered_lm_head: temperature must be > 0, got {temperature}")
+    if temperature == 1.0:
         return lm_head(cfg, params, hidden)
     if hidden.dtype == jnp.float32:
         return lm_head(cfg, params, hidden / temperature)

@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from lrmjax import parallel
+
 
 def _state_tree(state: Any) -> dict[str, Any]:
     """The arrays of a TrainState as a plain dict (static optax objects excluded)."""
@@ -91,3 +93,23 @@ class Checkpointer:
         self.wait()
         self.manager.close()
         self.best.close()
+
+
+def save_reference(workdir: str, ref_params: Any) -> None:
+    """Saves the reference policy (fixed for the whole run) once, to `workdir/reference`,
+    unless it is there. Every host calls this (Orbax writes each host's shards)."""
+    path = os.path.abspath(os.path.join(workdir, "reference"))
+    # Host 0 decides: a host that looked after another had started writing would skip the
+    # save and leave the others waiting in it.
+    if not parallel.same_on_all_hosts(os.path.exists(path)):
+        tree = jax.device_get(ref_params) if jax.process_count() == 1 else ref_params
+        with ocp.StandardCheckpointer() as c:
+            c.save(path, tree)
+
+
+def restore_reference(workdir: str, like: Any) -> Any:
+    """The reference policy saved by `save_reference`, in the structure, dtypes and
+    shardings of `like`."""
+    path = os.path.abspath(os.path.join(workdir, "reference"))
+    with ocp.StandardCheckpointer() as c:
+        return c.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, like))

@@ -59,11 +59,6 @@ class Inputs:
     process_pools: dict[str, tuple[RewardPool, float]] = dataclasses.field(
         default_factory=dict)  # reward.process_fns: name -> (its pool, weight)
 
-    @property
-    def loss_temperature(self) -> float:
-        t = self.cfg.sampling.temperature
-        return t if t > 0 else 1.0
-
     # ------------------------------------------------------------ text <-> tokens
     def prompt_text(self, ex: Example) -> str:
         text = self.cfg.data.prompt_template.format(prompt=ex.prompt)
@@ -313,7 +308,7 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     if set(fns) & TOKEN_STAT_REWARDS:
         token_stats_fn = jax.jit(functools.partial(
             steps.response_token_stats, model_cfg=model_cfg, prompt_len=prompt_len,
-            temperature=s.temperature if s.temperature > 0 else 1.0))
+            temperature=sampling.score_temperature))
     log.info("model %s: %s params", model_cfg.name,
              f"{transformer.count_params(params):,}")
     return Inputs(cfg=cfg, mesh=mesh, tokenizer=tokenizer, model_cfg=model_cfg,

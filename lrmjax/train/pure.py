@@ -99,9 +99,9 @@ def rl_step(state: TrainState, key: Array, *, data: DeviceData, model_cfg: Model
     batch = {"tokens": tokens, "mask": mask, "loss_mask": response_mask, "advantages": adv,
              "returns": returns, "sampler_logprobs": roll.logprobs,
              "old_logprobs": roll.logprobs}
-    temperature = sampling.temperature if sampling.temperature > 0 else 1.0
     state, metrics = steps.rl_train_step(state, batch, model_cfg=model_cfg, algo=algo,
-                                         prompt_len=prompts.shape[1], temperature=temperature,
+                                         prompt_len=prompts.shape[1],
+                                         temperature=sampling.score_temperature,
                                          on_policy=True)
     metrics = dict(metrics)
     metrics.update({"reward/mean": jnp.mean(rewards), "reward/std": jnp.std(rewards),

@@ -1,20 +1,30 @@
-"""The RL trainer: configs in, a better reasoner out.
+"""The RL trainer: a config in, a better reasoner out.
 
-`train(cfg, workdir)` reads top to bottom in sections: mesh, tokenizer + model, data, rewards,
-sampler, state + compiled steps, checkpoint restore, supervised warm start, the RL loop
-(sample -> rewards -> dynamic sampling -> old/ref logprobs, values -> advantages -> ppo_epochs
-x minibatches of `train_step`), evaluation, export. The device math lives in
-`lrmjax.train.steps`; everything that reads text runs here on the host.
+`train(cfg, workdir)` reads top to bottom: mesh and inputs, state and optimizers, the
+supervised warm start or the checkpoint to resume, the compiled programs, then the RL loop,
+whose body is a list of named stages:
+
+  collect  sample n responses per prompt and score them      (`rollouts.collect`)
+  prepare  old/ref log-probs, values, advantages: the batch  (`update_batch.build`)
+  update   ppo_epochs x minibatches of the jitted train step (`steps.rl_train_step`)
+  log      metrics, progress, sampled rollouts
+  eval     held-out accuracy every `eval.every` steps        (`evaluate.evaluate`)
+  save     a checkpoint every `train.checkpoint_every` steps
+
+The loop runs under `jax.transfer_guard("disallow")`: every host <-> device copy in it is an
+explicit `jax.device_put` / `jax.device_get`, so an accidental round trip through the host
+fails loudly instead of silently costing a sync per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
-import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -24,161 +34,38 @@ import numpy as np
 
 from lrmjax import config as config_lib
 from lrmjax import host, parallel
-from lrmjax.data.tasks import Example
 from lrmjax.models import heads
-from lrmjax.rewards import shaping
-from lrmjax.rl import advantages as adv_lib
 from lrmjax.rl import kl as kl_lib
-from lrmjax.sampling import Rollout, SamplingParams
-from lrmjax.train import compilation, steps
+from lrmjax.sampling import Rollout
+from lrmjax.train import checkpoint as ckpt_lib
+from lrmjax.train import compilation, rollouts, steps, update_batch
 from lrmjax.train import evaluate as eval_lib
 from lrmjax.train import metrics as metrics_lib
 from lrmjax.train import sft as sft_lib
-from lrmjax.train.checkpoint import Checkpointer
 from lrmjax.train.inputs import Inputs, build_inputs
-from lrmjax.train.state import TrainState, adamw, lr_schedule
-
-log = logging.getLogger(__name__)
+from lrmjax.train.rollouts import ScoredBatch
+from lrmjax.train.state import TrainState, adamw, lr_schedule, place_state
 
 
 class NonFiniteError(RuntimeError):
     """Raised after too many consecutive updates with a non-finite loss or gradient."""
 
 
-@dataclasses.dataclass
-class RLBatch:
-    """One step's scored responses, host side. N = groups * n rows, group-major."""
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """What the loop runs on the devices, compiled for one run.
 
-    examples: list[Example]          # one per group
-    rollout: Rollout                 # numpy arrays, [N, ...]
-    completions: list[str]           # [N]
-    rewards: np.ndarray              # [N] float32 (after shaping)
-    components: dict[str, np.ndarray]
-    reward_metrics: dict[str, float]
-    # What `on_rollout` dispatched to the devices before the responses were decoded and
-    # scored (see `collect`), or None.
-    early: Any = None
+    Attributes:
+      train_step: (state, minibatch) -> (state, metrics), jitted with explicit shardings.
+      passes: the log-prob, value and advantage passes that build the update batch.
+      logprob_group: the shared-prompt group size of the log-prob passes (1 = off).
+      state_sharding: the TrainState's shardings (the train step's in and out layout).
+    """
 
-
-def _np_rollout(roll: Rollout) -> Rollout:
-    return jax.tree.map(np.asarray, roll)
-
-
-def _take_groups(roll: Rollout, groups: np.ndarray, n: int) -> Rollout:
-    rows = (groups[:, None] * n + np.arange(n)[None]).reshape(-1)
-    out = jax.tree.map(lambda x: x[rows], roll)
-    return out.replace(group_ids=np.repeat(np.arange(len(groups)), n).astype(np.int32))
-
-
-def _concat_rollouts(rolls: list[Rollout]) -> Rollout:
-    width = max(r.prompt_tokens.shape[1] for r in rolls)
-
-    def pad_prompt(r):  # prompts of different rounds may be bucketed to different widths
-        extra = width - r.prompt_tokens.shape[1]
-        return r.replace(prompt_tokens=np.pad(r.prompt_tokens, ((0, 0), (extra, 0))),
-                         prompt_mask=np.pad(r.prompt_mask, ((0, 0), (extra, 0))))
-
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *[pad_prompt(r) for r in rolls])
-
-
-def sample_and_score(inp: Inputs, params: Any, examples: list[Example], key: jax.Array,
-                     sampling: SamplingParams, on_rollout: Any = None) -> RLBatch:
-    """Samples n responses per example and scores them (host reward pool or device reward).
-    `on_rollout(rollout)`, if given, runs first: device work dispatched there overlaps the
-    host's decoding and scoring; its result is the batch's `early`."""
-    tokens, mask = inp.encode(examples)
-    roll = _np_rollout(inp.sampler.generate(params, tokens, mask, sampling, key))
-    early = on_rollout(roll) if on_rollout is not None else None
-    completions = inp.decode(roll)
-    rep = [ex for ex in examples for _ in range(sampling.n)]
-    rewards, components, rmetrics = inp.score(rep, completions, roll, params)
-    algo = inp.cfg.rl
-    if algo.overlong_buffer_len > 0:
-        penalty = shaping.overlong_penalty(roll.lengths, max_len=sampling.max_new_tokens,
-                                           cache_len=algo.overlong_buffer_len,
-                                           factor=algo.overlong_penalty_factor)
-        components["overlong_penalty"] = np.asarray(penalty, np.float32)
-        rewards = rewards + components["overlong_penalty"]
-    return RLBatch(examples, roll, completions, rewards.astype(np.float32), components, rmetrics,
-                   early)
-
-
-def collect(inp: Inputs, params: Any, data_iter: Any, key: jax.Array, step_metrics: dict,
-            on_rollout: Any = None) -> RLBatch:
-    """Samples one step's batch; with dynamic sampling (DAPO) drops groups whose rewards are
-    all equal (zero advantage, no gradient) and samples more prompts, at most
-    `train.max_refill_rounds` extra rounds. If the batch is still short, the dropped groups
-    fill it (they add no gradient) and `filter_groups/unfilled` counts them.
-
-    `on_rollout` (see `sample_and_score`) is called only without dynamic sampling, where the
-    first rollout is the batch."""
-    cfg = inp.cfg
-    n, want = cfg.sampling.n, cfg.train.batch_prompts // jax.process_count()  # per host
-    batch = sample_and_score(inp, params, next(data_iter), key, inp.train_sampling,
-                             None if cfg.rl.dynamic_sampling else on_rollout)
-    if not cfg.rl.dynamic_sampling:
-        return batch
-    kept, dropped, rounds = [], [], 0
-    while True:
-        r = batch.rewards.reshape(-1, n)
-        varied = r.std(axis=1) > 0
-        kept.append((batch, np.flatnonzero(varied)))
-        dropped.append((batch, np.flatnonzero(~varied)))
-        have = sum(len(g) for _, g in kept)
-        # Sampling is one program over all hosts: they stop refilling together.
-        fewest = int(parallel.global_to_host(np.array([have])).min())
-        if fewest >= want or rounds >= cfg.train.max_refill_rounds:
-            break
-        rounds += 1
-        key = jax.random.fold_in(key, rounds)
-        batch = sample_and_score(inp, params, next(data_iter), key, inp.train_sampling)
-    counts = parallel.global_to_host(np.array([sum(len(g) for _, g in dropped),
-                                             max(0, want - sum(len(g) for _, g in kept))]))
-    step_metrics["filter_groups/dropped"] = float(counts[0::2].sum())
-    step_metrics["filter_groups/unfilled"] = float(counts[1::2].sum())
-    step_metrics["filter_groups/rounds"] = float(rounds)
-    picks = kept + dropped
-    parts, total = [], 0
-    for b, groups in picks:
-        groups = groups[: want - total]
-        if len(groups):
-            parts.append((b, groups))
-            total += len(groups)
-    rows = lambda g: (g[:, None] * n + np.arange(n)[None]).reshape(-1)
-    return RLBatch(
-        examples=[b.examples[i] for b, g in parts for i in g],
-        rollout=_concat_rollouts([_take_groups(b.rollout, g, n) for b, g in parts]),
-        completions=[b.completions[i] for b, g in parts for i in rows(g)],
-        rewards=np.concatenate([b.rewards[rows(g)] for b, g in parts]),
-        components={k: np.concatenate([b.components[k][rows(g)] for b, g in parts])
-                    for k in parts[0][0].components},
-        reward_metrics=parts[0][0].reward_metrics)
-
-
-def rollout_metrics(batch: RLBatch, max_new_tokens: int) -> dict[str, float]:
-    """Reward and length statistics of the whole step's batch (every host's rows)."""
-    local = {"rewards": batch.rewards, "lengths": np.asarray(batch.rollout.lengths),
-             "finish": np.asarray(batch.rollout.finish_reason),
-             "groups": np.array([len(batch.examples)]),
-             "pool": np.array([[batch.reward_metrics.get(k, 0.0) for k in _POOL_COUNTS]]),
-             "components": {k: np.asarray(v, np.float64) for k, v in batch.components.items()}}
-    g = parallel.global_to_host(local)
-    r, lengths = g["rewards"], g["lengths"]
-    out = dict(batch.reward_metrics)  # timing; the counts and means below are global
-    out |= dict(zip(_POOL_COUNTS, (float(x) for x in g["pool"].sum(axis=0)), strict=True))
-    out |= {"batch/groups": float(g["groups"].sum()), "reward/mean": float(r.mean()),
-            "reward/std": float(r.std()), "reward/max": float(r.max()),
-            "reward/min": float(r.min()),
-            "response_length/mean": float(lengths.mean()),
-            "response_length/max": float(lengths.max()),
-            "response_length/clip_ratio": float((g["finish"] == 1).mean())}
-    for k, v in g["components"].items():
-        out[f"reward/{k}"] = float(np.mean(v))
-    return out
-
-
-# Reward-pool counters, summed over hosts.
-_POOL_COUNTS = ("reward/errors", "reward/timeouts", "reward/nonfinite")
+    train_step: Any
+    passes: update_batch.Passes
+    logprob_group: int
+    state_sharding: TrainState
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -200,7 +87,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     inp = build_inputs(cfg, workdir)
-    algo, model_cfg, mesh = cfg.rl, inp.model_cfg, inp.mesh
+    algo = cfg.rl
     writer = metrics_lib.MetricsWriter(
         workdir, enabled=is_main, progress_total=cfg.train.steps, progress=cfg.train.progress,
         keys={"reward/mean": "reward", "response_length/mean": "len",
@@ -209,31 +96,25 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
 
-    # ---------------------------------------------------------------- state and optimizers
+    # ---------------------------------------------------------------- state: warm start or resume
     total_updates = cfg.train.steps * cfg.train.ppo_epochs * cfg.train.minibatches
     tx = adamw(lr_schedule(cfg.optim.lr, cfg.optim.warmup_steps, total_updates,
                            cfg.optim.schedule, cfg.optim.min_lr_ratio),
                b1=cfg.optim.b1, b2=cfg.optim.b2, eps=cfg.optim.eps,
                weight_decay=cfg.optim.weight_decay, grad_clip=cfg.optim.grad_clip)
-    critic_tx = critic_params = None
+    critic_tx = critic_params = ref_params = None
     if algo.use_critic:
         critic_tx = adamw(lr_schedule(cfg.optim.critic_lr, cfg.optim.critic_warmup_steps,
                                       total_updates, "constant"),
                           grad_clip=cfg.optim.grad_clip)
-    params = inp.init_params
-    state = TrainState.create(params, tx, kl_coef=algo.kl_coef)
+    state = TrainState.create(inp.init_params, tx, kl_coef=algo.kl_coef)
     extras: dict[str, Any] = {"phase": "sft" if cfg.sft.steps > 0 else "rl", "rl_step": 0}
-
-    ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
     latest = ckpt.latest_step()
-    ref_params = None
-
-    # ---------------------------------------------------------------- supervised warm start
     if latest is None and cfg.sft.steps > 0:
-        state, sft_metrics = sft_lib.warm_start(inp, state, writer)
-        extras["sft"] = sft_metrics
+        state, extras["sft"] = sft_lib.warm_start(inp, state, writer)
     if algo.use_critic:
-        critic_params = heads.init_from_policy(model_cfg, state.params,
+        critic_params = heads.init_from_policy(inp.model_cfg, state.params,
                                                jax.random.key(cfg.seed + 7))
     # The RL phase starts from fresh optimizer state (the SFT moments belong to another loss).
     state = TrainState.create(state.params, tx, critic_params=critic_params,
@@ -243,214 +124,58 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     if latest is not None:
         state, extras = ckpt.restore(latest, state)
         if ref_params is not None:
-            ref_params = ckpt_ref_restore(workdir, ref_params)
+            ref_params = ckpt_lib.restore_reference(workdir, ref_params)
         inp.data_iter.set_state(extras["data"])
         writer.log(f"resumed from {workdir} at RL step {extras['rl_step']}")
     elif ref_params is not None:
-        ckpt_ref_save(workdir, ref_params)
+        ckpt_lib.save_reference(workdir, ref_params)
+    state, state_sh = place_state(state, inp.mesh)
 
-    # ---------------------------------------------------------------- compiled steps
-    state, state_sh = place_state(state, mesh)
-    on_policy = cfg.train.ppo_epochs == 1 and cfg.train.minibatches == 1
-    logprob_group, update_group = shared_prompt_groups(cfg, mesh)
-    # Explicit in/out shardings keep the state in one layout across steps (so neither the
-    # step nor the sampler, which reads the same params, ever recompiles for a new layout).
-    train_step = jax.jit(
-        functools.partial(steps.rl_train_step, model_cfg=model_cfg, algo=algo,
-                          prompt_len=inp.prompt_len, temperature=inp.loss_temperature,
-                          microbatches=cfg.train.microbatches, on_policy=on_policy,
-                          group_size=update_group),
-        in_shardings=(state_sh, parallel.batch_sharding(mesh)),
-        out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,))
-    logprob_fn = jax.jit(functools.partial(steps.response_logprobs, model_cfg=model_cfg,
-                                           prompt_len=inp.prompt_len,
-                                           temperature=inp.loss_temperature,
-                                           group_size=logprob_group))
-    value_fn = jax.jit(functools.partial(steps.response_values, model_cfg=model_cfg,
-                                         prompt_len=inp.prompt_len))
-    advantage_fn = jax.jit(functools.partial(adv_lib.compute_advantages, algo,
-                                             group_size=cfg.sampling.n))
-
-    # ---------------------------------------------------------------- evaluation
-    def run_eval(step: int) -> dict[str, float]:
-        if not inp.eval_examples:
-            return {}
-        t0 = time.perf_counter()
-        out = eval_lib.evaluate(
-            inp.sampler, state.params, inp.eval_examples, inp.encode, inp.decode,
-            inp.score_texts, jax.random.key(cfg.seed + 99), k=cfg.eval.k,
-            max_new_tokens=cfg.sampling.max_new_tokens, temperature=cfg.eval.temperature,
-            batch_size=cfg.eval.batch_size)
-        out["timing_s/eval"] = time.perf_counter() - t0
-        writer.write(step, out, phase="eval")
-        writer.log(f"eval @ RL step {step}: " + ", ".join(
-            f"{k[len('eval/'):]}={v:.3f}" for k, v in out.items() if k.startswith("eval/")))
-        return out
-
+    # ---------------------------------------------------------------- compiled programs
     first = extras["rl_step"]
-    # Compile the update before the loop: its memory is known (and an out-of-memory shows)
-    # before any sampling, and the loop's calls hit this executable (jit's cache).
-    if first < cfg.train.steps:
-        t0 = time.perf_counter()
-        compiled = train_step.lower(state, train_batch_spec(
-            cfg, inp, mesh, state, ref_params, on_policy, logprob_fn, value_fn)).compile()
-        seconds = time.perf_counter() - t0
-        memory = compilation.memory_mib(compiled)
-        writer.log(compilation.describe_memory("train step", memory, seconds))
-        writer.write(first, {"perf/train_step_compile_s": seconds,
-                             **{f"perf/train_step_{k}_mib": v for k, v in memory.items()}},
-                     phase="compile")
-    eval_metrics = extras.get("eval_before") or run_eval(first)
+    progs = compile_programs(cfg, inp, state, state_sh, ref_params, writer,
+                             ahead_of_time=first < cfg.train.steps, first_step=first)
+    eval_metrics = extras.get("eval_before") or run_eval(inp, state.params, writer, first)
     if first == 0:
         extras["eval_before"] = eval_metrics
-    rollouts_path = os.path.join(workdir, "rollouts.jsonl")
-    base_key = jax.random.key(cfg.seed)
-    consecutive_bad = 0
-
-    dev = lambda x: parallel.host_to_global(x, mesh)  # noqa: E731  host rows -> global batch
-
-    def dispatch_tokens(roll: Rollout) -> dict[str, Any]:
-        """The rollout's token and mask arrays on the mesh [N, P+R], and the reference
-        policy's log-probs of it dispatched at once: on the devices they overlap the host's
-        decoding and scoring of the responses (`collect`'s on_rollout)."""
-        if logprob_group > 1:
-            check_groups_share_prompts(roll, logprob_group)
-        out = {"tokens": dev(np.concatenate([roll.prompt_tokens, roll.response_tokens],
-                                            axis=1).astype(np.int32)),
-               "mask": dev(np.concatenate([roll.prompt_mask, roll.response_mask], axis=1))}
-        if ref_params is not None:
-            out["ref_logprobs"] = logprob_fn(ref_params, out["tokens"], out["mask"])
-        return out
 
     # ---------------------------------------------------------------- the RL loop
-    for rl_step in range(first, cfg.train.steps):
-        compiles_before = compiles.count  # since the previous step's row (its eval and save)
-        t_step = time.perf_counter()
-        key = jax.random.fold_in(base_key, rl_step)
-        m: dict[str, float] = {}
-
-        t0 = time.perf_counter()
-        batch = collect(inp, state.params, inp.data_iter, key, m, on_rollout=dispatch_tokens)
-        m["timing_s/sample_and_reward"] = time.perf_counter() - t0
-        m.update(rollout_metrics(batch, cfg.sampling.max_new_tokens))
-        if cfg.reward.shuffle_control:
-            shuffle = np.random.default_rng([cfg.seed, rl_step, 7]).permutation(len(batch.rewards))
-            batch = dataclasses.replace(batch, rewards=batch.rewards[shuffle])
-        inp.observe(batch.examples, batch.rewards)
-
-        t0 = time.perf_counter()
-        roll = batch.rollout
-        early = batch.early or dispatch_tokens(roll)
-        tokens_d, mask_d = early["tokens"], early["mask"]
-        response_mask = roll.response_mask.astype(np.float32)
-        loss_mask = response_mask.copy()
-        if algo.overlong_filter:
-            loss_mask[roll.finish_reason == 1] = 0.0
-            m["response_length/filtered"] = m["response_length/clip_ratio"]  # all hosts
-        data = {"tokens": tokens_d, "mask": mask_d, "loss_mask": dev(loss_mask),
-                "sampler_logprobs": dev(roll.logprobs.astype(np.float32))}
-        data["old_logprobs"] = (data["sampler_logprobs"] if on_policy
-                                else logprob_fn(state.params, tokens_d, mask_d))
-        token_rewards = values = baseline = None
-        if cfg.reward.process_fns:  # step-level rewards -> per-token rewards [N, R]
-            process, pm = inp.process_rewards(
-                [ex for ex in batch.examples for _ in range(cfg.sampling.n)],
-                batch.completions, roll)
-            names = sorted(pm)  # counts summed over hosts, the mean over every row
-            g = parallel.global_to_host({"sums": process.sum(axis=1),
-                                         "counts": np.array([[pm[k] for k in names]])})
-            m["reward/process_mean"] = float(g["sums"].mean())
-            m.update(zip(names, (float(x) for x in g["counts"].sum(axis=0)), strict=True))
-            token_rewards = dev(process)
-        if ref_params is not None:
-            data["ref_logprobs"] = early["ref_logprobs"]
-            if algo.kl_mode == "reward":
-                old = (logprob_fn(state.params, tokens_d, mask_d) if on_policy
-                       else data["old_logprobs"])
-                kl_rewards = kl_lib.kl_penalty_rewards(old, data["ref_logprobs"],
-                                                       data["loss_mask"], state.kl_coef,
-                                                       algo.kl_estimator)
-                token_rewards = (kl_rewards if token_rewards is None
-                                 else token_rewards + kl_rewards)
-        if algo.use_critic:
-            values = value_fn(state.critic_params, tokens_d, mask_d)
-            data["old_values"] = values
-        if algo.needs_greedy_baseline:
-            greedy = sample_and_score(inp, state.params, batch.examples,
-                                      jax.random.fold_in(key, 10_000),
-                                      dataclasses.replace(inp.train_sampling, temperature=0.0,
-                                                          n=1))
-            baseline = dev(np.repeat(greedy.rewards, cfg.sampling.n))
-        adv, returns = advantage_fn(rewards=dev(batch.rewards),
-                                    response_mask=data["loss_mask"],
-                                    token_rewards=token_rewards, values=values,
-                                    baseline_rewards=baseline)
-        data["advantages"], data["returns"] = adv, returns
-        m["timing_s/prepare"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        rng = np.random.default_rng([cfg.seed, rl_step])
-        num = data["tokens"].shape[0]  # global rows
-        size = num // cfg.train.minibatches
-        update_metrics = []
-        for _ in range(cfg.train.ppo_epochs):
-            order = rng.permutation(num) if cfg.train.minibatches > 1 else np.arange(num)
-            for i in range(cfg.train.minibatches):
-                idx = np.sort(order[i * size:(i + 1) * size])
-                mb = data if cfg.train.minibatches == 1 else {
-                    k: parallel.put(v[idx], parallel.batch_sharding(mesh, v.ndim))
-                    for k, v in data.items()}
-                state, um = train_step(state, mb)
-                update_metrics.append(um)
-        update_metrics = jax.device_get(update_metrics)  # one host transfer per RL step
-        m.update(jax.tree.map(lambda *xs: float(np.mean(xs)), *update_metrics))
-        skipped = int(sum(u["actor/skipped"] > 0 for u in update_metrics))
-        consecutive_bad = consecutive_bad + skipped if skipped else 0
-        m["timing_s/update"] = time.perf_counter() - t0
-        if algo.kl_mode != "none" and algo.kl_target is not None and "actor/kl_loss" in m:
-            ctrl = kl_lib.update_kl_controller(kl_lib.KLControllerState(coef=state.kl_coef),
-                                               m["actor/kl_loss"], num, algo.kl_target,
-                                               algo.kl_horizon)
-            state = state.replace(kl_coef=parallel.put(ctrl.coef, state_sh.kl_coef))
-        m["actor/kl_coef"] = float(state.kl_coef)
-
-        m["timing_s/step"] = time.perf_counter() - t_step
-        new_tokens = m["response_length/mean"] * num
-        m["perf/tokens_per_s"] = new_tokens / m["timing_s/step"]
-        flops = inp.step_flops(num, tokens_d.shape[1], cfg.train.ppo_epochs,
-                               ref_params is not None, algo.use_critic)
-        m["perf/mfu"] = flops / m["timing_s/step"] / (
-            cfg.train.peak_tflops * 1e12 * jax.device_count())
-        new_programs = compiles.new_since(compiles_before)
-        m["perf/compiles"] = float(sum(new_programs.values()))
-        if new_programs and rl_step > first:
-            # After the first step every shape is known: a compile here is a new shape, dtype
-            # or sharding reaching a jitted function.
-            writer.log(f"RL step {rl_step + 1}: {sum(new_programs.values())} XLA program(s) "
-                       "compiled after the first step: " + ", ".join(
-                           f"{name} x{k}" for name, k in sorted(new_programs.items())))
-        done = rl_step + 1
-        writer.write(done, m)
-        writer.progress(done, m)
-        if done % cfg.train.rollout_log_every == 0 and is_main:
-            metrics_lib.write_rollouts(rollouts_path, done,
-                                       [ex.prompt for ex in batch.examples
-                                        for _ in range(cfg.sampling.n)],
-                                       batch.completions, batch.rewards.tolist())
-        if consecutive_bad >= cfg.train.max_nonfinite:
-            ckpt.close()
-            raise NonFiniteError(
-                f"{consecutive_bad} consecutive updates had a non-finite loss or gradient at RL "
-                f"step {done}; params were left unchanged by each. Lower optim.lr or check the "
-                "rewards (config 'train.max_nonfinite' sets the limit).")
-        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
-            eval_metrics = run_eval(done)
-        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
-            extras.update(rl_step=done, phase="rl", data=inp.data_iter.get_state())
-            ckpt.save(done, state, extras, eval_metrics)
+    base_key = jax.random.key(cfg.seed)
+    consecutive_bad = 0
+    with jax.transfer_guard("disallow"):
+        for rl_step in range(first, cfg.train.steps):
+            m: dict[str, float] = {}
+            t_step, compiles_before = time.perf_counter(), compiles.count
+            key = rollouts.fold_in(base_key, rl_step)
+            with _timed(m, "sample_and_reward"):
+                batch = rollouts.collect(
+                    inp, state.params, inp.data_iter, key, m,
+                    on_rollout=functools.partial(dispatch_early, progs, ref_params, inp.mesh))
+            batch = observe(inp, batch, m, rl_step)
+            with _timed(m, "prepare"):
+                data = prepare(inp, progs, state, ref_params, batch, key, m)
+            with _timed(m, "update"):
+                state, skipped = update(inp, progs, state, data, rl_step, m)
+            consecutive_bad = consecutive_bad + skipped if skipped else 0
+            m["timing_s/step"] = time.perf_counter() - t_step
+            done = rl_step + 1
+            log_step(inp, writer, batch, data, m, done, ref_params is not None,
+                     compiles.new_since(compiles_before), first_step=rl_step == first)
+            if consecutive_bad >= cfg.train.max_nonfinite:
+                ckpt.close()
+                raise NonFiniteError(
+                    f"{consecutive_bad} consecutive updates had a non-finite loss or gradient "
+                    f"at RL step {done}; params were left unchanged by each. Lower optim.lr "
+                    "or check the rewards (config 'train.max_nonfinite' sets the limit).")
+            if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
+                eval_metrics = run_eval(inp, state.params, writer, done)
+            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+                extras.update(rl_step=done, phase="rl", data=inp.data_iter.get_state())
+                ckpt.save(done, state, extras, eval_metrics)
 
     # ---------------------------------------------------------------- final eval and export
-    final = run_eval(cfg.train.steps) if first < cfg.train.steps else eval_metrics
+    final = (run_eval(inp, state.params, writer, cfg.train.steps) if first < cfg.train.steps
+             else eval_metrics)
     ckpt.close()
     if is_main:
         summary = {"before": extras.get("eval_before", {}), "after": final,
@@ -473,98 +198,188 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     return final
 
 
-def shared_prompt_groups(cfg: ml_collections.ConfigDict, mesh: Any) -> tuple[int, int]:
-    """Group sizes for the shared-prompt forward (`steps.grouped_hidden`) of the logprob
-    passes and of the update: sampling.n when `train.shared_prompt_forward` is on, else 1.
-
-    The reference/old logprob passes see the whole step's batch, group-major as sampled. The
-    update shares prompts only with one minibatch (several shuffle the rows apart), and each
-    pass only when its prompts split evenly over the batch shards (each device then holds
-    whole groups: no communication)."""
-    n = cfg.sampling.n
-    if not cfg.train.shared_prompt_forward or n == 1:
-        return 1, 1
-    shards = parallel.batch_divisor(mesh)
-    prompts = cfg.train.batch_prompts  # global
-    logprob = n if prompts % shards == 0 else 1
-    per_micro, rest = divmod(prompts, cfg.train.microbatches)
-    update = (n if cfg.train.minibatches == 1 and rest == 0 and per_micro % shards == 0
-              else 1)
-    return logprob, update
+# -------------------------------------------------------------------- setup
 
 
-def check_groups_share_prompts(roll: Rollout, n: int) -> None:
-    """Raises if the rows are not groups of n consecutive rows with one prompt (the layout
-    the shared-prompt forward relies on; a bug if it fails)."""
-    for name in ("prompt_tokens", "prompt_mask"):
-        x = np.asarray(getattr(roll, name))
-        groups = x.reshape(-1, n, x.shape[-1])
-        if (groups != groups[:, :1]).any():
-            raise RuntimeError(f"rollout {name} are not groups of {n} rows sharing a prompt; "
-                               "set train.shared_prompt_forward=False to bypass")
+def compile_programs(cfg: ml_collections.ConfigDict, inp: Inputs, state: TrainState,
+                     state_sh: TrainState, ref_params: Any, writer: Any, *,
+                     ahead_of_time: bool, first_step: int) -> Programs:
+    """Jits the train step and the batch passes. With `ahead_of_time`, compiles the train
+    step now, for the batch `update_batch.spec` describes, and logs its memory: an
+    out-of-memory shows before any sampling, and the loop's calls hit this executable."""
+    logprob_group, update_group = steps.shared_prompt_groups(cfg, inp.mesh)
+    temperature = inp.train_sampling.score_temperature
+    passes = update_batch.make_passes(cfg, inp.model_cfg, inp.prompt_len, temperature,
+                                      logprob_group)
+    # Explicit in/out shardings keep the state in one layout across steps (so neither the
+    # step nor the sampler, which reads the same params, ever recompiles for a new layout).
+    train_step = jax.jit(
+        functools.partial(steps.rl_train_step, model_cfg=inp.model_cfg, algo=cfg.rl,
+                          prompt_len=inp.prompt_len, temperature=temperature,
+                          microbatches=cfg.train.microbatches, on_policy=passes.on_policy,
+                          group_size=update_group),
+        in_shardings=(state_sh, parallel.batch_sharding(inp.mesh)),
+        out_shardings=(state_sh, parallel.replicated(inp.mesh)), donate_argnums=(0,))
+    if ahead_of_time:
+        rows = cfg.train.batch_prompts * cfg.sampling.n
+        spec = update_batch.spec(passes, state, ref_params,
+                                 update_batch.row_spec(cfg, inp.prompt_len, inp.mesh, rows),
+                                 inp.mesh, cfg.train.minibatches)
+        t0 = time.perf_counter()
+        compiled = train_step.lower(state, spec).compile()
+        seconds = time.perf_counter() - t0
+        memory = compilation.memory_mib(compiled)
+        writer.log(compilation.describe_memory("train step", memory, seconds))
+        writer.write(first_step, {"perf/train_step_compile_s": seconds,
+                                  **{f"perf/train_step_{k}_mib": v for k, v in memory.items()}},
+                     phase="compile")
+    return Programs(train_step, passes, logprob_group, state_sh)
 
 
-def place_state(state: TrainState, mesh: Any) -> tuple[TrainState, TrainState]:
-    """Puts every leaf of `state` in a NamedSharding on `mesh` and returns (state, shardings).
-
-    Params keep the sharding they were created with (the logical-axis rules); optimizer
-    moments inherit it from the params; scalars are replicated.
-    """
-    rep = parallel.replicated(mesh)
-    shardings = jax.tree.map(
-        lambda x: x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding) else rep,
-        state)
-    return parallel.put(state, shardings), shardings
+# -------------------------------------------------------------------- the loop's stages
 
 
-def ckpt_ref_save(workdir: str, ref_params: Any) -> None:
-    """The reference policy is fixed for the whole run: saved once, beside the checkpoints.
-    Every host calls this (Orbax writes each host's shards of multi-host arrays)."""
-    import orbax.checkpoint as ocp
-
-    path = os.path.abspath(os.path.join(workdir, "reference"))
-    # Host 0 decides: a host that looked after another had started writing would skip the
-    # save and leave the others waiting in it.
-    if not parallel.same_on_all_hosts(os.path.exists(path)):
-        tree = jax.device_get(ref_params) if jax.process_count() == 1 else ref_params
-        with ocp.StandardCheckpointer() as c:
-            c.save(path, tree)
+@contextlib.contextmanager
+def _timed(metrics: dict[str, float], name: str) -> Iterator[None]:
+    """Adds the block's wall time to `metrics` as timing_s/<name>."""
+    t0 = time.perf_counter()
+    yield
+    metrics[f"timing_s/{name}"] = time.perf_counter() - t0
 
 
-def ckpt_ref_restore(workdir: str, like: Any) -> Any:
-    import orbax.checkpoint as ocp
-
-    path = os.path.abspath(os.path.join(workdir, "reference"))
-    with ocp.StandardCheckpointer() as c:
-        return c.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, like))
-
-
-def train_batch_spec(cfg: ml_collections.ConfigDict, inp: Inputs, mesh: Any,
-                     state: TrainState, ref_params: Any, on_policy: bool, logprob_fn: Any,
-                     value_fn: Any) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shape, dtype and sharding of every entry of one `train_step` minibatch, as the RL loop
-    builds it: batch_prompts x n / minibatches rows of prompt_len + max_new_tokens slots
-    (the batch is always full: dynamic sampling refills it), sharded over the batch axes.
-    Advantages and returns are [rows, R] float32 (compute_advantages' contract); the logprob
-    and value programs are shape-evaluated.
-    """
-    rows = cfg.train.batch_prompts * cfg.sampling.n // cfg.train.minibatches
-    R = cfg.sampling.max_new_tokens
-
-    def spec(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct(shape, dtype,
-                                    sharding=parallel.batch_sharding(mesh, len(shape)))
-
-    tokens = spec((rows, inp.prompt_len + R), jnp.int32)
-    mask = spec((rows, inp.prompt_len + R), jnp.bool_)
-    per_token = spec((rows, R), jnp.float32)
-    like = lambda x: spec(x.shape, x.dtype)  # noqa: E731  (an eval_shape result, sharded)
-    batch = {"tokens": tokens, "mask": mask, "loss_mask": per_token,
-             "sampler_logprobs": per_token, "advantages": per_token, "returns": per_token}
-    batch["old_logprobs"] = (per_token if on_policy else
-                             like(jax.eval_shape(logprob_fn, state.params, tokens, mask)))
+def dispatch_early(progs: Programs, ref_params: Any, mesh: Any, roll: Rollout
+                   ) -> dict[str, jax.Array]:
+    """`collect`'s on_rollout: the rollout's tokens and mask on the mesh, and the reference
+    policy's log-probs of them dispatched at once, so they run on the devices while the host
+    decodes and scores the responses."""
+    if progs.logprob_group > 1:
+        rollouts.check_groups_share_prompts(roll, progs.logprob_group)
+    out = update_batch.token_arrays(roll, mesh)
     if ref_params is not None:
-        batch["ref_logprobs"] = like(jax.eval_shape(logprob_fn, ref_params, tokens, mask))
-    if cfg.rl.use_critic:
-        batch["old_values"] = like(jax.eval_shape(value_fn, state.critic_params, tokens, mask))
+        out["ref_logprobs"] = progs.passes.logprobs(ref_params, out["tokens"], out["mask"])
+    return out
+
+
+def observe(inp: Inputs, batch: ScoredBatch, metrics: dict[str, float], rl_step: int
+            ) -> ScoredBatch:
+    """The step's reward statistics into `metrics`, the rewards into the curriculum; with
+    `reward.shuffle_control`, the rewards permuted across the batch (a control run that
+    should not learn)."""
+    cfg = inp.cfg
+    metrics.update(rollouts.rollout_metrics(batch))
+    if cfg.reward.shuffle_control:
+        shuffle = np.random.default_rng([cfg.seed, rl_step, 7]).permutation(len(batch.rewards))
+        batch = dataclasses.replace(batch, rewards=batch.rewards[shuffle])
+    inp.observe(batch.examples, batch.rewards)
     return batch
+
+
+def prepare(inp: Inputs, progs: Programs, state: TrainState, ref_params: Any,
+            batch: ScoredBatch, key: jax.Array, metrics: dict[str, float]
+            ) -> dict[str, jax.Array]:
+    """The update batch of one step (`update_batch`): host-side extras (process rewards, the
+    greedy baseline) first, then the device passes."""
+    cfg, algo = inp.cfg, inp.cfg.rl
+    token_rewards = baseline = None
+    if cfg.reward.process_fns:  # step-level rewards -> per-token rewards [N, R]
+        token_rewards, pm = inp.process_rewards(batch.repeated_examples(), batch.completions,
+                                                batch.rollout)
+        names = sorted(pm)  # counts summed over hosts, the mean over every row
+        g = parallel.global_to_host({"sums": token_rewards.sum(axis=1),
+                                     "counts": np.array([[pm[k] for k in names]])})
+        metrics["reward/process_mean"] = float(g["sums"].mean())
+        metrics.update(zip(names, (float(x) for x in g["counts"].sum(axis=0)), strict=True))
+    if algo.needs_greedy_baseline:
+        greedy = rollouts.sample_and_score(
+            inp, state.params, batch.examples, rollouts.fold_in(key, 10_000),
+            dataclasses.replace(inp.train_sampling, temperature=0.0, n=1))
+        baseline = np.repeat(greedy.rewards, cfg.sampling.n)
+    if algo.overlong_filter:
+        metrics["response_length/filtered"] = metrics["response_length/clip_ratio"]
+    rows = update_batch.device_rows(batch.rollout, batch.rewards, inp.mesh,
+                                    overlong_filter=algo.overlong_filter, early=batch.early,
+                                    token_rewards=token_rewards, baseline_rewards=baseline)
+    return update_batch.build(progs.passes, state, ref_params, rows)
+
+
+def update(inp: Inputs, progs: Programs, state: TrainState, data: dict[str, jax.Array],
+           rl_step: int, metrics: dict[str, float]) -> tuple[TrainState, int]:
+    """`train.ppo_epochs` passes over `data` in `train.minibatches` shuffled minibatches;
+    the update metrics (means over minibatches) into `metrics`, and the adaptive KL
+    controller's step. Returns the state and how many updates were skipped (non-finite)."""
+    cfg, mesh = inp.cfg, inp.mesh
+    rng = np.random.default_rng([cfg.seed, rl_step])
+    num = data["tokens"].shape[0]  # global rows
+    size = num // cfg.train.minibatches
+    results = []
+    for _ in range(cfg.train.ppo_epochs):
+        order = rng.permutation(num) if cfg.train.minibatches > 1 else np.arange(num)
+        for i in range(cfg.train.minibatches):
+            idx = parallel.put(np.sort(order[i * size:(i + 1) * size]),
+                               parallel.replicated(mesh))
+            mb = data if cfg.train.minibatches == 1 else {
+                k: parallel.put(v, parallel.batch_sharding(mesh, v.ndim))
+                for k, v in _take_rows(data, idx).items()}
+            state, um = progs.train_step(state, mb)
+            results.append(um)
+    results = jax.device_get(results)  # one host transfer per RL step
+    metrics.update(jax.tree.map(lambda *xs: float(np.mean(xs)), *results))
+    algo = cfg.rl
+    if algo.kl_mode != "none" and algo.kl_target is not None and "actor/kl_loss" in metrics:
+        ctrl = kl_lib.update_kl_controller(
+            kl_lib.KLControllerState(coef=jax.device_get(state.kl_coef)),
+            metrics["actor/kl_loss"], num, algo.kl_target, algo.kl_horizon)
+        state = state.replace(kl_coef=parallel.put(np.float32(ctrl.coef),
+                                                   progs.state_sharding.kl_coef))
+    metrics["actor/kl_coef"] = float(jax.device_get(state.kl_coef))
+    return state, int(sum(u["actor/skipped"] > 0 for u in results))
+
+
+@jax.jit
+def _take_rows(data: dict[str, jax.Array], rows: jax.Array) -> dict[str, jax.Array]:
+    """The minibatch `rows` [M] of every [N, ...] array in `data` (one gather program)."""
+    return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), data)
+
+
+def log_step(inp: Inputs, writer: Any, batch: ScoredBatch, data: dict[str, jax.Array],
+             metrics: dict[str, float], done: int, with_ref: bool,
+             new_programs: Any, first_step: bool) -> None:
+    """Throughput and MFU, a warning for programs compiled after the first step, the metric
+    row and progress line, and every `train.rollout_log_every` steps the sampled rollouts."""
+    cfg = inp.cfg
+    num, length = data["tokens"].shape
+    metrics["perf/tokens_per_s"] = (metrics["response_length/mean"] * num
+                                    / metrics["timing_s/step"])
+    flops = inp.step_flops(num, length, cfg.train.ppo_epochs, with_ref, cfg.rl.use_critic)
+    metrics["perf/mfu"] = flops / metrics["timing_s/step"] / (
+        cfg.train.peak_tflops * 1e12 * jax.device_count())
+    metrics["perf/compiles"] = float(sum(new_programs.values()))
+    if new_programs and not first_step:
+        # After the first step every shape is known: a compile here is a new shape, dtype
+        # or sharding reaching a jitted function.
+        writer.log(f"RL step {done}: {sum(new_programs.values())} XLA program(s) compiled "
+                   "after the first step: " + ", ".join(
+                       f"{name} x{k}" for name, k in sorted(new_programs.items())))
+    writer.write(done, metrics)
+    writer.progress(done, metrics)
+    if done % cfg.train.rollout_log_every == 0 and jax.process_index() == 0:
+        metrics_lib.write_rollouts(os.path.join(writer.workdir, "rollouts.jsonl"), done,
+                                   [ex.prompt for ex in batch.repeated_examples()],
+                                   batch.completions, batch.rewards.tolist())
+
+
+def run_eval(inp: Inputs, params: Any, writer: Any, step: int) -> dict[str, float]:
+    """Held-out evaluation (`eval.*`) of `params`, written as an eval row at `step`."""
+    if not inp.eval_examples:
+        return {}
+    cfg = inp.cfg
+    t0 = time.perf_counter()
+    out = eval_lib.evaluate(
+        inp.sampler, params, inp.eval_examples, inp.encode, inp.decode, inp.score_texts,
+        jax.random.key(cfg.seed + 99), k=cfg.eval.k, max_new_tokens=cfg.sampling.max_new_tokens,
+        temperature=cfg.eval.temperature, batch_size=cfg.eval.batch_size)
+    out["timing_s/eval"] = time.perf_counter() - t0
+    writer.write(step, out, phase="eval")
+    writer.log(f"eval @ RL step {step}: " + ", ".join(
+        f"{k[len('eval/'):]}={v:.3f}" for k, v in out.items() if k.startswith("eval/")))
+    return out

@@ -4,12 +4,8 @@ Every function here is a pure module-level function of arrays and static setting
 the trainer with explicit shardings (`jax.jit(partial(fn, **static), in_shardings=...,
 out_shardings=..., donate_argnums=...)`), and callable directly from tests.
 
-Layout of a training batch (a dict of arrays; N responses, P prompt slots, R response slots):
-  tokens [N, P+R] int32     prompt (left padded) followed by the response (right padded)
-  mask [N, P+R] bool        True on real tokens
-  loss_mask [N, R] float32  response tokens that enter the loss (overlong filtering may zero rows)
-  advantages [N, R]; old_logprobs [N, R]; ref_logprobs [N, R]; sampler_logprobs [N, R];
-  returns [N, R], old_values [N, R] (critic only)
+The RL update trains on the batch `lrmjax.train.update_batch` builds (its docstring
+states the layout).
 """
 
 from __future__ import annotations
@@ -20,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lrmjax import parallel
 from lrmjax.models import heads
 from lrmjax.models.presets import ModelConfig
 from lrmjax.models.transformer import Transformer, positions_from_mask, tempered_lm_head
@@ -82,6 +79,26 @@ def grouped_hidden(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Arr
     last_prompt = jnp.repeat(hidden[:, P - 1:P], n, axis=0)            # predicts slot P
     responses = hidden[:, P:].reshape(N, R - 1, D)  # empty when R == 1
     return jnp.concatenate([last_prompt, responses], axis=1)
+
+
+def shared_prompt_groups(cfg: ml_collections.ConfigDict, mesh: Any) -> tuple[int, int]:
+    """Group sizes for the shared-prompt forward (`steps.grouped_hidden`) of the logprob
+    passes and of the update: sampling.n when `train.shared_prompt_forward` is on, else 1.
+
+    The reference/old logprob passes see the whole step's batch, group-major as sampled. The
+    update shares prompts only with one minibatch (several shuffle the rows apart), and each
+    pass only when its prompts split evenly over the batch shards (each device then holds
+    whole groups: no communication)."""
+    n = cfg.sampling.n
+    if not cfg.train.shared_prompt_forward or n == 1:
+        return 1, 1
+    shards = parallel.batch_divisor(mesh)
+    prompts = cfg.train.batch_prompts  # global
+    logprob = n if prompts % shards == 0 else 1
+    per_micro, rest = divmod(prompts, cfg.train.microbatches)
+    update = (n if cfg.train.minibatches == 1 and rest == 0 and per_micro % shards == 0
+              else 1)
+    return logprob, update
 
 
 @jax.custom_vjp
