@@ -19,7 +19,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 from absl import app, flags
 from ml_collections import config_flags
 
-from lrmjax import config as config_lib
 from lrmjax import host
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -32,6 +31,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    # lrmjax.config imports JAX, so not at module level: reward workers start with `spawn`,
+    # which re-imports this module (as __mp_main__) in each worker, and they verify text.
+    from lrmjax import config as config_lib
+
     cfg = _CONFIG.value
     config_lib.validate(cfg)
     # The CPU device count and malloc settings: before the backend starts (the first

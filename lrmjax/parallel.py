@@ -1,9 +1,10 @@
 """Device mesh, logical-axis rules and sharding helpers.
 
-One mesh with axes ('data', 'fsdp', 'tensor'). Params carry logical axis names (see
-`lrmjax.models.transformer.param_logical_axes`); `LOGICAL_RULES` maps each logical name to mesh
-axes. A dimension that a mesh axis does not divide is replicated instead (e.g. 2 KV heads on a
-4-way tensor axis), so any preset runs on any mesh.
+One mesh with axes ('data', 'fsdp', 'tensor'). Params carry logical axis names;
+`LOGICAL_RULES` maps each logical name to mesh axes. A dimension that a mesh axis does not
+divide is replicated instead (e.g. 2 KV heads on a 4-way tensor axis), so any preset runs on any
+mesh. This module knows no model: `lrmjax.models.sharding` applies these rules to the
+transformer's params.
 """
 
 from __future__ import annotations
@@ -119,23 +120,6 @@ def tree_shardings(logical_tree: Any, shape_tree: Any, mesh: Mesh,
     return jax.tree.map(
         lambda spec, x: NamedSharding(mesh, logical_to_spec(spec, x.shape, mesh, rules)),
         logical_tree, shape_tree, is_leaf=lambda x: isinstance(x, PartitionSpec))
-
-
-def param_shardings(cfg: Any, mesh: Mesh, rules: Mapping[str, Any] | None = None) -> Any:
-    """NamedShardings matching `transformer.init_params(cfg)`."""
-    from lrmjax.models import transformer  # late import: models depend on nothing here
-
-    return tree_shardings(transformer.param_logical_axes(cfg), transformer.param_shapes(cfg),
-                          mesh, rules)
-
-
-def init_sharded_params(cfg: Any, key: jax.Array, mesh: Mesh,
-                        rules: Mapping[str, Any] | None = None) -> Any:
-    """Initializes params directly into their shardings (no full copy on one device)."""
-    from lrmjax.models import transformer
-
-    shardings = param_shardings(cfg, mesh, rules)
-    return jax.jit(lambda k: transformer.init_params(cfg, k), out_shardings=shardings)(key)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Mapping[str, Any] | None = None

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from lrmjax import parallel
-from lrmjax.models import heads, presets, transformer
+from lrmjax.models import heads, presets, sharding, transformer
 from lrmjax.train import state as state_lib
 from lrmjax.train.checkpoint import Checkpointer
 
@@ -136,17 +136,17 @@ def test_partial_save_is_not_latest(tmp_path):
 def test_restore_into_shardings_on_mesh(tmp_path):
     assert jax.device_count() == 8
     mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    shardings = parallel.param_shardings(CFG, mesh)
+    shardings = sharding.param_shardings(CFG, mesh)
     # Something really is split (else this test would not test anything).
     specs = [s.spec for s in jax.tree.leaves(shardings)]
     assert any("fsdp" in str(s) for s in specs) and any("tensor" in str(s) for s in specs)
 
-    saved = _trained_state(0, params=parallel.init_sharded_params(CFG, jax.random.key(0), mesh))
+    saved = _trained_state(0, params=sharding.init_sharded_params(CFG, jax.random.key(0), mesh))
     ckpt = Checkpointer(str(tmp_path))
     ckpt.save(5, saved, EXTRAS)
     ckpt.close()
 
-    target = _trained_state(1, params=parallel.init_sharded_params(CFG, jax.random.key(1),
+    target = _trained_state(1, params=sharding.init_sharded_params(CFG, jax.random.key(1),
                                                                    mesh))
     ckpt = Checkpointer(str(tmp_path))
     restored, _ = ckpt.restore(5, target)

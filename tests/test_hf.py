@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from lrmjax import parallel, sampling
-from lrmjax.models import hf, presets, transformer
+from lrmjax.models import hf, presets, sharding, transformer
 from lrmjax.tokenizers import HFTokenizer
 
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -203,7 +203,7 @@ def test_mesh_load_equals_unsharded(tmp_path):
     mesh = parallel.make_mesh((2, 2, 2))
     cfg, sharded = hf.load_pretrained(tmp_path, mesh=mesh)
     _, plain = hf.load_pretrained(tmp_path)
-    expected = parallel.param_shardings(cfg, mesh)
+    expected = sharding.param_shardings(cfg, mesh)
     n_split = 0
     for x, y, s in zip(jax.tree.leaves(sharded), jax.tree.leaves(plain),
                        jax.tree.leaves(expected), strict=True):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lrmjax.data.tasks import arithmetic
+from lrmjax.data.tasks import arithmetic, arithmetic_device
 from lrmjax.models import presets, transformer
 from lrmjax.rl import algorithms
 from lrmjax.sampling import SamplingParams
@@ -32,7 +32,7 @@ def starts_with_7(response_tokens, response_mask, answer_tokens, answer_mask):
 def _setup(reward_fn, lr=3e-3):
     task = arithmetic.ArithmeticTask(digits=2, reverse_answer=True)
     examples = task.sample(np.random.default_rng(0), 64)
-    data = pure.DeviceData.from_examples(TOK, examples, 8, arithmetic.encode_answers)
+    data = pure.DeviceData.from_examples(TOK, examples, 8, arithmetic_device.encode_answers)
     kwargs = dict(data=data, model_cfg=CFG, algo=algorithms.get("grpo", kl_mode="none",
                                                                 kl_coef=0.0),
                   sampling=SamplingParams(temperature=1.0, max_new_tokens=4, n=4),
@@ -57,7 +57,7 @@ def test_a_jitted_run_learns_the_trivial_reward():
 
 
 def test_vmap_over_seeds_equals_the_runs_one_by_one():
-    kwargs, init = _setup(arithmetic.arithmetic_device_reward)
+    kwargs, init = _setup(arithmetic_device.arithmetic_device_reward)
     run = functools.partial(pure.train, num_steps=3, **kwargs)
     seeds = [0, 1, 2]
     keys = jnp.stack([jax.random.key(10 + s) for s in seeds])
@@ -84,8 +84,8 @@ def test_device_reward_agrees_with_the_host_verifier():
     tokens, mask = np.zeros((6, 6), np.int32), np.zeros((6, 6), bool)
     for i, seq in enumerate(ids):
         tokens[i, :len(seq)], mask[i, :len(seq)] = seq, True
-    answers, answer_mask = arithmetic.encode_answers([ex.answer for ex in examples])
-    device = arithmetic.arithmetic_device_reward(tokens, mask, answers, answer_mask)
+    answers, answer_mask = arithmetic_device.encode_answers([ex.answer for ex in examples])
+    device = arithmetic_device.arithmetic_device_reward(tokens, mask, answers, answer_mask)
     host = [task.verify(ex, c) for ex, c in zip(examples, completions, strict=True)]
     np.testing.assert_array_equal(np.asarray(device), host)
 

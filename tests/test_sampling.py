@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lrmjax import parallel, sampling
-from lrmjax.models import presets, transformer
+from lrmjax.models import presets, sharding, transformer
 from lrmjax.sampling import Sampler, SamplingParams
 
 CFG = presets.ModelConfig(vocab_size=64, hidden_size=64, num_layers=2, num_heads=4,
@@ -273,7 +273,7 @@ def test_bad_inputs_are_clear_errors(sampler, params):
 
 def test_sharded_sampler_equals_single_device(sampler, params):
     mesh = parallel.make_mesh((2, 2, 2))
-    shardings = parallel.param_shardings(CFG, mesh)
+    shardings = sharding.param_shardings(CFG, mesh)
     sharded_params = jax.device_put(params, shardings)
     s = Sampler(CFG, pad_id=PAD, stop_ids=(EOS,), mesh=mesh, prompt_buckets=(8, 16),
                 batch_buckets=(4, 8))

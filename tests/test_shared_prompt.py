@@ -17,7 +17,7 @@ import pytest
 
 from lrmjax import config as config_lib
 from lrmjax import parallel
-from lrmjax.models import presets, transformer
+from lrmjax.models import presets, sharding, transformer
 from lrmjax.rl import algorithms
 from lrmjax.sampling import Rollout
 from lrmjax.train import rollouts, steps
@@ -165,7 +165,7 @@ def test_sharded_grouped_logprobs_equal_single_device():
     tokens, mask, resp_mask = _batch(7)
     fn = jax.jit(functools.partial(steps.response_logprobs, model_cfg=CFG, prompt_len=P,
                                    group_size=N_PER),
-                 in_shardings=(parallel.param_shardings(CFG, mesh),
+                 in_shardings=(sharding.param_shardings(CFG, mesh),
                                parallel.batch_sharding(mesh), parallel.batch_sharding(mesh)))
     got = fn(params, tokens, mask)
     want = steps.response_logprobs(params, jnp.asarray(tokens), jnp.asarray(mask),

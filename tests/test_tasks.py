@@ -13,13 +13,12 @@ from lrmjax.data.tasks import (
     CountdownTask,
     Example,
     ReasoningGymTask,
-    arithmetic_device_reward,
     available_datasets,
-    encode_answers,
     evaluate_expression,
     get_task,
     verify_example,
 )
+from lrmjax.data.tasks.arithmetic_device import arithmetic_device_reward, encode_answers
 from lrmjax.data.tasks.countdown import UnsafeExpression
 from lrmjax.tokenizers import CharTokenizer
 

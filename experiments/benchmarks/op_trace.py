@@ -73,7 +73,7 @@ def main() -> int:
 
     from lrmjax import config as config_lib
     from lrmjax import parallel, sampling
-    from lrmjax.models import presets
+    from lrmjax.models import presets, sharding
     from lrmjax.tokenizers import CharTokenizer
     from lrmjax.train import steps
     from lrmjax.train.state import TrainState, adamw, lr_schedule, place_state
@@ -86,7 +86,7 @@ def main() -> int:
         args.rows, args.prompt_len, args.response_len, args.kl, args.n = 256, 10, 6, 0.0, 8
     else:
         cfg = presets.get(args.preset)
-    params = parallel.init_sharded_params(cfg, jax.random.key(0), mesh)
+    params = sharding.init_sharded_params(cfg, jax.random.key(0), mesh)
     shard = lambda x: jax.device_put(x, parallel.batch_sharding(mesh, x.ndim))  # noqa: E731
 
     if args.what == "train":

@@ -31,7 +31,7 @@ def main() -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from lrmjax.data.tasks import arithmetic
+    from lrmjax.data.tasks import arithmetic, arithmetic_device
     from lrmjax.models import presets, transformer
     from lrmjax.rl import algorithms
     from lrmjax.sampling import SamplingParams
@@ -43,13 +43,13 @@ def main() -> int:
     cfg = presets.get("tiny", vocab_size=tok.vocab_size, num_layers=2, max_seq_len=64)
     task = arithmetic.ArithmeticTask(digits=3, min_digits=3, reverse_answer=True)
     data = pure.DeviceData.from_examples(tok, task.sample(np.random.default_rng(0), 4096), 10,
-                                         arithmetic.encode_answers)
+                                         arithmetic_device.encode_answers)
     tx = adamw(lr_schedule(3e-4, 20, 400, "cosine", 0.0), grad_clip=1.0)
     run = functools.partial(
         pure.train, num_steps=args.steps, data=data, model_cfg=cfg,
         algo=algorithms.get("grpo", kl_mode="none", kl_coef=0.0), batch_prompts=32,
         sampling=SamplingParams(temperature=1.0, max_new_tokens=6, n=8),
-        reward_fn=arithmetic.arithmetic_device_reward, stop_ids=(tok.eos_id,),
+        reward_fn=arithmetic_device.arithmetic_device_reward, stop_ids=(tok.eos_id,),
         pad_id=tok.pad_id)
 
     def init(seed):

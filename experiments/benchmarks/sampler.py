@@ -52,7 +52,7 @@ def main() -> None:
     import numpy as np
 
     from lrmjax import parallel, sampling
-    from lrmjax.models import presets, transformer
+    from lrmjax.models import presets, sharding, transformer
 
     print(common.machine_summary())
     bandwidth = common.memory_bandwidth_gbs()
@@ -73,7 +73,7 @@ def main() -> None:
         if mesh is None:
             params = transformer.init_params(cfg, key)
         else:
-            params = parallel.init_sharded_params(cfg, key, mesh)
+            params = sharding.init_sharded_params(cfg, key, mesh)
         weight_bytes = 4 * cfg.num_params
         print(f"\n{name}: {cfg.num_params:,} params ({weight_bytes / 2**20:.0f} MiB fp32), "
               f"scan_layers={cfg.scan_layers}, devices={args.devices}, prompt {P}, "

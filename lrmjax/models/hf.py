@@ -31,9 +31,9 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from lrmjax import parallel
 from lrmjax.models import transformer
 from lrmjax.models.presets import ModelConfig, RopeScaling
+from lrmjax.models.sharding import param_shardings
 
 PathLike = str | os.PathLike
 
@@ -319,7 +319,7 @@ def load_pretrained(path: PathLike, dtype: Any = None, param_dtype: Any = None,
       param_dtype: storage dtype of the params; None keeps the ModelConfig default (fp32):
         a bf16 checkpoint is upcast, as RL updates want fp32 master weights.
       mesh: place each param directly into its NamedSharding
-        (`lrmjax.parallel.param_shardings`); each device receives only its slice.
+        (`lrmjax.models.sharding.param_shardings`); each device receives only its slice.
       rules: logical-axis rules overriding the defaults (with a mesh).
       scan_layers: return layers stacked on a leading [L] axis under 'layers'.
 
@@ -355,7 +355,7 @@ def load_pretrained(path: PathLike, dtype: Any = None, param_dtype: Any = None,
         raise ValueError(f"Checkpoint {path} has unexpected tensor(s) {unexpected[:8]} for "
                          f"{_FAMILY_ARCH[_family(hf_config)]}")
 
-    shardings = None if mesh is None else parallel.param_shardings(cfg, mesh, rules)
+    shardings = None if mesh is None else param_shardings(cfg, mesh, rules)
 
     params: dict = {}
     reader = _Reader(path, weight_map)

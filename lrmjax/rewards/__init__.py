@@ -1,9 +1,10 @@
 """Host-side reward functions: registry, composition, worker pool, sandbox.
 
-Importing this package imports every reward module, which fills the registry in
-:mod:`lrmjax.rewards.base` (one module-level dict). Registered names: ``math``, ``format``,
-``format_lenient``, ``code``, ``majority_vote``, ``self_certainty``, ``neg_entropy``,
-``mean_logprob``, and ``task`` (the verifier of the procedural task that made the prompt).
+Importing this package imports every reward module that registers names, which fills the
+registry in :mod:`lrmjax.rewards.base` (one module-level dict). Registered names: ``math``,
+``format``, ``format_lenient``, ``code``, ``majority_vote``, ``self_certainty``,
+``neg_entropy``, ``mean_logprob``, and ``task`` (the verifier of the procedural task that made
+the prompt).
 Process (step-level) rewards have their own registry in :mod:`lrmjax.rewards.process`
 (``arithmetic_digits``).
 
@@ -11,6 +12,12 @@ Process (step-level) rewards have their own registry in :mod:`lrmjax.rewards.pro
     fn = rewards.combine({"math": 1.0, "format": 0.5})
     with rewards.RewardPool(fn, num_workers=2, timeout_s=10.0) as pool:
         scores, metrics, components = pool.score(prompts, completions, metadata)
+
+The package imports no JAX: reward workers import it to verify text, and JAX, Flax and the
+sampler would cost each of them seconds to import. The model-based rewards run a model on the
+device; import them from their own module where they are used::
+
+    from lrmjax.rewards.model_based import GenerativeJudge, RewardModelScorer
 """
 
 from lrmjax.rewards import (  # noqa: F401
@@ -31,14 +38,11 @@ from lrmjax.rewards.base import (
     names,
     register,
 )
-from lrmjax.rewards.model_based import GenerativeJudge, RewardModelScorer
 from lrmjax.rewards.pool import RewardPool
 from lrmjax.rewards.shaping import ShapedReward, kimi_length_reward, overlong_penalty, shape
 
 __all__ = [
     "CombinedReward",
-    "GenerativeJudge",
-    "RewardModelScorer",
     "RewardFn",
     "RewardPool",
     "RewardResult",

@@ -25,7 +25,7 @@ from lrmjax.data import curriculum as curriculum_lib
 from lrmjax.data import datasets
 from lrmjax.data import tasks as tasks_lib
 from lrmjax.data.tasks import Example
-from lrmjax.models import tiny_hf, transformer
+from lrmjax.models import sharding, tiny_hf, transformer
 from lrmjax.models.presets import ModelConfig
 from lrmjax.rewards import base as reward_base
 from lrmjax.rewards import process as process_lib
@@ -191,7 +191,7 @@ def _model(cfg: ml_collections.ConfigDict, hf_path: str, tokenizer: Any, mesh: A
         model_cfg = dataclasses.replace(model_cfg, remat=cfg.model.remat)
         return model_cfg, params, True
     model_cfg = config_lib.model_config(cfg, tokenizer.vocab_size)
-    params = parallel.init_sharded_params(model_cfg, jax.random.key(cfg.seed), mesh)
+    params = sharding.init_sharded_params(model_cfg, jax.random.key(cfg.seed), mesh)
     return model_cfg, params, cfg.tokenizer.kind == "hf"
 
 

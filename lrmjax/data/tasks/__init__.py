@@ -5,7 +5,9 @@
     rewards = [task.verify(ex, completion) for ex, completion in zip(examples, completions)]
 
 `verify_example(example, completion)` rebuilds the task from the example's own metadata, for
-reward workers that see only examples.
+reward workers that see only examples. The package imports no JAX (reward workers import it);
+a task's jittable device reward lives in a module of its own
+(`lrmjax.data.tasks.arithmetic_device`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,7 @@ import functools
 import json
 from typing import Any
 
-from lrmjax.data.tasks.arithmetic import (
-    ArithmeticTask,
-    arithmetic_device_reward,
-    encode_answers,
-)
+from lrmjax.data.tasks.arithmetic import ArithmeticTask
 from lrmjax.data.tasks.base import Example, Task, extract_answer_tag, last_line
 from lrmjax.data.tasks.countdown import CountdownTask, evaluate_expression
 from lrmjax.data.tasks.reasoning_gym import ReasoningGymTask, available_datasets
@@ -58,6 +56,6 @@ def verify_example(example: Example, completion: str) -> float:
 
 __all__ = [
     "TASKS", "ArithmeticTask", "CountdownTask", "Example", "ReasoningGymTask", "Task",
-    "arithmetic_device_reward", "available_datasets", "encode_answers", "evaluate_expression",
-    "extract_answer_tag", "get_task", "last_line", "task_for_example", "verify_example",
+    "available_datasets", "evaluate_expression", "extract_answer_tag", "get_task", "last_line",
+    "task_for_example", "verify_example",
 ]
