@@ -24,8 +24,9 @@ def test_parse_tests_formats_and_errors():
         parse_tests([], 2)
 
 
-needs_sandbox = pytest.mark.skipif(not sandbox.sandbox_python()[1],
-                                   reason="sandbox isolation unavailable here")
+needs_sandbox = pytest.mark.skipif(
+    not sandbox.probe_isolation().isolated,
+    reason=f"sandbox isolation unavailable here: {sandbox.probe_isolation().missing}")
 
 
 @needs_sandbox
