@@ -11,12 +11,15 @@ from lrmjax.rl import algorithms
 
 
 def _set_untyped(cfg: ml_collections.ConfigDict, path: str, value) -> None:
-    """Sets `group.key` to a value of any type (a ConfigDict refuses a type change on
-    assignment, but a config file can still build a group with a wrong-typed value)."""
-    group, key = path.split(".")
-    items = dict(cfg[group].items())
+    """Sets `group[.subgroup].key` to a value of any type (a ConfigDict refuses a type change
+    on assignment, but a config file can still build a group with a wrong-typed value)."""
+    *groups, key = path.split(".")
+    parent = cfg
+    for name in groups[:-1]:
+        parent = parent[name]
+    items = dict(parent[groups[-1]].items())
     items[key] = value
-    cfg[group] = ml_collections.ConfigDict(items)
+    parent[groups[-1]] = ml_collections.ConfigDict(items)
 
 
 @pytest.mark.parametrize(
@@ -66,12 +69,22 @@ def test_unknown_key_in_rl_group():
     ("train.progress", 1),            # int for a bool
     ("sampling.temperature", "hot"),  # string for a float
     ("model.preset", 3),              # int for a string
+    ("reward.sandbox.allow_unisolated", 1),      # int for a bool
+    ("reward.sandbox.allow_unisolated", "yes"),  # string for a bool
 ])
 def test_wrong_type_names_key(path, value):
     cfg = config_lib.base_config()
     _set_untyped(cfg, path, value)
     with pytest.raises(ValueError, match=rf"'{path}' must be"):
         config_lib.validate(cfg)
+
+
+def test_sandbox_allow_unisolated_defaults_off_and_is_set_from_the_command_line():
+    cfg = config_lib.base_config()
+    assert cfg.reward.sandbox.allow_unisolated is False
+    config_lib.set_by_path(cfg, "reward.sandbox.allow_unisolated", "True")
+    assert cfg.reward.sandbox.allow_unisolated is True
+    config_lib.validate(cfg)
 
 
 def test_int_is_accepted_for_float():

@@ -1,8 +1,11 @@
 """Tests for lrmjax.rewards.code: program extraction, test format, all-pass vs fraction."""
 
+import logging
+import sys
+
 import pytest
 
-from lrmjax.rewards import get, sandbox
+from lrmjax.rewards import RewardPool, get, sandbox
 from lrmjax.rewards.code import extract_program, parse_tests
 
 
@@ -24,8 +27,9 @@ def test_parse_tests_formats_and_errors():
         parse_tests([], 2)
 
 
-needs_sandbox = pytest.mark.skipif(not sandbox.sandbox_python()[1],
-                                   reason="sandbox isolation unavailable here")
+needs_sandbox = pytest.mark.skipif(
+    not sandbox.probe_isolation().isolated,
+    reason=f"sandbox isolation unavailable here: {sandbox.probe_isolation().missing}")
 
 
 @needs_sandbox
@@ -43,6 +47,7 @@ def test_code_reward_all_and_fraction():
     assert res_frac.scores == pytest.approx([1.0, 2 / 3, 0.0])
     assert res_frac.components["timed_out"] == [0.0, 0.0, 1.0]
     assert res_frac.components["program_ok"] == [1.0, 1.0, 1.0]
+    assert res_frac.components["sandbox_isolated"] == [1.0, 1.0, 1.0]
 
 
 @needs_sandbox
@@ -57,3 +62,49 @@ def test_code_reward_bad_input():
         get("code")(["p"], ["x = 1"], [{}])
     with pytest.raises(ValueError, match="mode must be"):
         get("code", mode="some")(["p"], ["x = 1"], [{"tests": ["pass"]}])
+
+
+SQUARE = "```python\ndef sq(x):\n    return x * x\n```"
+TESTS_SQ = {"tests": ["assert sq(3) == 9"]}
+
+
+@needs_sandbox
+def test_isolated_runs_report_sandbox_isolated_through_a_worker():
+    with RewardPool(get("code"), num_workers=1, timeout_s=30.0) as pool:
+        scores, metrics, _ = pool.score(["p"] * 2, [SQUARE, "sq = abs"], [TESTS_SQ] * 2)
+    assert scores.tolist() == [1.0, 0.0]
+    assert metrics["reward/sandbox_isolated"] == 1.0 and metrics["reward/errors"] == 0.0
+
+
+@pytest.fixture
+def no_isolation(monkeypatch):
+    """The sandbox probe reports isolation unavailable; its once-per-process log starts
+    afresh."""
+    monkeypatch.setattr(sandbox, "probe_isolation", lambda preferred=None: sandbox.Isolation(
+        sandbox.NONE, sys.executable, "not root (simulated)"))
+    monkeypatch.setattr(sandbox, "_reported", set())
+
+
+def test_code_reward_refuses_without_isolation(no_isolation, tmp_path):
+    marker = tmp_path / "ran"
+    program = f"```python\nopen({str(marker)!r}, 'w').close()\n```"
+    fn = get("code", tmp_dir=str(tmp_path))
+    match = r"not root \(simulated\).*reward\.sandbox\.allow_unisolated=True"
+    with pytest.raises(RuntimeError, match=match):
+        fn(["p"], [program], [{"tests": ["assert True"]}])
+    with pytest.raises(RuntimeError, match=match):  # also with nothing to run: a startup check
+        fn([], [], [])
+    assert not marker.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_code_reward_allow_unisolated_scores_reports_and_warns(no_isolation, caplog):
+    fn = get("code", allow_unisolated=True)
+    with caplog.at_level(logging.WARNING, logger=sandbox.__name__):
+        res = fn(["p"] * 2, [SQUARE, "sq = abs"], [TESTS_SQ] * 2)
+        with RewardPool(fn, num_workers=0) as pool:
+            _, metrics, _ = pool.score(["p"], [SQUARE], [TESTS_SQ])
+    assert res.scores == [1.0, 0.0]
+    assert res.components["sandbox_isolated"] == [0.0, 0.0]
+    assert metrics["reward/sandbox_isolated"] == 0.0 and metrics["reward/mean"] == 1.0
+    [record] = caplog.records  # once per process
+    assert "UNISOLATED" in record.getMessage() and "not root (simulated)" in record.getMessage()

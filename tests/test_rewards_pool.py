@@ -169,7 +169,7 @@ def _code_programs(n):
 
 
 def _run_many(n, root):
-    if not sandbox.sandbox_python()[1]:
+    if not sandbox.probe_isolation().isolated:
         pytest.skip("sandbox isolation unavailable here")
     # multiprocessing's resource tracker is one helper per parent process, started by the
     # first pool and kept for the process's life by design: start it before counting, so
@@ -206,7 +206,7 @@ def test_1000_sandboxed_programs_through_pool_no_leaks(run_root):
 def test_killed_worker_takes_its_sandbox_run_down(run_root):
     """A pool timeout shorter than the sandbox's: killing the worker must kill the run; its
     orphaned run directory goes at the next sweep."""
-    if not sandbox.sandbox_python()[1]:
+    if not sandbox.probe_isolation().isolated:
         pytest.skip("sandbox isolation unavailable here")
     fn = get("code", timeout_s=30.0, tmp_dir=run_root)
     with RewardPool(fn, num_workers=1, timeout_s=2.0) as pool:

@@ -1,10 +1,14 @@
 """Tests for lrmjax.rewards.sandbox: hostile programs end with reward 0, bounded time, and
 the host unharmed; honest programs pass. Hostile programs run in parallel in one fixture."""
 
+import dataclasses
+import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +27,9 @@ FAST = SandboxConfig(timeout_s=2.0, cpu_s=2, memory_mb=512, file_size_mb=8, max_
 SECRET = "hunter2-lrmjax-fake-secret"
 TESTS_ADD = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 4"]
 
-if not sandbox.sandbox_python()[1]:
-    pytest.skip("namespaces/setuid unavailable here (needs root + util-linux)",
-                allow_module_level=True)
+needs_isolation = pytest.mark.skipif(
+    not sandbox.probe_isolation().isolated,
+    reason=f"sandbox isolation unavailable here: {sandbox.probe_isolation().missing}")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -192,6 +196,7 @@ def hostile_results():
         os.rmdir(sentinel_dir)
 
 
+@needs_isolation
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_program_scores_zero(hostile_results, name):
     results, ctx = hostile_results
@@ -202,6 +207,7 @@ def test_hostile_program_scores_zero(hostile_results, name):
     assert r.wall_s < FAST.timeout_s + 10.0, (name, r.wall_s)
 
 
+@needs_isolation
 def test_hostile_batch_bounded_and_host_unharmed(hostile_results):
     results, ctx = hostile_results
     # All 14 ran concurrently; each is bounded by the 2 s wall clock plus cleanup.
@@ -219,6 +225,7 @@ def test_hostile_batch_bounded_and_host_unharmed(hostile_results):
     assert "MemoryError" in results["alloc_20gb"].stderr
 
 
+@needs_isolation
 def test_no_leaks_after_hostile_batch(hostile_results):
     _, ctx = hostile_results
     assert ctx["sleepers"] == [], "a double-forked background process outlived its run"
@@ -230,12 +237,14 @@ def test_no_leaks_after_hostile_batch(hostile_results):
     assert _sandbox_pids() == []
 
 
+@needs_isolation
 def test_correct_program_passes():
     r = run_tests(ADD, TESTS_ADD, FAST)
     assert r.passed == (True, True, True) and r.all_passed and r.pass_fraction == 1.0
     assert r.program_ok and not r.timed_out and r.network_isolated and r.pid_isolated
 
 
+@needs_isolation
 def test_partially_correct_program_gets_fraction():
     prog = "def add(a, b):\n    return a + b if a != 2 else 5\n"
     r = run_tests(prog, TESTS_ADD, FAST)
@@ -243,6 +252,7 @@ def test_partially_correct_program_gets_fraction():
     assert r.pass_fraction == pytest.approx(2 / 3) and not r.all_passed
 
 
+@needs_isolation
 def test_tests_are_independent_and_see_program_namespace():
     prog = "import math\nCOUNT = [0]\ndef f(x):\n    COUNT[0] += 1\n    return math.sqrt(x)\n"
     tests = ["assert f(4) == 2", "raise ValueError('boom')", "assert f(9) == 3 and COUNT[0] == 2"]
@@ -250,6 +260,7 @@ def test_tests_are_independent_and_see_program_namespace():
     assert r.passed == (True, False, True)
 
 
+@needs_isolation
 def test_test_that_exits_loses_only_remaining_tests():
     prog = "import os\n" + ADD
     tests = ["assert add(1, 2) == 3", "os._exit(0)", "assert add(2, 2) == 4"]
@@ -257,6 +268,7 @@ def test_test_that_exits_loses_only_remaining_tests():
     assert r.passed == (True, False, False)
 
 
+@needs_isolation
 def test_main_block_and_stdin_are_inert():
     prog = ADD + "if __name__ == '__main__':\n    raise SystemExit(1)\n" + (
         "try:\n    input()\n    GOT = True\nexcept EOFError:\n    GOT = False\n")
@@ -264,11 +276,106 @@ def test_main_block_and_stdin_are_inert():
     assert r.passed == (True, True)
 
 
+@needs_isolation
 def test_syntax_error_fails_all():
     r = run_tests("def add(a, b) return a + b", TESTS_ADD, FAST)
     assert r.passed == (False, False, False) and not r.program_ok
 
 
+@needs_isolation
 def test_rejects_non_string_input():
     with pytest.raises(TypeError, match="must be str"):
         run_tests(ADD, ["assert True", 3], FAST)  # type: ignore[list-item]
+
+
+# ---------------------------------------------------------------- isolation levels
+# These run anywhere: where isolation is missing for real, and (simulated) where it is not.
+
+UNAVAILABLE = sandbox.Isolation(sandbox.NONE, sys.executable, "not root (simulated)")
+
+
+@pytest.fixture
+def no_isolation(monkeypatch):
+    """The probe reports isolation unavailable; the once-per-process log starts afresh."""
+    monkeypatch.setattr(sandbox, "probe_isolation", lambda preferred=None: UNAVAILABLE)
+    monkeypatch.setattr(sandbox, "_reported", set())
+
+
+@pytest.mark.parametrize("present, missing", [([], "unshare"), (["unshare"], "setpriv")])
+def test_probe_names_the_tool_missing_from_the_sandbox_path(monkeypatch, tmp_path, present,
+                                                           missing):
+    for tool in present:
+        os.symlink("/bin/true", tmp_path / tool)
+    monkeypatch.setattr(sandbox, "SANDBOX_PATH", str(tmp_path))
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 0)  # get past the root check anywhere
+    sandbox.probe_isolation.cache_clear()
+    try:
+        iso = sandbox.probe_isolation()
+    finally:
+        sandbox.probe_isolation.cache_clear()
+    assert iso.level == "none" and not iso.isolated
+    assert iso.missing == f"`{missing}` (util-linux) not found on PATH {tmp_path}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv")
+                    or not os.path.exists("/usr/bin/python3"),
+                    reason="needs root and setpriv to become an unprivileged uid")
+def test_probe_as_an_unprivileged_uid_names_root():
+    """A real non-root process (uid nobody) probes level "none", naming the missing root."""
+    with open(sandbox.__file__) as f:
+        source = f.read()
+    script = ("import sys, types\n"
+              "m = sys.modules['sbx'] = types.ModuleType('sbx')\n"
+              "exec(compile(sys.stdin.read(), 'sandbox.py', 'exec'), m.__dict__)\n"
+              "iso = m.probe_isolation()\n"
+              "print(iso.level + '|' + iso.missing)\n")
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          "/usr/bin/python3", "-I", "-c", script], input=source,
+                         capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("none|not root (euid 65534)"), out.stdout
+
+
+def test_unavailable_isolation_refuses_before_anything_runs(no_isolation, tmp_path):
+    marker = tmp_path / "ran"
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    program = f"open({str(marker)!r}, 'w').close()\n" + ADD
+    with pytest.raises(sandbox.SandboxUnavailableError,
+                       match=r"not root \(simulated\).*allow_unisolated=True"):
+        run_tests(program, TESTS_ADD, dataclasses.replace(FAST, tmp_dir=str(runs)))
+    assert not marker.exists() and os.listdir(runs) == []
+
+
+def test_allow_unisolated_runs_and_warns_once(no_isolation, caplog):
+    config = dataclasses.replace(FAST, allow_unisolated=True)
+    with caplog.at_level(logging.INFO, logger=sandbox.__name__):
+        results = [run_tests(ADD, TESTS_ADD, config) for _ in range(2)]
+    for r in results:
+        assert r.all_passed and not r.network_isolated and not r.pid_isolated
+    assert sandbox.isolation_in_force(config) == UNAVAILABLE
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "UNISOLATED" in record.getMessage() and "not root (simulated)" in record.getMessage()
+
+
+def test_isolate_false_is_never_refused(no_isolation, caplog):
+    config = dataclasses.replace(FAST, isolate=False)
+    with caplog.at_level(logging.WARNING, logger=sandbox.__name__):
+        r = run_tests(ADD, TESTS_ADD, config)
+    assert r.all_passed and not r.network_isolated
+    assert sandbox.isolation_in_force(config).missing.startswith("SandboxConfig.isolate=False")
+    [record] = caplog.records
+    assert "isolate=False" in record.getMessage()
+
+
+@needs_isolation
+def test_full_isolation_is_in_force_and_logged_once(monkeypatch, caplog):
+    monkeypatch.setattr(sandbox, "_reported", set())
+    with caplog.at_level(logging.INFO, logger=sandbox.__name__):
+        iso = sandbox.isolation_in_force(FAST)
+        r = run_tests(ADD, TESTS_ADD, FAST)
+    assert iso.level == "full" and iso.isolated and iso.missing == ""
+    assert r.network_isolated and r.pid_isolated
+    [record] = caplog.records
+    assert record.levelno == logging.INFO and "full isolation" in record.getMessage()

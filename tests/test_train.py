@@ -15,7 +15,7 @@ import pytest
 from train_helpers import read_metrics, small_config
 
 from lrmjax.rl import algorithms
-from lrmjax.train import compilation, rl
+from lrmjax.train import compilation, inputs, rl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,6 +75,43 @@ def test_trivial_reward_is_learned(algorithm, tmp_path):
     rewards = [r["reward/mean"] for r in read_metrics(str(tmp_path))]
     assert np.mean(rewards[:3]) < 0.5
     assert np.mean(rewards[-5:]) > 0.9, rewards
+
+
+def test_code_reward_gets_the_sandbox_option_and_refuses_to_start_without_isolation(
+        monkeypatch):
+    from lrmjax.rewards import sandbox
+
+    monkeypatch.setattr(sandbox, "probe_isolation", lambda preferred=None: sandbox.Isolation(
+        sandbox.NONE, sys.executable, "not root (simulated)"))
+    monkeypatch.setattr(sandbox, "_reported", set())
+    cfg = small_config("grpo")
+    cfg.reward.fns = {"code": 1.0}
+    with pytest.raises(RuntimeError,
+                       match=r"not root \(simulated\).*reward\.sandbox\.allow_unisolated=True"):
+        inputs.outcome_reward(cfg)
+    cfg.reward.sandbox.allow_unisolated = True
+    assert inputs.outcome_reward(cfg).keywords == {"allow_unisolated": True}
+    cfg.reward.fns = {"code": 1.0, "format": 0.5}
+    res = inputs.outcome_reward(cfg)(["p"], ["```python\nx = 1\n```"], [{"tests": ["assert x"]}])
+    assert res.components["code"] == [1.0] and res.components["code/sandbox_isolated"] == [0.0]
+
+
+def test_sandbox_isolation_reaches_metrics(tmp_path, monkeypatch):
+    """The code reward's `sandbox_isolated` component is logged as reward/sandbox_isolated."""
+    from lrmjax.rewards import sandbox
+
+    # No data source carries unit tests yet: give every row a trivial one.
+    metadata = inputs.Inputs.reward_metadata
+    monkeypatch.setattr(inputs.Inputs, "reward_metadata", lambda self, *a, **k: [
+        {**row, "tests": ["assert True"]} for row in metadata(self, *a, **k)])
+    cfg = small_config("grpo", steps=1)
+    cfg.reward.fns = {"code": 1.0}
+    cfg.reward.sandbox.allow_unisolated = True  # so that the test runs where isolation is missing
+    cfg.eval.size, cfg.eval.k = 4, 0
+    rl.train(cfg, str(tmp_path))
+    [row] = read_metrics(str(tmp_path))
+    assert row["reward/errors"] == 0.0
+    assert row["reward/sandbox_isolated"] == float(sandbox.probe_isolation().isolated)
 
 
 def test_dynamic_sampling_keeps_batch_full(tmp_path):

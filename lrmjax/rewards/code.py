@@ -10,8 +10,18 @@ Metadata:
   ``metadata["setup"]`` (optional str): code prepended to the program (imports, helpers).
 
 The program runs with ``__name__ == "solution"`` and stdin = /dev/null (see
-:mod:`lrmjax.rewards.sandbox` for isolation and for what the verdict does and does not
-guarantee).
+:mod:`lrmjax.rewards.sandbox` for what the verdict does and does not guarantee).
+
+Isolation: programs run only at the sandbox's level "full" (network + PID namespaces and a
+fresh unprivileged uid per run; needs root and util-linux ``unshare``/``setpriv``). Where the
+machine cannot give it, the reward raises RuntimeError naming the missing capability before
+any program runs, unless ``allow_unisolated=True`` (config ``reward.sandbox.allow_unisolated``;
+the trainer calls :func:`check_sandbox` when it builds the rewards, so a run refuses to start
+rather than have the reward pool count every row as an error). Then programs run
+as plain child processes with the caller's uid and network and no PID namespace: resource
+limits, the wall clock and the verdict channel still hold, but a hostile program can reach
+the network, the caller's files and processes, and leave processes behind. The level in force
+is logged once per process and reported per row as the component ``sandbox_isolated``.
 
 Modes: ``"all"`` (default): 1.0 iff every test passes; ``"fraction"``: the fraction that
 pass. ``get("code", mode="fraction", timeout_s=2.0)`` binds options.
@@ -22,7 +32,13 @@ from __future__ import annotations
 import re
 
 from lrmjax.rewards.base import RewardResult, check_batch, register, require
-from lrmjax.rewards.sandbox import SandboxConfig, run_tests
+from lrmjax.rewards.sandbox import (
+    Isolation,
+    SandboxConfig,
+    SandboxUnavailableError,
+    isolation_in_force,
+    run_tests,
+)
 
 _FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -53,32 +69,54 @@ def parse_tests(raw: object, row: int) -> list[str]:
     return tests
 
 
+def check_sandbox(allow_unisolated: bool = False) -> Isolation:
+    """The sandbox isolation the code reward runs with in this process (logged once).
+
+    Raises RuntimeError naming the missing capability and the switch that allows running
+    without isolation, when isolation is unavailable and `allow_unisolated` is False.
+    """
+    try:
+        return isolation_in_force(SandboxConfig(allow_unisolated=allow_unisolated))
+    except SandboxUnavailableError as e:
+        raise RuntimeError(
+            f"reward 'code' refuses to run model-written code: {e} For the code reward set "
+            "the config key reward.sandbox.allow_unisolated=True (get('code', "
+            "allow_unisolated=True)).") from e
+
+
 @register("code")
 def code_reward(prompts: list[str], completions: list[str], metadata: list[dict], *,
                 mode: str = "all", timeout_s: float = 5.0, memory_mb: int = 1024,
-                tmp_dir: str | None = None) -> RewardResult:
+                tmp_dir: str | None = None, allow_unisolated: bool = False) -> RewardResult:
     """Per completion: all-pass (mode="all") or pass fraction (mode="fraction").
 
     ``timeout_s`` is the sandbox wall clock per completion (CPU limit = its ceiling);
-    ``tmp_dir`` the parent of the per-run directories (see ``SandboxConfig``).
+    ``tmp_dir`` the parent of the per-run directories (see ``SandboxConfig``);
+    ``allow_unisolated`` runs programs without isolation where the machine cannot isolate
+    (see the module docstring) instead of raising RuntimeError.
 
     Components: ``pass_fraction``, ``timed_out`` (1.0 if the run hit the wall clock),
-    ``program_ok`` (1.0 if the program's top level completed).
+    ``program_ok`` (1.0 if the program's top level completed), ``sandbox_isolated`` (1.0 if
+    the program ran at isolation level "full", 0.0 if unisolated).
     """
     if mode not in ("all", "fraction"):
         raise ValueError(f"reward 'code': mode must be 'all' or 'fraction', got {mode!r}")
     check_batch(prompts, completions, metadata)
     config = SandboxConfig(timeout_s=timeout_s, cpu_s=max(1, int(timeout_s + 0.999)),
-                           memory_mb=memory_mb, tmp_dir=tmp_dir)
+                           memory_mb=memory_mb, tmp_dir=tmp_dir,
+                           allow_unisolated=allow_unisolated)
+    # Malformed rows raise before anything runs; then the isolation check, before any program.
+    tests = [parse_tests(require(meta, "tests", i, "code"), i) for i, meta in enumerate(metadata)]
+    isolated = float(check_sandbox(allow_unisolated).isolated)
     scores, fractions, timeouts, program_ok = [], [], [], []
-    for i, (completion, meta) in enumerate(zip(completions, metadata, strict=True)):
-        tests = parse_tests(require(meta, "tests", i, "code"), i)
+    for completion, meta, row_tests in zip(completions, metadata, tests, strict=True):
         setup = meta.get("setup", "")
         program = (setup + "\n" if setup else "") + extract_program(completion)
-        result = run_tests(program, tests, config)
+        result = run_tests(program, row_tests, config)
         fractions.append(result.pass_fraction)
         timeouts.append(float(result.timed_out))
         program_ok.append(float(result.program_ok))
         scores.append(result.pass_fraction if mode == "fraction" else float(result.all_passed))
     return RewardResult(scores=scores, components={
-        "pass_fraction": fractions, "timed_out": timeouts, "program_ok": program_ok})
+        "pass_fraction": fractions, "timed_out": timeouts, "program_ok": program_ok,
+        "sandbox_isolated": [isolated] * len(completions)})

@@ -1,6 +1,8 @@
 """Run untrusted model-written Python against unit tests, isolated from the host.
 
-One call to :func:`run_tests` runs one program in a fresh child process tree:
+One call to :func:`run_tests` runs one program in a fresh child process tree. At isolation
+level "full" (the default; where the machine cannot give it, see **Isolation levels**
+below) the run gets:
 
 * **namespaces**: ``unshare --net --pid --fork`` gives the child an empty network
   namespace (no interfaces, not even loopback: every connect fails) and its own PID
@@ -37,16 +39,31 @@ whose ``__eq__`` always returns True. The sandbox defends the host and the verdi
 against generic misbehaviour; it is not a proof system.
 
 The sandbox interpreter must be executable by the unprivileged uid (a pyenv build under
-``/root`` is not): :func:`sandbox_python` picks the first candidate that a probe run
+``/root`` is not): :func:`probe_isolation` picks the first candidate that a probe run
 accepts (``SandboxConfig.python``, ``sys.executable``, ``/usr/bin/python3``).
-Where namespaces are unavailable (not root, no ``unshare``) the sandbox still runs, with
-an audit hook that refuses socket operations, and reports ``network_isolated=False``.
+
+**Isolation levels.** Everything above is level ``"full"``. It needs root (namespaces and
+setuid) and util-linux ``unshare`` and ``setpriv`` on the sandbox's PATH (``/usr/bin:/bin``);
+:func:`probe_isolation` checks once per process and names what is missing. Without them the
+only level is ``"none"``: the program runs as a plain child process of the caller, with the
+resource limits (but no RLIMIT_NPROC: it would count the caller's own processes), the wall
+clock (killing its process group only: a program that calls ``setsid()`` escapes it), the
+scrubbed environment, the temporary directory and the verdict channel, but **with the
+caller's uid** (it can read, write and delete whatever the caller can, signal the caller's
+processes and read their ``/proc/<pid>/environ``), **the host network** (only an audit hook
+refuses Python's ``socket.*`` calls; ``ctypes`` or a subprocess such as ``curl`` bypass it)
+and **no PID namespace** (background processes can outlive the run). So ``run_tests``
+refuses level "none" (:class:`SandboxUnavailableError`, before anything runs) unless
+``SandboxConfig.allow_unisolated=True``; ``SandboxConfig.isolate=False`` asks for level
+"none" on purpose (debugging) and is not refused. :func:`isolation_in_force` returns the
+level a config gets and logs it once per process (a warning for "none", info for "full").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import marshal
 import os
 import secrets
@@ -59,7 +76,13 @@ import tempfile
 import threading
 import time
 
+log = logging.getLogger(__name__)
+
 TMP_PREFIX = "lrmjax_sbx_"
+# PATH of every sandbox process, `setpriv` and `unshare` included (subprocess resolves a bare
+# command name on the child's PATH, not the caller's).
+SANDBOX_PATH = "/usr/bin:/bin"
+FULL, NONE = "full", "none"
 # Per-run uids: BASE + pid * 64 + counter, far above any real account. pid_max <= 2**22 keeps
 # this below 2**31.
 _UID_BASE = 100_000_000
@@ -78,13 +101,17 @@ class SandboxConfig:
       memory_mb: RLIMIT_AS in MiB (per process address space).
       file_size_mb: RLIMIT_FSIZE in MiB (largest file the program may write; also caps
         stdout/stderr, which go to files).
-      max_procs: RLIMIT_NPROC for the run's uid (harness included).
+      max_procs: RLIMIT_NPROC for the run's uid (harness included; level "full" only).
       max_output_bytes: bytes of stdout/stderr tail kept in the result.
-      python: interpreter to run; None picks one (see :func:`sandbox_python`).
+      python: interpreter to run; None picks one (see :func:`probe_isolation`).
       tmp_dir: parent of the per-run temporary directories (None = the system default).
-      isolate: use namespaces + a dropped uid when available. False runs the program as a
-        plain child process (still new session, limits, timeout, audit-hook socket block):
-        for debugging only.
+      isolate: True (default): level "full" (namespaces + a dropped uid), and where the
+        machine cannot give it, refuse to run unless `allow_unisolated`. False: level
+        "none" on purpose, a plain child process (new session, limits, timeout, audit-hook
+        socket block; see the module docstring for what that does not stop): for debugging
+        only, never refused.
+      allow_unisolated: with `isolate`, run at level "none" (with a logged warning) where
+        the machine cannot isolate, instead of raising SandboxUnavailableError.
     """
 
     timeout_s: float = 5.0
@@ -96,6 +123,31 @@ class SandboxConfig:
     python: str | None = None
     tmp_dir: str | None = None
     isolate: bool = True
+    allow_unisolated: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Isolation:
+    """The isolation level of sandboxed runs (see the module docstring).
+
+    Attributes:
+      level: FULL ("full": network + PID namespaces and a fresh unprivileged uid per run)
+        or NONE ("none": a plain child process with the caller's uid and network).
+      python: the interpreter runs use.
+      missing: why the level is not FULL, naming the missing capability ("" when FULL).
+    """
+
+    level: str
+    python: str
+    missing: str = ""
+
+    @property
+    def isolated(self) -> bool:
+        return self.level == FULL
+
+
+class SandboxUnavailableError(RuntimeError):
+    """Raised before anything runs when isolation is required but unavailable."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,18 +258,18 @@ def _next_uid() -> int:
         return _UID_BASE + os.getpid() * 64 + _uid_counter
 
 
-@functools.lru_cache(maxsize=8)
-def _probe(python: str, isolated: bool) -> bool:
-    """True iff `python` runs (inside namespaces as an unprivileged uid when `isolated`)."""
-    cmd = [python, "-I", "-S", "-c", "import marshal, resource"]
-    if isolated:
-        cmd = _isolation_prefix(_UID_BASE - 1) + cmd
+def _probe(python: str) -> str:
+    """Runs `python` in namespaces as an unprivileged uid; returns "" if it worked, else why."""
+    cmd = _isolation_prefix(_UID_BASE - 1) + [python, "-I", "-S", "-c", "import marshal, resource"]
     try:
-        out = subprocess.run(cmd, capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"},
+        out = subprocess.run(cmd, capture_output=True, timeout=30, env={"PATH": SANDBOX_PATH},
                              cwd="/")
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{type(e).__name__}: {e}"
+    if out.returncode == 0:
+        return ""
+    err = out.stderr.decode("utf-8", errors="replace").strip().splitlines()
+    return f"exit {out.returncode}: {err[-1] if err else 'no output'}"
 
 
 def _isolation_prefix(uid: int) -> list[str]:
@@ -226,21 +278,83 @@ def _isolation_prefix(uid: int) -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def sandbox_python(preferred: str | None = None) -> tuple[str, bool]:
-    """Returns (interpreter, isolated): the first interpreter that works in isolation.
+def probe_isolation(preferred: str | None = None) -> Isolation:
+    """The isolation this process can give runs, probed once per process (cached).
 
-    Isolation needs root (for namespaces and setuid) plus util-linux ``unshare``/``setpriv``.
-    Falls back to (sys.executable, False) when no candidate runs isolated.
+    Args:
+      preferred: interpreter to try first (``SandboxConfig.python``).
+
+    Returns:
+      FULL with the first candidate interpreter (`preferred`, ``sys.executable``,
+      ``/usr/bin/python3``, ``/usr/local/bin/python3``) that runs under ``setpriv ...
+      unshare --net --pid --fork --setuid``; else NONE with (`preferred` or
+      ``sys.executable``) and the missing capability: not root, ``unshare``/``setpriv``
+      not on SANDBOX_PATH, or each candidate's failure (e.g. unshare's stderr).
     """
-    candidates = [p for p in (preferred, sys.executable, "/usr/bin/python3",
-                              "/usr/local/bin/python3") if p]
-    can_isolate = (os.geteuid() == 0 and shutil.which("unshare") is not None
-                   and shutil.which("setpriv") is not None)
-    if can_isolate:
-        for python in candidates:
-            if os.path.exists(python) and _probe(python, True):
-                return python, True
-    return (preferred or sys.executable), False
+    fallback = preferred or sys.executable
+    euid = os.geteuid()
+    if euid != 0:
+        return Isolation(NONE, fallback, f"not root (euid {euid}): the sandbox needs root to "
+                         "create network/PID namespaces and switch to an unprivileged uid")
+    for tool in ("unshare", "setpriv"):
+        if shutil.which(tool, path=SANDBOX_PATH) is None:
+            return Isolation(NONE, fallback,
+                             f"`{tool}` (util-linux) not found on PATH {SANDBOX_PATH}")
+    candidates = dict.fromkeys(p for p in (preferred, sys.executable, "/usr/bin/python3",
+                                           "/usr/local/bin/python3") if p)
+    failures = []
+    for python in candidates:
+        if not os.path.exists(python):
+            continue
+        why = _probe(python)
+        if not why:
+            return Isolation(FULL, python)
+        failures.append(f"{python}: {why}")
+    return Isolation(NONE, fallback, "no interpreter runs under `setpriv --pdeathsig KILL "
+                     "unshare --net --pid --fork --setuid=<uid>`: "
+                     + ("; ".join(failures) or f"none of {list(candidates)} exists"))
+
+
+_reported: set[Isolation] = set()
+
+
+def isolation_in_force(config: SandboxConfig) -> Isolation:
+    """The isolation :func:`run_tests` gives under `config`; raises instead of running without.
+
+    Args:
+      config: ``isolate`` and ``allow_unisolated`` decide (see :class:`SandboxConfig`).
+
+    Returns:
+      :func:`probe_isolation` of ``config.python`` when ``config.isolate``; else NONE with
+      ``missing`` = "SandboxConfig.isolate=False". Each distinct result is logged once per
+      process: a warning for NONE, info for FULL.
+
+    Raises:
+      SandboxUnavailableError: ``config.isolate``, the machine cannot isolate, and not
+        ``config.allow_unisolated``. The message names the missing capability.
+    """
+    probed = probe_isolation(config.python)
+    if not config.isolate:
+        # The interpreter stays the one the probe picked, as before the levels existed.
+        iso = Isolation(NONE, probed.python, "SandboxConfig.isolate=False (debugging)")
+    elif not probed.isolated and not config.allow_unisolated:
+        raise SandboxUnavailableError(
+            f"sandbox isolation unavailable: {probed.missing}. Without it, model-written "
+            "programs would run as a plain child process with this process's uid and network "
+            "and no PID namespace. Run as root with util-linux `unshare` and `setpriv` in "
+            f"{SANDBOX_PATH}, or accept that with SandboxConfig(allow_unisolated=True).")
+    else:
+        iso = probed
+    with _uid_lock:
+        first = iso not in _reported
+        _reported.add(iso)
+    if first and iso.isolated:
+        log.info("sandbox: full isolation (network + PID namespaces, a fresh uid per run), "
+                 "interpreter %s", iso.python)
+    elif first:
+        log.warning("sandbox: running model-written programs UNISOLATED (plain child process "
+                    "with this process's uid and network, no PID namespace): %s", iso.missing)
+    return iso
 
 
 def remove_orphaned_dirs(tmp_dir: str | None = None) -> int:
@@ -344,12 +458,16 @@ def run_tests(program: str, tests: list[str], config: SandboxConfig | None = Non
     Returns:
       A :class:`SandboxResult`; ``passed`` has one entry per test. Nothing raises for bad
       programs: every failure mode is a False entry.
+
+    Raises:
+      SandboxUnavailableError: isolation is required but unavailable (see
+        :func:`isolation_in_force`); nothing has run.
     """
     config = config or SandboxConfig()
     if not isinstance(program, str) or not all(isinstance(t, str) for t in tests):
         raise TypeError("program and every test must be str")
-    python, isolated = sandbox_python(config.python)
-    isolated = isolated and config.isolate
+    iso = isolation_in_force(config)  # raises before anything runs if isolation is missing
+    python, isolated = iso.python, iso.isolated
     uid = _next_uid() if isolated else None
     nonce = secrets.token_hex(16)
     limits = [
@@ -383,7 +501,7 @@ def run_tests(program: str, tests: list[str], config: SandboxConfig | None = Non
             if isolated:
                 os.chown(workdir, uid, uid)
                 cmd = _isolation_prefix(uid) + cmd
-            env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir,
+            env = {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "HOME": workdir,
                    "TMPDIR": workdir, "PYTHONDONTWRITEBYTECODE": "1"}
             proc = subprocess.Popen(cmd, stdin=stdin_f, stdout=out_f, stderr=err_f,
                                     cwd=workdir, env=env, pass_fds=(vfd,),

@@ -28,6 +28,7 @@ from lrmjax.data.tasks import Example
 from lrmjax.models import sharding, tiny_hf, transformer
 from lrmjax.models.presets import ModelConfig
 from lrmjax.rewards import base as reward_base
+from lrmjax.rewards import code as code_lib
 from lrmjax.rewards import process as process_lib
 from lrmjax.rewards.pool import RewardPool
 from lrmjax.sampling import Rollout, Sampler, SamplingParams
@@ -287,11 +288,7 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
                                                      mode=mode, band=band, **shard)
 
     fns = {name: float(w) for name, w in cfg.reward.fns.items()}
-    for name in fns:
-        reward_base.get(name)  # unknown name -> ValueError listing the registry
-    reward_fn = (reward_base.get(next(iter(fns))) if len(fns) == 1 and list(fns.values()) == [1.0]
-                 else reward_base.combine(fns))
-    pool = RewardPool(reward_fn, num_workers=cfg.reward.num_workers,
+    pool = RewardPool(outcome_reward(cfg), num_workers=cfg.reward.num_workers,
                       timeout_s=cfg.reward.timeout_s)
     process_pools = {
         name: (RewardPool(process_lib.get_process(name), num_workers=cfg.reward.num_workers,
@@ -317,6 +314,28 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
                   eval_examples=list(eval_examples), pool=pool, task=task,
                   hf_exportable=exportable, train_sampling=sampling, prompt_len=prompt_len,
                   token_stats_fn=token_stats_fn, process_pools=process_pools)
+
+
+def outcome_reward(cfg: ml_collections.ConfigDict) -> reward_base.RewardFn:
+    """The outcome reward of `reward.fns`: one registered reward, or their weighted sum.
+
+    Rewards with options in the config get them bound (``reward.sandbox.allow_unisolated`` ->
+    the `code` reward), so they also reach the pool's worker processes. Raises ValueError for
+    an unknown name, and RuntimeError for the `code` reward where the sandbox cannot isolate
+    programs and the config does not allow that: a run refuses to start rather than score
+    every row as an error.
+    """
+    fns = {name: float(w) for name, w in cfg.reward.fns.items()}
+    for name in fns:
+        reward_base.get(name)  # unknown name -> ValueError listing the registry
+    options = {"code": {"allow_unisolated": cfg.reward.sandbox.allow_unisolated}}
+    if "code" in fns:
+        code_lib.check_sandbox(**options["code"])  # raises naming the missing capability
+    parts = {(reward_base.get(name, **options[name]) if name in options else name): w
+             for name, w in fns.items()}
+    if list(fns.values()) == [1.0]:
+        return reward_base.resolve(next(iter(parts)))
+    return reward_base.combine(parts)
 
 
 def demonstrations(inp: Inputs, examples: Sequence[Example]) -> dict[str, np.ndarray]:
