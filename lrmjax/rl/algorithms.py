@@ -178,7 +178,7 @@ PRESETS: dict[str, Preset] = {
     "gpg": Preset(
         "Chu et al. 2025, GPG, arXiv:2504.02546 (no surrogate, no KL, alpha-corrected "
         "group baseline)",
-        {"adv_estimator": "gpg", "policy_loss": "gpg", "norm_adv_by_std": False},
+        {"adv_estimator": "gpg", "policy_loss": "reinforce", "norm_adv_by_std": False},
     ),
     "lite_ppo": Preset(
         "Liu et al. 2025, Tricks or Traps? (Lite PPO), arXiv:2508.08221 (group mean, batch "
