@@ -18,7 +18,7 @@ def get_config(arg: str | None = None):
     c.model.overrides.num_layers = 2
     c.model.overrides.max_seq_len = 64
     # One XLA device: the update and the sampler of this small model are fastest unsplit
-    # (experiments/benchmarks/RESULTS.md).
+    # (experiments/benchmarks/HISTORY.md, "Sampler throughput and the machine's limits").
     c.mesh.cpu_devices = 1
     c.data.task = "arithmetic"
     c.data.task_kwargs.digits = 3

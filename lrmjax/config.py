@@ -154,7 +154,7 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.mesh.tensor = 1
     # CPU only: XLA devices to split the host into (set by `lrmjax.main` before jax starts),
     # so that the sharded code paths run on a CPU as they would on a device mesh. Which count
-    # is fastest depends on the model (experiments/benchmarks/RESULTS.md).
+    # is fastest depends on the model (experiments/benchmarks/HISTORY.md, "Sampler throughput").
     c.mesh.cpu_devices = 8
     # CPU hosts: glibc malloc keeps XLA's per-call buffers instead of unmapping them after every
     # call and page-faulting them back in (~20% of the tiny train step; see lrmjax/host.py).

@@ -15,7 +15,7 @@ per call (median of 9 calls, three runs), and 0 times with these settings; the t
 preset's GRPO train step went from 195 to 157-165 ms, the bench preset's from 3.19 to 2.85 s
 (`experiments/benchmarks/op_trace.py train --preset tiny|bench --malloc default|retain`).
 The sampler's decode loop, whose buffers are small, got 8-15 % slower (threads now share one
-arena's lock); a whole GRPO step still gains 5-10 % (experiments/benchmarks/RESULTS.md,
+arena's lock); a whole GRPO step still gains 5-10 % (experiments/benchmarks/HISTORY.md,
 "Malloc settings").
 
 The fix is three `mallopt` settings: one arena for every thread (the main arena grows with

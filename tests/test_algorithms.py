@@ -1,5 +1,6 @@
 """Tests for lrmjax.rl.algorithms presets and validation."""
 
+import importlib.util
 import pathlib
 
 import jax
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 
 from lrmjax.rl import advantages, aggregation, algorithms, kl, losses
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 REQUIRED_KEYS = {
     "adv_estimator", "policy_loss", "loss_agg_mode", "clip_ratio_low", "clip_ratio_high",
@@ -55,10 +58,38 @@ def test_preset_specifics():
     assert algorithms.get("grpo").kl_mode == "loss"
 
 
-def test_docs_table_covers_every_preset():
-    doc = pathlib.Path(__file__).parents[1] / "docs" / "algorithms.md"
-    text = doc.read_text()
-    for name in algorithms.PRESETS:
+@pytest.fixture(scope="module")
+def table_script():
+    """docs/algorithms_table.py, which renders README's and the docs' table from PRESETS."""
+    spec = importlib.util.spec_from_file_location("algorithms_table", ROOT / "docs" /
+                                                  "algorithms_table.py")  # fmt: skip
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_algorithm_tables_are_generated_from_presets(table_script):
+    table = table_script.markdown_table()
+    for name in table_script.FILES:
+        text = (ROOT / name).read_text()
+        stale = table_script.render(text, table) != text
+        assert not stale, (
+            f"{name}'s algorithm table is not the one lrmjax.rl.algorithms.PRESETS gives; "
+            f"regenerate it with `{table_script.COMMAND}`"
+        )
+
+
+def test_rendered_table_follows_the_presets(table_script, monkeypatch):
+    assert all(f"| `{name}` |" in table_script.markdown_table() for name in algorithms.PRESETS)
+    monkeypatch.setitem(algorithms.PRESETS, "grpo_copy", algorithms.PRESETS["grpo"])
+    monkeypatch.delitem(algorithms.PRESETS, "kl_cov")
+    table = table_script.markdown_table()
+    assert "| `grpo_copy` |" in table and "| `kl_cov` |" not in table
+
+
+def test_docs_describe_every_estimator_and_loss():
+    text = (ROOT / "docs" / "algorithms.md").read_text()
+    for name in [*advantages.ADVANTAGE_ESTIMATORS, *losses.POLICY_LOSSES]:
         assert f"`{name}`" in text, name
 
 

@@ -85,3 +85,33 @@ def test_worker_env_per_platform(common, monkeypatch):
     assert common.worker_env("cpu", "/repo")["PYTHONPATH"] == "/repo"
     with pytest.raises(ValueError, match="platform"):
         common.worker_env("tpu", "/repo")
+
+
+@pytest.mark.parametrize("layout", ["transformers4", "transformers5"])
+def test_tunix_model_config_reads_both_config_layouts(common, monkeypatch, tmp_path, layout):
+    # Tunix is not installed here: a stand-in ModelConfig records what the builder passes it.
+    import json
+    import types
+
+    model = types.SimpleNamespace(ModelConfig=lambda **kw: kw)
+    for name in ("tunix", "tunix.models", "tunix.models.qwen2"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["tunix.models.qwen2"].model = model
+    monkeypatch.setitem(sys.modules, "tunix.models.qwen2.model", model)
+    c = {"num_hidden_layers": 8, "vocab_size": 32000, "hidden_size": 512,
+         "intermediate_size": 1536, "num_attention_heads": 8, "num_key_value_heads": 2,
+         "rms_norm_eps": 1e-6, "tie_word_embeddings": True}  # fmt: skip
+    c |= ({"rope_theta": 10000.0} if layout == "transformers4"
+          else {"rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}})
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    assert common.tunix_model_config(tmp_path) == {
+        "num_layers": 8, "vocab_size": 32000, "embed_dim": 512, "hidden_dim": 1536,
+        "num_heads": 8, "head_dim": 64, "num_kv_heads": 2, "rope_theta": 10000,
+        "norm_eps": 1e-6, "use_tied_embedding": True}  # fmt: skip
+
+
+def test_tunix_workers_build_their_config_in_common():
+    # One builder: the scripts that run Tunix call common.tunix_model_config.
+    for name in ("vs_peers.py", "grpo_step_tunix.py"):
+        text = (BENCH_DIR / name).read_text()
+        assert "common.tunix_model_config(" in text and "ModelConfig(" not in text, name

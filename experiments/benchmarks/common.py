@@ -1,12 +1,16 @@
-"""Benchmark helpers: device faking, timing, memory, and the machine's measured limits.
+"""Benchmark helpers: device faking, timing, memory, the machine's measured limits, and the
+Tunix model config and tokenizer that vs_peers.py and grpo_step_tunix.py share.
 
 `force_cpu_devices` must run before jax is imported (XLA reads XLA_FLAGS once), so this
-module imports jax only inside functions.
+module imports jax only inside functions. It imports nothing outside the standard library at
+the top, so the Tunix venv's interpreter can import it too (tunix only inside functions).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import resource
 import statistics
 import sys
@@ -139,3 +143,41 @@ def machine_summary() -> str:
 
     return (f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} "
             f"device(s), {os.cpu_count()} CPU core(s) ({cpu_model()})")
+
+
+class IntTok:
+    """The tokenizer the Tunix workers use: "id id id" <-> ids. 0 is bos (Tunix's sampler then
+    adds none), pad and eos; prompts never contain 0 and `eos_tokens=[-1]` keeps 0 from ending
+    a response."""
+
+    def encode(self, s, **kw):
+        return [int(t) for t in s.split()]
+
+    def decode(self, ids, **kw):
+        return " ".join(map(str, ids))
+
+    def bos_id(self):
+        return 0
+
+    def eos_id(self):
+        return 0
+
+    def pad_id(self):
+        return 0
+
+
+def tunix_model_config(path: str | pathlib.Path):
+    """Tunix's Qwen2 `ModelConfig` for the HF checkpoint directory `path`, from its config.json
+    (transformers 4.x or 5.x layout: rope_theta at the top or under rope_parameters). Runs
+    only where google-tunix is installed."""
+    from tunix.models.qwen2 import model as qm
+
+    c = json.loads((pathlib.Path(path) / "config.json").read_text())
+    theta = (c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta"))
+    return qm.ModelConfig(
+        num_layers=c["num_hidden_layers"], vocab_size=c["vocab_size"],
+        embed_dim=c["hidden_size"], hidden_dim=c["intermediate_size"],
+        num_heads=c["num_attention_heads"],
+        head_dim=c["hidden_size"] // c["num_attention_heads"],
+        num_kv_heads=c["num_key_value_heads"], rope_theta=int(theta),
+        norm_eps=c["rms_norm_eps"], use_tied_embedding=c["tie_word_embeddings"])

@@ -29,41 +29,8 @@ import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-
-class IntTok:
-    """"id id id" <-> ids. 0 is bos (the sampler then adds none), pad and eos; prompts never
-    contain 0 and `eos_tokens=[-1]` keeps 0 from ending a response."""
-
-    def encode(self, s, **kw):
-        return [int(t) for t in s.split()]
-
-    def decode(self, ids, **kw):
-        return " ".join(map(str, ids))
-
-    def bos_id(self):
-        return 0
-
-    def eos_id(self):
-        return 0
-
-    def pad_id(self):
-        return 0
-
-
-def model_config(path: pathlib.Path):
-    """Tunix's Qwen2 ModelConfig from an HF config.json (transformers 4.x or 5.x layout)."""
-    from tunix.models.qwen2 import model as qm
-
-    c = json.loads((path / "config.json").read_text())
-    theta = (c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta"))
-    return qm.ModelConfig(
-        num_layers=c["num_hidden_layers"], vocab_size=c["vocab_size"],
-        embed_dim=c["hidden_size"], hidden_dim=c["intermediate_size"],
-        num_heads=c["num_attention_heads"],
-        head_dim=c["hidden_size"] // c["num_attention_heads"],
-        num_kv_heads=c["num_key_value_heads"], rope_theta=int(theta),
-        norm_eps=c["rms_norm_eps"], use_tied_embedding=c["tie_word_embeddings"])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (standard library only at import; tunix inside its functions)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -77,7 +44,7 @@ def main(args: argparse.Namespace) -> dict:
     from tunix.rl.rollout import base_rollout
 
     path = pathlib.Path(args.model)
-    cfg = model_config(path)
+    cfg = common.tunix_model_config(path)
     actor = qp.create_model_from_safe_tensors(str(path), cfg, mesh=None, dtype=jnp.float32)
     ref = qp.create_model_from_safe_tensors(str(path), cfg, mesh=None, dtype=jnp.float32)
     mesh = pxla.thread_resources.env.physical_mesh  # the empty mesh, as the peers ran it
@@ -92,7 +59,7 @@ def main(args: argparse.Namespace) -> dict:
             kv_cache_size=args.prompt_len + args.new_tokens, temperature=args.temperature,
             eos_tokens=[-1]),
     )
-    cluster = rc.RLCluster(actor=actor, reference=ref, tokenizer=IntTok(),
+    cluster = rc.RLCluster(actor=actor, reference=ref, tokenizer=common.IntTok(),
                            cluster_config=cluster_cfg)
     stamps: list[float] = []
     mean_chars: list[float] = []

@@ -110,25 +110,15 @@ def _transformers_worker(args) -> tuple[int, object]:
 def _tunix_worker(args) -> tuple[int, object]:
     # As /work/shared/peers/tunix_sampler_bench.py measured Tunix.
     import jax.numpy as jnp
-    from grpo_step_tunix import IntTok  # "id id id" <-> ids; 0 is bos, pad and eos
     from tunix.generate import sampler as sm
-    from tunix.models.qwen2 import model as qm
     from tunix.models.qwen2 import params as qp
 
-    c = json.loads((pathlib.Path(args.model) / "config.json").read_text())
-    theta = (c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta"))
-    cfg = qm.ModelConfig(
-        num_layers=c["num_hidden_layers"], vocab_size=c["vocab_size"],
-        embed_dim=c["hidden_size"], hidden_dim=c["intermediate_size"],
-        num_heads=c["num_attention_heads"],
-        head_dim=c["hidden_size"] // c["num_attention_heads"],
-        num_kv_heads=c["num_key_value_heads"], rope_theta=int(theta),
-        norm_eps=c["rms_norm_eps"], use_tied_embedding=c["tie_word_embeddings"])
+    cfg = common.tunix_model_config(args.model)
     model = qp.create_model_from_safe_tensors(args.model, cfg, mesh=None, dtype=jnp.float32)
     cache = sm.CacheConfig(cache_size=args.prompt_len + args.new_tokens,
                            num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads,
                            head_dim=cfg.head_dim)
-    sampler = sm.Sampler(model, IntTok(), cache)
+    sampler = sm.Sampler(model, common.IntTok(), cache)
 
     def run(batch):
         texts = [" ".join(map(str, row)) for row in prompts(batch, args.prompt_len,

@@ -215,11 +215,12 @@ POLICY_LOSSES: dict[str, Callable[..., tuple[Array, Metrics]]] = {
     "gspo_token": lambda algo, *a: gspo_token_loss(*a, **_clip_kwargs(algo)),
     "cispo": lambda algo, *a: cispo_loss(*a, **_clip_kwargs(algo)),
     "reinforce": lambda algo, *a: reinforce_loss(*a),
-    "gpg": lambda algo, *a: reinforce_loss(*a),
     "kl_cov": lambda algo, *a: kl_cov_loss(
         *a, kl_cov_ratio=algo.kl_cov_ratio, kl_cov_coef=algo.kl_cov_coef
     ),
 }
+# GPG's policy loss (arXiv:2504.02546, Eq. 7) is REINFORCE: one function under both names.
+POLICY_LOSSES["gpg"] = POLICY_LOSSES["reinforce"]
 
 
 # --------------------------------------------------------------------------------------
