@@ -49,6 +49,18 @@ def test_every_preset_runs_two_steps(algorithm, tmp_path):
         assert "actor/kl_loss" in rows[0]
 
 
+def test_loop_refuses_implicit_transfers(tmp_path, monkeypatch):
+    """The RL loop runs under jax.transfer_guard("disallow"): a stage that copies a host
+    value to the devices (or back) without saying so fails instead of syncing every step."""
+    from lrmjax.train import rollouts
+
+    metrics = rollouts.rollout_metrics
+    monkeypatch.setattr(rollouts, "rollout_metrics", lambda batch: {
+        **metrics(batch), "implicit": float(jnp.asarray(batch.rewards).sum())})
+    with pytest.raises(Exception, match="Disallowed host-to-device transfer"):
+        rl.train(small_config("grpo", steps=1), str(tmp_path))
+
+
 def test_same_seed_same_metrics(tmp_path):
     cfg = small_config("grpo", steps=3)
     cfg.reward.fns = {"test_starts_with_7": 1.0}  # rewards that vary, so updates do something

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -123,4 +124,22 @@ def _summarize(per_example: dict[str, np.ndarray], rows: np.ndarray, k: int,
         out[f"{prefix}pass@1"] = float(s.mean())
         out[f"{prefix}pass@{k}"] = float(np.mean([pass_at_k(k, int(c), k) for c in correct]))
         out[f"{prefix}maj@{k}"] = float(np.mean(per_example["majority"][rows]))
+    return out
+
+
+def evaluate_run(inp: Any, params: Any, key: jax.Array, examples: Sequence[Any] | None = None,
+                 k: int | None = None) -> dict[str, float]:
+    """`evaluate` with a run's `train.inputs.Inputs` (its sampler, prompt encoding, decoding
+    and verifier) and its config's `eval.*` settings. `examples` default to the held-out set
+    and `k` to `eval.k`. Adds `timing_s/eval`; {} when there is nothing to evaluate."""
+    cfg = inp.cfg
+    examples = inp.eval_examples if examples is None else examples
+    if not examples:
+        return {}
+    t0 = time.perf_counter()
+    out = evaluate(inp.sampler, params, examples, inp.encode, inp.decode, inp.score_texts,
+                   key, k=cfg.eval.k if k is None else k,
+                   max_new_tokens=cfg.sampling.max_new_tokens,
+                   temperature=cfg.eval.temperature, batch_size=cfg.eval.batch_size)
+    out["timing_s/eval"] = time.perf_counter() - t0
     return out

@@ -36,7 +36,6 @@ from lrmjax import config as config_lib
 from lrmjax import host, parallel
 from lrmjax.models import heads
 from lrmjax.rl import kl as kl_lib
-from lrmjax.sampling import Rollout
 from lrmjax.train import checkpoint as ckpt_lib
 from lrmjax.train import compilation, rollouts, steps, update_batch
 from lrmjax.train import evaluate as eval_lib
@@ -58,13 +57,11 @@ class Programs:
     Attributes:
       train_step: (state, minibatch) -> (state, metrics), jitted with explicit shardings.
       passes: the log-prob, value and advantage passes that build the update batch.
-      logprob_group: the shared-prompt group size of the log-prob passes (1 = off).
       state_sharding: the TrainState's shardings (the train step's in and out layout).
     """
 
     train_step: Any
     passes: update_batch.Passes
-    logprob_group: int
     state_sharding: TrainState
 
 
@@ -135,7 +132,9 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     first = extras["rl_step"]
     progs = compile_programs(cfg, inp, state, state_sh, ref_params, writer,
                              ahead_of_time=first < cfg.train.steps, first_step=first)
-    eval_metrics = extras.get("eval_before") or run_eval(inp, state.params, writer, first)
+    eval_key = jax.random.key(cfg.seed + 99)  # the same draws at every evaluation
+    eval_metrics = extras.get("eval_before") or run_eval(inp, state.params, eval_key, writer,
+                                                         first)
     if first == 0:
         extras["eval_before"] = eval_metrics
 
@@ -150,7 +149,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
             with _timed(m, "sample_and_reward"):
                 batch = rollouts.collect(
                     inp, state.params, inp.data_iter, key, m,
-                    on_rollout=functools.partial(dispatch_early, progs, ref_params, inp.mesh))
+                    on_rollout=functools.partial(update_batch.early_rows, progs.passes,
+                                                 ref_params, inp.mesh))
             batch = observe(inp, batch, m, rl_step)
             with _timed(m, "prepare"):
                 data = prepare(inp, progs, state, ref_params, batch, key, m)
@@ -168,14 +168,14 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
                     f"at RL step {done}; params were left unchanged by each. Lower optim.lr "
                     "or check the rewards (config 'train.max_nonfinite' sets the limit).")
             if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
-                eval_metrics = run_eval(inp, state.params, writer, done)
+                eval_metrics = run_eval(inp, state.params, eval_key, writer, done)
             if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
                 extras.update(rl_step=done, phase="rl", data=inp.data_iter.get_state())
                 ckpt.save(done, state, extras, eval_metrics)
 
     # ---------------------------------------------------------------- final eval and export
-    final = (run_eval(inp, state.params, writer, cfg.train.steps) if first < cfg.train.steps
-             else eval_metrics)
+    final = (run_eval(inp, state.params, eval_key, writer, cfg.train.steps)
+             if first < cfg.train.steps else eval_metrics)
     ckpt.close()
     if is_main:
         summary = {"before": extras.get("eval_before", {}), "after": final,
@@ -221,10 +221,7 @@ def compile_programs(cfg: ml_collections.ConfigDict, inp: Inputs, state: TrainSt
         in_shardings=(state_sh, parallel.batch_sharding(inp.mesh)),
         out_shardings=(state_sh, parallel.replicated(inp.mesh)), donate_argnums=(0,))
     if ahead_of_time:
-        rows = cfg.train.batch_prompts * cfg.sampling.n
-        spec = update_batch.spec(passes, state, ref_params,
-                                 update_batch.row_spec(cfg, inp.prompt_len, inp.mesh, rows),
-                                 inp.mesh, cfg.train.minibatches)
+        spec = update_batch.spec(cfg, passes, state, ref_params, inp.prompt_len, inp.mesh)
         t0 = time.perf_counter()
         compiled = train_step.lower(state, spec).compile()
         seconds = time.perf_counter() - t0
@@ -233,7 +230,7 @@ def compile_programs(cfg: ml_collections.ConfigDict, inp: Inputs, state: TrainSt
         writer.write(first_step, {"perf/train_step_compile_s": seconds,
                                   **{f"perf/train_step_{k}_mib": v for k, v in memory.items()}},
                      phase="compile")
-    return Programs(train_step, passes, logprob_group, state_sh)
+    return Programs(train_step, passes, state_sh)
 
 
 # -------------------------------------------------------------------- the loop's stages
@@ -245,19 +242,6 @@ def _timed(metrics: dict[str, float], name: str) -> Iterator[None]:
     t0 = time.perf_counter()
     yield
     metrics[f"timing_s/{name}"] = time.perf_counter() - t0
-
-
-def dispatch_early(progs: Programs, ref_params: Any, mesh: Any, roll: Rollout
-                   ) -> dict[str, jax.Array]:
-    """`collect`'s on_rollout: the rollout's tokens and mask on the mesh, and the reference
-    policy's log-probs of them dispatched at once, so they run on the devices while the host
-    decodes and scores the responses."""
-    if progs.logprob_group > 1:
-        rollouts.check_groups_share_prompts(roll, progs.logprob_group)
-    out = update_batch.token_arrays(roll, mesh)
-    if ref_params is not None:
-        out["ref_logprobs"] = progs.passes.logprobs(ref_params, out["tokens"], out["mask"])
-    return out
 
 
 def observe(inp: Inputs, batch: ScoredBatch, metrics: dict[str, float], rl_step: int
@@ -277,23 +261,14 @@ def observe(inp: Inputs, batch: ScoredBatch, metrics: dict[str, float], rl_step:
 def prepare(inp: Inputs, progs: Programs, state: TrainState, ref_params: Any,
             batch: ScoredBatch, key: jax.Array, metrics: dict[str, float]
             ) -> dict[str, jax.Array]:
-    """The update batch of one step (`update_batch`): host-side extras (process rewards, the
-    greedy baseline) first, then the device passes."""
-    cfg, algo = inp.cfg, inp.cfg.rl
+    """The update batch of one step (`update_batch`): the host-side extras some algorithms
+    need (process rewards, the greedy baseline), then the device passes."""
+    algo = inp.cfg.rl
     token_rewards = baseline = None
-    if cfg.reward.process_fns:  # step-level rewards -> per-token rewards [N, R]
-        token_rewards, pm = inp.process_rewards(batch.repeated_examples(), batch.completions,
-                                                batch.rollout)
-        names = sorted(pm)  # counts summed over hosts, the mean over every row
-        g = parallel.global_to_host({"sums": token_rewards.sum(axis=1),
-                                     "counts": np.array([[pm[k] for k in names]])})
-        metrics["reward/process_mean"] = float(g["sums"].mean())
-        metrics.update(zip(names, (float(x) for x in g["counts"].sum(axis=0)), strict=True))
+    if inp.cfg.reward.process_fns:
+        token_rewards = rollouts.process_token_rewards(inp, batch, metrics)
     if algo.needs_greedy_baseline:
-        greedy = rollouts.sample_and_score(
-            inp, state.params, batch.examples, rollouts.fold_in(key, 10_000),
-            dataclasses.replace(inp.train_sampling, temperature=0.0, n=1))
-        baseline = np.repeat(greedy.rewards, cfg.sampling.n)
+        baseline = rollouts.greedy_baseline(inp, state.params, batch, rollouts.fold_in(key, 10_000))
     if algo.overlong_filter:
         metrics["response_length/filtered"] = metrics["response_length/clip_ratio"]
     rows = update_batch.device_rows(batch.rollout, batch.rewards, inp.mesh,
@@ -319,7 +294,7 @@ def update(inp: Inputs, progs: Programs, state: TrainState, data: dict[str, jax.
                                parallel.replicated(mesh))
             mb = data if cfg.train.minibatches == 1 else {
                 k: parallel.put(v, parallel.batch_sharding(mesh, v.ndim))
-                for k, v in _take_rows(data, idx).items()}
+                for k, v in update_batch.take_rows(data, idx).items()}
             state, um = progs.train_step(state, mb)
             results.append(um)
     results = jax.device_get(results)  # one host transfer per RL step
@@ -333,12 +308,6 @@ def update(inp: Inputs, progs: Programs, state: TrainState, data: dict[str, jax.
                                                    progs.state_sharding.kl_coef))
     metrics["actor/kl_coef"] = float(jax.device_get(state.kl_coef))
     return state, int(sum(u["actor/skipped"] > 0 for u in results))
-
-
-@jax.jit
-def _take_rows(data: dict[str, jax.Array], rows: jax.Array) -> dict[str, jax.Array]:
-    """The minibatch `rows` [M] of every [N, ...] array in `data` (one gather program)."""
-    return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), data)
 
 
 def log_step(inp: Inputs, writer: Any, batch: ScoredBatch, data: dict[str, jax.Array],
@@ -368,18 +337,12 @@ def log_step(inp: Inputs, writer: Any, batch: ScoredBatch, data: dict[str, jax.A
                                    batch.completions, batch.rewards.tolist())
 
 
-def run_eval(inp: Inputs, params: Any, writer: Any, step: int) -> dict[str, float]:
+def run_eval(inp: Inputs, params: Any, key: jax.Array, writer: Any, step: int
+             ) -> dict[str, float]:
     """Held-out evaluation (`eval.*`) of `params`, written as an eval row at `step`."""
-    if not inp.eval_examples:
-        return {}
-    cfg = inp.cfg
-    t0 = time.perf_counter()
-    out = eval_lib.evaluate(
-        inp.sampler, params, inp.eval_examples, inp.encode, inp.decode, inp.score_texts,
-        jax.random.key(cfg.seed + 99), k=cfg.eval.k, max_new_tokens=cfg.sampling.max_new_tokens,
-        temperature=cfg.eval.temperature, batch_size=cfg.eval.batch_size)
-    out["timing_s/eval"] = time.perf_counter() - t0
-    writer.write(step, out, phase="eval")
-    writer.log(f"eval @ RL step {step}: " + ", ".join(
-        f"{k[len('eval/'):]}={v:.3f}" for k, v in out.items() if k.startswith("eval/")))
+    out = eval_lib.evaluate_run(inp, params, key)
+    if out:
+        writer.write(step, out, phase="eval")
+        writer.log(f"eval @ RL step {step}: " + ", ".join(
+            f"{k[len('eval/'):]}={v:.3f}" for k, v in out.items() if k.startswith("eval/")))
     return out

@@ -161,6 +161,28 @@ def _concat_groups(parts: list[tuple[ScoredBatch, np.ndarray]], n: int) -> Score
         reward_metrics=parts[0][0].reward_metrics)
 
 
+def process_token_rewards(inp: Inputs, batch: ScoredBatch, metrics: dict[str, float]
+                          ) -> np.ndarray:
+    """This host's per-token process rewards [N, R] float32 (`reward.process_fns`), and
+    their mean and counts over every host's rows into `metrics`."""
+    rewards, counts = inp.process_rewards(batch.repeated_examples(), batch.completions,
+                                          batch.rollout)
+    names = sorted(counts)
+    g = parallel.global_to_host({"sums": rewards.sum(axis=1),
+                                 "counts": np.array([[counts[k] for k in names]])})
+    metrics["reward/process_mean"] = float(g["sums"].mean())
+    metrics.update(zip(names, (float(x) for x in g["counts"].sum(axis=0)), strict=True))
+    return rewards
+
+
+def greedy_baseline(inp: Inputs, params: Any, batch: ScoredBatch, key: jax.Array
+                    ) -> np.ndarray:
+    """ReMax's baseline: the reward of each prompt's greedy response, once per row [N]."""
+    greedy = sample_and_score(inp, params, batch.examples, key,
+                              dataclasses.replace(inp.train_sampling, temperature=0.0, n=1))
+    return np.repeat(greedy.rewards, len(batch.completions) // len(batch.examples))
+
+
 # Reward-pool counters, summed over hosts.
 POOL_COUNTS = ("reward/errors", "reward/timeouts", "reward/nonfinite")
 

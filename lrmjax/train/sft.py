@@ -57,9 +57,5 @@ def warm_start(inp: Inputs, state: TrainState, writer: Any) -> tuple[TrainState,
 
 
 def _greedy_accuracy(inp: Inputs, params: Any, examples: list) -> float:
-    out = eval_lib.evaluate(inp.sampler, params, examples, inp.encode, inp.decode,
-                            inp.score_texts, jax.random.key(0),
-                            max_new_tokens=inp.cfg.sampling.max_new_tokens, k=0,
-                            batch_size=inp.cfg.eval.batch_size)
+    out = eval_lib.evaluate_run(inp, params, jax.random.key(0), examples, k=0)
     return float(out["eval/greedy_pass@1"])
-

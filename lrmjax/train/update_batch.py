@@ -40,7 +40,7 @@ from lrmjax import parallel
 from lrmjax.models.presets import ModelConfig
 from lrmjax.rl import advantages as adv_lib
 from lrmjax.rl import kl as kl_lib
-from lrmjax.train import steps
+from lrmjax.train import rollouts, steps
 from lrmjax.train.state import TrainState
 
 Array = jax.Array
@@ -58,6 +58,8 @@ class Passes:
         `-kl_coef * KL` (`kl.kl_penalty_rewards`) when `rl.kl_mode` is 'reward', else None.
       algo: the algorithm's knobs (config 'rl').
       on_policy: one epoch and one minibatch: the old policy is the sampling policy.
+      logprob_group: the shared-prompt group size of the log-prob passes (1 = off;
+        `steps.shared_prompt_groups`).
     """
 
     logprobs: Callable[..., Array]
@@ -66,6 +68,7 @@ class Passes:
     kl_rewards: Callable[..., Array] | None
     algo: ml_collections.ConfigDict
     on_policy: bool
+    logprob_group: int
 
 
 def make_passes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, prompt_len: int,
@@ -86,7 +89,7 @@ def make_passes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, prompt_l
         kl_rewards = jax.jit(functools.partial(kl_lib.kl_penalty_rewards,
                                                estimator=cfg.rl.kl_estimator))
     on_policy = cfg.train.ppo_epochs == 1 and cfg.train.minibatches == 1
-    return Passes(logprobs, values, advantages, kl_rewards, cfg.rl, on_policy)
+    return Passes(logprobs, values, advantages, kl_rewards, cfg.rl, on_policy, logprob_group)
 
 
 def device_rows(rollout: Any, rewards: np.ndarray, mesh: Any, *, overlong_filter: bool,
@@ -117,6 +120,25 @@ def token_arrays(rollout: Any, mesh: Any) -> dict[str, Array]:
     mask = np.concatenate([rollout.prompt_mask, rollout.response_mask], axis=1)
     return {"tokens": parallel.host_to_global(tokens.astype(np.int32), mesh),
             "mask": parallel.host_to_global(mask.astype(bool), mesh)}
+
+
+def early_rows(passes: Passes, ref_params: Any, mesh: Any, rollout: Any
+               ) -> dict[str, Array]:
+    """`rollouts.collect`'s on_rollout: the rollout's tokens and mask on the mesh, and the
+    reference policy's log-probs of them dispatched at once, so they run on the devices while
+    the host decodes and scores the responses."""
+    if passes.logprob_group > 1:
+        rollouts.check_groups_share_prompts(rollout, passes.logprob_group)
+    out = token_arrays(rollout, mesh)
+    if ref_params is not None:
+        out["ref_logprobs"] = passes.logprobs(ref_params, out["tokens"], out["mask"])
+    return out
+
+
+@jax.jit
+def take_rows(data: dict[str, Array], rows: Array) -> dict[str, Array]:
+    """The minibatch `rows` [M] of every [N, ...] array in `data` (one gather program)."""
+    return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), data)
 
 
 def build(passes: Passes, state: TrainState, ref_params: Any, rows: dict[str, Array]
@@ -154,31 +176,32 @@ def row_spec(cfg: ml_collections.ConfigDict, prompt_len: int, mesh: Any, rows: i
     """Shapes of `device_rows`' output for `rows` global rows of config `cfg`."""
     R = cfg.sampling.max_new_tokens
 
-    def spec(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
+    def like(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(shape, dtype,
                                     sharding=parallel.batch_sharding(mesh, len(shape)))
 
-    out = {"tokens": spec((rows, prompt_len + R), jnp.int32),
-           "mask": spec((rows, prompt_len + R), jnp.bool_),
-           "loss_mask": spec((rows, R), jnp.float32),
-           "sampler_logprobs": spec((rows, R), jnp.float32),
-           "rewards": spec((rows,), jnp.float32)}
+    out = {"tokens": like((rows, prompt_len + R), jnp.int32),
+           "mask": like((rows, prompt_len + R), jnp.bool_),
+           "loss_mask": like((rows, R), jnp.float32),
+           "sampler_logprobs": like((rows, R), jnp.float32),
+           "rewards": like((rows,), jnp.float32)}
     if cfg.reward.process_fns:
-        out["token_rewards"] = spec((rows, R), jnp.float32)
+        out["token_rewards"] = like((rows, R), jnp.float32)
     if cfg.rl.needs_greedy_baseline:
-        out["baseline_rewards"] = spec((rows,), jnp.float32)
+        out["baseline_rewards"] = like((rows,), jnp.float32)
     return out
 
 
-def spec(passes: Passes, state: TrainState, ref_params: Any,
-         rows: dict[str, jax.ShapeDtypeStruct], mesh: Any, minibatches: int = 1
-         ) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shape, dtype and sharding of one `train_step` minibatch: `build`, evaluated for
-    shapes on `rows` (`row_spec`), with the rows split into `minibatches`."""
+def spec(cfg: ml_collections.ConfigDict, passes: Passes, state: TrainState, ref_params: Any,
+         prompt_len: int, mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shape, dtype and sharding of one `train_step` minibatch of config `cfg`: `build`,
+    evaluated for shapes on a full step's rows (`row_spec`: dynamic sampling refills the
+    batch, so it is always full), split into `train.minibatches`."""
+    rows = row_spec(cfg, prompt_len, mesh, cfg.train.batch_prompts * cfg.sampling.n)
     out = jax.eval_shape(functools.partial(build, passes), state, ref_params, rows)
 
     def minibatch(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
-        shape = (x.shape[0] // minibatches, *x.shape[1:])
+        shape = (x.shape[0] // cfg.train.minibatches, *x.shape[1:])
         return jax.ShapeDtypeStruct(shape, x.dtype,
                                     sharding=parallel.batch_sharding(mesh, len(shape)))
 
