@@ -157,7 +157,7 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     # is fastest depends on the model (experiments/benchmarks/HISTORY.md, "Sampler throughput").
     c.mesh.cpu_devices = 8
     # CPU hosts: glibc malloc keeps XLA's per-call buffers instead of unmapping them after every
-    # call and page-faulting them back in (~20% of the tiny train step; see lrmjax/host.py).
+    # call and page-faulting them back in (see lrmjax/host.py).
     c.mesh.cpu_retain_freed_memory = True
     # Multi-host: call jax.distributed.initialize(). Empty address / -1 let JAX detect the
     # cluster (TPU pods, SLURM, ...); on CPU hosts set all three.

@@ -8,15 +8,9 @@ the operating system. XLA:CPU allocates a program's temporaries (tens to hundred
 train step) when the program is called and frees them when it returns. glibc serves an
 allocation that large with a fresh `mmap` and unmaps it on free (or, from a worker thread,
 from a per-thread arena that cannot grow past 64 MiB, so again with `mmap`), so every call
-page-faults its whole working set back in: one fault per 4 KiB page, each zeroing the page.
-On the 2-core development machine a 4-layer SwiGLU stack's forward + backward at the tiny
-model's shapes (100 MiB of temporaries; tests/test_host.py) faulted 26,490-27,759 times
-per call (median of 9 calls, three runs), and 0 times with these settings; the tiny
-preset's GRPO train step went from 195 to 157-165 ms, the bench preset's from 3.19 to 2.85 s
-(`experiments/benchmarks/op_trace.py train --preset tiny|bench --malloc default|retain`).
-The sampler's decode loop, whose buffers are small, got 8-15 % slower (threads now share one
-arena's lock); a whole GRPO step still gains 5-10 % (experiments/benchmarks/HISTORY.md,
-"Malloc settings").
+page-faults its whole working set back in: one fault per 4 KiB page, each zeroing the page
+(tests/test_host.py counts the faults; the measured effect on train steps and the decode loop
+is in experiments/benchmarks/RESULTS.md, "Measurements behind design choices").
 
 The fix is three `mallopt` settings: one arena for every thread (the main arena grows with
 `brk`, without a size cap), no `mmap` for allocations below 2 GiB, and no trimming of the

@@ -9,8 +9,9 @@ transformer's params.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -170,6 +171,20 @@ def host_row_block(mesh: Mesh, global_rows: int) -> slice:
     return want
 
 
+def explicit_transfer(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks `fn` as an explicit host <-> device transfer: it runs with transfers allowed,
+    also under the RL loop's `jax.transfer_guard("disallow")`. The multi-host constructors it
+    uses (`make_array_from_callback`, `process_allgather`) copy through paths the guard
+    counts as implicit."""
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with jax.transfer_guard("allow"):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+@explicit_transfer
 def put(tree: Any, shardings: Any) -> Any:
     """`jax.device_put(tree, shardings)` that also works across hosts: a host value (the same
     on every host, e.g. a PRNG key or a fresh optimizer scalar) becomes a global array; an
@@ -191,6 +206,7 @@ def put(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(one, tree, shardings)
 
 
+@explicit_transfer
 def host_to_global(local: np.ndarray, mesh: Mesh) -> jax.Array:
     """A batch-sharded global array from this process's rows (the p-th block of the batch)."""
     local = np.asarray(local)
@@ -201,6 +217,7 @@ def host_to_global(local: np.ndarray, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
 
+@explicit_transfer
 def global_to_host(tree: Any) -> Any:
     """Every host's data, as numpy on every host: the full value of each global (possibly
     multi-host) array in `tree`, and each host-local numpy array concatenated over the
@@ -220,6 +237,7 @@ def apply_to_host_rows(fn: Any, params: Any, *local: np.ndarray, mesh: Mesh) -> 
     return jax.tree.map(lambda x: x[rows], out)
 
 
+@explicit_transfer
 def main_host_first(fn: Any, name: str) -> Any:
     """Runs `fn()` on host 0, then on the other hosts once host 0 is done (for steps that
     write shared files the others then read, e.g. building a dataset cache)."""
@@ -232,6 +250,7 @@ def main_host_first(fn: Any, name: str) -> Any:
     return out if jax.process_index() == 0 else fn()
 
 
+@explicit_transfer
 def same_on_all_hosts(value: bool) -> bool:
     """Host 0's `value` on every host (a decision every host must take the same way)."""
     if jax.process_count() == 1:

@@ -47,14 +47,14 @@ import numpy as np
 from lrmjax import parallel
 from lrmjax.models import transformer
 from lrmjax.models.presets import ModelConfig
+from lrmjax.tokenizers import bucket, length_buckets
 
 Array = jax.Array
 
 FINISH_STOP = 0  # the sequence emitted EOS / a stop id
 FINISH_LENGTH = 1  # the sequence reached max_new_tokens
 # Decode steps between two "has every row stopped?" tests when the batch spans devices:
-# each test is a rendezvous of the devices (on a 2-core CPU with 2 devices, testing every
-# step cost 13 % of a `tiny` rollout); more than 8 would waste more steps after the end.
+# each test is a rendezvous of the devices; more than 8 would waste more steps after the end.
 SHARDED_STOP_CHECK = 8
 # Responses at least this long decode in two loops, the first over a cache of P + R/2 slots
 # (`_decode_phase_ends`).
@@ -234,10 +234,9 @@ def inverse_cdf_tokens(logits: Array, uniforms: Array) -> Array:
 
     Token i is picked when u * sum(p) falls in [c_{i-1}, c_i), c the cumulative sum of
     p = exp(logits - max), so each token has probability softmax(logits)_i. One uniform per
-    row instead of Gumbel-max's V: on a 2-core CPU the threefry bits for [N, V] noise were a
-    tenth of a sampled decode step (`experiments/benchmarks/op_trace.py decode`). The search
-    is two-level (block sums, the block that crosses, then the crossing inside it), because
-    XLA's CPU cumsum over a 32k vocabulary costs more than the Gumbel draw it replaces.
+    row instead of Gumbel-max's V random draws (threefry bits for [N, V] noise are costly).
+    The search is two-level (block sums, the block that crosses, then the crossing inside
+    it): one cumsum over the whole vocabulary costs more than the draw it replaces.
 
     Tokens with logit -inf (truncated) have p = 0 and are never picked, whatever the float
     rounding of the sums (a crossing must hold mass; if rounding leaves none, the last token
@@ -285,7 +284,7 @@ def greedy_tokens(logits: Array) -> Array:
     """argmax over the last axis (first index of the max): [N, V] -> [N] int32.
 
     Written as a max and a min over indices: XLA's CPU backend runs jnp.argmax's two-operand
-    reduce about 3x slower over a 32k vocabulary."""
+    reduce much slower than two one-operand reduces."""
     top = jnp.max(logits, axis=-1, keepdims=True)  # NaN if the row holds a NaN
     V = logits.shape[-1]
     # As jnp.argmax, a NaN counts as the maximum (the row's first NaN wins), so broken
@@ -447,21 +446,6 @@ def _decode_phase_ends(max_new_tokens: int) -> tuple[int, ...]:
     return (max_new_tokens // 2, max_new_tokens)
 
 
-def _powers_of_two(lo: int, hi: int) -> tuple[int, ...]:
-    out, x = [], lo
-    while x < hi:
-        out.append(x)
-        x *= 2
-    return tuple(out) + (hi,)
-
-
-def _bucket(size: int, buckets: Sequence[int]) -> int:
-    for b in buckets:
-        if b >= size:
-            return b
-    raise ValueError(f"size {size} exceeds the largest bucket {buckets[-1]}")
-
-
 class Sampler:
     """Host-side wrapper around `generate`: shape bucketing, compile cache, mesh placement.
 
@@ -490,15 +474,14 @@ class Sampler:
             raise ValueError(f"stop_check_every must be >= 1, got {stop_check_every}")
         self.stop_check_every = int(stop_check_every)
         if prompt_buckets is None:
-            prompt_buckets = _powers_of_two(16, cfg.max_seq_len)
+            prompt_buckets = length_buckets(cfg.max_seq_len)
         if batch_buckets is None:  # powers of two times the mesh's batch divisor
-            batch_buckets = tuple(divisor * b for b in _powers_of_two(1, 4096))
+            batch_buckets = tuple(divisor * b for b in length_buckets(4096, smallest=1))
         self.prompt_buckets = tuple(sorted(int(b) for b in prompt_buckets))
         self.batch_buckets = tuple(sorted(int(b) for b in batch_buckets))
-        if not self.prompt_buckets or self.prompt_buckets[0] < 1:
-            raise ValueError(f"prompt_buckets must be positive, got {prompt_buckets}")
-        if not self.batch_buckets or self.batch_buckets[0] < 1:
-            raise ValueError(f"batch_buckets must be positive, got {batch_buckets}")
+        for name, given in (("prompt", self.prompt_buckets), ("batch", self.batch_buckets)):
+            if not given or given[0] < 1:
+                raise ValueError(f"{name}_buckets must be positive, got {given}")
         bad = [b for b in self.batch_buckets if b % divisor]
         if bad:
             raise ValueError(f"batch buckets {bad} are not multiples of the mesh's batch "
@@ -558,11 +541,11 @@ class Sampler:
                 f"prompt of {longest} tokens is longer than the limit {limit} = min(model "
                 f"max_seq_len {self.cfg.max_seq_len} - max_new_tokens {R}, largest prompt "
                 f"bucket {self.prompt_buckets[-1]})")
-        width = min(_bucket(longest, self.prompt_buckets), limit)
+        width = min(bucket(longest, self.prompt_buckets), limit)
         if B * hosts > self.batch_buckets[-1]:
             raise ValueError(f"batch of {B * hosts} prompts exceeds the largest batch bucket "
                              f"{self.batch_buckets[-1]}")
-        rows = _bucket(B * hosts, self.batch_buckets) // hosts  # this host's rows
+        rows = bucket(B * hosts, self.batch_buckets) // hosts  # this host's rows
 
         # Re-pad: keep the last `width` columns (all real tokens are there), add dummy rows
         # (empty prompts, which `generate` treats as already finished).

@@ -29,6 +29,23 @@ DEFAULT_ALPHABET = (
 )
 
 
+def length_buckets(limit: int, smallest: int = 16) -> tuple[int, ...]:
+    """Padding sizes: powers of two from `smallest` (doubling) below `limit`, then `limit`."""
+    out, x = [], smallest
+    while x < limit:
+        out.append(x)
+        x *= 2
+    return tuple(out) + (limit,)
+
+
+def bucket(size: int, buckets: Sequence[int]) -> int:
+    """The smallest of the ascending `buckets` that holds `size`; ValueError if none does."""
+    for b in buckets:
+        if b >= size:
+            return b
+    raise ValueError(f"size {size} exceeds the largest bucket {buckets[-1]}")
+
+
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
     """Left-pads token lists into one int32 array.

@@ -285,13 +285,9 @@ def test_padding_invariance(seed):
         assert np.all(adv2[hole] == 0) and np.all(ret2[hole] == 0), est
 
 
-def test_degenerate_groups_and_overlong_penalty():
+def test_degenerate_groups():
     r = np.array([1, 1, 1, 1, 0, 1, 0, 0], np.float32)
     np.testing.assert_array_equal(np.asarray(A.degenerate_groups(r, 4)), [True, False])
-    pen = A.dapo_overlong_penalty(np.array([10, 12, 16, 20, 25]), 20, 8, 0.5)
-    # buffer starts at 12: 0, 0, (12-16)/8, -1, -1 (capped); times 0.5
-    np.testing.assert_allclose(np.asarray(pen), 0.5 * np.array([0, 0, -0.5, -1, -1]))
-    assert np.all(np.asarray(A.dapo_overlong_penalty(np.array([30]), 20, 0)) == 0)
 
 
 def test_vapo_lambda():

@@ -11,6 +11,9 @@ def test_overlong_penalty_by_hand():
     got = overlong_penalty([0, 80, 81, 90, 100, 101, 500], max_len=100, cache_len=20)
     np.testing.assert_allclose(got, [0, 0, -0.05, -0.5, -1.0, -1.0, -1.0])
     np.testing.assert_allclose(overlong_penalty([90], 100, 20, factor=0.5), [-0.25])
+    # L_max = 20, L_cache = 8: free up to 12, -1 at the budget and beyond.
+    np.testing.assert_allclose(overlong_penalty([10, 12, 16, 20, 25], 20, 8, factor=0.5),
+                               0.5 * np.array([0, 0, -0.5, -1, -1]))
     with pytest.raises(ValueError, match="cache_len"):
         overlong_penalty([1], max_len=10, cache_len=0)
 
@@ -28,22 +31,24 @@ def test_kimi_length_reward_by_hand():
 
 
 def test_shaped_reward_components():
-    fn = shape("format", max_len=100, cache_len=20, length_weight=0.1)
+    fn = shape("format", length_weight=0.1)
     good = "<think>x</think><answer>y</answer>"
     meta = [{"response_tokens": 10, "group_id": 0}, {"response_tokens": 90, "group_id": 0},
             {"response_tokens": 50, "group_id": 0}]
     res = fn(["q"] * 3, [good, good, "bad"], meta)
     np.testing.assert_allclose(res.components["base"], [1, 1, 0])
-    np.testing.assert_allclose(res.components["overlong"], [0, -0.5, 0])
+    assert "overlong" not in res.components
     # lambda = 0.5, -0.5, 0.5 - 40/80 = 0; row 2 is wrong: min(0, 0) = 0.
     np.testing.assert_allclose(res.components["length"], [0.5, -0.5, 0.0])
-    np.testing.assert_allclose(res.scores, [1.05, 1 - 0.5 - 0.05, 0.0])
-    assert fn.group_level and not shape("format", max_len=100, cache_len=20).group_level
+    np.testing.assert_allclose(res.scores, [1.05, 1 - 0.05, 0.0])
+    assert fn.group_level and not shape("format").group_level
+    with pytest.raises(TypeError, match="max_len"):
+        shape("format", max_len=100, cache_len=20)  # the overlong penalty is rl.overlong_*
 
 
 def test_shaped_reward_needs_lengths():
-    fn = shape("format", max_len=100, cache_len=20)
+    fn = shape("format", length_weight=0.1)
     with pytest.raises(KeyError, match="row 0 has no metadata\\['response_tokens'\\]"):
-        fn(["q"], ["a"], [{}])
+        fn(["q"], ["a"], [{"group_id": 0}])
     with pytest.raises(ValueError, match="non-negative int"):
-        fn(["q"], ["a"], [{"response_tokens": 3.5}])
+        fn(["q"], ["a"], [{"response_tokens": 3.5, "group_id": 0}])

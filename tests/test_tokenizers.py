@@ -250,3 +250,15 @@ def test_hf_char_ends_stop_at_the_stop_token(pair):
     ids = tok.encode("ab") + [tok.eos_id] + tok.encode("cd")
     ends = tok.char_ends(ids)
     assert ends[len(tok.encode("ab")) - 1:] == [2] * (len(ids) - len(tok.encode("ab")) + 1)
+
+
+def test_length_buckets_and_bucket():
+    from lrmjax.tokenizers import bucket, length_buckets
+
+    assert length_buckets(100) == (16, 32, 64, 100)
+    assert length_buckets(64) == (16, 32, 64)
+    assert length_buckets(8) == (8,)
+    assert length_buckets(5, smallest=1) == (1, 2, 4, 5)
+    assert [bucket(s, (16, 32, 100)) for s in (1, 16, 17, 100)] == [16, 16, 32, 100]
+    with pytest.raises(ValueError, match="size 101 exceeds the largest bucket 100"):
+        bucket(101, (16, 32, 100))

@@ -116,8 +116,8 @@ class EpochShuffle(grain.MapDataset):
     """grain's global shuffle (`MapDataset.shuffle`: element i of epoch e is element
     perm_e[i] of the parent, a new permutation every epoch), with each epoch's permutation
     drawn once by numpy (`default_rng([seed, e])`) instead of grain's per-index
-    `index_shuffle`, which took 0.3 ms per element here: 2.5 ms of every 8-prompt RL step
-    and 150 ms of a 512-prompt one. Holds the permutations of the last two epochs read."""
+    `index_shuffle`, which costs a Python-level call per element (a real share of a
+    512-prompt RL step). Holds the permutations of the last two epochs read."""
 
     def __init__(self, parent: grain.MapDataset, *, seed: int):
         super().__init__(parent)

@@ -44,8 +44,7 @@ class KVCache:
     `scan_layers`, whose carry must be one array) stacked into [L, B, ...]. Laid out so that
     both attention products (q.k over d, probs.v over S) are plain batched GEMMs over (B, K)
     with no per-step transpose of the cache, and kept per layer so that a decode step reads
-    each layer's cache in place instead of slicing a copy out of a stacked buffer (together
-    a third of a `bench` decode step at batch 32 in the stacked [L, B, S, K, d] layout).
+    each layer's cache in place instead of slicing a copy out of a stacked buffer.
     mask: [B, S] bool, True where a slot holds a real token; index: int32 scalar, the next free
     slot (shared by the batch: prompts are left padded).
     """
@@ -144,9 +143,8 @@ def rope_sin_cos(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
 
     When the model's table is small (max_seq_len * head_dim <= ROPE_TABLE_MAX) they are
     looked up in it. Computed in the graph, XLA fuses sin/cos into every op that reads them
-    and recomputes them per head and per use; on CPU the lookup made a tiny update step 5 %
-    faster (2 devices: 119/124/121 -> 113/120/114 ms). A position outside [0, max_seq_len)
-    reads NaN, never a wrong angle.
+    and recomputes them per head and per use. A position outside [0, max_seq_len) reads
+    NaN, never a wrong angle.
     """
     if cfg.max_seq_len * cfg.head_dim <= ROPE_TABLE_MAX:
         rows = jnp.where(positions < 0, cfg.max_seq_len, positions)  # no wrap-around from -1
@@ -191,8 +189,7 @@ class Projection(nn.Module):
     one 2-D matmul ([prod(lead), prod(in)] @ [prod(in), prod(out)]): XLA's CPU backend runs an
     einsum with a 3-D kernel several times slower than the same GEMM, and a 3-D activation
     ([B, T, in] @ kernel) makes the backward's weight gradient (contracting B and T) fuse a
-    slow strided transpose into the elementwise op before it (measured 1.7x slower SwiGLU
-    backward at [256, 24, 128] -> 384).
+    slow strided transpose into the elementwise op before it.
     """
 
     cfg: ModelConfig
@@ -325,8 +322,7 @@ def grouped_attention(q: Array, k: Array, v: Array, mask: Array, prompt_len: int
     runs of G*d (or d) contiguous values. Each response's keys and values are then one
     [P + R] block, so its scores, softmax and output are one batched GEMM pair over
     (B, K, n) with no slices of the scores: slicing them (or the [B, T, K, G, d] layout)
-    made XLA:CPU pad, add and transpose score-sized arrays element by element (12 % of a
-    tiny update).
+    made XLA:CPU pad, add and transpose score-sized arrays element by element.
     """
     B, T, H, d = q.shape
     K = k.shape[2]

@@ -41,26 +41,10 @@ from lrmjax.models import heads
 from lrmjax.models.presets import ModelConfig
 from lrmjax.rewards.base import RewardResult, check_batch, require
 from lrmjax.sampling import Sampler, SamplingParams
-from lrmjax.tokenizers import left_pad
+from lrmjax.tokenizers import bucket, left_pad, length_buckets
 
 _IN_PROCESS = ("holds device params and runs in-process only: use RewardPool(fn, "
                "num_workers=0) or call it directly")
-
-
-def length_buckets(max_len: int, smallest: int = 16) -> tuple[int, ...]:
-    """Powers of two from `smallest` (doubling) below `max_len`, then `max_len` itself."""
-    out, x = [], smallest
-    while x < max_len:
-        out.append(x)
-        x *= 2
-    return tuple(out) + (max_len,)
-
-
-def _bucket(size: int, buckets: Sequence[int]) -> int:
-    for b in buckets:
-        if b >= size:
-            return b
-    raise ValueError(f"length {size} exceeds the largest bucket {buckets[-1]}")
 
 
 def truncate_left(ids: list[int], max_len: int, bos_id: int | None) -> tuple[list[int], bool]:
@@ -192,7 +176,7 @@ class RewardModelScorer:
         out = np.zeros(len(ids), np.float32)
         for start in range(0, len(ids), self.batch_size):
             chunk = list(ids[start:start + self.batch_size])
-            width = _bucket(max(len(r) for r in chunk), self.buckets)
+            width = bucket(max(len(r) for r in chunk), self.buckets)
             # Dummy rows: one real pad token, so no row is fully masked; scores dropped.
             chunk += [[self.tokenizer.pad_id]] * (self.batch_size - len(chunk))
             tokens, mask = left_pad(chunk, self.tokenizer.pad_id, width)

@@ -1,7 +1,8 @@
-"""Reward shaping by response length, and a wrapper that adds it to a base reward.
+"""Reward shaping by response length.
 
 * :func:`overlong_penalty` — DAPO's soft overlong punishment (Yu et al., 2025, "DAPO",
-  Eq. 13), in tokens::
+  Eq. 13), in tokens; the trainer adds it to every response's reward when
+  ``rl.overlong_buffer_len > 0`` (its one home: `train.rollouts.sample_and_score`)::
 
       R(L) = 0                              if L <= L_max - L_cache
            = ((L_max - L_cache) - L) / L_cache   if L_max - L_cache < L <= L_max
@@ -12,8 +13,8 @@
   within a group, ``lambda = 0.5 - (len - min_len) / (max_len - min_len)``; a correct
   response gets ``lambda``, an incorrect one ``min(0, lambda)``; 0 when all lengths are
   equal.
-* :class:`ShapedReward` — base reward + weighted penalties, components ``base``,
-  ``overlong``, ``length`` (unweighted) so each part shows in metrics.
+* :class:`ShapedReward` — base reward + weighted Kimi length reward, components ``base``
+  and ``length`` (unweighted) so each part shows in metrics.
 
 Metadata: lengths come from ``metadata["response_tokens"]`` (int, response length in
 tokens, padding excluded; the sampler knows it); group ids from ``metadata["group_id"]``.
@@ -100,25 +101,21 @@ def _lengths(metadata: list[dict], key: str, name: str) -> np.ndarray:
 
 
 class ShapedReward:
-    """``base + overlong_penalty + length_weight * kimi_length_reward``.
+    """``base + length_weight * kimi_length_reward``.
 
     Args:
       base: reward name or function.
-      max_len, cache_len, overlong_factor: DAPO overlong penalty (off when max_len is None).
       length_weight: weight of the Kimi length reward (off when 0). A response counts as
         correct when its base score >= correct_threshold.
       length_key: metadata key holding the response length in tokens.
     Group-level when the base is or the length reward is on (it compares within groups).
+    DAPO's overlong penalty is not a reward option: it is `rl.overlong_buffer_len`, applied by
+    the trainer, which knows the response budget.
     """
 
-    def __init__(self, base: str | Callable[..., Any], *, max_len: int | None = None,
-                 cache_len: int | None = None, overlong_factor: float = 1.0,
-                 length_weight: float = 0.0, correct_threshold: float = 1.0,
-                 length_key: str = "response_tokens"):
-        if max_len is not None:
-            overlong_penalty([0], max_len, cache_len if cache_len is not None else 0)  # validate
-        self.base, self.max_len, self.cache_len = base, max_len, cache_len
-        self.overlong_factor, self.length_weight = overlong_factor, length_weight
+    def __init__(self, base: str | Callable[..., Any], *, length_weight: float = 0.0,
+                 correct_threshold: float = 1.0, length_key: str = "response_tokens"):
+        self.base, self.length_weight = base, length_weight
         self.correct_threshold, self.length_key = correct_threshold, length_key
         self.group_level = is_group_level(resolve(base)) or length_weight != 0.0
         self.name = f"shaped({fn_name(base)})"
@@ -132,13 +129,8 @@ class ShapedReward:
         total = base.copy()
         components = {"base": res.scores}
         components.update({f"base/{k}": v for k, v in res.components.items()})
-        if self.max_len is not None or self.length_weight != 0.0:
-            lengths = _lengths(metadata, self.length_key, self.name)
-        if self.max_len is not None:
-            pen = overlong_penalty(lengths, self.max_len, self.cache_len, self.overlong_factor)
-            total += pen
-            components["overlong"] = pen.tolist()
         if self.length_weight != 0.0:
+            lengths = _lengths(metadata, self.length_key, self.name)
             groups = [require(m, "group_id", i, self.name) for i, m in enumerate(metadata)]
             lr = kimi_length_reward(lengths, base >= self.correct_threshold, groups)
             total += self.length_weight * lr
@@ -147,5 +139,5 @@ class ShapedReward:
 
 
 def shape(base: str | Callable[..., Any], **kwargs: Any) -> ShapedReward:
-    """``shape("math", max_len=4096, cache_len=512)``: see :class:`ShapedReward`."""
+    """``shape("math", length_weight=0.1)``: see :class:`ShapedReward`."""
     return ShapedReward(base, **kwargs)

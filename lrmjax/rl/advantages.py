@@ -516,19 +516,3 @@ def check_inputs(
         arrays.get("values"),
         base,
     )
-
-
-def dapo_overlong_penalty(
-    lengths: Array, max_response_len: int, buffer_len: int, penalty_factor: float = 1.0
-) -> Array:
-    """DAPO soft overlong punishment (Yu et al. 2025, arXiv:2503.14476, Eq. 13), `[B]`.
-
-    0 for |y| <= L_max - L_cache; (L_max - L_cache - |y|) / L_cache inside the buffer;
-    -1 beyond L_max; times `penalty_factor`. Added to the task reward; `buffer_len=0` = off.
-    """
-    if buffer_len <= 0:
-        return jnp.zeros_like(jnp.asarray(lengths, jnp.float32))
-    lengths = jnp.asarray(lengths, jnp.float32)
-    start = max_response_len - buffer_len
-    pen = jnp.clip((start - lengths) / buffer_len, -1.0, 0.0)
-    return penalty_factor * pen

@@ -47,8 +47,8 @@ class MetricsWriter:
         from tensorboardX import FileWriter
 
         # Events reach the file every TB_FLUSH_SECS from tensorboardX's own thread, and at
-        # close: a flush per row fsyncs the file on the training thread (1 ms on local disk,
-        # far more on network file systems). metrics.jsonl is flushed every row.
+        # close: a flush per row would fsync the file on the training thread (slow on network
+        # file systems). metrics.jsonl is flushed every row.
         self._tb = FileWriter(os.path.join(workdir, "tb"), flush_secs=TB_FLUSH_SECS)
         if progress and progress_total:
             from tqdm import tqdm
@@ -66,8 +66,8 @@ class MetricsWriter:
         from tensorboardX.proto.summary_pb2 import Summary
 
         # One event per row holding every finite scalar: SummaryWriter.add_scalar would write
-        # one event per metric, ~70 us each (2 ms a step for the 31 metrics of an RL step,
-        # which is 6 % of a GRPO step on a GPU). TensorBoard tags may not contain '@'.
+        # one event per metric, each a protobuf and a write on the training thread.
+        # TensorBoard tags may not contain '@'.
         values = [Summary.Value(tag=self._tag(k, phase), simple_value=v)
                   for k, v in row.items() if math.isfinite(v)]
         self._tb.add_summary(Summary(value=values), int(step))

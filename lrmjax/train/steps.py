@@ -42,8 +42,8 @@ def response_logits(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Ar
                                                 positions_from_mask(mask), mask,
                                                 return_hidden=True)
         hidden = hidden[:, prompt_len - 1:-1]
-    # On the response positions only. Dividing the hidden states rather than the logits by
-    # T was a tenth of a `bench` update step at T = 0.9.
+    # On the response positions only; `tempered_lm_head` divides the [.., D] hidden states
+    # rather than the V-times larger logits by T.
     return tempered_lm_head(model_cfg, params, hidden, temperature)
 
 
@@ -106,8 +106,8 @@ def token_logprobs(logits: Array, targets: Array) -> tuple[Array, Array]:
     """log p(target) and the entropy of each distribution: logits [..., V] -> two [...].
 
     With a hand-written backward: autodiff of log_softmax + take_along_axis + entropy builds
-    a scatter and several [..., V] temporaries, a tenth of a `bench` update step; here the
-    gradient is one fused elementwise pass over the logits.
+    a scatter and several [..., V] temporaries; here the gradient is one fused elementwise
+    pass over the logits.
     """
     return _token_logprobs_fwd(logits, targets)[0]
 
