@@ -271,8 +271,10 @@ def prepare(inp: Inputs, progs: Programs, state: TrainState, ref_params: Any,
         baseline = rollouts.greedy_baseline(inp, state.params, batch, rollouts.fold_in(key, 10_000))
     if algo.overlong_filter:
         metrics["response_length/filtered"] = metrics["response_length/clip_ratio"]
-    rows = update_batch.device_rows(batch.rollout, batch.rewards, inp.mesh,
-                                    overlong_filter=algo.overlong_filter, early=batch.early,
+    early = batch.early or update_batch.early_rows(progs.passes, ref_params, inp.mesh,
+                                                   batch.rollout)  # a refilled batch
+    rows = update_batch.device_rows(batch.rollout, batch.rewards, early, inp.mesh,
+                                    overlong_filter=algo.overlong_filter,
                                     token_rewards=token_rewards, baseline_rewards=baseline)
     return update_batch.build(progs.passes, state, ref_params, rows)
 

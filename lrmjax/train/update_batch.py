@@ -92,20 +92,19 @@ def make_passes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, prompt_l
     return Passes(logprobs, values, advantages, kl_rewards, cfg.rl, on_policy, logprob_group)
 
 
-def device_rows(rollout: Any, rewards: np.ndarray, mesh: Any, *, overlong_filter: bool,
-                early: dict[str, Array] | None = None, **optional: np.ndarray | None
-                ) -> dict[str, Array]:
+def device_rows(rollout: Any, rewards: np.ndarray, early: dict[str, Array], mesh: Any, *,
+                overlong_filter: bool, **optional: np.ndarray | None) -> dict[str, Array]:
     """This host's rows of one step (a `sampling.Rollout` of numpy arrays and its [N]
     rewards) as global arrays on `mesh`: the rows of the module docstring.
 
-    `early` holds rows already on the devices (`token_arrays`' output, perhaps with
-    ref_logprobs); `optional` rows (token_rewards, baseline_rewards) that are None are left
-    out. With `overlong_filter` (DAPO) responses cut at the length limit leave the loss.
+    `early` holds the rows already on the devices (`early_rows`); `optional` rows
+    (token_rewards, baseline_rewards) that are None are left out. With `overlong_filter`
+    (DAPO) responses cut at the length limit leave the loss.
     """
     loss_mask = np.asarray(rollout.response_mask, np.float32)
     if overlong_filter:
         loss_mask = np.where(np.asarray(rollout.finish_reason)[:, None] == 1, 0.0, loss_mask)
-    rows = dict(early) if early is not None else token_arrays(rollout, mesh)
+    rows = dict(early)
     put = functools.partial(parallel.host_to_global, mesh=mesh)
     rows |= {"loss_mask": put(loss_mask.astype(np.float32)),
              "sampler_logprobs": put(np.asarray(rollout.logprobs, np.float32)),
