@@ -1,26 +1,23 @@
 """Experiment configuration: defaults for every group, and validation that names the bad key.
 
 An experiment file under `configs/` starts from `base_config(algorithm)`, changes what it needs
-and returns the ConfigDict. `main.py` locks it (so `--config.rl.kl_coef=0` can only set keys that
-exist) and calls `validate` before anything runs. The config is never mutated at run time;
-derived values live in the trainer's own objects.
+and returns the ConfigDict. `main.py` applies the command-line overrides, calls `validate`
+(`lrmjax.config_validation`: an unknown key, a wrong type, a number out of range, ... is a
+ValueError naming the key) before anything runs, then locks the config. The config is never
+mutated at run time; derived values live in the trainer's own objects.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
-from typing import Any
-
 import ml_collections
 
+from lrmjax.config_validation import (  # noqa: F401 (config_lib.mixture_components, ...)
+    FREE_FORM_GROUPS,
+    eval_set_entries,
+    mixture_components,
+)
 from lrmjax.models import presets
 from lrmjax.rl import algorithms
-
-_TYPES = {"float32", "bfloat16", "float16"}
-# Estimators whose baseline does not come from the other responses to the same prompt; every
-# other estimator in the registry compares responses within a group and needs n >= 2.
-_BATCH_LEVEL_ESTIMATORS = frozenset({"gae", "reinforce_pp", "remax"})
 
 
 def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
@@ -180,80 +177,6 @@ def from_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     return module.get_config(arg)
 
 
-# Groups whose keys are free-form: model overrides (checked against ModelConfig), the reward
-# weights (checked against the reward registry), task kwargs (checked by the task).
-FREE_FORM_GROUPS = frozenset({"model.overrides", "reward.fns", "reward.process_fns",
-                              "data.task_kwargs",
-                              "data.mixture", "data.eval_sets"})
-
-
-def _group_entry(entry: Any, where: str, valid: tuple[str, ...], example: str
-                 ) -> dict[str, Any]:
-    """One entry of a free-form group of groups as a dict; raises ValueError naming it
-    (`where`) if it is not a group or has a key outside `valid`."""
-    if not isinstance(entry, Mapping | ml_collections.ConfigDict):
-        raise ValueError(f"{where} must be a group like {example}, got {entry!r}")
-    entry = dict(entry)
-    unknown = set(entry) - set(valid)
-    if unknown:
-        raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; valid: "
-                         f"{', '.join(repr(k) for k in valid)}")
-    return entry
-
-
-def mixture_components(mixture: Any) -> list[tuple[str, str, float, dict[str, Any]]]:
-    """The entries of config 'data.mixture' as (label, task name, weight, task kwargs), sorted
-    by label. Raises ValueError naming the entry for an empty mixture, an unknown key, an
-    unknown task or a weight that is not positive."""
-    from lrmjax.data import tasks as tasks_lib
-
-    if not mixture:
-        raise ValueError("config 'data.source' = 'task_mixture' needs 'data.mixture': "
-                         "{label: {'task': name, 'weight': w, 'kwargs': {...}}}")
-    out = []
-    for label in sorted(mixture.keys()):
-        where = f"config 'data.mixture.{label}'"
-        entry = _group_entry(mixture[label], where, ("task", "weight", "kwargs"),
-                             "{'task': 'arithmetic', 'weight': 1, 'kwargs': {}}")
-        name = entry.get("task", label)
-        if name not in tasks_lib.TASKS:
-            raise ValueError(f"{where}: unknown task {name!r}; valid: {sorted(tasks_lib.TASKS)}")
-        weight = entry.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
-            raise ValueError(f"config 'data.mixture.{label}.weight' must be a positive number, "
-                             f"got {weight!r}")
-        kwargs = entry.get("kwargs") or {}
-        kwargs = kwargs.to_dict() if isinstance(kwargs, ml_collections.ConfigDict) else dict(kwargs)
-        out.append((str(label), name, float(weight), kwargs))
-    return out
-
-
-def eval_set_entries(data: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
-    """The entries of config 'data.eval_sets' as (label, source kind, path), sorted by label.
-    Raises ValueError naming the entry: eval sets need a JSONL training source, exclude
-    'data.eval_path', and each needs a 'path' and a JSONL 'source'."""
-    jsonl = ("gsm8k_jsonl", "math_jsonl")
-    if data.source not in jsonl:
-        raise ValueError(f"config 'data.eval_sets' needs a JSONL 'data.source' {jsonl}, got "
-                         f"{data.source!r} (a task run evaluates on its own held-out problems)")
-    if data.eval_path:
-        raise ValueError("config 'data.eval_sets' and 'data.eval_path' exclude each other: "
-                         "put the eval_path file in eval_sets under a label")
-    out = []
-    for label in sorted(data.eval_sets.keys()):
-        where = f"config 'data.eval_sets.{label}'"
-        entry = _group_entry(data.eval_sets[label], where, ("path", "source"),
-                             "{'path': 'test.jsonl'}")
-        if not entry.get("path"):
-            raise ValueError(f"{where} needs a 'path' (a JSONL file)")
-        kind = entry.get("source", data.source)
-        if kind not in jsonl:
-            raise ValueError(f"config 'data.eval_sets.{label}.source' must be one of {jsonl}, "
-                             f"got {kind!r}")
-        out.append((str(label), kind, str(entry["path"])))
-    return out
-
-
 def set_by_path(cfg: ml_collections.ConfigDict, path: str, text: str) -> None:
     """Sets `cfg.<path>` from command-line text, parsed as a Python literal (a bare word stays a
     string), the way `--config.key=value` does for `main.py`. Unknown paths raise ValueError."""
@@ -290,126 +213,12 @@ def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> presets.Mod
                        scan_layers=cfg.model.scan_layers, **overrides)
 
 
-def _check_keys(cfg: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
-                prefix: str, free: frozenset[str]) -> None:
-    for key in cfg.keys():
-        path = f"{prefix}{key}"
-        if key not in defaults:
-            raise ValueError(f"Unknown config key {path!r}; valid keys under "
-                             f"{prefix or 'the root'}: {sorted(defaults.keys())}")
-        value, default = cfg[key], defaults[key]
-        if path in free:
-            continue
-        if isinstance(default, ml_collections.ConfigDict):
-            if not isinstance(value, ml_collections.ConfigDict):
-                raise ValueError(f"Config key {path!r} must be a group, got {value!r}")
-            _check_keys(value, default, path + ".", free)
-        elif default is not None and value is not None and not _same_type(value, default):
-            raise ValueError(f"Config key {path!r} must be {type(default).__name__}, got "
-                             f"{value!r} ({type(value).__name__})")
-
-
-def _same_type(value: Any, default: Any) -> bool:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, int | float)
-    return isinstance(value, type(default))
-
-
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
              num_processes: int | None = None) -> None:
-    """Raises ValueError naming the first bad key: unknown key, wrong type, bad sizes.
-    `num_devices` / `num_processes` (known once JAX has started) add the mesh checks."""
-    defaults = base_config(cfg.get("algorithm", "grpo"))
-    _check_keys(cfg, defaults, "", FREE_FORM_GROUPS)
+    """Raises ValueError naming the first bad key: unknown key, wrong type, a number outside
+    its range, a model or reward that cannot be built, sizes that do not divide, inconsistent
+    algorithm knobs (all listed in `lrmjax.config_validation`). `num_devices` /
+    `num_processes` (known once JAX has started) add the mesh checks."""
+    from lrmjax import config_validation
 
-    fields = {f.name for f in dataclasses.fields(presets.ModelConfig)}
-    bad = set(cfg.model.overrides.keys()) - fields
-    if bad:
-        raise ValueError(f"Unknown key(s) {sorted(bad)} in config 'model.overrides'; valid: "
-                         f"{sorted(fields)}")
-    if not cfg.model.hf_path and cfg.model.preset not in presets.PRESETS:
-        raise ValueError(f"config 'model.preset' {cfg.model.preset!r} is not a preset (valid: "
-                         f"{sorted(presets.PRESETS)}) and 'model.hf_path' is not set: name a "
-                         "preset or a local HF checkpoint directory")
-    for key in ("dtype", "param_dtype"):
-        if cfg.model[key] not in _TYPES:
-            raise ValueError(f"config 'model.{key}' must be one of {sorted(_TYPES)}, got "
-                             f"{cfg.model[key]!r}")
-    if cfg.tokenizer.kind not in ("char", "hf"):
-        raise ValueError(f"config 'tokenizer.kind' must be 'char' or 'hf', got "
-                         f"{cfg.tokenizer.kind!r}")
-    if cfg.data.source not in ("task", "task_mixture", "gsm8k_jsonl", "math_jsonl"):
-        raise ValueError(f"config 'data.source' {cfg.data.source!r} must be one of 'task', "
-                         "'task_mixture', 'gsm8k_jsonl', 'math_jsonl'")
-    if cfg.data.source == "task_mixture":
-        mixture_components(cfg.data.mixture)  # raises naming the bad entry
-    if cfg.data.eval_sets:
-        eval_set_entries(cfg.data)  # raises naming the bad entry
-    if cfg.reward.process_fns:
-        from lrmjax.rewards import process as process_lib
-        from lrmjax.rl import advantages
-
-        for name, weight in cfg.reward.process_fns.items():
-            if name not in process_lib.registered_process():
-                raise ValueError(f"config 'reward.process_fns.{name}': unknown process reward; "
-                                 f"registered: {process_lib.registered_process()}")
-            if isinstance(weight, bool) or not isinstance(weight, int | float):
-                raise ValueError(f"config 'reward.process_fns.{name}' must be a number (the "
-                                 f"weight), got {weight!r}")
-        if cfg.rl.adv_estimator not in advantages.TOKEN_REWARD_ESTIMATORS:
-            raise ValueError(
-                f"config 'reward.process_fns' needs a token-level 'rl.adv_estimator' "
-                f"{sorted(advantages.TOKEN_REWARD_ESTIMATORS)}, got {cfg.rl.adv_estimator!r} "
-                "(its advantages take outcome rewards only)")
-    if cfg.data.curriculum not in ("none", "band", "weighted"):
-        raise ValueError(f"config 'data.curriculum' {cfg.data.curriculum!r} must be one of "
-                         "'none', 'band', 'weighted'")
-    if cfg.optim.schedule not in ("constant", "cosine"):
-        raise ValueError(f"config 'optim.schedule' {cfg.optim.schedule!r} must be 'constant' or "
-                         "'cosine'")
-
-    for key in ("sampling.n", "sampling.max_new_tokens", "sampling.max_prompt_len",
-                "train.batch_prompts", "train.ppo_epochs", "train.minibatches",
-                "train.microbatches", "sft.batch_size", "eval.batch_size"):
-        group, name = key.split(".")
-        if cfg[group][name] <= 0:
-            raise ValueError(f"config '{key}' must be positive, got {cfg[group][name]}")
-    n = cfg.sampling.n
-    batch = cfg.train.batch_prompts * n
-    per_update = cfg.train.minibatches * cfg.train.microbatches
-    if batch % per_update:
-        raise ValueError(f"config 'train.batch_prompts' x 'sampling.n' = {batch} responses is not "
-                         f"divisible by train.minibatches x train.microbatches = {per_update}")
-    if cfg.rl.adv_estimator not in _BATCH_LEVEL_ESTIMATORS and n < 2:
-        raise ValueError(f"config 'sampling.n' = {n}: the {cfg.rl.adv_estimator!r} advantage "
-                         "needs at least 2 responses per prompt")
-    if cfg.rl.overlong_buffer_len > cfg.sampling.max_new_tokens:
-        raise ValueError(f"config 'rl.overlong_buffer_len' = {cfg.rl.overlong_buffer_len} exceeds "
-                         f"'sampling.max_new_tokens' = {cfg.sampling.max_new_tokens}: the soft "
-                         "overlong penalty ramp must fit inside the response budget")
-    if num_devices is not None:
-        from lrmjax import parallel
-
-        dims = parallel.mesh_shape(
-            {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor},
-            num_devices)
-        shards = dims[0] * dims[1]
-        if (batch // per_update) % shards:
-            raise ValueError(f"a microbatch of {batch // per_update} responses does not divide "
-                             f"over the {shards} batch shards of mesh "
-                             f"{dict(zip(parallel.MESH_AXES, dims, strict=True))} "
-                             "(config 'train.batch_prompts')")
-    hosts = num_processes or (max(cfg.mesh.num_processes, 1) if cfg.mesh.distributed else 1)
-    for key in ("train.batch_prompts", "sft.batch_size", "sft.eval_size", "eval.size",
-                "eval.batch_size"):
-        group, name = key.split(".")
-        if hosts > 1 and cfg[group][name] % hosts:
-            raise ValueError(f"config '{key}' = {cfg[group][name]} does not split over the "
-                             f"{hosts} hosts (mesh.num_processes): each host takes an equal "
-                             "share")
-    try:
-        algorithms.validate(cfg.rl)
-    except ValueError as e:
-        raise ValueError(f"config 'rl' (algorithm {cfg.algorithm!r}): {e}") from e
+    config_validation.validate(cfg, base_config, num_devices, num_processes)

@@ -343,3 +343,151 @@ def test_eval_sets_validate_and_list_their_entries():
 def test_bad_eval_sets_name_the_entry(kwargs, match):
     with pytest.raises(ValueError, match=match):
         config_lib.validate(_eval_sets_config(**kwargs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranges of every number, the model's length, reward weights, model override types.
+
+
+def test_every_numeric_default_has_a_range_and_is_in_it():
+    from lrmjax import config_validation as cv
+
+    for algorithm in ("grpo", "ppo"):
+        paths = dict(cv.numeric_keys(config_lib.base_config(algorithm)))
+        assert set(paths) == set(cv.RANGES)   # no key without a range, no stale entry
+        for path, value in paths.items():
+            assert value in cv.RANGES[path], path
+
+
+def _outside(rng):
+    """A value just below `rng` (every range has a lower bound), and not a sentinel."""
+    bad = rng.low if rng.low_open else rng.low - 1
+    while bad in rng.also:
+        bad -= 1
+    return bad
+
+
+def test_every_number_outside_its_range_is_refused_naming_the_key():
+    from lrmjax import config_validation as cv
+
+    for path, rng in cv.RANGES.items():
+        cfg = config_lib.base_config()
+        group, key = path.rsplit(".", 1) if "." in path else ("", path)
+        node = cfg[group] if group else cfg
+        bad = _outside(rng)
+        node[key] = type(node[key])(bad)
+        with pytest.raises(ValueError, match=rf"config '{path}' must be"):
+            config_lib.validate(cfg)
+
+
+@pytest.mark.parametrize("path, value", [
+    ("train.checkpoint_every", 0), ("train.rollout_log_every", 0), ("train.keep_checkpoints", 0),
+    ("sft.eval_every", 0), ("optim.lr", -1e-4), ("optim.lr", float("nan")),
+    ("optim.lr", float("inf")), ("sampling.top_p", 0.0), ("eval.temperature", -1.0),
+    ("optim.b2", 1.0), ("mesh.data", 0), ("mesh.fsdp", -3), ("seed", -1),
+    ("reward.timeout_s", 0.0)])
+def test_bad_intervals_rates_and_probabilities(path, value):
+    cfg = config_lib.base_config()
+    group, key = path.rsplit(".", 1) if "." in path else ("", path)
+    (cfg[group] if group else cfg)[key] = value
+    with pytest.raises(ValueError, match=rf"config '{path}' must be"):
+        config_lib.validate(cfg)
+
+
+def test_sentinels_and_boundaries_are_valid():
+    cfg = config_lib.base_config()
+    cfg.mesh.data, cfg.mesh.num_processes, cfg.mesh.process_id = -1, -1, -1
+    cfg.sampling.temperature, cfg.optim.grad_clip, cfg.eval.every, cfg.sft.steps = 0.0, 0.0, 0, 0
+    cfg.sampling.top_p, cfg.optim.min_lr_ratio, cfg.train.max_refill_rounds = 1.0, 0.0, 0
+    config_lib.validate(cfg)
+
+
+def test_band_low_above_band_high():
+    cfg = config_lib.base_config()
+    cfg.data.band_low, cfg.data.band_high = 0.8, 0.2
+    with pytest.raises(ValueError, match=r"'data\.band_low' = 0\.8 exceeds 'data\.band_high'"):
+        config_lib.validate(cfg)
+
+
+def test_response_budget_must_fit_the_model_length():
+    cfg = config_lib.base_config()                 # tiny preset: max_seq_len 512
+    cfg.sampling.max_prompt_len = 32
+    cfg.sampling.max_new_tokens = 480              # 32 + 480 = 512: fits exactly
+    config_lib.validate(cfg)
+    cfg.sampling.max_new_tokens = 481
+    with pytest.raises(ValueError, match=r"'sampling\.max_new_tokens' = 481 does not fit model "
+                                         r"preset 'tiny'.*leaves 480 tokens"):
+        config_lib.validate(cfg)
+    cfg.sampling.max_new_tokens = 40
+    cfg.model.overrides.max_seq_len = 64           # the overrides count
+    with pytest.raises(ValueError, match=r"max_seq_len 64 .* leaves 32 tokens"):
+        config_lib.validate(cfg)
+
+
+def test_response_budget_of_a_checkpoint_uses_the_same_message():
+    from lrmjax import config_validation as cv
+
+    cfg = config_lib.base_config()
+    cv.check_response_budget(48, cfg.sampling, "the checkpoint /m")   # 32 + 16 fits
+    with pytest.raises(ValueError, match=r"'sampling\.max_new_tokens' = 16 does not fit the "
+                                         r"checkpoint /m: max_seq_len 40"):
+        cv.check_response_budget(40, cfg.sampling, "the checkpoint /m")
+
+
+@pytest.mark.parametrize("fns, match", [
+    ({"task": "abc"}, r"'reward\.fns\.task' must be a finite number"),
+    ({"task": True}, r"'reward\.fns\.task' must be a finite number"),
+    ({"task": float("nan")}, r"'reward\.fns\.task' must be a finite number"),
+    ({"task": 1.0, "maths": 1.0}, r"'reward\.fns\.maths': unknown reward"),
+    ({}, r"'reward\.fns' is empty"),
+])
+def test_bad_reward_weights_name_the_key(fns, match):
+    cfg = config_lib.base_config()
+    cfg.reward.fns = ml_collections.ConfigDict(fns)
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(cfg)
+    cfg.reward.fns = {"task": 1, "format": -0.5}   # ints and penalties are weights too
+    config_lib.validate(cfg)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"num_layers": "2"}, r"'model\.overrides\.num_layers' must be int"),
+    ({"rms_eps": "small"}, r"'model\.overrides\.rms_eps' must be float"),
+    ({"qk_norm": 1}, r"'model\.overrides\.qk_norm' must be bool"),
+    ({"dtype": "bfloat16"}, r"'model\.overrides\.dtype': set config 'model\.dtype' instead"),
+    ({"num_kv_heads": 3}, r"'model\.overrides'.*num_heads=4 is not a multiple"),
+    ({"hidden_size": 0}, r"'model\.overrides'.*hidden_size must be positive"),
+])
+def test_bad_model_overrides_name_the_key(overrides, match):
+    cfg = config_lib.base_config()
+    cfg.model.overrides = ml_collections.ConfigDict({"vocab_size": -1, **overrides})
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(cfg)
+
+
+def test_model_overrides_are_refused_with_a_checkpoint():
+    cfg = config_lib.base_config()
+    cfg.model.hf_path = "/models/qwen"
+    config_lib.validate(cfg)                       # the default vocab_size=-1 is no override
+    cfg.model.overrides.num_layers = 2
+    with pytest.raises(ValueError, match=r"'model\.overrides' \{'num_layers': 2\} would be "
+                                         "ignored"):
+        config_lib.validate(cfg)
+
+
+def test_unknown_task_is_refused_before_any_work():
+    cfg = config_lib.base_config()
+    cfg.data.task = "arithmetics"
+    with pytest.raises(ValueError, match=r"'data\.task': unknown task 'arithmetics'"):
+        config_lib.validate(cfg)
+
+
+def test_task_kwargs_are_checked_by_building_the_task():
+    cfg = config_lib.base_config()
+    cfg.data.task_kwargs.digitz = 4
+    with pytest.raises(ValueError, match=r"config 'data\.task_kwargs' \(task 'arithmetic'\): "
+                                         r".*digitz"):
+        config_lib.validate(cfg)
+    mixed = _mixture_config({"add": {"task": "arithmetic", "kwargs": {"digits": 0}}})
+    with pytest.raises(ValueError, match=r"config 'data\.mixture\.add' \(task 'arithmetic'\)"):
+        config_lib.validate(mixed)

@@ -1,5 +1,6 @@
 """Tests for lrmjax.data.tfds_builders and lrmjax.data.datasets."""
 
+import codecs
 import json
 import logging
 
@@ -139,6 +140,39 @@ def test_bad_math_rows(tmp_path):
     assert [r["row_index"] for r in records] == [0]
     assert records[0]["answer"] == r"\frac{1}{2}"
     assert [r for r, _ in stats["skipped_rows"]] == [1, 2, 3, 4]
+
+
+def _row(fmt: str, question: str) -> dict:
+    if fmt == "gsm8k":
+        return {"question": question, "answer": "#### 2"}
+    return {"problem": question, "solution": r"\boxed{2}"}
+
+
+@pytest.mark.parametrize("fmt", ["gsm8k", "math"])
+def test_undecodable_rows_are_skipped_logged_and_counted(fmt, tmp_path, caplog):
+    """A byte that is not UTF-8 costs its row only (logged with the file and line), as does
+    a lone surrogate; rows split at '\\n' only, and a leading BOM is not part of row 0."""
+    def line(question: str) -> bytes:
+        return json.dumps(_row(fmt, question), ensure_ascii=False).encode("utf-8")
+
+    rows = [
+        codecs.BOM_UTF8 + line("1+1?"),                                  # 0
+        line("caf\u00e9?").replace("\u00e9".encode(), b"\xe9"),          # 1 a latin-1 byte
+        line("a\u2028b?"),                              # 2 U+2028 inside a string: one row
+        json.dumps(_row(fmt, "\ud800")).encode(),       # 3 "\\ud800": a lone surrogate
+        line("2+2?"),                                                    # 4
+    ]
+    path = tmp_path / f"{fmt}.jsonl"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    with caplog.at_level(logging.WARNING):
+        src = make_source(f"{fmt}_jsonl", path=str(path), data_dir=str(tmp_path / "tfds"))
+    assert [src[i].metadata["row_index"] for i in range(len(src))] == [0, 2, 4]
+    assert src[0].prompt == "1+1?" and src[1].prompt == "a\u2028b?"
+    assert src.stats["skipped"] == 2
+    reasons = dict(src.stats["skipped_rows"])
+    assert "not UTF-8" in reasons[1] and "\\xe9" in reasons[1]
+    assert "not encodable as UTF-8" in reasons[3]
+    assert f"{path}: skipping row 1 (line 2): not UTF-8" in caplog.text
 
 
 def test_all_bad_rows_raise_naming_the_file(tmp_path):

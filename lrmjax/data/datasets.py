@@ -63,6 +63,28 @@ class PromptSource:
         return f"PromptSource({self.name!r}, {len(self)} rows, skipped={self.stats.get('skipped')})"
 
 
+class SubsetSource:
+    """Rows `indices` of a random-access source, in that order (grain's data-source protocol),
+    e.g. a source without its over-long prompts. `name` is what a `PromptDataset`'s
+    fingerprint records, so name the subset (a data position saved over one subset is then
+    not restored into another); `stats` are the source's build statistics."""
+
+    def __init__(self, source: Any, indices: Sequence[int], name: str):
+        self.source = source
+        self.name = name
+        self.stats: dict[str, Any] = dict(getattr(source, "stats", {}))
+        self._indices = np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> Example:
+        return self.source[int(self._indices[index])]
+
+    def __repr__(self) -> str:
+        return f"SubsetSource({self.name!r}, {len(self)} of {len(self.source)} rows)"
+
+
 def _gsm8k(data_dir: str, path: str) -> tfds.core.DatasetBuilder:
     return tfds_builders.jsonl_builder(path, "gsm8k", data_dir)
 

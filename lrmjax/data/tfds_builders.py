@@ -17,8 +17,9 @@ Sources:
   * a procedural task: `n` examples of `lrmjax.data.tasks.get_task(task, **task_kwargs)` from
     `np.random.default_rng(seed)`.
 
-Bad JSONL rows (invalid JSON, a missing or non-string field, no final answer) are skipped,
-logged with their row number (0-based line index) and counted in `builder.info.metadata`
+Bad JSONL rows (bytes that are not UTF-8, invalid JSON, a missing or non-string field, no final
+answer) are skipped, logged with the file and their row number (0-based line index; the 1-based
+line number too) and counted in `builder.info.metadata`
 ({'num_rows', 'skipped', 'skipped_rows': [[row, reason], ...]}); a file with no good row raises
 a ValueError naming it. Each config's name carries a hash of the file contents (or of the task
 settings), so editing a file builds a new version instead of reading a stale one.
@@ -26,6 +27,7 @@ settings), so editing a file builds a new version instead of reading a stale one
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -117,6 +119,23 @@ PARSERS: dict[str, Callable[[dict], tuple[str, str, dict[str, Any]]]] = {
 }
 
 
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRow(f"not UTF-8: byte {raw[e.start:e.start + 1]!r} at offset {e.start} "
+                     f"({e.reason})") from None
+
+
+def _encodable(text: str, key: str) -> None:
+    """Raises BadRow for text the UTF-8 records cannot hold (a lone surrogate from a JSON
+    escape such as "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRow(f"{key!r} has {text[e.start:e.end]!r}, not encodable as UTF-8") from None
+
+
 def read_jsonl(path: str, fmt: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Parses a JSONL file into unified records, skipping bad rows.
 
@@ -132,18 +151,25 @@ def read_jsonl(path: str, fmt: str) -> tuple[list[dict[str, Any]], dict[str, Any
     parse = PARSERS[fmt]
     source = f"{fmt}:{epath.Path(path).stem}"
     records, skipped = [], []
-    lines = epath.Path(path).read_text(encoding="utf-8").splitlines()
-    for row_index, line in enumerate(lines):
-        if not line.strip():
+    # Rows are the '\n'-separated lines (JSON Lines), each decoded on its own: a byte that is
+    # not UTF-8 costs its row, not the file. (str.splitlines would also cut a row at the
+    # \u2028, \x85 or \x0c a JSON string may hold unescaped.)
+    lines = epath.Path(path).read_bytes().split(b"\n")
+    lines[0] = lines[0].removeprefix(codecs.BOM_UTF8)
+    for row_index, raw in enumerate(lines):
+        if not raw.strip():
             continue  # Blank lines (e.g. a trailing newline) are not rows.
         try:
-            row = json.loads(line)
+            row = json.loads(_decode(raw))
             if not isinstance(row, dict):
                 raise BadRow(f"row is a JSON {type(row).__name__}, not an object")
             prompt, answer, meta = parse(row)
+            for key, text in (("prompt", prompt), ("answer", answer)):
+                _encodable(text, key)
         except (json.JSONDecodeError, BadRow) as e:
             reason = f"invalid JSON: {e}" if isinstance(e, json.JSONDecodeError) else str(e)
-            log.warning("%s: skipping row %d: %s", path, row_index, reason)
+            log.warning("%s: skipping row %d (line %d): %s", path, row_index, row_index + 1,
+                        reason)
             skipped.append([row_index, reason])
             continue
         meta["uid"] = f"{source}:{row_index}"

@@ -308,6 +308,12 @@ def _weight_map(path: pathlib.Path) -> dict[str, str]:
                             "checkpoints are supported)")
 
 
+def read_config(path: PathLike, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of the HF checkpoint directory `path` (its config.json only)."""
+    return config_from_hf(json.loads((pathlib.Path(path) / "config.json").read_text()),
+                          **overrides)
+
+
 def load_pretrained(path: PathLike, dtype: Any = None, param_dtype: Any = None,
                     mesh: jax.sharding.Mesh | None = None, rules: Any = None,
                     scan_layers: bool = False) -> tuple[ModelConfig, dict]:

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from lrmjax import config as config_lib
-from lrmjax import parallel
+from lrmjax import config_validation, parallel
 from lrmjax import tokenizers as tok_lib
 from lrmjax.data import curriculum as curriculum_lib
 from lrmjax.data import datasets
@@ -59,19 +59,17 @@ class Inputs:
     token_stats_fn: Any = None  # jitted steps.response_token_stats, when a reward needs it
     process_pools: dict[str, tuple[RewardPool, float]] = dataclasses.field(
         default_factory=dict)  # reward.process_fns: name -> (its pool, weight)
+    # Counts from loading the data (data/train_prompts, data/train_long_prompts_dropped, ...):
+    # what `build_inputs` logged at startup, for a metrics row.
+    data_stats: dict[str, float] = dataclasses.field(default_factory=dict)
 
     # ------------------------------------------------------------ text <-> tokens
     def prompt_text(self, ex: Example) -> str:
-        text = self.cfg.data.prompt_template.format(prompt=ex.prompt)
-        if self.cfg.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                      add_generation_prompt=True)
-        return text
+        return prompt_text(self.cfg, self.tokenizer, ex)
 
     def encode(self, examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]:
         """Left-pads the prompts to exactly `prompt_len` slots: [B, P] tokens and mask."""
-        add_bos = self.tokenizer.bos_id is not None and not self.cfg.tokenizer.chat_template
-        ids = [self.tokenizer.encode(self.prompt_text(ex), add_bos=add_bos) for ex in examples]
+        ids = [prompt_ids(self.cfg, self.tokenizer, ex) for ex in examples]
         for ex, seq in zip(examples, ids, strict=True):
             if len(seq) > self.prompt_len:
                 raise ValueError(f"prompt of {len(seq)} tokens exceeds sampling.max_prompt_len="
@@ -172,6 +170,24 @@ class Inputs:
                            tokenizer=self.tokenizer if self.cfg.tokenizer.kind == "hf" else None)
 
 
+def prompt_text(cfg: ml_collections.ConfigDict, tokenizer: Any, ex: Example) -> str:
+    """The text the policy is prompted with: `data.prompt_template` applied to the example's
+    prompt, then (with `tokenizer.chat_template`) the tokenizer's chat template."""
+    text = cfg.data.prompt_template.format(prompt=ex.prompt)
+    if cfg.tokenizer.chat_template:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                             add_generation_prompt=True)
+    return text
+
+
+def prompt_ids(cfg: ml_collections.ConfigDict, tokenizer: Any, ex: Example) -> list[int]:
+    """Token ids of the example's prompt, as `Inputs.encode` pads them and the data filter
+    (`fitting_prompts`) measures them: `prompt_text`, then BOS when the tokenizer has one and
+    no chat template (which writes its own) is used."""
+    add_bos = tokenizer.bos_id is not None and not cfg.tokenizer.chat_template
+    return tokenizer.encode(prompt_text(cfg, tokenizer, ex), add_bos=add_bos)
+
+
 def _tokenizer(cfg: ml_collections.ConfigDict, hf_path: str) -> Any:
     if cfg.tokenizer.kind == "char":
         return tok_lib.CharTokenizer()
@@ -263,6 +279,68 @@ def _mixture_examples(cfg: ml_collections.ConfigDict) -> tuple[list[Example], li
     return train, [held_out[i] for i in order], tuple(tasks)
 
 
+def fitting_prompts(cfg: ml_collections.ConfigDict, tokenizer: Any, source: Any, what: str
+                    ) -> tuple[Any, int]:
+    """`source` (a list of examples or a random-access source) without the examples whose
+    prompt is longer than `sampling.max_prompt_len` tokens (`prompt_ids`, exactly what
+    `Inputs.encode` would refuse mid-run), and how many were dropped. One warning gives the
+    count and an example. A source comes back wrapped in a `datasets.SubsetSource` whose name
+    records the limit (the data position saved in a checkpoint is then only restored into
+    the same subset); unchanged when nothing is dropped.
+
+    Deterministic in the data and the config: every host of a multi-host run builds the same
+    data and so drops the same rows (no collective needed).
+
+    Raises ValueError, naming the key, when no prompt of the set fits.
+    """
+    limit = cfg.sampling.max_prompt_len
+    keep, first = [], None
+    for i in range(len(source)):
+        ex = source[i]
+        n = len(prompt_ids(cfg, tokenizer, ex))
+        if n <= limit:
+            keep.append(i)
+        elif first is None:
+            first = (n, ex.prompt)
+    dropped = len(source) - len(keep)
+    if not dropped:
+        return source, 0
+    example = f"e.g. {first[0]} tokens: {first[1][:200]!r}"
+    if not keep:
+        raise ValueError(f"every one of the {len(source)} {what} prompts is longer than config "
+                         f"'sampling.max_prompt_len' = {limit} tokens ({example})")
+    log.warning("dropped %d of %d %s prompts longer than sampling.max_prompt_len=%d tokens "
+                "(prompt template, chat template and BOS included), %s", dropped, len(source),
+                what, limit, example)
+    if isinstance(source, list):
+        return [source[i] for i in keep], dropped
+    name = f"{getattr(source, 'name', 'source')}:max_prompt_len={limit}"
+    return datasets.SubsetSource(source, keep, name), dropped
+
+
+def _fit_data(cfg: ml_collections.ConfigDict, tokenizer: Any, train: Any,
+              held_out: list[Example]) -> tuple[Any, list[Example], dict[str, float]]:
+    """The train source and held-out examples without over-long prompts
+    (`fitting_prompts`), and their counts (logged once here, kept in `Inputs.data_stats`)."""
+    train, train_long = fitting_prompts(cfg, tokenizer, train, "train")
+    held_out, eval_long = (fitting_prompts(cfg, tokenizer, held_out, "held-out")
+                           if held_out else (held_out, 0))
+    hosts = jax.process_count()
+    extra = len(held_out) % hosts
+    if extra:
+        # Every host evaluates an equal block of each chunk: a remainder (dropped prompts, or
+        # a file shorter than eval.size) would stop the run at its first evaluation. The same
+        # rows on every host (the data is the same on every host).
+        log.warning("held-out set: the last %d of %d prompts left out so that it splits over "
+                    "%d hosts", extra, len(held_out), hosts)
+        held_out = held_out[:len(held_out) - extra]
+    stats = {"data/train_prompts": len(train), "data/train_long_prompts_dropped": train_long,
+             "data/train_rows_skipped": getattr(train, "stats", {}).get("skipped", 0),
+             "data/eval_prompts": len(held_out), "data/eval_long_prompts_dropped": eval_long}
+    log.info("data: %s", ", ".join(f"{k[len('data/'):]}={v}" for k, v in stats.items()))
+    return train, held_out, {k: float(v) for k, v in stats.items()}
+
+
 def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     mesh = parallel.make_mesh({"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp,
                                "tensor": cfg.mesh.tensor})
@@ -272,10 +350,17 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     if cfg.model.hf_path:
         hf_path = parallel.main_host_first(
             lambda: tiny_hf.resolve(cfg.model.hf_path, workdir), "tiny_hf")
+    if hf_path:  # its length is known from its config.json: check before loading weights
+        from lrmjax.models import hf
+
+        config_validation.check_response_budget(
+            hf.read_config(hf_path).max_seq_len, cfg.sampling, f"the checkpoint {hf_path}")
     tokenizer = _tokenizer(cfg, hf_path)
     model_cfg, params, exportable = _model(cfg, hf_path, tokenizer, mesh)
     train_source, eval_examples, task = parallel.main_host_first(
         lambda: _examples(cfg, workdir), "datasets")
+    train_source, eval_examples, data_stats = _fit_data(cfg, tokenizer, train_source,
+                                                        list(eval_examples))
 
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
     per_host = cfg.train.batch_prompts // jax.process_count()
@@ -313,7 +398,8 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
                   data_iter=data_iter,
                   eval_examples=list(eval_examples), pool=pool, task=task,
                   hf_exportable=exportable, train_sampling=sampling, prompt_len=prompt_len,
-                  token_stats_fn=token_stats_fn, process_pools=process_pools)
+                  token_stats_fn=token_stats_fn, process_pools=process_pools,
+                  data_stats=data_stats)
 
 
 def outcome_reward(cfg: ml_collections.ConfigDict) -> reward_base.RewardFn:

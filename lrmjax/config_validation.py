@@ -1,0 +1,471 @@
+"""Validation of an experiment config: every refusal is a ValueError that names the key.
+
+`lrmjax.config.validate` is the entry point (`main.py` calls it before anything runs). It
+checks, in order: unknown keys and wrong types against `base_config`'s defaults; the valid
+range of every number (`RANGES`, one entry per int/float key of the defaults: a key added to
+`base_config` without one makes every validation fail, so the table cannot drift); the model
+(override fields, their types, a preset that builds, a response budget that fits its length);
+the reward functions (registered names, numeric weights); the data source; sizes that must
+divide each other, the mesh or the hosts; and the algorithm knobs
+(`lrmjax.rl.algorithms.validate`). The readers of the free-form groups `data.mixture` and
+`data.eval_sets` live here too (`lrmjax.config` re-exports them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import ml_collections
+
+from lrmjax.models import presets
+from lrmjax.rl import algorithms
+
+_TYPES = {"float32", "bfloat16", "float16"}
+# Estimators whose baseline does not come from the other responses to the same prompt; every
+# other estimator in the registry compares responses within a group and needs n >= 2.
+_BATCH_LEVEL_ESTIMATORS = frozenset({"gae", "reinforce_pp", "remax"})
+# ModelConfig fields with a config key of their own: an override would collide with it.
+_OWN_MODEL_KEYS = {"dtype": "model.dtype", "param_dtype": "model.param_dtype",
+                   "remat": "model.remat", "scan_layers": "model.scan_layers"}
+
+
+# Groups whose keys are free-form: model overrides (checked against ModelConfig), the reward
+# weights (checked against the reward registry), task kwargs (checked by the task).
+FREE_FORM_GROUPS = frozenset({"model.overrides", "reward.fns", "reward.process_fns",
+                              "data.task_kwargs",
+                              "data.mixture", "data.eval_sets"})
+
+
+def _group_entry(entry: Any, where: str, valid: tuple[str, ...], example: str
+                 ) -> dict[str, Any]:
+    """One entry of a free-form group of groups as a dict; raises ValueError naming it
+    (`where`) if it is not a group or has a key outside `valid`."""
+    if not isinstance(entry, Mapping | ml_collections.ConfigDict):
+        raise ValueError(f"{where} must be a group like {example}, got {entry!r}")
+    entry = dict(entry)
+    unknown = set(entry) - set(valid)
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; valid: "
+                         f"{', '.join(repr(k) for k in valid)}")
+    return entry
+
+
+def mixture_components(mixture: Any) -> list[tuple[str, str, float, dict[str, Any]]]:
+    """The entries of config 'data.mixture' as (label, task name, weight, task kwargs), sorted
+    by label. Raises ValueError naming the entry for an empty mixture, an unknown key, an
+    unknown task or a weight that is not positive."""
+    from lrmjax.data import tasks as tasks_lib
+
+    if not mixture:
+        raise ValueError("config 'data.source' = 'task_mixture' needs 'data.mixture': "
+                         "{label: {'task': name, 'weight': w, 'kwargs': {...}}}")
+    out = []
+    for label in sorted(mixture.keys()):
+        where = f"config 'data.mixture.{label}'"
+        entry = _group_entry(mixture[label], where, ("task", "weight", "kwargs"),
+                             "{'task': 'arithmetic', 'weight': 1, 'kwargs': {}}")
+        name = entry.get("task", label)
+        if name not in tasks_lib.TASKS:
+            raise ValueError(f"{where}: unknown task {name!r}; valid: {sorted(tasks_lib.TASKS)}")
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+            raise ValueError(f"config 'data.mixture.{label}.weight' must be a positive number, "
+                             f"got {weight!r}")
+        kwargs = entry.get("kwargs") or {}
+        kwargs = kwargs.to_dict() if isinstance(kwargs, ml_collections.ConfigDict) else dict(kwargs)
+        out.append((str(label), name, float(weight), kwargs))
+    return out
+
+
+def eval_set_entries(data: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
+    """The entries of config 'data.eval_sets' as (label, source kind, path), sorted by label.
+    Raises ValueError naming the entry: eval sets need a JSONL training source, exclude
+    'data.eval_path', and each needs a 'path' and a JSONL 'source'."""
+    jsonl = ("gsm8k_jsonl", "math_jsonl")
+    if data.source not in jsonl:
+        raise ValueError(f"config 'data.eval_sets' needs a JSONL 'data.source' {jsonl}, got "
+                         f"{data.source!r} (a task run evaluates on its own held-out problems)")
+    if data.eval_path:
+        raise ValueError("config 'data.eval_sets' and 'data.eval_path' exclude each other: "
+                         "put the eval_path file in eval_sets under a label")
+    out = []
+    for label in sorted(data.eval_sets.keys()):
+        where = f"config 'data.eval_sets.{label}'"
+        entry = _group_entry(data.eval_sets[label], where, ("path", "source"),
+                             "{'path': 'test.jsonl'}")
+        if not entry.get("path"):
+            raise ValueError(f"{where} needs a 'path' (a JSONL file)")
+        kind = entry.get("source", data.source)
+        if kind not in jsonl:
+            raise ValueError(f"config 'data.eval_sets.{label}.source' must be one of {jsonl}, "
+                             f"got {kind!r}")
+        out.append((str(label), kind, str(entry["path"])))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a number: `low <= v <= high` (strict with `low_open` / `high_open`;
+    None = unbounded), or one of the sentinels `also` (e.g. -1 = 'fill' / 'detect'). NaN and
+    infinities are never valid."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple[int, ...] = ()
+
+    def __contains__(self, v: float) -> bool:
+        if v in self.also:
+            return True
+        if not math.isfinite(v):
+            return False
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return self.high is None or (v < self.high if self.high_open else v <= self.high)
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            text = (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        elif self.low == 0:
+            text = "positive" if self.low_open else "non-negative"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            text = f"{'<' if self.high_open else '<='} {self.high:g}"
+        return text + "".join(f" or {a}" for a in self.also)
+
+
+_POSITIVE = Range(0, low_open=True)      # a timeout, an epsilon
+_COUNT = _POSITIVE                       # an int: a size, an interval, a count >= 1
+_NON_NEGATIVE = Range(0)                 # steps or rounds that may be none
+_FRACTION = Range(0, 1)                  # a probability or ratio
+_BETA = Range(0, 1, high_open=True)      # Adam's moment decay
+_RATE = _NON_NEGATIVE                    # a learning rate: 0 is the no-learning control
+_AXIS = Range(1, also=(-1,))             # a mesh axis: -1 fills the devices left
+
+# The valid range of every int/float key of `base_config` outside the free-form groups and
+# `rl` (whose knobs `algorithms.validate` checks against its own registries).
+RANGES: dict[str, Range] = {
+    "seed": _NON_NEGATIVE,               # numpy's default_rng refuses a negative seed
+    "data.train_size": _COUNT,
+    "data.eval_size": _COUNT,
+    "data.eval_seed": _NON_NEGATIVE,
+    "data.band_low": _FRACTION,
+    "data.band_high": _FRACTION,
+    "sampling.n": _COUNT,
+    "sampling.temperature": _NON_NEGATIVE,  # 0 = greedy
+    "sampling.top_k": _NON_NEGATIVE,        # 0 = off
+    "sampling.top_p": Range(0, 1, low_open=True),
+    "sampling.min_p": Range(0, 1, high_open=True),
+    "sampling.max_new_tokens": _COUNT,
+    "sampling.max_prompt_len": _COUNT,
+    "reward.num_workers": _NON_NEGATIVE,   # 0 = in-process
+    "reward.timeout_s": _POSITIVE,
+    "optim.lr": _RATE,
+    "optim.warmup_steps": _NON_NEGATIVE,
+    "optim.min_lr_ratio": _FRACTION,
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.b1": _BETA,
+    "optim.b2": _BETA,
+    "optim.eps": _POSITIVE,
+    "optim.grad_clip": _NON_NEGATIVE,      # 0 = no clipping
+    "optim.critic_lr": _RATE,
+    "optim.critic_warmup_steps": _NON_NEGATIVE,
+    "sft.steps": _NON_NEGATIVE,            # 0 = no warm start
+    "sft.batch_size": _COUNT,
+    "sft.lr": _RATE,
+    "sft.warmup_steps": _NON_NEGATIVE,
+    "sft.eval_every": _COUNT,
+    "sft.target_accuracy": _FRACTION,
+    "sft.eval_size": _COUNT,
+    "train.steps": _COUNT,
+    "train.batch_prompts": _COUNT,
+    "train.ppo_epochs": _COUNT,
+    "train.minibatches": _COUNT,
+    "train.microbatches": _COUNT,
+    "train.max_refill_rounds": _NON_NEGATIVE,
+    "train.max_nonfinite": _COUNT,
+    "train.log_every": _COUNT,
+    "train.rollout_log_every": _COUNT,
+    "train.checkpoint_every": _COUNT,
+    "train.keep_checkpoints": _COUNT,      # 0 would keep no checkpoint to resume from
+    "train.peak_tflops": _POSITIVE,
+    "eval.every": _NON_NEGATIVE,           # 0 = only before and after training
+    "eval.size": _COUNT,
+    "eval.k": _NON_NEGATIVE,               # 0 = greedy only
+    "eval.temperature": _NON_NEGATIVE,
+    "eval.batch_size": _COUNT,
+    "mesh.data": _AXIS,
+    "mesh.fsdp": _AXIS,
+    "mesh.tensor": _AXIS,
+    "mesh.cpu_devices": _COUNT,
+    "mesh.num_processes": Range(1, also=(-1,)),   # -1 = let JAX detect it
+    "mesh.process_id": Range(0, also=(-1,)),
+}
+
+
+def numeric_keys(defaults: ml_collections.ConfigDict, prefix: str = ""
+                 ) -> Iterator[tuple[str, int | float]]:
+    """(path, value) of every int/float key of `defaults` (bools excluded) outside the
+    free-form groups and `rl`: the keys `RANGES` must cover."""
+    for key, value in defaults.items():
+        path = f"{prefix}{key}"
+        if path in FREE_FORM_GROUPS or path == "rl":
+            continue
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from numeric_keys(value, path + ".")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield path, value
+
+
+def _get(cfg: ml_collections.ConfigDict, path: str) -> Any:
+    node = cfg
+    for name in path.split("."):
+        node = node[name]
+    return node
+
+
+def check_ranges(cfg: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+    """Every number of `cfg` inside its `RANGES` entry, looked up from the defaults' keys."""
+    for path, _ in numeric_keys(defaults):
+        if path not in RANGES:
+            raise KeyError(f"config key {path!r} has no entry in "
+                           "lrmjax.config_validation.RANGES: give it its valid range")
+        value = _get(cfg, path)
+        if not isinstance(value, int | float) or value not in RANGES[path]:  # None too
+            raise ValueError(f"config '{path}' must be {RANGES[path]}, got {value!r}")
+    if cfg.data.band_low > cfg.data.band_high:
+        raise ValueError(f"config 'data.band_low' = {cfg.data.band_low} exceeds 'data.band_high'"
+                         f" = {cfg.data.band_high}")
+
+
+def check_response_budget(max_seq_len: int, sampling: ml_collections.ConfigDict,
+                          model: str) -> None:
+    """Raises ValueError unless a prompt of `sampling.max_prompt_len` tokens and a response of
+    `sampling.max_new_tokens` fit the model's `max_seq_len` (`model` says where it is from)."""
+    room = max_seq_len - sampling.max_prompt_len
+    if sampling.max_new_tokens > room:
+        raise ValueError(
+            f"config 'sampling.max_new_tokens' = {sampling.max_new_tokens} does not fit {model}:"
+            f" max_seq_len {max_seq_len} - 'sampling.max_prompt_len' {sampling.max_prompt_len}"
+            f" leaves {room} tokens for a response")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint)
+
+
+def check_model(cfg: ml_collections.ConfigDict) -> None:
+    """`model.overrides`: ModelConfig fields only, of the field's type, none with a config key
+    of its own, none with an HF checkpoint (its config.json defines the model); a preset that
+    builds with them; and a response budget that fits the preset's length."""
+    overrides = dict(cfg.model.overrides)
+    fields = {f.name for f in dataclasses.fields(presets.ModelConfig)}
+    bad = set(overrides) - fields
+    if bad:
+        raise ValueError(f"Unknown key(s) {sorted(bad)} in config 'model.overrides'; valid: "
+                         f"{sorted(fields)}")
+    for name in sorted(set(overrides) & set(_OWN_MODEL_KEYS)):
+        raise ValueError(f"config 'model.overrides.{name}': set config '{_OWN_MODEL_KEYS[name]}'"
+                         " instead")
+    hints = typing.get_type_hints(presets.ModelConfig)
+    for name, value in sorted(overrides.items()):
+        hint = hints[name]
+        if hint in (int, float, bool, str) and not _type_ok(value, hint):
+            raise ValueError(f"config 'model.overrides.{name}' must be {hint.__name__} (a "
+                             f"ModelConfig field), got {value!r} ({type(value).__name__})")
+    if cfg.model.hf_path:
+        extra = {k: v for k, v in overrides.items() if (k, v) != ("vocab_size", -1)}
+        if extra:
+            raise ValueError(f"config 'model.overrides' {extra} would be ignored: the "
+                             "'model.hf_path' checkpoint's config.json defines the model")
+        return  # its length is known once it is loaded (`train.inputs.build_inputs`)
+    if cfg.model.preset not in presets.PRESETS:
+        raise ValueError(f"config 'model.preset' {cfg.model.preset!r} is not a preset (valid: "
+                         f"{sorted(presets.PRESETS)}) and 'model.hf_path' is not set: name a "
+                         "preset or a local HF checkpoint directory")
+    if overrides.get("vocab_size", -1) == -1:  # the tokenizer's size, known later
+        overrides["vocab_size"] = presets.PRESETS[cfg.model.preset].vocab_size
+    try:
+        model_cfg = presets.get(cfg.model.preset, **overrides)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config 'model.overrides' {dict(cfg.model.overrides)} on preset "
+                         f"{cfg.model.preset!r}: {e}") from e
+    check_response_budget(model_cfg.max_seq_len, cfg.sampling,
+                          f"model preset {cfg.model.preset!r} (with 'model.overrides')")
+
+
+def _check_weights(group: ml_collections.ConfigDict, path: str, registered: list[str],
+                   kind: str) -> None:
+    for name, weight in group.items():
+        if name not in registered:
+            raise ValueError(f"config '{path}.{name}': unknown {kind}; registered: {registered}")
+        if (isinstance(weight, bool) or not isinstance(weight, int | float)
+                or not math.isfinite(weight)):
+            raise ValueError(f"config '{path}.{name}' must be a finite number (the weight), "
+                             f"got {weight!r}")
+
+
+def check_rewards(cfg: ml_collections.ConfigDict) -> None:
+    """Reward names registered, weights finite numbers, process rewards with a token-level
+    advantage estimator."""
+    from lrmjax import rewards
+    from lrmjax.rewards import process as process_lib
+    from lrmjax.rl import advantages
+
+    if not cfg.reward.fns:
+        raise ValueError("config 'reward.fns' is empty: name at least one reward function, "
+                         "e.g. {'task': 1.0}")
+    _check_weights(cfg.reward.fns, "reward.fns", rewards.names(), "reward")
+    if cfg.reward.process_fns:
+        _check_weights(cfg.reward.process_fns, "reward.process_fns",
+                       process_lib.registered_process(), "process reward")
+        if cfg.rl.adv_estimator not in advantages.TOKEN_REWARD_ESTIMATORS:
+            raise ValueError(
+                f"config 'reward.process_fns' needs a token-level 'rl.adv_estimator' "
+                f"{sorted(advantages.TOKEN_REWARD_ESTIMATORS)}, got {cfg.rl.adv_estimator!r} "
+                "(its advantages take outcome rewards only)")
+
+
+def check_keys(cfg: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
+               prefix: str = "") -> None:
+    """Every key of `cfg` is a key of `defaults`, of the default's type (free-form groups are
+    checked by their own functions)."""
+    for key in cfg.keys():
+        path = f"{prefix}{key}"
+        if key not in defaults:
+            raise ValueError(f"Unknown config key {path!r}; valid keys under "
+                             f"{prefix or 'the root'}: {sorted(defaults.keys())}")
+        value, default = cfg[key], defaults[key]
+        if path in FREE_FORM_GROUPS:
+            continue
+        if isinstance(default, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ValueError(f"Config key {path!r} must be a group, got {value!r}")
+            check_keys(value, default, path + ".")
+        elif default is not None and value is not None and not _same_type(value, default):
+            raise ValueError(f"Config key {path!r} must be {type(default).__name__}, got "
+                             f"{value!r} ({type(value).__name__})")
+
+
+def _same_type(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
+
+
+def _check_choices(cfg: ml_collections.ConfigDict) -> None:
+    for key in ("dtype", "param_dtype"):
+        if cfg.model[key] not in _TYPES:
+            raise ValueError(f"config 'model.{key}' must be one of {sorted(_TYPES)}, got "
+                             f"{cfg.model[key]!r}")
+    if cfg.tokenizer.kind not in ("char", "hf"):
+        raise ValueError(f"config 'tokenizer.kind' must be 'char' or 'hf', got "
+                         f"{cfg.tokenizer.kind!r}")
+    if cfg.data.source not in ("task", "task_mixture", "gsm8k_jsonl", "math_jsonl"):
+        raise ValueError(f"config 'data.source' {cfg.data.source!r} must be one of 'task', "
+                         "'task_mixture', 'gsm8k_jsonl', 'math_jsonl'")
+    if cfg.data.curriculum not in ("none", "band", "weighted"):
+        raise ValueError(f"config 'data.curriculum' {cfg.data.curriculum!r} must be one of "
+                         "'none', 'band', 'weighted'")
+    if cfg.optim.schedule not in ("constant", "cosine"):
+        raise ValueError(f"config 'optim.schedule' {cfg.optim.schedule!r} must be 'constant' or "
+                         "'cosine'")
+
+
+def _check_data(cfg: ml_collections.ConfigDict) -> None:
+    """The procedural tasks build with their kwargs (as the trainer builds them later, after
+    the model); the mixture and eval-set entries are well-formed."""
+    from lrmjax.data import tasks as tasks_lib
+
+    d = cfg.data
+    tasks = []
+    if d.source == "task":
+        if d.task not in tasks_lib.TASKS:
+            raise ValueError(f"config 'data.task': unknown task {d.task!r}; valid: "
+                             f"{sorted(tasks_lib.TASKS)}")
+        tasks.append(("data.task_kwargs", d.task, d.task_kwargs.to_dict()))
+    if d.source == "task_mixture":  # raises naming the bad entry
+        tasks += [(f"data.mixture.{label}", name, kwargs)
+                  for label, name, _, kwargs in mixture_components(d.mixture)]
+    for where, name, kwargs in tasks:
+        try:
+            tasks_lib.get_task(name, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config '{where}' (task {name!r}): {e}") from e
+    if d.eval_sets:
+        eval_set_entries(d)  # raises naming the bad entry
+
+
+def _check_sizes(cfg: ml_collections.ConfigDict, num_devices: int | None,
+                 num_processes: int | None) -> None:
+    n = cfg.sampling.n
+    batch = cfg.train.batch_prompts * n
+    per_update = cfg.train.minibatches * cfg.train.microbatches
+    if batch % per_update:
+        raise ValueError(f"config 'train.batch_prompts' x 'sampling.n' = {batch} responses is not "
+                         f"divisible by train.minibatches x train.microbatches = {per_update}")
+    if cfg.rl.adv_estimator not in _BATCH_LEVEL_ESTIMATORS and n < 2:
+        raise ValueError(f"config 'sampling.n' = {n}: the {cfg.rl.adv_estimator!r} advantage "
+                         "needs at least 2 responses per prompt")
+    if cfg.rl.overlong_buffer_len > cfg.sampling.max_new_tokens:
+        raise ValueError(f"config 'rl.overlong_buffer_len' = {cfg.rl.overlong_buffer_len} exceeds "
+                         f"'sampling.max_new_tokens' = {cfg.sampling.max_new_tokens}: the soft "
+                         "overlong penalty ramp must fit inside the response budget")
+    if num_devices is not None:
+        from lrmjax import parallel
+
+        dims = parallel.mesh_shape(
+            {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor},
+            num_devices)
+        shards = dims[0] * dims[1]
+        if (batch // per_update) % shards:
+            raise ValueError(f"a microbatch of {batch // per_update} responses does not divide "
+                             f"over the {shards} batch shards of mesh "
+                             f"{dict(zip(parallel.MESH_AXES, dims, strict=True))} "
+                             "(config 'train.batch_prompts')")
+    hosts = num_processes or (max(cfg.mesh.num_processes, 1) if cfg.mesh.distributed else 1)
+    for key in ("train.batch_prompts", "sft.batch_size", "sft.eval_size", "eval.size",
+                "eval.batch_size"):
+        value = _get(cfg, key)
+        if hosts > 1 and value % hosts:
+            raise ValueError(f"config '{key}' = {value} does not split over the {hosts} hosts "
+                             "(mesh.num_processes): each host takes an equal share")
+
+
+def validate(cfg: ml_collections.ConfigDict,
+             base_config: Callable[[str], ml_collections.ConfigDict],
+             num_devices: int | None = None, num_processes: int | None = None) -> None:
+    """Raises ValueError naming the first bad key (see the module docstring); the defaults
+    are `base_config(cfg.algorithm)` (`lrmjax.config.base_config`, passed in: that module
+    imports this one). `num_devices` / `num_processes` (known once JAX has started) add the
+    mesh checks."""
+    algorithm = cfg.get("algorithm", "grpo")
+    if algorithm not in algorithms.PRESETS:
+        raise ValueError(f"config 'algorithm' {algorithm!r} is not an algorithm preset; "
+                         f"valid: {sorted(algorithms.PRESETS)}")
+    defaults = base_config(algorithm)
+    check_keys(cfg, defaults)
+    check_ranges(cfg, defaults)
+    _check_choices(cfg)
+    check_model(cfg)
+    check_rewards(cfg)
+    _check_data(cfg)
+    _check_sizes(cfg, num_devices, num_processes)
+    try:
+        algorithms.validate(cfg.rl)
+    except ValueError as e:
+        raise ValueError(f"config 'rl' (algorithm {cfg.algorithm!r}): {e}") from e

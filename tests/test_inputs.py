@@ -1,0 +1,98 @@
+"""lrmjax.train.inputs: prompts longer than sampling.max_prompt_len are dropped when the data
+loads (train and held-out, procedural and JSONL), counted and logged, never raised mid-run."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import jax
+import pytest
+from train_helpers import small_config
+
+from lrmjax import tokenizers as tok_lib
+from lrmjax.data import datasets
+from lrmjax.data.tasks import Example
+from lrmjax.train import inputs
+
+TOK = tok_lib.CharTokenizer()
+
+
+def test_prompt_ids_count_the_template_and_bos():
+    cfg = small_config()
+    ex = Example(prompt="1+2=", answer="3")
+    assert inputs.prompt_ids(cfg, TOK, ex) == TOK.encode("1+2=", add_bos=True)   # 5 tokens
+    cfg.data.prompt_template = "Q: {prompt}"
+    assert len(inputs.prompt_ids(cfg, TOK, ex)) == 8
+
+
+def test_fitting_prompts_drops_long_ones_with_one_warning(caplog):
+    cfg = small_config()
+    cfg.sampling.max_prompt_len = 6
+    examples = [Example(prompt=p, answer="0") for p in ("1+2=", "12+34=", "1+23=", "99+99=")]
+    with caplog.at_level(logging.WARNING):
+        kept, dropped = inputs.fitting_prompts(cfg, TOK, examples, "train")
+    assert [ex.prompt for ex in kept] == ["1+2=", "1+23="] and dropped == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "dropped 2 of 4 train prompts" in warnings[0] and "'12+34='" in warnings[0]
+    assert inputs.fitting_prompts(cfg, TOK, kept, "train") == (kept, 0)   # nothing to drop
+    cfg.sampling.max_prompt_len = 4
+    with pytest.raises(ValueError, match=r"every one of the 4 train prompts.*"
+                                         r"'sampling\.max_prompt_len' = 4"):
+        inputs.fitting_prompts(cfg, TOK, examples, "train")
+
+
+def test_long_jsonl_rows_are_dropped_from_the_source(tmp_path):
+    questions = [f"What is {a} plus {b}?" for a in range(1, 4) for b in range(1, 4)]
+    questions[4] = "What is the sum of one and two, written in words?"
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "answer": "#### 1"}) + "\n"
+                            for q in questions))
+    cfg = small_config()
+    cfg.data.source, cfg.data.path = "gsm8k_jsonl", str(path)
+    cfg.sampling.max_prompt_len = 24
+    source = datasets.make_source("gsm8k_jsonl", path=str(path), data_dir=str(tmp_path / "t"))
+    kept, dropped = inputs.fitting_prompts(cfg, TOK, source, "train")
+    assert dropped == 1 and len(kept) == 8 and isinstance(kept, datasets.SubsetSource)
+    assert [kept[i].metadata["row_index"] for i in range(8)] == [0, 1, 2, 3, 5, 6, 7, 8]
+    assert kept.name.endswith(":max_prompt_len=24")
+    batch = next(iter(datasets.PromptDataset(kept, 8, seed=0)))
+    assert sorted(ex.metadata["row_index"] for ex in batch) == [0, 1, 2, 3, 5, 6, 7, 8]
+
+
+def test_held_out_set_is_cut_to_split_over_hosts(monkeypatch):
+    cfg = small_config()
+    cfg.sampling.max_prompt_len = 6
+    held_out = [Example(prompt=p, answer="0") for p in ["1+2=", "12+34="] * 4]
+    train = [Example(prompt="1+1=", answer="2")] * 4
+    monkeypatch.setattr(jax, "process_count", lambda: 3)
+    _, kept, stats = inputs._fit_data(cfg, TOK, train, held_out)
+    assert len(kept) == 3      # 4 fit, cut to a multiple of the 3 hosts
+    assert stats["data/eval_long_prompts_dropped"] == 4 and stats["data/eval_prompts"] == 3
+
+
+def test_build_inputs_drops_long_prompts_so_encode_never_raises(tmp_path):
+    cfg = small_config()
+    cfg.data.train_size, cfg.eval.size = 200, 32
+    cfg.sampling.max_prompt_len = 6       # BOS + "12+34=" is 7 tokens: those are dropped
+    inp = inputs.build_inputs(cfg, str(tmp_path))
+    stats = inp.data_stats
+    assert stats["data/train_long_prompts_dropped"] > 0
+    assert stats["data/eval_long_prompts_dropped"] > 0
+    assert stats["data/eval_prompts"] == len(inp.eval_examples) < cfg.eval.size
+    inp.encode(inp.eval_examples)         # raised before: prompt of 7 tokens exceeds 6
+    inp.encode([inp.train_source[i] for i in range(len(inp.train_source))])
+    assert len(inp.train_source) == stats["data/train_prompts"]
+
+
+def test_response_budget_of_a_checkpoint_is_checked_before_its_weights_load(tmp_path,
+                                                                            monkeypatch):
+    cfg = small_config()
+    cfg.model.hf_path, cfg.tokenizer.kind = "tiny-random:qwen2", "hf"   # max_seq_len 512
+    cfg.sampling.max_prompt_len, cfg.sampling.max_new_tokens = 32, 481
+    monkeypatch.setattr(inputs, "_model", lambda *a: pytest.fail("loaded the weights"))
+    with pytest.raises(ValueError, match=r"'sampling\.max_new_tokens' = 481 does not fit the "
+                                         r"checkpoint .*tiny_hf_qwen2: max_seq_len 512 - "
+                                         r"'sampling\.max_prompt_len' 32 leaves 480 tokens"):
+        inputs.build_inputs(cfg, str(tmp_path))
