@@ -37,10 +37,11 @@ from lrmjax import host, parallel
 from lrmjax.models import heads
 from lrmjax.rl import kl as kl_lib
 from lrmjax.train import checkpoint as ckpt_lib
-from lrmjax.train import compilation, rollouts, steps, update_batch
+from lrmjax.train import compilation, rollouts, update_batch
 from lrmjax.train import evaluate as eval_lib
 from lrmjax.train import metrics as metrics_lib
 from lrmjax.train import sft as sft_lib
+from lrmjax.train.compilation import Programs
 from lrmjax.train.inputs import Inputs, build_inputs
 from lrmjax.train.rollouts import ScoredBatch
 from lrmjax.train.state import TrainState, adamw, lr_schedule, place_state
@@ -48,21 +49,6 @@ from lrmjax.train.state import TrainState, adamw, lr_schedule, place_state
 
 class NonFiniteError(RuntimeError):
     """Raised after too many consecutive updates with a non-finite loss or gradient."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Programs:
-    """What the loop runs on the devices, compiled for one run.
-
-    Attributes:
-      train_step: (state, minibatch) -> (state, metrics), jitted with explicit shardings.
-      passes: the log-prob, value and advantage passes that build the update batch.
-      state_sharding: the TrainState's shardings (the train step's in and out layout).
-    """
-
-    train_step: Any
-    passes: update_batch.Passes
-    state_sharding: TrainState
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -130,8 +116,9 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
 
     # ---------------------------------------------------------------- compiled programs
     first = extras["rl_step"]
-    progs = compile_programs(cfg, inp, state, state_sh, ref_params, writer,
-                             ahead_of_time=first < cfg.train.steps, first_step=first)
+    progs = compilation.compile_programs(cfg, inp, state, state_sh, ref_params, writer,
+                                         ahead_of_time=first < cfg.train.steps,
+                                         first_step=first)
     eval_key = jax.random.key(cfg.seed + 99)  # the same draws at every evaluation
     eval_metrics = extras.get("eval_before") or run_eval(inp, state.params, eval_key, writer,
                                                          first)
@@ -196,41 +183,6 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
 
         multihost_utils.sync_global_devices("lrmjax.train: done")
     return final
-
-
-# -------------------------------------------------------------------- setup
-
-
-def compile_programs(cfg: ml_collections.ConfigDict, inp: Inputs, state: TrainState,
-                     state_sh: TrainState, ref_params: Any, writer: Any, *,
-                     ahead_of_time: bool, first_step: int) -> Programs:
-    """Jits the train step and the batch passes. With `ahead_of_time`, compiles the train
-    step now, for the batch `update_batch.spec` describes, and logs its memory: an
-    out-of-memory shows before any sampling, and the loop's calls hit this executable."""
-    logprob_group, update_group = steps.shared_prompt_groups(cfg, inp.mesh)
-    temperature = inp.train_sampling.score_temperature
-    passes = update_batch.make_passes(cfg, inp.model_cfg, inp.prompt_len, temperature,
-                                      logprob_group)
-    # Explicit in/out shardings keep the state in one layout across steps (so neither the
-    # step nor the sampler, which reads the same params, ever recompiles for a new layout).
-    train_step = jax.jit(
-        functools.partial(steps.rl_train_step, model_cfg=inp.model_cfg, algo=cfg.rl,
-                          prompt_len=inp.prompt_len, temperature=temperature,
-                          microbatches=cfg.train.microbatches, on_policy=passes.on_policy,
-                          group_size=update_group),
-        in_shardings=(state_sh, parallel.batch_sharding(inp.mesh)),
-        out_shardings=(state_sh, parallel.replicated(inp.mesh)), donate_argnums=(0,))
-    if ahead_of_time:
-        spec = update_batch.spec(cfg, passes, state, ref_params, inp.prompt_len, inp.mesh)
-        t0 = time.perf_counter()
-        compiled = train_step.lower(state, spec).compile()
-        seconds = time.perf_counter() - t0
-        memory = compilation.memory_mib(compiled)
-        writer.log(compilation.describe_memory("train step", memory, seconds))
-        writer.write(first_step, {"perf/train_step_compile_s": seconds,
-                                  **{f"perf/train_step_{k}_mib": v for k, v in memory.items()}},
-                     phase="compile")
-    return Programs(train_step, passes, state_sh)
 
 
 # -------------------------------------------------------------------- the loop's stages
