@@ -3,7 +3,9 @@
     python -m lrmjax.main --config configs/arith_grpo.py[:runlocal] --workdir DIR \
         [--config.rl.kl_coef=0.01 ...]
 
-Rerunning the same command with the same workdir resumes from the last checkpoint.
+Rerunning the same command with the same workdir resumes from the last checkpoint. Ctrl-C
+(SIGINT) or SIGTERM stops the run after the current step, once that step is saved, and exits
+with status 128 + the signal number; a second Ctrl-C stops at once.
 
 `--config.KEY=VALUE` sets one value; in the free-form groups it may also add a key:
 `--config.reward.fns.math=1.0` (a reward weight), `--config.model.overrides.num_layers=2` (a
@@ -18,6 +20,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import sys
 
 # Compiled programs are cached on disk, so a rerun (or a resume) starts in seconds.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
@@ -124,9 +127,12 @@ def main(argv: list[str]) -> None:
     # The CPU device count and malloc settings: before the backend starts (the first
     # jax.devices() call, in rl.train below).
     host.prepare(cfg)
-    from lrmjax.train import rl  # after flag parsing: keeps `--help` fast
+    from lrmjax.train import lifecycle, rl  # after flag parsing: keeps `--help` fast
 
-    final = rl.train(cfg, _WORKDIR.value)
+    try:
+        final = rl.train(cfg, _WORKDIR.value)
+    except lifecycle.Stopped as e:  # already logged, with how to resume
+        sys.exit(128 + e.signum)
     import jax
 
     if jax.distributed.is_initialized():

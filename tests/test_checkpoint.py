@@ -106,11 +106,14 @@ def test_best_checkpoint_by_eval_metric(tmp_path):
     ckpt = Checkpointer(str(tmp_path), keep=5, best_metric="eval/greedy_pass@1")
     scores = {1: 0.2, 2: 0.7, 3: 0.5, 4: None, 5: 0.6}
     for step, score in scores.items():
-        metrics = None if score is None else {"eval/greedy_pass@1": score, "eval/pass@4": 1.0}
-        ckpt.save(step, state.replace(step=jnp.asarray(step, jnp.int32)), {"at": step},
-                  eval_metrics=metrics)
+        stepped = state.replace(step=jnp.asarray(step, jnp.int32))
+        ckpt.save(step, stepped, {"at": step})
+        if score is not None:
+            ckpt.save_best(step, stepped, {"at": step},
+                           {"eval/greedy_pass@1": score, "eval/pass@4": 1.0})
     # Metrics without the best metric do not reach best/ either.
-    ckpt.save(6, state, {"at": 6}, eval_metrics={"eval/pass@4": 1.0})
+    ckpt.save(6, state, {"at": 6})
+    ckpt.save_best(6, state, {"at": 6}, {"eval/pass@4": 1.0})
     ckpt.wait()
     assert ckpt.best.all_steps() == [2]
     assert ckpt.manager.all_steps() == [2, 3, 4, 5, 6]
@@ -130,6 +133,91 @@ def test_partial_save_is_not_latest(tmp_path):
     restored, extras = ckpt.restore(ckpt.latest_step(), _trained_state(1))
     assert extras == EXTRAS
     _assert_same_state(restored, state)
+    ckpt.close()
+
+
+def test_temporary_directories_are_removed_when_a_run_opens_them(tmp_path):
+    """What saves cut off by a kill left in checkpoints/ and best/ goes at the next start."""
+    state = _trained_state(0)
+    for name in ("checkpoints", "best"):
+        os.makedirs(tmp_path / name / "7.orbax-checkpoint-tmp-123" / "state")
+    ckpt = Checkpointer(str(tmp_path), owner=True)
+    ckpt.save(1, state, EXTRAS)
+    ckpt.save_best(1, state, EXTRAS, {"eval/greedy_pass@1": 0.5})
+    ckpt.close()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+    assert sorted(os.listdir(tmp_path / "best")) == ["1"]
+
+
+def test_a_deletion_cut_short_leaves_no_half_deleted_step(tmp_path, monkeypatch):
+    """A kill while an old step is being deleted (here: removal stops after one file) must not
+    leave a step that later runs list, restore from or warn about."""
+    import shutil
+
+    def cut_short(path, *args, **kwargs):
+        for root, _, files in os.walk(path):
+            if files:
+                os.remove(os.path.join(root, files[0]))
+                return
+
+    state = _trained_state(0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # Orbax deletes with rmtree, one thread
+    monkeypatch.setattr(shutil, "rmtree", cut_short)
+    ckpt = Checkpointer(str(tmp_path), keep=1, owner=True)
+    ckpt.save(1, state, {"at": 1})
+    ckpt.save(2, state, {"at": 2})  # deletes step 1
+    ckpt.close()
+    ckpt = Checkpointer(str(tmp_path), keep=1, owner=True)  # the next start
+    assert ckpt.manager.all_steps() == [2]
+    ckpt.close()
+    assert "1" not in os.listdir(tmp_path / "checkpoints")
+    monkeypatch.undo()
+    Checkpointer(str(tmp_path), keep=1, owner=True).close()  # not cut short: empties the bin
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+def test_a_failed_background_save_stops_the_run_naming_the_last_good_one(tmp_path,
+                                                                        monkeypatch):
+    """Disk full in a background save: the next call that waits for it raises one
+    CheckpointError naming the step that failed and the last good checkpoint."""
+    import errno
+    import time
+
+    import orbax.checkpoint as ocp
+
+    from lrmjax.train.checkpoint import CheckpointError
+
+    async def disk_full(self, x, directory):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    state = _trained_state(0)
+    ckpt = Checkpointer(str(tmp_path), async_save=True)
+    ckpt.save(1, state, EXTRAS)
+    ckpt.wait()
+    monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "_save_fn", disk_full)
+    ckpt.save(2, state, EXTRAS)  # returns: the write fails in the background
+    monkeypatch.undo()
+    deadline = time.time() + 60
+    while ckpt.manager.is_saving_in_progress() and time.time() < deadline:
+        time.sleep(0.05)
+    want = (r"saving checkpoint 2 to .*checkpoints failed: OSError: .*No space left on device.*"
+            r"The last good checkpoint is step 1 in .*checkpoints")
+    with pytest.raises(CheckpointError, match=want):
+        ckpt.check()  # the loop asks after every step, without waiting
+    ckpt.save(3, state, EXTRAS)  # the run could go on once the cause is fixed
+    ckpt.close()
+    ckpt = Checkpointer(str(tmp_path))
+    assert ckpt.manager.all_steps() == [1, 3]
+    ckpt.close()
+
+    # A synchronous save (multi-host) fails at once.
+    ckpt = Checkpointer(str(tmp_path / "sync"), async_save=False)
+    ckpt.save(1, state, EXTRAS)
+    monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "_save_fn", disk_full)
+    with pytest.raises(CheckpointError, match="saving checkpoint 2 .*last good checkpoint is "
+                                              "step 1"):
+        ckpt.save(2, state, EXTRAS)
+    monkeypatch.undo()
     ckpt.close()
 
 

@@ -58,7 +58,9 @@ def test_jsonl_and_tensorboard(tmp_path):
     assert tb["eval/pass_at_4"] == [(1, 0.5)]     # '@' is not allowed in a tag
     assert not any("@" in tag for tag in tb)
     assert tb["actor/loss"] == [(1, 2.0)]         # the non-finite value is not plotted
-    assert tb["sft/loss"] == [(3, 1.5)]           # other phases get their prefix
+    # The warm start counts its own steps: its rows are a TensorBoard run of their own, and
+    # other phases get their prefix.
+    assert _scalars(str(tmp_path / "tb" / "sft")) == {"sft/loss": [(3, 1.5)]}
 
 
 def test_appends_on_resume(tmp_path):
@@ -70,6 +72,54 @@ def test_appends_on_resume(tmp_path):
     w.close()
     rows = metrics_lib.read_jsonl(str(tmp_path / "metrics.jsonl"))
     assert [(r["step"], r["a"]) for r in rows] == [(1, 1.0), (2, 2.0)]
+
+
+def test_resume_keeps_the_rows_of_the_run_it_continues(tmp_path):
+    """A run resumed at RL step 2 drops what a killed attempt logged after it (and a line the
+    kill cut off); resumed in its warm start, it keeps only the warm start's rows up to there."""
+    from tensorboardX.proto.event_pb2 import SessionLog
+
+    w = metrics_lib.MetricsWriter(str(tmp_path), progress=False)
+    w.write(10, {"loss": 1.0}, phase="sft")
+    w.write(20, {"loss": 0.5}, phase="sft")
+    w.write(0, {"perf/compile_s": 1.0}, phase="compile")
+    w.write(0, {"eval/pass@1": 0.1}, phase="eval")
+    for step in range(1, 5):
+        w.write(step, {"a": float(step)})
+        metrics_lib.write_rollouts(str(tmp_path / "rollouts.jsonl"), step, ["p"], ["c"], [1.0])
+    w.write(4, {"eval/pass@1": 0.4}, phase="eval")
+    w.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "phase": "rl", "a"')  # cut off by a SIGKILL
+
+    w = metrics_lib.MetricsWriter(str(tmp_path), progress=False)
+    w.resume(2)
+    w.write(3, {"a": 30.0})
+    w.close()
+    rows = metrics_lib.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert [(r["step"], r["phase"]) for r in rows] == [
+        (10, "sft"), (20, "sft"), (0, "compile"), (0, "eval"), (1, "rl"), (2, "rl"), (3, "rl")]
+    assert rows[-1]["a"] == 30.0
+    rollouts = metrics_lib.read_jsonl(str(tmp_path / "rollouts.jsonl"))
+    assert [r["step"] for r in rollouts] == [1, 2]
+    # TensorBoard: the new event file starts by purging the old events after step 2.
+    starts = [e.step for e in _read_events(str(tmp_path / "tb"))
+              if e.session_log.status == SessionLog.START]
+    assert starts == [3]
+    assert _scalars(str(tmp_path / "tb"))["a"][-1] == (3, 30.0)
+
+    w = metrics_lib.MetricsWriter(str(tmp_path), progress=False)
+    w.resume(0, sft_step=10)  # the warm start goes on after its step 10
+    w.close()
+    rows = metrics_lib.read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert [(r["step"], r["phase"]) for r in rows] == [(10, "sft")]
+    assert not os.path.exists(tmp_path / "rollouts.jsonl") or not metrics_lib.read_jsonl(
+        str(tmp_path / "rollouts.jsonl"))
+    starts = [e.step for e in _read_events(str(tmp_path / "tb" / "sft"))
+              if e.session_log.status == SessionLog.START]
+    assert starts == [11]
+    assert [e.step for e in _read_events(str(tmp_path / "tb"))
+            if e.session_log.status == SessionLog.START] == [3, 0]  # RL from scratch
 
 
 def test_disabled_writer_writes_nothing(tmp_path):

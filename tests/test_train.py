@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +18,9 @@ import pytest
 from train_helpers import read_metrics, small_config
 
 from lrmjax.rl import algorithms
-from lrmjax.train import compilation, inputs, rl
+from lrmjax.train import compilation, inputs, lifecycle, rl
+from lrmjax.train import metrics as metrics_lib
+from lrmjax.train import sft as sft_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -176,19 +181,18 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     # It really died mid-run: step 6 was never logged, and only checkpoint 3 exists.
     assert max(r["step"] for r in read_metrics(killed)) < 6
     assert sorted(os.listdir(f"{killed}/checkpoints")) == ["3"]
+    assert os.path.exists(f"{killed}/.lock")  # its lock file stays; the lock went with it
     # A save cut off mid-write leaves only a temporary directory: it must be ignored.
     os.makedirs(f"{killed}/checkpoints/5.orbax-checkpoint-tmp-0/state", exist_ok=True)
     p = _run_cli(killed, 6)
     assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-3000:]
 
-    want = read_metrics(straight)
-    got = read_metrics(killed)
-    # The killed run logged some steps twice (before the kill and after the resume): the
-    # last row of each step is the one the finished run stands by.
-    last = {r["step"]: r for r in got}
-    assert sorted(last) == [1, 2, 3, 4, 5, 6]
-    for r in want:
-        assert last[r["step"]] == r, r["step"]
+    # The killed run's logs read as one run's: the rows it wrote after checkpoint 3 were
+    # dropped on resume and written again, once.
+    assert read_metrics(killed) == read_metrics(straight)
+    assert read_metrics(killed, phase="eval") == read_metrics(straight, phase="eval")
+    assert [r["step"] for r in metrics_lib.read_jsonl(f"{killed}/rollouts.jsonl")] == [
+        r["step"] for r in metrics_lib.read_jsonl(f"{straight}/rollouts.jsonl")]
 
 
 def test_train_step_skips_nonfinite_update():
@@ -293,3 +297,171 @@ def test_eval_sets_report_every_metric_per_set(tmp_path):
         g, m = final[f"eval/gsm8k/{metric}"], final[f"eval/math/{metric}"]
         assert final[f"eval/{metric}"] == pytest.approx((g + m) / 2), metric  # 4 and 4 rows
     assert final["eval/mean_response_length"] > 0
+
+
+# -------------------------------------------------------------------- a run you can trust
+
+
+def _no_timing(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.startswith("timing_s/")}
+
+
+def _summary(workdir: str) -> dict:
+    with open(f"{workdir}/summary.json") as f:
+        return json.load(f)
+
+
+def test_rerun_reports_the_final_eval_never_the_one_before_rl(tmp_path, monkeypatch):
+    cfg = small_config("grpo", steps=2)
+    cfg.train.checkpoint_every = 1
+    cfg.reward.fns = {"test_starts_with_7": 1.0}
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    final = rl.train(cfg, a)
+    summary = _summary(a)
+    assert summary["after"] == final
+    # A rerun of the finished run reports its final evaluation as it was, not recomputed (even
+    # its wall time is the same), and logs nothing again.
+    assert rl.train(cfg, a) == final
+    assert _summary(a) == summary
+    assert [r["step"] for r in read_metrics(a, phase="eval")] == [0, 2]
+
+    # Killed during its final evaluation (here: it raises), a run evaluates again on rerun.
+    run_eval = rl.run_eval
+
+    def killed_in_the_final_eval(inp, params, key, writer, step):
+        if step == cfg.train.steps:
+            raise RuntimeError("killed")
+        return run_eval(inp, params, key, writer, step)
+
+    monkeypatch.setattr(rl, "run_eval", killed_in_the_final_eval)
+    with pytest.raises(RuntimeError, match="killed"):
+        rl.train(cfg, b)
+    monkeypatch.setattr(rl, "run_eval", run_eval)
+    again = rl.train(cfg, b)
+    assert _no_timing(again) == _no_timing(final) and _summary(b)["after"] == again
+    assert read_metrics(b) == read_metrics(a)  # once per step, as if it had not been killed
+    assert read_metrics(b, phase="eval") == read_metrics(a, phase="eval")
+
+
+def test_best_checkpoint_is_saved_at_evaluated_steps_with_their_numbers(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    saves = []
+    save = ocp.CheckpointManager.save
+
+    def recorded(self, step, *args, **kwargs):
+        saves.append((os.path.basename(str(self.directory)), step, kwargs.get("metrics")))
+        return save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", recorded)
+    cfg = small_config("grpo", steps=3)
+    cfg.train.checkpoint_every = 1
+    cfg.eval.every = 2
+    rl.train(cfg, str(tmp_path))
+    evals = {r["step"]: r for r in read_metrics(str(tmp_path), phase="eval")}
+    assert sorted(evals) == [0, 2, 3]
+    assert [step for d, step, _ in saves if d == "checkpoints"] == [1, 2, 3]
+    best = [(step, metrics) for d, step, metrics in saves if d == "best"]
+    assert best and best[0][0] == 2
+    for step, metrics in best:  # only evaluated steps, each with its own numbers
+        assert metrics == {"eval/greedy_pass@1": evals[step]["eval/greedy_pass@1"]}, step
+
+
+def test_sigint_stops_after_a_saved_step_and_the_rerun_goes_on(tmp_path, monkeypatch, capsys):
+    cfg = small_config("grpo", steps=2)  # checkpoint_every=1000: only the stop saves step 1
+    log_step = rl.log_step
+
+    def ctrl_c_in_step_1(*args, **kwargs):
+        log_step(*args, **kwargs)
+        if args[5] == 1:  # done
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(rl, "log_step", ctrl_c_in_step_1)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(lifecycle.Stopped) as stopped:
+        rl.train(cfg, str(tmp_path))
+    assert stopped.value.signum == signal.SIGINT and stopped.value.where == "RL step 1"
+    assert "rerun with the same --workdir to resume" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is handler  # the previous handler is back
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+    monkeypatch.setattr(rl, "log_step", log_step)
+    rl.train(cfg, str(tmp_path))
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]
+
+
+def test_an_error_waits_for_the_save_in_flight_and_closes_the_inputs(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    json_save = ocp.handlers.JsonCheckpointHandler._save_fn
+
+    async def slow_save(self, x, directory):  # a save still on its way when the error comes
+        time.sleep(1.0)
+        return await json_save(self, x, directory)
+
+    observe = rl.observe
+
+    def fails_in_step_2(inp, batch, metrics, rl_step):
+        if rl_step == 1:
+            raise RuntimeError("step 2 failed")
+        return observe(inp, batch, metrics, rl_step)
+
+    closed = []
+    monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, "_save_fn", slow_save)
+    monkeypatch.setattr(rl, "observe", fails_in_step_2)
+    monkeypatch.setattr(inputs.Inputs, "close", lambda self: closed.append(1), raising=False)
+    cfg = small_config("grpo", steps=3)
+    cfg.train.checkpoint_every = 1
+    with pytest.raises(RuntimeError, match="step 2 failed"):
+        rl.train(cfg, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]  # complete when it raised
+    assert closed == [1]
+
+
+def test_a_second_run_on_the_workdir_is_refused_and_a_killed_runs_lock_is_not(tmp_path):
+    workdir = str(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom lrmjax.train import lifecycle\n"
+         "with lifecycle.Run(sys.argv[1]) as run:\n    run.lock(True)\n"
+         "    print('locked', flush=True)\n    time.sleep(600)\n", workdir],
+        cwd=REPO, stdout=subprocess.PIPE, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        t0 = time.time()
+        with pytest.raises(lifecycle.WorkdirBusy,
+                           match=rf"host {re.escape(socket.gethostname())}, pid {holder.pid}\b"):
+            rl.train(small_config("grpo", steps=1), workdir)
+        assert time.time() - t0 < 10
+        assert sorted(os.listdir(workdir)) == [".lock"]  # the refused run wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    rl.train(small_config("grpo", steps=1), workdir)  # a killed holder's lock is gone
+    assert [r["step"] for r in read_metrics(workdir)] == [1]
+
+
+def test_a_killed_warm_start_resumes_where_it_was(tmp_path, monkeypatch):
+    cfg = small_config("grpo", steps=1)
+    cfg.sft.steps, cfg.sft.eval_every, cfg.sft.warmup_steps = 10, 4, 2
+    cfg.sft.batch_size, cfg.sft.eval_size = 8, 4
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    rl.train(cfg, a)
+    demonstrations, calls = sft_lib.demonstrations, []
+
+    def counted(inp, examples, kill_at=None):
+        calls.append(1)
+        if len(calls) == kill_at:
+            raise RuntimeError("killed")
+        return demonstrations(inp, examples)
+
+    monkeypatch.setattr(sft_lib, "demonstrations", lambda *a: counted(*a, kill_at=6))
+    with pytest.raises(RuntimeError, match="killed"):  # in SFT step 6; step 4 is saved
+        rl.train(cfg, b)
+    calls.clear()
+    monkeypatch.setattr(sft_lib, "demonstrations", counted)
+    rl.train(cfg, b)
+    assert len(calls) == 6  # SFT steps 5..10
+    for phase in ("sft", "eval", "rl"):
+        assert read_metrics(b, phase=phase) == read_metrics(a, phase=phase), phase
+    assert [r["step"] for r in read_metrics(b, phase="sft")] == [4, 8, 10, 10]
+    want, got = _summary(a)["sft"], _summary(b)["sft"]
+    assert want.pop("seconds") > 0 and got.pop("seconds") > 0 and got == want

@@ -5,15 +5,26 @@ process builds (or loads from the persistent compilation cache), whoever asked f
 train step, the sampler, a stray `jnp` call on the host. The RL loop compiles its step before
 the loop and then expects no compiles after its first step; a compile there means a new
 shape, dtype or sharding reached a jitted function, which the loop reports by name.
+
+`compile_programs` builds what the RL loop runs on the devices (`Programs`) and compiles the
+train step ahead of the loop, logging its memory.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import functools
 import threading
+import time
 from typing import Any
 
 import jax
+import ml_collections
+
+from lrmjax import parallel
+from lrmjax.train import steps, update_batch
+from lrmjax.train.state import TrainState
 
 # The event jax records around every XLA compilation (jax._src.dispatch.BACKEND_COMPILE_EVENT).
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -88,3 +99,50 @@ def describe_memory(name: str, memory: dict[str, float], seconds: float | None =
     parts = ", ".join(f"{k} {memory[k]:.1f}" for k in
                       ("arguments", "outputs", "temporaries", "aliased", "code"))
     return f"{head}; per device {memory['peak']:.1f} MiB peak ({parts} MiB)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """What the loop runs on the devices, compiled for one run.
+
+    Attributes:
+      train_step: (state, minibatch) -> (state, metrics), jitted with explicit shardings.
+      passes: the log-prob, value and advantage passes that build the update batch.
+      state_sharding: the TrainState's shardings (the train step's in and out layout).
+    """
+
+    train_step: Any
+    passes: update_batch.Passes
+    state_sharding: TrainState
+
+
+def compile_programs(cfg: ml_collections.ConfigDict, inp: Any, state: TrainState,
+                     state_sh: TrainState, ref_params: Any, writer: Any, *,
+                     ahead_of_time: bool, first_step: int) -> Programs:
+    """Jits the train step and the batch passes. With `ahead_of_time`, compiles the train
+    step now, for the batch `update_batch.spec` describes, and logs its memory: an
+    out-of-memory shows before any sampling, and the loop's calls hit this executable."""
+    logprob_group, update_group = steps.shared_prompt_groups(cfg, inp.mesh)
+    temperature = inp.train_sampling.score_temperature
+    passes = update_batch.make_passes(cfg, inp.model_cfg, inp.prompt_len, temperature,
+                                      logprob_group)
+    # Explicit in/out shardings keep the state in one layout across steps (so neither the
+    # step nor the sampler, which reads the same params, ever recompiles for a new layout).
+    train_step = jax.jit(
+        functools.partial(steps.rl_train_step, model_cfg=inp.model_cfg, algo=cfg.rl,
+                          prompt_len=inp.prompt_len, temperature=temperature,
+                          microbatches=cfg.train.microbatches, on_policy=passes.on_policy,
+                          group_size=update_group),
+        in_shardings=(state_sh, parallel.batch_sharding(inp.mesh)),
+        out_shardings=(state_sh, parallel.replicated(inp.mesh)), donate_argnums=(0,))
+    if ahead_of_time:
+        spec = update_batch.spec(cfg, passes, state, ref_params, inp.prompt_len, inp.mesh)
+        t0 = time.perf_counter()
+        compiled = train_step.lower(state, spec).compile()
+        seconds = time.perf_counter() - t0
+        memory = memory_mib(compiled)
+        writer.log(describe_memory("train step", memory, seconds))
+        writer.write(first_step, {"perf/train_step_compile_s": seconds,
+                                  **{f"perf/train_step_{k}_mib": v for k, v in memory.items()}},
+                     phase="compile")
+    return Programs(train_step, passes, state_sh)

@@ -7,6 +7,7 @@ habits carry over.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -26,10 +27,12 @@ TB_FLUSH_SECS = 10
 
 
 class MetricsWriter:
-    """Writes scalar metrics to `<workdir>/metrics.jsonl` and TensorBoard (`<workdir>/tb`).
+    """Writes scalar metrics to `<workdir>/metrics.jsonl` and TensorBoard: the warm start's
+    rows (phase "sft", counted in SFT steps) to `<workdir>/tb/sft`, the others (counted in RL
+    steps) to `<workdir>/tb`.
 
-    Only process 0 of a multi-host run writes (pass `enabled=False` elsewhere). Appends on
-    resume: steps already in the JSONL are not rewritten.
+    Only process 0 of a multi-host run writes (pass `enabled=False` elsewhere). Appends to
+    what is there; a resumed run first calls `resume` so that its logs read as one run's.
     """
 
     def __init__(self, workdir: str, enabled: bool = True, progress_total: int | None = None,
@@ -38,28 +41,74 @@ class MetricsWriter:
         self.workdir = workdir
         self.keys = dict(keys or {"reward/mean": "reward"})  # metric -> short label
         self._bar = None
-        self._tb = None
+        self._tb: dict[str, Any] = {}   # TensorBoard run dir -> FileWriter, opened on first use
+        self._purge: dict[str, int] = {}  # run dir -> purge step for its next event file
         self._jsonl = None
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-        from tensorboardX import FileWriter
-
-        # Events reach the file every TB_FLUSH_SECS from tensorboardX's own thread, and at
-        # close: a flush per row would fsync the file on the training thread (slow on network
-        # file systems). metrics.jsonl is flushed every row.
-        self._tb = FileWriter(os.path.join(workdir, "tb"), flush_secs=TB_FLUSH_SECS)
         if progress and progress_total:
             from tqdm import tqdm
 
             self._bar = tqdm(total=progress_total, dynamic_ncols=True, file=sys.stdout,
                              mininterval=1.0)
 
+    def resume(self, rl_step: int, sft_step: int | None = None) -> None:
+        """Drops the rows a resumed run will write again: the run goes on after RL step
+        `rl_step`, or, with `sft_step`, after that step of the warm start (no RL step done).
+
+        metrics.jsonl keeps the warm start's rows up to `sft_step` (all of them when None) and
+        the other rows (rl, eval, compile) up to `rl_step` (none when it is 0: the run starts
+        RL afresh); rollouts.jsonl keeps the same RL steps. Both are rewritten atomically, and
+        a line cut off by a kill is dropped. TensorBoard's next event file in each run dir starts
+        with a purge marker (tensorboardX's `purge_step`): TensorBoard then hides that run's
+        older events at steps from `rl_step + 1` (`sft_step + 1`), or all of them when the step
+        is 0. Compile rows are the one thing logged at the resumed step: one per start.
+        """
+        def kept(row: dict[str, Any]) -> bool:
+            if row.get("phase") == "sft":
+                return sft_step is None or row["step"] <= sft_step
+            return sft_step is None and rl_step > 0 and row["step"] <= rl_step
+
+        if not self.enabled:
+            return
+        self._close_files()
+        _filter_jsonl(os.path.join(self.workdir, "metrics.jsonl"), kept)
+        _filter_jsonl(os.path.join(self.workdir, "rollouts.jsonl"),
+                      lambda row: sft_step is None and row["step"] <= rl_step)
+        self._purge = {"tb": rl_step + 1 if rl_step and sft_step is None else 0}
+        if sft_step is not None:
+            self._purge[os.path.join("tb", "sft")] = sft_step + 1 if sft_step else 0
+        for run in self._purge:  # old events to hide: mark them now, even if nothing follows
+            if glob.glob(os.path.join(self.workdir, run, "events.out.tfevents.*")):
+                self._event_file(run)
+
+    def _event_file(self, run: str) -> Any:
+        if run not in self._tb:
+            from tensorboardX import FileWriter
+            from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+            # Events reach the file every TB_FLUSH_SECS from tensorboardX's own thread, and
+            # at close: a flush per row would fsync the file on the training thread (slow on
+            # network file systems). metrics.jsonl is flushed every row.
+            # The name's time is in seconds, and a second file of the same second would
+            # overwrite the first: the suffix keeps names apart (and in order).
+            w = FileWriter(os.path.join(self.workdir, run), flush_secs=TB_FLUSH_SECS,
+                           filename_suffix=f".{time.time_ns()}")
+            if run in self._purge:
+                step = self._purge[run]
+                w.add_event(Event(step=step, file_version="brain.Event:2"))
+                w.add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+            self._tb[run] = w
+        return self._tb[run]
+
     def write(self, step: int, metrics: Mapping[str, Any], phase: str = "rl") -> None:
         if not self.enabled:
             return
         row = {k: _scalar(v) for k, v in metrics.items()}
+        if self._jsonl is None:
+            self._jsonl = open(os.path.join(self.workdir, "metrics.jsonl"), "a",
+                               encoding="utf-8")
         self._jsonl.write(json.dumps({"step": int(step), "phase": phase, "time": time.time(),
                                       **row}) + "\n")
         self._jsonl.flush()
@@ -70,7 +119,8 @@ class MetricsWriter:
         # TensorBoard tags may not contain '@'.
         values = [Summary.Value(tag=self._tag(k, phase), simple_value=v)
                   for k, v in row.items() if math.isfinite(v)]
-        self._tb.add_summary(Summary(value=values), int(step))
+        run = os.path.join("tb", "sft") if phase == "sft" else "tb"
+        self._event_file(run).add_summary(Summary(value=values), int(step))
 
     @staticmethod
     def _tag(key: str, phase: str) -> str:
@@ -93,13 +143,40 @@ class MetricsWriter:
         else:
             print(text, flush=True)
 
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        if self._tb is not None:
-            self._tb.close()
+    def _close_files(self) -> None:
+        for w in self._tb.values():
+            w.close()
+        self._tb = {}
         if self._jsonl is not None:
             self._jsonl.close()
+            self._jsonl = None
+
+    def close(self) -> None:
+        """Flushes and closes the files. Safe to call twice."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._close_files()
+
+
+def _filter_jsonl(path: str, keep: Any) -> None:
+    """Rewrites the JSONL file `path` (if any) with the rows `keep(row)` accepts; lines that do
+    not parse (one cut off by a kill) go too. Atomic: a kill leaves the old or the new file."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if keep(row):
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
 
 
 def write_rollouts(path: str, step: int, prompts: Sequence[str], completions: Sequence[str],

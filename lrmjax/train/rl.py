@@ -8,8 +8,13 @@ whose body is a list of named stages:
   prepare  old/ref log-probs, values, advantages: the batch  (`update_batch.build`)
   update   ppo_epochs x minibatches of the jitted train step (`steps.rl_train_step`)
   log      metrics, progress, sampled rollouts
-  eval     held-out accuracy every `eval.every` steps        (`evaluate.evaluate`)
-  save     a checkpoint every `train.checkpoint_every` steps
+  eval     held-out accuracy every `eval.every` steps and at the last (`evaluate.evaluate`)
+  save     a checkpoint every `train.checkpoint_every` steps, at the last and on a stop
+           signal; `best/` at evaluated steps                 (`checkpoint.Checkpointer`)
+
+The whole call holds the workdir (`lifecycle.Run`): one run at a time, a stop at a step
+boundary on SIGINT / SIGTERM, and the saves in flight finished on every way out. The last
+checkpoint holds the final evaluation, so a rerun of a finished run reports it as it was.
 
 The loop runs under `jax.transfer_guard("disallow")`: every host <-> device copy in it is an
 explicit `jax.device_put` / `jax.device_get`, so an accidental round trip through the host
@@ -37,10 +42,11 @@ from lrmjax import host, parallel
 from lrmjax.models import heads
 from lrmjax.rl import kl as kl_lib
 from lrmjax.train import checkpoint as ckpt_lib
-from lrmjax.train import compilation, rollouts, steps, update_batch
+from lrmjax.train import compilation, lifecycle, rollouts, update_batch
 from lrmjax.train import evaluate as eval_lib
 from lrmjax.train import metrics as metrics_lib
 from lrmjax.train import sft as sft_lib
+from lrmjax.train.compilation import Programs
 from lrmjax.train.inputs import Inputs, build_inputs
 from lrmjax.train.rollouts import ScoredBatch
 from lrmjax.train.state import TrainState, adamw, lr_schedule, place_state
@@ -50,29 +56,17 @@ class NonFiniteError(RuntimeError):
     """Raised after too many consecutive updates with a non-finite loss or gradient."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Programs:
-    """What the loop runs on the devices, compiled for one run.
-
-    Attributes:
-      train_step: (state, minibatch) -> (state, metrics), jitted with explicit shardings.
-      passes: the log-prob, value and advantage passes that build the update batch.
-      state_sharding: the TrainState's shardings (the train step's in and out layout).
-    """
-
-    train_step: Any
-    passes: update_batch.Passes
-    state_sharding: TrainState
-
-
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Runs (or resumes) the experiment `cfg` in `workdir`. Returns the final eval metrics."""
-    with compilation.CompileCounter() as compiles:
-        return _train(cfg, workdir, compiles)
+    """Runs (or resumes) the experiment `cfg` in `workdir`. Returns the final eval metrics.
+
+    Raises `lifecycle.WorkdirBusy` if another run holds `workdir`, and `lifecycle.Stopped`
+    after a SIGINT / SIGTERM stopped the run at a saved step."""
+    with compilation.CompileCounter() as compiles, lifecycle.Run(workdir) as run:
+        return _train(cfg, workdir, compiles, run)
 
 
-def _train(cfg: ml_collections.ConfigDict, workdir: str,
-           compiles: compilation.CompileCounter) -> dict[str, float]:
+def _train(cfg: ml_collections.ConfigDict, workdir: str, compiles: compilation.CompileCounter,
+           run: lifecycle.Run) -> dict[str, float]:
     # ---------------------------------------------------------------- mesh and inputs
     host.tune_malloc(cfg)  # before the backend starts, if it has not yet (lrmjax/host.py)
     if cfg.mesh.distributed and not jax.distributed.is_initialized():
@@ -83,12 +77,19 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
     config_lib.validate(cfg, jax.device_count(), jax.process_count())
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
-    inp = build_inputs(cfg, workdir)
+    run.lock(is_main)  # before anything in the workdir is read or written
+    inp = run.own(build_inputs(cfg, workdir))
     algo = cfg.rl
-    writer = metrics_lib.MetricsWriter(
+    writer = run.own(metrics_lib.MetricsWriter(
         workdir, enabled=is_main, progress_total=cfg.train.steps, progress=cfg.train.progress,
         keys={"reward/mean": "reward", "response_length/mean": "len",
-              "actor/pg_clipfrac": "clipfrac", "timing_s/step": "s/step"})
+              "actor/pg_clipfrac": "clipfrac", "timing_s/step": "s/step"}))
+    run.log = writer.log
+    ckpt = run.own(ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints, owner=True))
+    latest = ckpt.latest_step()
+    sft_ckpt = run.own(sft_lib.checkpointer(workdir)) if latest is None and cfg.sft.steps else None
+    # The logs go on from the step the run goes on from (rows after it are written again).
+    writer.resume(latest or 0, None if sft_ckpt is None else sft_ckpt.latest_step() or 0)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
@@ -106,10 +107,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
                           grad_clip=cfg.optim.grad_clip)
     state = TrainState.create(inp.init_params, tx, kl_coef=algo.kl_coef)
     extras: dict[str, Any] = {"phase": "sft" if cfg.sft.steps > 0 else "rl", "rl_step": 0}
-    ckpt = ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
-    latest = ckpt.latest_step()
-    if latest is None and cfg.sft.steps > 0:
-        state, extras["sft"] = sft_lib.warm_start(inp, state, writer)
+    if sft_ckpt is not None:
+        state, extras["sft"] = sft_lib.warm_start(inp, state, writer, sft_ckpt, run)
     if algo.use_critic:
         critic_params = heads.init_from_policy(inp.model_cfg, state.params,
                                                jax.random.key(cfg.seed + 7))
@@ -120,6 +119,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
         ref_params = jax.tree.map(jnp.copy, state.params)  # the policy at RL start
     if latest is not None:
         state, extras = ckpt.restore(latest, state)
+        ckpt.forget_best_after(latest)
         if ref_params is not None:
             ref_params = ckpt_lib.restore_reference(workdir, ref_params)
         inp.data_iter.set_state(extras["data"])
@@ -130,13 +130,12 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
 
     # ---------------------------------------------------------------- compiled programs
     first = extras["rl_step"]
-    progs = compile_programs(cfg, inp, state, state_sh, ref_params, writer,
-                             ahead_of_time=first < cfg.train.steps, first_step=first)
+    progs = compilation.compile_programs(cfg, inp, state, state_sh, ref_params, writer,
+                                         ahead_of_time=first < cfg.train.steps,
+                                         first_step=first)
     eval_key = jax.random.key(cfg.seed + 99)  # the same draws at every evaluation
-    eval_metrics = extras.get("eval_before") or run_eval(inp, state.params, eval_key, writer,
-                                                         first)
     if first == 0:
-        extras["eval_before"] = eval_metrics
+        extras["eval_before"] = run_eval(inp, state.params, eval_key, writer, 0)
 
     # ---------------------------------------------------------------- the RL loop
     base_key = jax.random.key(cfg.seed)
@@ -162,20 +161,19 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
             log_step(inp, writer, batch, data, m, done, ref_params is not None,
                      compiles.new_since(compiles_before), first_step=rl_step == first)
             if consecutive_bad >= cfg.train.max_nonfinite:
-                ckpt.close()
                 raise NonFiniteError(
                     f"{consecutive_bad} consecutive updates had a non-finite loss or gradient "
                     f"at RL step {done}; params were left unchanged by each. Lower optim.lr "
                     "or check the rewards (config 'train.max_nonfinite' sets the limit).")
-            if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
-                eval_metrics = run_eval(inp, state.params, eval_key, writer, done)
-            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
-                extras.update(rl_step=done, phase="rl", data=inp.data_iter.get_state())
-                ckpt.save(done, state, extras, eval_metrics)
+            evaluated = None
+            if (cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.train.steps:
+                evaluated = run_eval(inp, state.params, eval_key, writer, done)
+            save(inp, ckpt, run, state, extras, done, evaluated)
 
     # ---------------------------------------------------------------- final eval and export
-    final = (run_eval(inp, state.params, eval_key, writer, cfg.train.steps)
-             if first < cfg.train.steps else eval_metrics)
+    last_eval = extras.get("eval", {})  # taken at the last step, or else taken again
+    final = (last_eval["metrics"] if last_eval.get("step") == cfg.train.steps
+             else run_eval(inp, state.params, eval_key, writer, cfg.train.steps))
     ckpt.close()
     if is_main:
         summary = {"before": extras.get("eval_before", {}), "after": final,
@@ -196,41 +194,6 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str,
 
         multihost_utils.sync_global_devices("lrmjax.train: done")
     return final
-
-
-# -------------------------------------------------------------------- setup
-
-
-def compile_programs(cfg: ml_collections.ConfigDict, inp: Inputs, state: TrainState,
-                     state_sh: TrainState, ref_params: Any, writer: Any, *,
-                     ahead_of_time: bool, first_step: int) -> Programs:
-    """Jits the train step and the batch passes. With `ahead_of_time`, compiles the train
-    step now, for the batch `update_batch.spec` describes, and logs its memory: an
-    out-of-memory shows before any sampling, and the loop's calls hit this executable."""
-    logprob_group, update_group = steps.shared_prompt_groups(cfg, inp.mesh)
-    temperature = inp.train_sampling.score_temperature
-    passes = update_batch.make_passes(cfg, inp.model_cfg, inp.prompt_len, temperature,
-                                      logprob_group)
-    # Explicit in/out shardings keep the state in one layout across steps (so neither the
-    # step nor the sampler, which reads the same params, ever recompiles for a new layout).
-    train_step = jax.jit(
-        functools.partial(steps.rl_train_step, model_cfg=inp.model_cfg, algo=cfg.rl,
-                          prompt_len=inp.prompt_len, temperature=temperature,
-                          microbatches=cfg.train.microbatches, on_policy=passes.on_policy,
-                          group_size=update_group),
-        in_shardings=(state_sh, parallel.batch_sharding(inp.mesh)),
-        out_shardings=(state_sh, parallel.replicated(inp.mesh)), donate_argnums=(0,))
-    if ahead_of_time:
-        spec = update_batch.spec(cfg, passes, state, ref_params, inp.prompt_len, inp.mesh)
-        t0 = time.perf_counter()
-        compiled = train_step.lower(state, spec).compile()
-        seconds = time.perf_counter() - t0
-        memory = compilation.memory_mib(compiled)
-        writer.log(compilation.describe_memory("train step", memory, seconds))
-        writer.write(first_step, {"perf/train_step_compile_s": seconds,
-                                  **{f"perf/train_step_{k}_mib": v for k, v in memory.items()}},
-                     phase="compile")
-    return Programs(train_step, passes, state_sh)
 
 
 # -------------------------------------------------------------------- the loop's stages
@@ -337,6 +300,30 @@ def log_step(inp: Inputs, writer: Any, batch: ScoredBatch, data: dict[str, jax.A
         metrics_lib.write_rollouts(os.path.join(writer.workdir, "rollouts.jsonl"), done,
                                    [ex.prompt for ex in batch.repeated_examples()],
                                    batch.completions, batch.rewards.tolist())
+
+
+def save(inp: Inputs, ckpt: ckpt_lib.Checkpointer, run: lifecycle.Run, state: TrainState,
+         extras: dict[str, Any], done: int, evaluated: dict[str, float] | None) -> None:
+    """The save stage after RL step `done`: a checkpoint every `train.checkpoint_every` steps,
+    at the last step and when a stop signal came (then `run.stop` raises once it is written);
+    `best/` when the step was `evaluated`. Extras carry the data position and the last
+    evaluation with the step it was taken at."""
+    cfg = inp.cfg
+    if evaluated is not None:
+        extras["eval"] = {"step": done, "metrics": evaluated}
+    stop, last = run.stop_requested(), done == cfg.train.steps
+    regular = done % cfg.train.checkpoint_every == 0 or last or stop
+    if regular or evaluated:
+        extras.update(rl_step=done, phase="rl", data=inp.data_iter.get_state())
+    if regular:
+        ckpt.save(done, state, extras)
+    else:
+        ckpt.check()  # a background save that failed stops the run here
+    if evaluated:
+        ckpt.save_best(done, state, extras, evaluated)
+    if stop and not last:
+        ckpt.wait()
+        run.stop(f"RL step {done}")
 
 
 def run_eval(inp: Inputs, params: Any, key: jax.Array, writer: Any, step: int

@@ -1,5 +1,12 @@
 """Supervised warm start on task demonstrations, for models that cannot yet produce the
-answer format (RL needs some reward signal to start from)."""
+answer format (RL needs some reward signal to start from).
+
+The warm start checkpoints itself to `workdir/sft` (params, optimizer state, data position,
+summary so far) every `sft.eval_every` steps, at its end, and when a stop signal arrives; a
+killed or stopped warm start resumes at its last checkpoint and ends as an uninterrupted one
+would. Its last checkpoint, marked done, lets a run killed before its first RL checkpoint skip
+the warm start on rerun.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +18,24 @@ import jax
 
 from lrmjax import parallel
 from lrmjax.data import datasets
+from lrmjax.train import checkpoint as ckpt_lib
 from lrmjax.train import evaluate as eval_lib
 from lrmjax.train import steps
 from lrmjax.train.inputs import Inputs, demonstrations
-from lrmjax.train.state import TrainState, adamw, lr_schedule
+from lrmjax.train.state import TrainState, adamw, lr_schedule, place_state
 
 
-def warm_start(inp: Inputs, state: TrainState, writer: Any) -> tuple[TrainState, dict]:
+def checkpointer(workdir: str) -> ckpt_lib.Checkpointer:
+    """The warm start's checkpoints: `workdir/sft`, the last one kept."""
+    return ckpt_lib.Checkpointer(workdir, keep=1, best_metric=None, name="sft", owner=True)
+
+
+def warm_start(inp: Inputs, state: TrainState, writer: Any, ckpt: ckpt_lib.Checkpointer,
+               run: Any) -> tuple[TrainState, dict]:
     """Trains on (prompt, demonstration) pairs for `sft.steps` steps, or until held-out greedy
-    accuracy reaches `sft.target_accuracy` (checked every `sft.eval_every` steps).
+    accuracy reaches `sft.target_accuracy` (checked every `sft.eval_every` steps), resuming
+    from `ckpt`'s last checkpoint if there is one. `run` (`lifecycle.Run`) is asked for a stop
+    after each step.
 
     Returns the state with the new params (and a fresh SFT optimizer's state, which the RL
     phase discards) and the SFT summary metrics.
@@ -28,7 +44,8 @@ def warm_start(inp: Inputs, state: TrainState, writer: Any) -> tuple[TrainState,
     s = cfg.sft
     tx = adamw(lr_schedule(s.lr, s.warmup_steps, s.steps, "constant"),
                grad_clip=cfg.optim.grad_clip)
-    state = TrainState.create(state.params, tx)
+    # Every leaf in a NamedSharding on the mesh: a restored state comes back in these.
+    state, _ = place_state(TrainState.create(state.params, tx), inp.mesh)
     step_fn = jax.jit(functools.partial(steps.sft_train_step, model_cfg=inp.model_cfg),
                       donate_argnums=(0,))
     # A separate shuffle of the training prompts (seeded apart from the RL iterator's); each
@@ -37,23 +54,41 @@ def warm_start(inp: Inputs, state: TrainState, writer: Any) -> tuple[TrainState,
     data = iter(datasets.PromptDataset(inp.train_source, s.batch_size // hosts,
                                        seed=cfg.seed + 1, shard_index=jax.process_index(),
                                        shard_count=hosts))
-    t0 = time.perf_counter()
-    accuracy, step = float("nan"), 0
-    for step in range(1, s.steps + 1):
+    summary = {"steps": 0, "eval_greedy_pass@1": float("nan"), "seconds": 0.0}
+    if (latest := ckpt.latest_step()) is not None:
+        state, extras = ckpt.restore(latest, state)
+        data.set_state(extras["data"])
+        summary = extras["summary"]
+        if extras["done"]:
+            ckpt.close()
+            return state, summary
+        writer.log(f"resumed the warm start from {ckpt.manager.directory} at step {latest}")
+    t0 = time.perf_counter() - summary["seconds"]
+    for step in range(summary["steps"] + 1, s.steps + 1):
         batch = {k: parallel.host_to_global(v, inp.mesh) for k, v in
                  demonstrations(inp, next(data)).items()}
         state, m = step_fn(state, batch)
         if step % 10 == 0:
             writer.write(step, jax.device_get(m), phase="sft")
-        if step % s.eval_every == 0 or step == s.steps:
+        evaluate, done = step % s.eval_every == 0, step == s.steps
+        if evaluate or done:
             accuracy = _greedy_accuracy(inp, state.params, inp.eval_examples[:s.eval_size])
             writer.write(step, {"sft/eval_greedy_pass@1": accuracy}, phase="sft")
             writer.log(f"sft step {step}: loss {float(m['sft/loss']):.3f}, held-out greedy "
                        f"accuracy {accuracy:.3f}")
-            if accuracy >= s.target_accuracy:
-                break
-    return state, {"steps": step, "eval_greedy_pass@1": accuracy,
-                   "seconds": time.perf_counter() - t0}
+            summary["eval_greedy_pass@1"] = accuracy
+            done = done or accuracy >= s.target_accuracy
+        summary.update(steps=step, seconds=time.perf_counter() - t0)
+        stop = run.stop_requested()
+        if evaluate or done or stop:
+            ckpt.save(step, state, {"done": done, "data": data.get_state(), "summary": summary})
+        if stop:
+            ckpt.wait()
+            run.stop(f"SFT step {step}")
+        if done:
+            break
+    ckpt.close()
+    return state, summary
 
 
 def _greedy_accuracy(inp: Inputs, params: Any, examples: list) -> float:
