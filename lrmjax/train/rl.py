@@ -90,6 +90,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, compiles: compilation.C
     sft_ckpt = run.own(sft_lib.checkpointer(workdir)) if latest is None and cfg.sft.steps else None
     # The logs go on from the step the run goes on from (rows after it are written again).
     writer.resume(latest or 0, None if sft_ckpt is None else sft_ckpt.latest_step() or 0)
+    if latest is None:  # what loading the data kept and dropped (bad rows, long prompts)
+        writer.write(0, inp.data_stats, phase="data")
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
