@@ -59,13 +59,15 @@ def test_unknown_argument_raises(name):
         _load(name).get_config("bogus")
 
 
-def _run_cli(name: str, workdir: str) -> None:
+def _run_cli(name: str, workdir: str, *flags: str) -> None:
     # The conftest environment (8 faked CPU devices, shared XLA compilation cache) is inherited.
     proc = subprocess.run(
         [sys.executable, "-m", "lrmjax.main", f"--config={REPO}/configs/{name}.py:runlocal",
-         f"--workdir={workdir}"], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+         f"--workdir={workdir}", *flags], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
-    assert proc.returncode == 0, proc.stdout.decode(errors="replace")[-4000:]
+    output = proc.stdout.decode(errors="replace")
+    assert proc.returncode == 0, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]  # nothing goes wrong at exit either
     cfg = _load(name).get_config("runlocal")
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     rl_steps = sorted({r["step"] for r in rows if r["phase"] == "rl"})
@@ -95,4 +97,6 @@ def test_every_config_has_a_runlocal_case():
 
 @pytest.mark.parametrize("name", RUNLOCAL)
 def test_runlocal_end_to_end(name, tmp_path):
-    _run_cli(name, str(tmp_path / name))
+    # The fast smoke run scores in a reward worker process, as real runs do.
+    flags = ["--config.reward.num_workers=1"] if name == "arith_grpo" else []
+    _run_cli(name, str(tmp_path / name), *flags)

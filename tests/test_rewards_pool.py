@@ -1,17 +1,28 @@
-"""Tests for lrmjax.rewards.pool.RewardPool: failures score 0 and are counted, hangs are
-killed within their timeout, workers are replaced, and the code reward runs 1,000 sandboxed
-programs without leaking processes or temporary directories."""
+"""Tests for lrmjax.rewards.pool.RewardPool: failures score 0 and are counted (the first of
+each kind logged, a reward failing every row stopped), hangs are killed within their timeout
+and cost no worker restart, workers are replaced and die with their parent, custom rewards
+reach the workers, and the code reward runs 1,000 sandboxed programs without leaking
+processes or temporary directories."""
 
+import json
+import logging
 import math
 import os
+import pathlib
+import signal
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from multiprocessing import resource_tracker
 
 import numpy as np
 import pytest
 
-from lrmjax.rewards import RewardPool, RewardResult, get, sandbox
+from lrmjax.rewards import RewardPool, RewardResult, combine, get, register, sandbox, shape
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 # Module-level so that spawned workers can import them by reference.
@@ -111,6 +122,207 @@ def test_registered_name_in_workers_with_missing_answer_counted():
             [{"answer": "4"}, {"answer": "4"}, {}])
     np.testing.assert_array_equal(scores, [1.0, 0.0, 0.0])
     assert metrics["reward/errors"] == 1.0
+
+
+def test_first_failure_of_each_kind_is_logged_once(caplog):
+    fn = combine({"format": 1.0, behaving: 1.0})
+    with RewardPool(fn, num_workers=0) as pool, caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            _, metrics, _ = pool.score(*_batch(["ok", "raise", "str", "raise"]))
+            assert metrics["reward/errors"] == 3.0
+    logged = [r.getMessage() for r in caplog.records if r.name == "lrmjax.rewards.pool"]
+    assert len(logged) == 2, logged
+    assert ("reward 'format+behaving': RuntimeError: reward bug (in the part 'behaving' of "
+            "reward 'format+behaving')") in logged[0]
+    assert "ValueError: reward score '1.0' (str) is not a number" in logged[1]
+
+
+def test_a_reward_failing_on_every_row_stops_after_three_calls():
+    with RewardPool(behaving, num_workers=0) as pool:
+        # Fails on every row: 1; a good row resets the count; 1, 2; a call without rows
+        # changes nothing.
+        for modes in (["raise"] * 2, ["raise", "ok"], ["raise"], ["raise"] * 3, []):
+            pool.score(*_batch(modes))
+        with pytest.raises(RuntimeError, match="reward 'behaving' failed on every row of 3 "
+                                               "consecutive calls: RuntimeError: reward bug"):
+            pool.score(*_batch(["raise"]))
+
+
+# A custom reward registered by a module the trainer imported (here: this test module).
+@register("test_pool_custom")
+def custom(prompts, completions, metadata, bonus=0.0):
+    return [len(c) + bonus for c in completions]
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("test_pool_custom", [1.0, 2.0]),
+    (combine({"test_pool_custom": 2.0, "format": 0.5}), [2.0, 4.0]),  # weighted, combined
+    (get("test_pool_custom", bonus=1.0), [2.0, 3.0]),
+    (shape("test_pool_custom"), [1.0, 2.0]),
+], ids=["alone", "combined", "options", "shaped"])
+def test_custom_reward_scores_in_workers(spec, want):
+    with RewardPool(spec, num_workers=1, timeout_s=60.0, spares=0) as pool:
+        scores, metrics, _ = pool.score(["p", "p"], ["a", "bb"], [{}, {}])
+    assert metrics["reward/errors"] == 0.0
+    np.testing.assert_array_equal(scores, want)
+
+
+def _python_script(tmp_path, source, *args, **kwargs):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, str(script), *map(str, args)], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+
+
+def test_custom_reward_defined_in_main_scores_in_workers(tmp_path):
+    proc = _python_script(tmp_path, """
+        import json
+
+        from lrmjax.rewards import RewardPool, combine, register
+
+
+        @register("mine")
+        def mine(prompts, completions, metadata):
+            return [float(len(c)) for c in completions]
+
+
+        if __name__ == "__main__":
+            fn = combine({"mine": 2.0, "format": 0.5})
+            with RewardPool(fn, num_workers=1, spares=0) as pool:
+                scores, metrics, _ = pool.score(["p", "p"], ["a", "bb"], [{}, {}])
+            print(json.dumps([scores.tolist(), metrics["reward/errors"]]))
+        """)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out.splitlines()[-1]) == [[2.0, 4.0], 0.0]
+
+
+class SlowToLoad:
+    """Scores 1, hangs on the completion "hang", and takes `load_s` to load in a worker (as a
+    reward that loads a model or a large library does): a worker restart is expensive."""
+
+    def __init__(self, load_s):
+        self.load_s = load_s
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        time.sleep(self.load_s)
+
+    def __call__(self, prompts, completions, metadata):
+        if "hang" in completions:
+            time.sleep(3600)
+        return [1.0] * len(completions)
+
+
+def _wait_for_spares(pool, timeout_s=60.0):
+    spares = pool._crew.spares if hasattr(pool, "_crew") else []
+    deadline = time.monotonic() + timeout_s
+    while not all(s.poll_ready() for s in spares) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_hangs_stall_a_call_by_their_timeout_not_by_worker_restarts():
+    """Both workers hang at once: a warm spare takes over when they are killed, so the call
+    does not wait the replacements' start-up (3 s here; the stall used to be timeout +
+    start-up)."""
+    timeout = 0.5
+    with RewardPool(SlowToLoad(3.0), num_workers=2, timeout_s=timeout) as pool:
+        pool.score(["p"] * 2, ["ok"] * 2, [{}] * 2)  # the workers are up
+        _wait_for_spares(pool)
+        completions = ["hang", "hang"] + ["ok"] * 6
+        start = time.monotonic()
+        scores, metrics, _ = pool.score(["p"] * 8, completions, [{}] * 8)
+        elapsed = time.monotonic() - start
+    assert metrics["reward/timeouts"] == 2.0
+    np.testing.assert_array_equal(scores, [0.0, 0.0] + [1.0] * 6)
+    print(f"\n2 of 8 rows hang, 2 workers, timeout_s={timeout}: the call took {elapsed:.2f} s")
+    assert elapsed < timeout + 2.0
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_workers_die_with_a_sigkilled_parent(tmp_path):
+    """A parent with two pools (one started by a thread that has exited since), each worker
+    mid-task, is SIGKILLed: every worker is gone within seconds."""
+    markers = tmp_path / "busy"
+    markers.mkdir()
+    proc = _python_script(tmp_path, """
+        import os
+        import sys
+        import threading
+        import time
+
+        from lrmjax.rewards import RewardPool
+
+
+        def hang(prompts, completions, metadata):
+            open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
+            time.sleep(3600)
+
+
+        if __name__ == "__main__":
+            made = []
+            starter = threading.Thread(
+                target=lambda: made.append(RewardPool(hang, num_workers=1, timeout_s=3600,
+                                                       spares=0)))
+            starter.start()
+            starter.join()
+            pools = [RewardPool(hang, num_workers=1, timeout_s=3600, spares=0), made[0]]
+            print(" ".join(str(w.proc.pid) for p in pools for w in p._workers), flush=True)
+            for p in pools:
+                threading.Thread(target=p.score, args=(["p"], ["x"], [{}]), daemon=True).start()
+            time.sleep(3600)
+        """, markers)
+    pids = []
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        deadline = time.monotonic() + 60
+        while len(os.listdir(markers)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(os.listdir(markers)) == 2, proc.stderr.read() if proc.poll() else ""
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [p for p in pids if _alive(p)]
+    for p in left:  # do not leave them hanging for an hour
+        os.kill(p, signal.SIGKILL)
+    assert pids and left == []
+
+
+def test_ctrl_c_stops_the_trainer_not_its_workers(tmp_path):
+    """Ctrl-C sends SIGINT to the whole process group: the parent handles it (here: closes
+    the pool and exits), and no worker prints a KeyboardInterrupt traceback."""
+    proc = _python_script(tmp_path, """
+        import time
+
+        from lrmjax.rewards import RewardPool
+
+        if __name__ == "__main__":
+            with RewardPool("format", num_workers=1) as pool:
+                pool.score(["p"], ["x"], [{}])
+                try:
+                    print("ready", flush=True)
+                    time.sleep(60)
+                except KeyboardInterrupt:
+                    pass
+                pool.score(["p"], ["x"], [{}])  # the workers are still there
+        """, start_new_session=True)
+    assert proc.stdout.readline() == "ready\n"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
 
 
 def _uid_pids(worker_pids):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -111,6 +112,37 @@ def test_code_reward_gets_the_sandbox_option_and_refuses_to_start_without_isolat
     cfg.reward.fns = {"code": 1.0, "format": 0.5}
     res = inputs.outcome_reward(cfg)(["p"], ["```python\nx = 1\n```"], [{"tests": ["assert x"]}])
     assert res.components["code"] == [1.0] and res.components["code/sandbox_isolated"] == [0.0]
+
+
+def test_custom_reward_weighted_and_combined_scores_in_workers():
+    """`reward.fns` weighting a reward registered by a module the config imports (here
+    train_helpers) and combining it: the workers import that module, so no row errors."""
+    from lrmjax.rewards import RewardPool
+
+    cfg = small_config("grpo")
+    cfg.reward.fns = {"test_starts_with_7": 2.0, "format": 0.5}
+    with RewardPool(inputs.outcome_reward(cfg), num_workers=1, timeout_s=120.0,
+                    spares=0) as pool:
+        scores, metrics, _ = pool.score(["p", "p"], ["7", "8"], [{}, {}])
+    assert metrics["reward/errors"] == 0.0
+    np.testing.assert_array_equal(scores, [2.0, 0.0])
+
+
+def test_inputs_close_stops_every_reward_worker():
+    from lrmjax.rewards import RewardPool, process
+
+    pool = RewardPool("format", num_workers=1, timeout_s=30.0)
+    step_pool = RewardPool(process.get_process("arithmetic_digits"), num_workers=1, spares=0)
+    inp = inputs.Inputs(**{f.name: None for f in dataclasses.fields(inputs.Inputs)}
+                        | {"pool": pool, "process_pools": {"arithmetic_digits": (step_pool, 1.0)}})
+    pool.score(["p"], ["x"], [{}])  # started and ready
+    pids = [w.proc.pid for p in (pool, step_pool) for w in p._workers + p._crew.spares]
+    assert len(pids) == 3  # two workers and a spare
+    inp.close()
+    inp.close()  # idempotent
+    assert [pid for pid in pids if os.path.exists(f"/proc/{pid}")] == []  # exited and reaped
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.score(["p"], ["x"], [{}])
 
 
 def test_sandbox_isolation_reaches_metrics(tmp_path, monkeypatch):

@@ -12,7 +12,14 @@ attribute ``group_level = True``; :class:`~lrmjax.rewards.pool.RewardPool` then 
 whole groups (rows sharing ``metadata["group_id"]``) instead of single rows.
 
 Reward functions raise on malformed input (naming the row); the pool turns a raise into a
-0 score and counts it, so a run never crashes on a reward.
+0 score, counts it and logs the first of each kind, so a bad row never crashes a run (a
+reward that fails on every row of several calls in a row does stop it).
+
+A custom reward is registered with ``@register("name")`` in the trainer process. Worker
+processes get it as an object, never as a name: `get`, `combine` and `shape` resolve names
+here, and a function pickles by reference, so the worker imports the module that defines
+it (re-running its ``@register``). Define custom rewards at module level of an importable
+module (imported by the config, say) or of the script run as ``__main__``.
 """
 
 from __future__ import annotations
@@ -152,24 +159,25 @@ class CombinedReward:
     """Weighted sum of reward functions: ``score = sum_k w_k * r_k``.
 
     Components hold each part's unweighted scores under its name (plus the parts' own
-    components as ``<name>/<component>``). Picklable when its parts are registered names or
-    module-level functions, so it runs in pool workers. Group-level iff any part is.
+    components as ``<name>/<component>``). Names are resolved here, in the process that
+    registered them: the parts are held as function objects, which pickle by reference
+    (module and qualified name), so pool workers import each part's module, custom ones
+    included, instead of looking a name up in their own registry. Group-level iff any part
+    is. A part that raises gets a note naming it.
     """
 
     def __init__(self, weights: Mapping[str | Callable[..., Any], float]):
         if not weights:
             raise ValueError("combine() needs at least one reward")
-        self.parts: list[tuple[str, str | Callable[..., Any], float]] = []
+        self.parts: list[tuple[str, Callable[..., Any], float]] = []
         for fn, w in weights.items():
-            if isinstance(fn, str):
-                get(fn)  # validate the name now, not in a worker
             if not isinstance(w, (int, float)) or not math.isfinite(w):
                 raise ValueError(f"weight for {fn_name(fn)!r} must be a finite number, got {w!r}")
-            self.parts.append((fn_name(fn), fn, float(w)))
+            self.parts.append((fn_name(fn), resolve(fn), float(w)))
         seen = [p[0] for p in self.parts]
         if len(set(seen)) != len(seen):
             raise ValueError(f"combine(): duplicate component names {seen}")
-        self.group_level = any(is_group_level(resolve(fn)) for _, fn, _ in self.parts)
+        self.group_level = any(is_group_level(fn) for _, fn, _ in self.parts)
         self.name = "+".join(seen)
 
     def __call__(self, prompts: list[str], completions: list[str],
@@ -179,7 +187,11 @@ class CombinedReward:
         total = np.zeros(n, dtype=np.float64)
         components: dict[str, list[float]] = {}
         for name, fn, w in self.parts:
-            res = as_result(resolve(fn)(prompts, completions, metadata), n)
+            try:
+                res = as_result(fn(prompts, completions, metadata), n)
+            except Exception as e:
+                e.add_note(f"in the part {name!r} of reward {self.name!r}")
+                raise
             total += w * np.asarray(res.scores, dtype=np.float64)
             components[name] = res.scores
             for sub, values in res.components.items():

@@ -1,16 +1,31 @@
 """Run reward functions in worker processes with a per-task timeout.
 
-A reward must never crash or stall training. :class:`RewardPool` sends each row (or, for a
+A bad row must never crash or stall training. :class:`RewardPool` sends each row (or, for a
 group-level reward, each group of rows sharing ``metadata["group_id"]``) to a worker
 process as one task. A task that raises, returns the wrong shape, kills its worker, or
 runs past ``timeout_s`` scores 0 for its rows and is counted; a NaN/inf score becomes 0 and
-is counted. A worker past its deadline is SIGKILLed and replaced, so one hang costs at
-most ``timeout_s`` of wall time while the other workers keep going.
+is counted. The first failure of each kind (per exception type) is logged with its message.
+A reward that fails on every row of `max_failing_calls` consecutive calls raises
+RuntimeError naming it and its error: a broken reward stops a run instead of training it on
+zeros.
+
+A worker past its deadline is SIGKILLed and a warm spare worker takes its place at once
+(a fresh spare then starts in the background), so a hung task holds one worker for
+``timeout_s`` and the call never waits for a worker to restart while a spare is warm.
 
 Workers start with the ``spawn`` method (the trainer process has JAX threads; fork is
-unsafe) and import the reward in their main thread, where math-verify's ``signal.alarm``
-timeouts work. A worker reports ready only after the reward is imported, and deadlines
-start at dispatch, so slow imports do not count against a task.
+unsafe) and load the reward in their main thread, where math-verify's ``signal.alarm``
+timeouts work. The reward goes to them pickled, i.e. by reference for a function: the
+worker imports the function's module (re-running its ``@register``), so a custom reward
+works there as long as it is defined at module level of an importable module or of the
+script run as ``__main__``. A worker reports ready only after the reward is loaded, and
+deadlines start at dispatch, so slow imports do not count against a task.
+
+Workers die with the process that started them: on Linux they ask the kernel for SIGKILL
+when their parent exits (PR_SET_PDEATHSIG, set only for workers started from the main
+thread, since it fires when the starting *thread* exits), and a watchdog thread in each
+worker exits when its lifeline pipe to the parent closes. They ignore SIGINT: Ctrl-C reaches
+the whole process group, and the trainer handles it and stops them.
 
 ``num_workers=0`` runs in-process (tests, debugging): same error / NaN handling, but no
 timeout (a hang blocks the caller; a timeout needs a process to kill).
@@ -23,18 +38,30 @@ Metrics returned by :meth:`RewardPool.score` (floats):
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing as mp
+import os
+import pickle
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
+from multiprocessing import util as mp_util
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
 
-from lrmjax.rewards.base import as_result, check_batch, is_group_level, resolve
+from lrmjax.rewards.base import as_result, check_batch, fn_name, is_group_level, resolve
 
-_OK, _ERROR, _READY = "ok", "error", "ready"
+log = logging.getLogger(__name__)
+
+_OK, _ERROR, _READY, _TIMEOUT = "ok", "error", "ready", "timeout"
+# A reward that fails on every row of this many consecutive calls stops the run.
+MAX_FAILING_CALLS = 3
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _run_task(fn: Callable[..., Any], prompts: list[str], completions: list[str],
@@ -50,15 +77,44 @@ def _run_task(fn: Callable[..., Any], prompts: list[str], completions: list[str]
         res = as_result(fn(prompts, completions, metadata), len(completions))
         return _OK, (res.scores, res.components)
     except (Exception, SystemExit) as e:  # any reward failure is scored 0 and counted
-        return _ERROR, f"{type(e).__name__}: {e}"[:1000]
+        notes = "".join(f" ({note})" for note in getattr(e, "__notes__", ()))
+        return _ERROR, f"{type(e).__name__}: {e}{notes}"[:1000]
 
 
-def _worker_main(conn: Connection, fn_spec: str | Callable[..., Any]) -> None:
-    """Worker process: resolve the reward, then serve tasks until told to stop."""
+def _tie_to_parent(lifeline: Connection, pdeathsig: bool) -> None:
+    """Makes this worker exit when the process that started it does, even mid-task."""
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the watchdog below still covers it
+            pass
+
+    def watchdog() -> None:
+        # The parent never writes to the lifeline: it becomes readable (EOF) only when the
+        # parent closes it or dies. Also catches a parent that died before the prctl above.
+        wait([lifeline])
+        os._exit(1)
+
+    threading.Thread(target=watchdog, name="reward-worker-watchdog", daemon=True).start()
+
+
+def _worker_main(conn: Connection, lifeline: Connection, payload: bytes,
+                 pdeathsig: bool) -> None:
+    """Worker process: load the reward, then serve tasks until told to stop."""
+    # Ctrl-C in a terminal reaches the whole process group: the trainer handles it and stops
+    # the workers (a KeyboardInterrupt here would print a traceback per worker). SIGINT was
+    # blocked since the start (see _Worker): ignore it, then unblock it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _tie_to_parent(lifeline, pdeathsig)
     try:
-        fn = resolve(fn_spec)
-    except Exception as e:  # noqa: BLE001
-        conn.send((_ERROR, f"could not load reward {fn_spec!r}: {e}"))
+        fn = pickle.loads(payload)  # imports the reward's module (and its registrations)
+    except BaseException as e:  # noqa: BLE001 - ImportError, AttributeError, SystemExit, ...
+        conn.send((_ERROR, f"could not load the reward in a worker process: "
+                           f"{type(e).__name__}: {e}"))
         return
     conn.send((_READY, None))
     while True:
@@ -69,39 +125,124 @@ def _worker_main(conn: Connection, fn_spec: str | Callable[..., Any]) -> None:
         if msg is None:
             return
         task_id, prompts, completions, metadata = msg
-        status, payload = _run_task(fn, prompts, completions, metadata)
+        status, result = _run_task(fn, prompts, completions, metadata)
         try:
-            conn.send((task_id, status, payload))
+            conn.send((task_id, status, result))
         except Exception as e:  # noqa: BLE001 - e.g. an unpicklable component
             conn.send((task_id, _ERROR, f"could not send result: {e}"))
 
 
 class _Worker:
-    def __init__(self, ctx: Any, fn_spec: Any):
+    def __init__(self, ctx: Any, payload: bytes):
         self.conn, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child, fn_spec), daemon=True)
-        self.proc.start()
+        their_lifeline, self.lifeline = ctx.Pipe(duplex=False)
+        pdeathsig = threading.current_thread() is threading.main_thread()
+        self.proc = ctx.Process(target=_worker_main, daemon=True,
+                                args=(child, their_lifeline, payload, pdeathsig))
+        # The child inherits this thread's signal mask: with SIGINT blocked, a Ctrl-C while
+        # it starts up cannot interrupt it (once running it ignores SIGINT, see _worker_main).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
+        their_lifeline.close()
         self.ready = False
         self.task: int | None = None
         self.deadline = math.inf
 
-    def kill(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(timeout=5)
-        self.conn.close()
+    def on_start(self, msg: tuple[str, Any] | None) -> None:
+        """Handles the start-up message (None: the worker died before sending one)."""
+        if msg is None:
+            raise RuntimeError("reward worker died while starting; check that the reward "
+                               "imports in a fresh process")
+        if msg[0] != _READY:
+            raise RuntimeError(f"reward worker failed to start: {msg[1]}")
+        self.ready = True
 
-    def stop(self) -> None:
-        try:
-            self.conn.send(None)
-        except (OSError, ValueError):
-            pass
-        self.proc.join(timeout=2)
+    def poll_ready(self) -> bool:
+        """True once the worker has loaded the reward (never blocks)."""
+        if not self.ready and self.conn.poll(0):
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                msg = None
+            self.on_start(msg)
+        return self.ready
+
+    def kill(self) -> None:
+        """SIGKILLs the worker without waiting for it to exit (`_Crew.kill` reaps it later)."""
         if self.proc.is_alive():
             self.proc.kill()
-            self.proc.join(timeout=5)
         self.conn.close()
+        self.lifeline.close()
+
+
+class _Crew:
+    """The pool's processes: active workers (one per slot), warm spares, and killed ones
+    not yet reaped. Separate from the pool so that its shutdown can run at interpreter exit
+    (multiprocessing's exit hook) without keeping the pool alive."""
+
+    def __init__(self, start: Callable[[], _Worker], workers: int, spares: int) -> None:
+        self.start = start
+        self.workers = [start() for _ in range(workers)]
+        self.spares = [start() for _ in range(spares)]
+        self.dying: list[Any] = []
+
+    def kill(self, w: _Worker) -> None:
+        w.kill()
+        self.dying.append(w.proc)
+        alive = []
+        for p in self.dying:
+            if p.is_alive():  # waitpid(WNOHANG): collects it once it has exited
+                alive.append(p)
+            else:
+                p.close()
+        self.dying = alive
+
+    def replace(self, k: int) -> None:
+        """Kills worker k; a warm spare takes its slot and a fresh spare starts in the
+        background, or without a warm spare a fresh worker takes the slot."""
+        self.kill(self.workers[k])
+        for s in list(self.spares):
+            if s.poll_ready() and not s.proc.is_alive():  # died while idle
+                self.spares.remove(s)
+                self.kill(s)
+                self.spares.append(self.start())
+        warm = next((s for s in self.spares if s.ready), None)
+        if warm is None:
+            self.workers[k] = self.start()
+        else:
+            self.spares.remove(warm)
+            self.workers[k] = warm
+            self.spares.append(self.start())
+
+    def shutdown(self) -> None:
+        """Stops every process: idle ready workers are asked to exit, the rest (busy,
+        starting) are killed; waits at most a few seconds in all. Idempotent."""
+        everyone, self.workers, self.spares = self.workers + self.spares, [], []
+        for w in everyone:
+            try:
+                if w.ready and w.task is None:
+                    w.conn.send(None)
+                    continue
+            except (OSError, ValueError):
+                pass
+            if w.proc.is_alive():
+                w.proc.kill()
+        deadline = time.monotonic() + 2.0
+        for p in [w.proc for w in everyone] + self.dying:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.exitcode is None:
+                p.kill()
+                p.join(5)
+            if p.exitcode is not None:
+                p.close()
+        for w in everyone:
+            w.conn.close()
+            w.lifeline.close()
+        self.dying = []
 
 
 class RewardPool:
@@ -114,26 +255,49 @@ class RewardPool:
       timeout_s: per-task wall-clock limit (one row, or one group for group-level rewards).
         For the code reward keep it above the sandbox's own timeout.
       start_method: "spawn" (default) or "forkserver".
+      spares: warm workers kept idle to replace a killed or dead worker at once.
+      max_failing_calls: raise after this many consecutive calls in which every row failed
+        (raised, timed out, killed its worker); None never raises.
 
-    Use as a context manager or call :meth:`close`.
+    Use as a context manager or call :meth:`close` (idempotent; also run at interpreter
+    exit and when the pool is garbage collected).
     """
 
     def __init__(self, reward_fn: str | Callable[..., Any], num_workers: int = 2,
-                 timeout_s: float = 5.0, start_method: str = "spawn"):
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+                 timeout_s: float = 5.0, start_method: str = "spawn", spares: int = 1,
+                 max_failing_calls: int | None = MAX_FAILING_CALLS):
+        if num_workers < 0 or spares < 0:
+            raise ValueError(f"num_workers and spares must be >= 0, got {num_workers}, "
+                             f"{spares}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(f"start_method must be 'spawn' or 'forkserver' (fork is unsafe "
                              f"with JAX threads), got {start_method!r}")
-        self.fn_spec = reward_fn
         self.fn = resolve(reward_fn)  # validates a name in the parent, not in a worker
+        self.name = fn_name(reward_fn)
         self.group_level = is_group_level(self.fn)
         self.process = bool(getattr(self.fn, "process", False))  # register_process: steps
         self.num_workers, self.timeout_s = num_workers, timeout_s
-        self._ctx = mp.get_context(start_method)
-        self._workers = [_Worker(self._ctx, self.fn_spec) for _ in range(num_workers)]
+        self.max_failing_calls = max_failing_calls
+        self._failing_calls = 0
+        self._logged: set[str] = set()
+        self._closed = False
+        self._crew: _Crew | None = None
+        if num_workers == 0:
+            return
+        try:
+            payload = pickle.dumps(self.fn)
+        except (pickle.PicklingError, AttributeError) as e:
+            raise TypeError(
+                f"reward {self.name!r} cannot go to worker processes ({e}): define it at "
+                "module level, in an importable module or the script run as __main__, or "
+                "use num_workers=0") from e
+        ctx = mp.get_context(start_method)
+        self._crew = _Crew(lambda: _Worker(ctx, payload), num_workers, spares)
+        # Stops the workers at close(), garbage collection or interpreter exit (before
+        # multiprocessing terminates its daemon children), whichever comes first.
+        self._finalizer = mp_util.Finalize(self, self._crew.shutdown, exitpriority=10)
 
     def __enter__(self) -> RewardPool:
         return self
@@ -143,9 +307,13 @@ class RewardPool:
 
     def close(self) -> None:
         """Stops all workers (idempotent)."""
-        for w in self._workers:
-            w.stop()
-        self._workers = []
+        self._closed = True
+        if self._crew is not None:
+            self._finalizer()  # runs the shutdown once; later calls do nothing
+
+    @property
+    def _workers(self) -> list[_Worker]:
+        return self._crew.workers if self._crew is not None else []
 
     def _tasks(self, metadata: list[dict]) -> list[list[int]]:
         if getattr(self.fn, "batched", False):
@@ -175,7 +343,34 @@ class RewardPool:
                                        [metadata[i] for i in rows])
         else:
             self._run_parallel(tasks, prompts, completions, metadata, results)
+        self._account(tasks, results)
         return tasks, results
+
+    def _account(self, tasks: list[list[int]], results: list[tuple[str, Any]]) -> None:
+        """Logs the first failure of each kind; raises after `max_failing_calls`
+        consecutive calls in which every row failed."""
+        failed, first = 0, None
+        for rows, (status, payload) in zip(tasks, results, strict=True):
+            if status == _OK:
+                continue
+            failed += len(rows)
+            text = (payload if status == _ERROR else
+                    f"Timeout: a task ran past timeout_s={self.timeout_s:g}")
+            first = first or text
+            kind = text.split(":", 1)[0]
+            if kind not in self._logged:
+                self._logged.add(kind)
+                log.warning("reward %r: %s (the first failure of this kind; a failed row "
+                            "scores 0 and is counted in reward/errors or reward/timeouts)",
+                            self.name, text)
+        rows = sum(len(r) for r in tasks)
+        if not rows or failed < rows:
+            self._failing_calls = 0 if rows else self._failing_calls
+            return
+        self._failing_calls += 1
+        if self.max_failing_calls and self._failing_calls >= self.max_failing_calls:
+            raise RuntimeError(f"reward {self.name!r} failed on every row of "
+                               f"{self._failing_calls} consecutive calls: {first}")
 
     def score_steps(self, prompts: list[str], completions: list[str], metadata: list[dict]
                     ) -> tuple[list[list[Any]], dict[str, float]]:
@@ -190,7 +385,7 @@ class RewardPool:
         steps: list[list[Any]] = [[] for _ in completions]
         errors = timeouts = 0
         for rows, (status, payload) in zip(tasks, results, strict=True):
-            if status == "timeout":
+            if status == _TIMEOUT:
                 timeouts += len(rows)
             elif status == _ERROR:
                 errors += len(rows)
@@ -218,7 +413,7 @@ class RewardPool:
         comps: dict[str, np.ndarray] = {}
         errors = timeouts = nonfinite = 0
         for rows, (status, payload) in zip(tasks, results, strict=True):
-            if status == "timeout":
+            if status == _TIMEOUT:
                 timeouts += len(rows)
                 continue
             if status == _ERROR:
@@ -249,13 +444,15 @@ class RewardPool:
     def _run_parallel(self, tasks: list[list[int]], prompts: list[str],
                       completions: list[str], metadata: list[dict],
                       results: list[tuple[str, Any] | None]) -> None:
-        if not self._workers:
+        if self._closed or self._crew is None:
             raise RuntimeError("RewardPool is closed")
+        crew = self._crew
+        workers = crew.workers
         pending = list(range(len(tasks)))[::-1]  # pop() from the end = in order
         remaining = len(tasks)
         while remaining:
             now = time.monotonic()
-            for k, w in enumerate(self._workers):
+            for k, w in enumerate(workers):
                 if w.ready and w.task is None and pending:
                     t = pending.pop()
                     rows = tasks[t]
@@ -265,36 +462,35 @@ class RewardPool:
                                      [metadata[i] for i in rows]))
                     except Exception as e:  # noqa: BLE001 - e.g. unpicklable metadata
                         if isinstance(e, (BrokenPipeError, OSError)):
-                            self._replace(k)
+                            crew.replace(k)
                         results[t] = (_ERROR, f"could not send task: {e}")
                         remaining -= 1
                         continue
                     w.task, w.deadline = t, now + self.timeout_s
             if not remaining:
                 break
-            next_deadline = min((w.deadline for w in self._workers), default=math.inf)
-            ready = wait([w.conn for w in self._workers],
+            next_deadline = min((w.deadline for w in workers), default=math.inf)
+            ready = wait([w.conn for w in workers],
                          timeout=None if next_deadline == math.inf
                          else max(0.0, next_deadline - time.monotonic()))
             ready_ids = {id(c) for c in ready}
-            for k, w in enumerate(self._workers):
+            for k, w in enumerate(workers):
                 if id(w.conn) in ready_ids:
                     try:
                         msg = w.conn.recv()
-                    except (EOFError, OSError) as e:
+                    except (EOFError, OSError):
                         # The worker died (segfault, os._exit, OOM kill): its task failed.
+                        if not w.ready:
+                            w.on_start(None)  # raises
                         if w.task is not None:
-                            results[w.task] = (_ERROR, "worker died")
+                            w.proc.join(1)  # for its exit code
+                            results[w.task] = (_ERROR, f"worker died: exit code "
+                                                       f"{w.proc.exitcode}")
                             remaining -= 1
-                        elif not w.ready:
-                            raise RuntimeError("reward worker died while starting; check "
-                                               "that the reward imports in a fresh process") from e
-                        self._replace(k)
+                        crew.replace(k)
                         continue
-                    if msg[0] == _READY:
-                        w.ready = True
-                    elif msg[0] == _ERROR and not w.ready:
-                        raise RuntimeError(f"reward worker failed to start: {msg[1]}")
+                    if not w.ready:
+                        w.on_start(msg)
                     else:
                         t, status, payload = msg
                         if t == w.task:
@@ -302,11 +498,7 @@ class RewardPool:
                             remaining -= 1
                             w.task, w.deadline = None, math.inf
                 elif w.task is not None and time.monotonic() >= w.deadline:
-                    results[w.task] = ("timeout", None)
+                    results[w.task] = (_TIMEOUT, None)
                     remaining -= 1
-                    self._replace(k)
+                    crew.replace(k)
 
-    def _replace(self, k: int) -> None:
-        """Kills worker k and starts a fresh one in its slot (ready when it says so)."""
-        self._workers[k].kill()
-        self._workers[k] = _Worker(self._ctx, self.fn_spec)

@@ -115,16 +115,17 @@ class ShapedReward:
 
     def __init__(self, base: str | Callable[..., Any], *, length_weight: float = 0.0,
                  correct_threshold: float = 1.0, length_key: str = "response_tokens"):
-        self.base, self.length_weight = base, length_weight
+        # Resolved here, in the process that registered the name (see rewards.base).
+        self.base, self.length_weight = resolve(base), length_weight
         self.correct_threshold, self.length_key = correct_threshold, length_key
-        self.group_level = is_group_level(resolve(base)) or length_weight != 0.0
+        self.group_level = is_group_level(self.base) or length_weight != 0.0
         self.name = f"shaped({fn_name(base)})"
 
     def __call__(self, prompts: list[str], completions: list[str], metadata: list[dict]
                  ) -> RewardResult:
         check_batch(prompts, completions, metadata)
         n = len(completions)
-        res = as_result(resolve(self.base)(prompts, completions, metadata), n)
+        res = as_result(self.base(prompts, completions, metadata), n)
         base = np.asarray(res.scores, dtype=np.float64)
         total = base.copy()
         components = {"base": res.scores}

@@ -156,6 +156,12 @@ class Inputs:
             n = len(rewards) // len(examples)
             self.data_iter.update([ex for ex in examples for _ in range(n)], rewards.tolist())
 
+    def close(self) -> None:
+        """Stops the worker processes of every reward pool: the outcome pool and the process
+        pools. Idempotent."""
+        for pool in [self.pool, *(p for p, _ in self.process_pools.values())]:
+            pool.close()
+
     # ------------------------------------------------------------ accounting and export
     def step_flops(self, rows: int, length: int, epochs: int, with_ref: bool,
                    with_critic: bool) -> float:
@@ -405,11 +411,14 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
 def outcome_reward(cfg: ml_collections.ConfigDict) -> reward_base.RewardFn:
     """The outcome reward of `reward.fns`: one registered reward, or their weighted sum.
 
-    Rewards with options in the config get them bound (``reward.sandbox.allow_unisolated`` ->
-    the `code` reward), so they also reach the pool's worker processes. Raises ValueError for
-    an unknown name, and RuntimeError for the `code` reward where the sandbox cannot isolate
-    programs and the config does not allow that: a run refuses to start rather than score
-    every row as an error.
+    Names resolve here, in the trainer process, to function objects, which reach the pool's
+    worker processes by reference (the worker imports the defining module): a custom reward
+    registered by a module the config imported works alone, weighted or combined. Rewards
+    with options in the config get them bound (``reward.sandbox.allow_unisolated`` -> the
+    `code` reward), so they also reach the workers. Raises ValueError for an unknown name,
+    and RuntimeError for the `code` reward where the sandbox cannot isolate programs and the
+    config does not allow that: a run refuses to start rather than score every row as an
+    error.
     """
     fns = {name: float(w) for name, w in cfg.reward.fns.items()}
     for name in fns:
