@@ -87,6 +87,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.reward.process_fns = ml_collections.ConfigDict()
     c.reward.num_workers = 0         # 0 = in-process (no timeouts); >0 = worker processes
     c.reward.timeout_s = 10.0
+    # A reward that fails (raises, times out) on every row of this many consecutive scoring
+    # calls stops the run with its error, instead of training on zeros (0 = never).
+    c.reward.max_failing_calls = 3
     # The `code` reward's sandbox (lrmjax/rewards/sandbox.py) isolates programs only as root
     # with util-linux unshare/setpriv; elsewhere the run refuses to start, naming what is
     # missing, unless allow_unisolated (then programs run as plain child processes with this

@@ -166,6 +166,7 @@ RANGES: dict[str, Range] = {
     "sampling.max_prompt_len": _COUNT,
     "reward.num_workers": _NON_NEGATIVE,   # 0 = in-process
     "reward.timeout_s": _POSITIVE,
+    "reward.max_failing_calls": _NON_NEGATIVE,  # 0 = never stop
     "optim.lr": _RATE,
     "optim.warmup_steps": _NON_NEGATIVE,
     "optim.min_lr_ratio": _FRACTION,

@@ -174,6 +174,24 @@ def test_dynamic_sampling_keeps_batch_full(tmp_path):
         assert r["batch/groups"] == cfg.train.batch_prompts
 
 
+def test_a_reward_failing_every_row_stops_the_run_or_is_counted_in_every_round(tmp_path):
+    """A reward that raises on every row stops the run after reward.max_failing_calls scoring
+    calls, with its error; with the stop off (0) the run goes on and its errors are counted
+    over every dynamic-sampling round, not only the first."""
+    cfg = small_config("dapo", steps=1, overlong_buffer_len=2)
+    cfg.reward.fns = {"test_always_raises": 1.0}
+    cfg.train.max_refill_rounds = 2
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        rl.train(cfg, str(tmp_path / "stopped"))
+    cfg.reward.max_failing_calls = 0
+    rl.train(cfg, str(tmp_path / "counted"))
+    [row] = read_metrics(str(tmp_path / "counted"))
+    # Every group scores 0 everywhere: no variance, so 1 + 2 refill rounds are sampled.
+    rows_per_round = cfg.train.batch_prompts * cfg.sampling.n
+    assert row["filter_groups/rounds"] == 2
+    assert row["reward/errors"] == 3 * rows_per_round
+
+
 def test_nonfinite_updates_are_skipped_then_stop(tmp_path):
     cfg = small_config("grpo", steps=20, kl_mode="none", kl_coef=0.0)
     cfg.reward.fns = {"test_starts_with_7": 1.0}

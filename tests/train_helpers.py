@@ -23,6 +23,12 @@ def slow_starts_with_7(prompts, completions, metadata):
     return starts_with_7(prompts, completions, metadata)
 
 
+@reward_base.register("test_always_raises")
+def always_raises(prompts, completions, metadata):
+    """A broken verifier: every call raises."""
+    raise ValueError("test_always_raises: broken on purpose")
+
+
 def small_config(algorithm: str = "grpo", steps: int = 2, **rl_overrides):
     c = config_lib.base_config(algorithm)
     if rl_overrides:

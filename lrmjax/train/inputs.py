@@ -379,12 +379,12 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
                                                      mode=mode, band=band, **shard)
 
     fns = {name: float(w) for name, w in cfg.reward.fns.items()}
-    pool = RewardPool(outcome_reward(cfg), num_workers=cfg.reward.num_workers,
-                      timeout_s=cfg.reward.timeout_s)
-    process_pools = {
-        name: (RewardPool(process_lib.get_process(name), num_workers=cfg.reward.num_workers,
-                          timeout_s=cfg.reward.timeout_s), float(weight))
-        for name, weight in cfg.reward.process_fns.items()}
+    pool_options = dict(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
+                        max_failing_calls=cfg.reward.max_failing_calls)
+    pool = RewardPool(outcome_reward(cfg), **pool_options)
+    process_pools = {name: (RewardPool(process_lib.get_process(name), **pool_options),
+                            float(weight))
+                     for name, weight in cfg.reward.process_fns.items()}
 
     prompt_len = cfg.sampling.max_prompt_len
     sampler = Sampler(model_cfg, pad_id=tokenizer.pad_id, stop_ids=tokenizer.stop_ids,

@@ -129,7 +129,13 @@ def collect(inp: Inputs, params: Any, data_iter: Iterator[list[Example]], key: j
         if len(groups):
             parts.append((b, groups))
             total += len(groups)
-    return _concat_groups(parts, n)
+    out = _concat_groups(parts, n)
+    # The pool's counts and time of every round sampled, kept or not.
+    sampled = [b.reward_metrics for b, _ in kept]  # one entry per round
+    out.reward_metrics = {**out.reward_metrics, **{
+        k: float(sum(r.get(k, 0.0) for r in sampled))
+        for k in (*POOL_COUNTS, "timing_s/reward")}}
+    return out
 
 
 def _group_rows(groups: np.ndarray, n: int) -> np.ndarray:
