@@ -1,5 +1,7 @@
 """Tests for lrmjax.rewards.math_answer: extraction and hand-written equivalence cases."""
 
+import time
+
 import pytest
 
 from lrmjax.rewards import get
@@ -89,6 +91,8 @@ def test_case_count():
     ("<think>maybe 3</think><answer> 4 </answer>", "4"),
     ("<answer>so \\boxed{6}</answer>", "6"),
     ("<answer>1</answer> \\boxed{2}", "1"),
+    ("\\boxed{f = \\left\\{ x \\right.} ok", "f = \\left\\{ x \\right."),
+    ("<answer>a<answer>b</answer>", "b"),
     ("no answer at all", None),
 ])
 def test_extract_answer(text, expected):
@@ -118,3 +122,34 @@ def test_math_reward_missing_answer_names_row():
 def test_math_reward_bad_answer_type_names_row():
     with pytest.raises(ValueError, match="row 0.*must be str or number"):
         get("math")(["q"], ["\\boxed{1}"], [{"answer": None}])
+
+
+# Whole completions, scored by the registered reward: (reference, completion, score, why).
+COMPLETION_CASES = [
+    ("1", "\\boxed{1} \\boxed{2}", 0.0, "the last box counts, not the first"),
+    ("2", "\\boxed{1} \\boxed{2}", 1.0, "the last box counts"),
+    ("1", "so \\boxed{1 \\text{ or } 2}", 0.0, "a hedge is a set, not 1"),
+    ("1", "so \\boxed{1, 2}", 0.0, "a list is a set, not 1"),
+    ("1", "\\boxed{}", 0.0, "empty box"),
+    ("0", "\\boxed{}", 0.0, "empty box does not read as 0"),
+    ("1", "<answer>\\boxed{1}</answer>", 1.0, "box inside the answer tag"),
+    ("1", "<answer>it is \\boxed{1}</answer> then \\boxed{2}", 1.0, "the answer tag wins"),
+    ("1", "<answer>1 or \\boxed{2}</answer>", 0.0, "inside the tag, the box wins"),
+    ("1", "\\boxed{" + "1" * 100_000 + "}", 0.0, "a 100,000-character answer"),
+    ("1", "\\boxed{" + "1+" * 50_000 + "1}", 0.0, "a long expression is not parsed"),
+]
+
+
+@pytest.mark.parametrize("ref,completion,score,why", COMPLETION_CASES,
+                         ids=[f"{c[3]}" for c in COMPLETION_CASES])
+def test_completion_cases(ref, completion, score, why):
+    t0 = time.perf_counter()
+    assert get("math")(["q"], [completion], [{"answer": ref}]).scores == [score]
+    assert time.perf_counter() - t0 < 3.0  # sympy on long input takes seconds to minutes
+
+
+@pytest.mark.parametrize("text", ["\\boxed{" * 20_000, "<answer>" * 20_000])
+def test_extraction_is_linear(text):
+    t0 = time.perf_counter()
+    assert extract_answer(text) is None
+    assert time.perf_counter() - t0 < 1.0  # quadratic scans took minutes on these

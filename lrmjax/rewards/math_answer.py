@@ -8,9 +8,13 @@ applied to it.
 
 Extraction order (:func:`extract_answer`):
   1. the last ``<answer>...</answer>`` block (and inside it the last ``\\boxed{}`` if any);
-  2. the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces handled);
+  2. the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces matched; ``\\{`` and ``\\}``
+     are literal braces; an unclosed last box falls back to the one before it);
   3. the last GSM8K ``#### <answer>`` line.
-A completion with none of these scores 0 (not an error).
+A completion with none of these scores 0 (not an error). Only the one extracted answer is
+judged: ``\\boxed{1} \\boxed{2}`` answers 2, and ``\\boxed{1, 2}`` or ``\\boxed{1 \\text{ or }
+2}`` is the set {1, 2}, which equals neither 1 nor 2. An empty box, or a prediction longer
+than ``MAX_ANSWER_CHARS``, scores 0 without parsing (sympy can take minutes on long input).
 
 Equivalence (:func:`is_equivalent`) goes through HF ``math-verify``: fractions, decimals,
 percentages, LaTeX, sets, intervals, matrices, ``\\text{}`` units, thousands separators.
@@ -30,32 +34,47 @@ from math_verify import parse, verify
 
 from lrmjax.rewards.base import RewardResult, check_batch, register, require
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# Longer predictions score 0 unparsed: real final answers are short, and sympy's parse and
+# simplify are superlinear (a 100,000-character box took 5 s before its timeout fired).
+MAX_ANSWER_CHARS = 1000
+
 _GSM8K = re.compile(r"####\s*([^\n]+)")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\b")
 # "18 dollars", "3.5 cm", "1,200 apples": a bare number followed only by words.
 _NUMBER_WITH_WORDS = re.compile(r"^\s*\$?\s*([-+]?\d[\d,]*(?:\.\d+)?)\s*[A-Za-z][A-Za-z .]*$")
 
 
+def _matching_braces(text: str) -> dict[int, int]:
+    """Position of each ``{`` -> position of its ``}`` (one pass; ``\\{`` ``\\}`` are literal)."""
+    stack: list[int] = []
+    match: dict[int, int] = {}
+    for i, c in enumerate(text):
+        if c in "{}" and i > 0 and text[i - 1] == "\\":
+            continue
+        if c == "{":
+            stack.append(i)
+        elif c == "}" and stack:
+            match[stack.pop()] = i
+    return match
+
+
 def last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` (or ``\\fbox``), nested braces matched.
 
-    ``\\boxed 5`` (no braces) returns the next token. Unbalanced braces -> None.
+    ``\\boxed 5`` (no braces) returns the next token. An unclosed box is skipped in favour of
+    the one before it; None if no box closes. Linear in ``len(text)``.
     """
     matches = list(_BOXED.finditer(text))
+    braces = None
     for m in reversed(matches):
         i = m.end()
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, len(text)):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1 : j].strip()
+            if braces is None:
+                braces = _matching_braces(text)
+            if i in braces:
+                return text[i + 1 : braces[i]].strip()
             continue  # unbalanced: try an earlier box
         token = re.match(r"[^\s$]+", text[i:])
         if token:
@@ -63,11 +82,19 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+def _last_answer_tag(text: str) -> str | None:
+    """Content of the last closed ``<answer>...</answer>`` block (linear, unlike a lazy regex)."""
+    close = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, close) if close >= 0 else -1
+    if start < 0:
+        return None
+    return text[start + len("<answer>") : text.find("</answer>", start)]
+
+
 def extract_answer(text: str) -> str | None:
     """The final answer in `text` (see module docstring for the order), or None."""
-    tags = _ANSWER_TAG.findall(text)
-    if tags:
-        inner = tags[-1]
+    inner = _last_answer_tag(text)
+    if inner is not None:
         boxed = last_boxed(inner)
         return boxed if boxed is not None else inner.strip()
     boxed = last_boxed(text)
@@ -98,6 +125,8 @@ def _parse(ans: str) -> list:
 
 def is_equivalent(reference: str, prediction: str) -> bool:
     """True iff `prediction` is mathematically equal to `reference` (both answer strings)."""
+    if len(prediction) > MAX_ANSWER_CHARS:
+        return False
     ref, pred = _normalize_text(reference), _normalize_text(prediction)
     if not pred:
         return False
