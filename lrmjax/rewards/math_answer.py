@@ -16,10 +16,31 @@ judged: ``\\boxed{1} \\boxed{2}`` answers 2, and ``\\boxed{1, 2}`` or ``\\boxed{
 2}`` is the set {1, 2}, which equals neither 1 nor 2. An empty box, or a prediction longer
 than ``MAX_ANSWER_CHARS``, scores 0 without parsing (sympy can take minutes on long input).
 
-Equivalence (:func:`is_equivalent`) goes through HF ``math-verify``: fractions, decimals,
-percentages, LaTeX, sets, intervals, matrices, ``\\text{}`` units, thousands separators.
-Plain-word units after a number ("18 dollars") are stripped here first. When math-verify
-parses nothing (a text answer such as "yes"), normalized strings are compared.
+Equivalence (:func:`is_equivalent`) goes through HF ``math-verify`` (sympy): fractions in any
+spelling (``\\dfrac{1}{2}`` = ``\\frac12`` = ``1/2`` = ``0.5``), radicals, ``\\text{}`` and
+plain-word units, ``x = 3`` vs ``3``, sets (order-free), tuples (ordered), intervals
+(endpoints and open/closed ends must match), matrices, ``-0`` = ``0``, ``+5`` = ``5``. Before
+math-verify, both answers are normalized here, with these policy decisions:
+
+* Scientific notation: a decimal literal followed by ``e``/``E``, an optional sign and
+  digits, with no letter, digit, ``.``, ``^`` or ``{`` after it, is a power of ten: ``1e3`` =
+  ``1000``, ``1.5e-2`` = ``0.015``, ``2E5``. Anything else keeps ``e`` as Euler's number:
+  ``2e``, ``e^{2}``, ``3e^x``, ``2e - 3`` (spaced), ``1e3x``. (So a bare ``2e-3`` means 0.002,
+  not 2e - 3.) ``3 \\times 10^{4}`` and ``3\\cdot10^4`` are ordinary arithmetic. An answer
+  with a four-digit e-exponent scores 0 (sympy spends minutes building ``1E999999``).
+* Thousands separators: ``1,000`` = ``1 000`` = ``1\\,000`` = ``1{,}000`` = ``1000``. The
+  period is always the decimal point (GSM8K and MATH are US-style): ``1.000`` = ``1``.
+* Percentages: ``X\\%`` (or ``X%``, ``X percent``) equals X/100, and, when the other answer
+  has no percent sign, also X itself: GSM8K writes "what percent" answers as a plain 50,
+  and MATH writes probabilities as 0.5, so ``50\\%`` matches both (the cost: ``0.5\\%`` also
+  matches 0.5; a plain reference does not say whether it meant a percent). Two percentages
+  compare their numbers (``50\\%`` is not ``5000\\%``).
+* A number followed only by words (``18 dollars``) is the number, but a single letter or
+  ``pi`` after it is not a unit: ``5 i``, ``4 x``, ``3 pi`` are not 5, 4, 3.
+* Text answers (math-verify parses nothing, e.g. "yes") compare as normalized strings.
+
+Known gap (an xfail test): math-verify equates an open interval or point ``(1,2)`` with the
+set ``\\{1,2\\}``.
 
 math-verify's own timeouts use ``signal.alarm``, which only works in the main thread; off
 the main thread we disable them and rely on the pool's per-sample timeout.
@@ -29,6 +50,8 @@ from __future__ import annotations
 
 import re
 import threading
+from decimal import Decimal
+from fractions import Fraction
 
 from math_verify import parse, verify
 
@@ -40,8 +63,21 @@ MAX_ANSWER_CHARS = 1000
 
 _GSM8K = re.compile(r"####\s*([^\n]+)")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\b")
-# "18 dollars", "3.5 cm", "1,200 apples": a bare number followed only by words.
-_NUMBER_WITH_WORDS = re.compile(r"^\s*\$?\s*([-+]?\d[\d,]*(?:\.\d+)?)\s*[A-Za-z][A-Za-z .]*$")
+# "18 dollars", "3.5 cm", "1,200 apples": a bare number followed only by words. A single
+# letter or `pi` is a factor (5 i, 4 x, 3 pi), not a unit.
+_NUMBER_WITH_WORDS = re.compile(
+    r"^\s*\$?\s*([-+]?\d[\d,]*(?:\.\d+)?)\s*(?!(?i:pi)\b)[A-Za-z]{2,}[A-Za-z .]*$")
+_PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*(?:\\%|percent)\s*\}|\bpercent)\s*$")
+# 1e3, 1.5E-2, .5e+3: a literal power of ten (see the module docstring for the e rule).
+_SCIENTIFIC = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?|\.\d+)[eE]([+-]?\d+)(?![\w.^{])")
+# 1E999999 (even inside 1E999999x): sympy builds a million-digit Float for minutes, past
+# math-verify's timeout. Such an answer is not verified.
+_HUGE_EXPONENT = re.compile(r"\d[eE][+-]?\d{4}")
+# 1 000, 12 345 678, 1\,000: digit groups of three after a group of one to three digits,
+# separated by a space or a LaTeX thin/normal space.
+_SPACED_THOUSANDS = re.compile(
+    r"(?<![\d.])\d{1,3}(?:(?:\s|\\,|\\ |\\;|\\:|~)\d{3})+(?![\d])")
+_SPACE_SEPARATOR = re.compile(r"\s|\\,|\\ |\\;|\\:|~")
 
 
 def _matching_braces(text: str) -> dict[int, int]:
@@ -106,13 +142,25 @@ def extract_answer(text: str) -> str | None:
     return None
 
 
-def _normalize_text(ans: str) -> str:
+def _scientific_to_exact(m: re.Match) -> str:
+    value = Fraction(Decimal(m.group(1))) * Fraction(10) ** int(m.group(2))
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+
+
+def _normalize_text(ans: str) -> str | None:
+    """The answer string math-verify should see; None if it cannot be verified (huge exponent)."""
     ans = ans.strip().strip("$").strip()
     ans = ans.rstrip(".").strip()
+    ans = _PERCENT.sub("\\%", ans)
     m = _NUMBER_WITH_WORDS.match(ans)
     if m:
         ans = m.group(1)
-    return ans
+    if _HUGE_EXPONENT.search(ans):
+        return None
+    ans = _SCIENTIFIC.sub(_scientific_to_exact, ans)
+    return _SPACED_THOUSANDS.sub(lambda m: _SPACE_SEPARATOR.sub("", m.group(0)), ans)
 
 
 def _timeout() -> int | None:
@@ -123,17 +171,32 @@ def _parse(ans: str) -> list:
     return parse("\\boxed{" + ans + "}", parsing_timeout=_timeout())
 
 
-def is_equivalent(reference: str, prediction: str) -> bool:
-    """True iff `prediction` is mathematically equal to `reference` (both answer strings)."""
-    if len(prediction) > MAX_ANSWER_CHARS:
-        return False
-    ref, pred = _normalize_text(reference), _normalize_text(prediction)
-    if not pred:
-        return False
+def _equal(ref: str, pred: str) -> bool:
     ref_parsed, pred_parsed = _parse(ref), _parse(pred)
     if not ref_parsed or not pred_parsed:
         return " ".join(ref.lower().split()) == " ".join(pred.lower().split())
     return bool(verify(ref_parsed, pred_parsed, timeout_seconds=_timeout()))
+
+
+def _strip_percent(ans: str) -> tuple[str, bool]:
+    return (ans[: -len("\\%")].strip(), True) if ans.endswith("\\%") else (ans, False)
+
+
+def is_equivalent(reference: str, prediction: str) -> bool:
+    """True iff `prediction` is mathematically equal to `reference` (both answer strings).
+
+    Both are normalized first; the policy decisions are in the module docstring.
+    """
+    if len(prediction) > MAX_ANSWER_CHARS:
+        return False
+    ref, pred = _normalize_text(reference), _normalize_text(prediction)
+    if not pred or ref is None:
+        return False
+    if _equal(ref, pred):  # a percent sign here reads as 1/100
+        return True
+    # Exactly one side has a percent sign: also read it as a unit (see module docstring).
+    (ref_num, ref_pct), (pred_num, pred_pct) = _strip_percent(ref), _strip_percent(pred)
+    return ref_pct != pred_pct and bool(pred_num) and _equal(ref_num, pred_num)
 
 
 def reference_answer(raw: object, row: int) -> str:
