@@ -22,6 +22,11 @@ plain-word units, ``x = 3`` vs ``3``, sets (order-free), tuples (ordered), inter
 (endpoints and open/closed ends must match), matrices, ``-0`` = ``0``, ``+5`` = ``5``. Before
 math-verify, both answers are normalized here, with these policy decisions:
 
+* Decimals are exact. A decimal equals a value only if it is exactly that value:
+  ``0.5`` = ``\\frac12``, but ``3.14159`` and ``3.141593`` are not ``\\pi`` and ``0.333333``
+  is not ``\\frac13`` (math-verify's default rounds to 6 places, which credits a rounded
+  numeral as the exact answer; the grader cannot know what precision a problem asked for).
+  The cost: a reference already rounded (``0.333``) is matched by those digits only.
 * Scientific notation: a decimal literal followed by ``e``/``E``, an optional sign and
   digits, with no letter, digit, ``.``, ``^`` or ``{`` after it, is a power of ten: ``1e3`` =
   ``1000``, ``1.5e-2`` = ``0.015``, ``2E5``. Anything else keeps ``e`` as Euler's number:
@@ -53,7 +58,10 @@ import threading
 from decimal import Decimal
 from fractions import Fraction
 
+from latex2sympy2_extended.logic import And as _And
+from latex2sympy2_extended.sets import FiniteSet as _FiniteSet
 from math_verify import parse, verify
+from sympy import Basic, Float, MatrixBase, Rational
 
 from lrmjax.rewards.base import RewardResult, check_batch, register, require
 
@@ -78,6 +86,9 @@ _HUGE_EXPONENT = re.compile(r"\d[eE][+-]?\d{4}")
 _SPACED_THOUSANDS = re.compile(
     r"(?<![\d.])\d{1,3}(?:(?:\s|\\,|\\ |\\;|\\:|~)\d{3})+(?![\d])")
 _SPACE_SEPARATOR = re.compile(r"\s|\\,|\\ |\\;|\\:|~")
+# e^{0.5}: sympy evaluates exp(<Float>) to a Float at parse time, before `_exact` can make the
+# exponent exact; \exp(0.5) stays symbolic.
+_EXP_OF_DECIMAL = re.compile(r"(?<![A-Za-z\\])e\^\{\s*([-+]?\s*(?:\d+\.\d*|\.\d+))\s*\}")
 
 
 def _matching_braces(text: str) -> dict[int, int]:
@@ -160,6 +171,7 @@ def _normalize_text(ans: str) -> str | None:
     if _HUGE_EXPONENT.search(ans):
         return None
     ans = _SCIENTIFIC.sub(_scientific_to_exact, ans)
+    ans = _EXP_OF_DECIMAL.sub(r"\\exp(\1)", ans)
     return _SPACED_THOUSANDS.sub(lambda m: _SPACE_SEPARATOR.sub("", m.group(0)), ans)
 
 
@@ -167,8 +179,39 @@ def _timeout() -> int | None:
     return 5 if threading.current_thread() is threading.main_thread() else None
 
 
+def _exact(expr):
+    """`expr` with every Float replaced by the exact rational its decimal digits spell.
+
+    latex2sympy reads ``0.5`` as a binary Float, and math-verify then compares Floats after
+    rounding to 6 places; exact rationals make ``3.141593`` differ from ``\\pi``. Keeps
+    latex2sympy's written element order (``_unsorted_args``), which tuple comparison uses.
+    """
+    if isinstance(expr, Float):
+        try:
+            return Rational(str(expr))
+        except (TypeError, ValueError):  # inf / nan
+            return expr
+    if isinstance(expr, MatrixBase):
+        return expr.applyfunc(_exact)
+    if not isinstance(expr, Basic) or not expr.has(Float):
+        return expr
+    if isinstance(expr, (_FiniteSet, _And)):
+        return type(expr)(*[_exact(a) for a in expr._unsorted_args])
+    args = [_exact(a) for a in expr.args]
+    try:
+        return expr.func(*args, evaluate=False)
+    except TypeError:  # e.g. Interval takes no `evaluate`
+        return expr.func(*args)
+
+
 def _parse(ans: str) -> list:
-    return parse("\\boxed{" + ans + "}", parsing_timeout=_timeout())
+    exact = []
+    for p in parse("\\boxed{" + ans + "}", parsing_timeout=_timeout()):
+        try:
+            exact.append(_exact(p))
+        except Exception:  # noqa: BLE001 - a structure we cannot rebuild is dropped, not rounded
+            pass
+    return exact
 
 
 def _equal(ref: str, pred: str) -> bool:
