@@ -68,7 +68,7 @@ def test_two_processes_log_the_same_metrics_as_one(tmp_path):
     single, multi = _metrics(str(tmp_path / "one")), _metrics(str(tmp_path / "two"))
     assert sorted(single) == sorted(multi)
     phases = {phase for phase, _ in single}
-    assert phases == {"sft", "eval", "rl", "compile"}  # compile rows hold only perf/ keys
+    assert phases == {"data", "sft", "eval", "rl", "compile"}  # compile rows: only perf/ keys
     rl = [m for (phase, _), m in single.items() if phase == "rl"]
     # The comparison means something: rewards vary, the KL term and the update are live.
     assert any(m["reward/std"] > 0 for m in rl)
