@@ -10,6 +10,7 @@ transformer's params.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -227,6 +228,20 @@ def global_to_host(tree: Any) -> Any:
     from jax.experimental import multihost_utils
 
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+@explicit_transfer
+def every_host(value: Any) -> list[Any]:
+    """The JSON-serializable `value` of every host, in process order, on every host (a
+    collective: every host calls it). One host: [value]."""
+    if jax.process_count() == 1:
+        return [value]
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    sizes = global_to_host(np.array([len(data)]))                     # [hosts]
+    padded = np.zeros((1, int(sizes.max())), np.uint8)
+    padded[0, :len(data)] = data
+    rows = global_to_host(padded)                                     # [hosts, longest]
+    return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, sizes, strict=True)]
 
 
 def apply_to_host_rows(fn: Any, params: Any, *local: np.ndarray, mesh: Mesh) -> Any:

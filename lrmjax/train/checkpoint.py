@@ -227,3 +227,21 @@ def restore_reference(workdir: str, like: Any) -> Any:
     path = os.path.abspath(os.path.join(workdir, "reference"))
     with ocp.StandardCheckpointer() as c:
         return c.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, like))
+
+
+def data_positions(iterator: Any) -> list[Any]:
+    """Every host's data position (`iterator.get_state()`), in process order, for a
+    checkpoint's extras: they are written by host 0 alone, and each host reads its own shard
+    (a collective: every host calls it)."""
+    return parallel.every_host(iterator.get_state())
+
+
+def restore_data_position(iterator: Any, saved: Any) -> None:
+    """Puts `iterator` (this host's) at its position in `saved` (`data_positions`' list; a
+    checkpoint from before per-host positions holds one dict)."""
+    if isinstance(saved, dict):
+        saved = [saved]
+    if len(saved) != jax.process_count():
+        raise ValueError(f"the checkpoint holds the data positions of {len(saved)} hosts; this "
+                         f"run has {jax.process_count()}: resume with as many hosts")
+    iterator.set_state(saved[jax.process_index()])

@@ -124,7 +124,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, compiles: compilation.C
         ckpt.forget_best_after(latest)
         if ref_params is not None:
             ref_params = ckpt_lib.restore_reference(workdir, ref_params)
-        inp.data_iter.set_state(extras["data"])
+        ckpt_lib.restore_data_position(inp.data_iter, extras["data"])
         writer.log(f"resumed from {workdir} at RL step {extras['rl_step']}")
     elif ref_params is not None:
         ckpt_lib.save_reference(workdir, ref_params)
@@ -316,7 +316,7 @@ def save(inp: Inputs, ckpt: ckpt_lib.Checkpointer, run: lifecycle.Run, state: Tr
     stop, last = run.stop_requested(), done == cfg.train.steps
     regular = done % cfg.train.checkpoint_every == 0 or last or stop
     if regular or evaluated:
-        extras.update(rl_step=done, phase="rl", data=inp.data_iter.get_state())
+        extras.update(rl_step=done, phase="rl", data=ckpt_lib.data_positions(inp.data_iter))
     if regular:
         ckpt.save(done, state, extras)
     else:

@@ -57,7 +57,7 @@ def warm_start(inp: Inputs, state: TrainState, writer: Any, ckpt: ckpt_lib.Check
     summary = {"steps": 0, "eval_greedy_pass@1": float("nan"), "seconds": 0.0}
     if (latest := ckpt.latest_step()) is not None:
         state, extras = ckpt.restore(latest, state)
-        data.set_state(extras["data"])
+        ckpt_lib.restore_data_position(data, extras["data"])
         summary = extras["summary"]
         if extras["done"]:
             ckpt.close()
@@ -81,7 +81,8 @@ def warm_start(inp: Inputs, state: TrainState, writer: Any, ckpt: ckpt_lib.Check
         summary.update(steps=step, seconds=time.perf_counter() - t0)
         stop = run.stop_requested()
         if evaluate or done or stop:
-            ckpt.save(step, state, {"done": done, "data": data.get_state(), "summary": summary})
+            ckpt.save(step, state, {"done": done, "data": ckpt_lib.data_positions(data),
+                                    "summary": summary})
         if stop:
             ckpt.wait()
             run.stop(f"SFT step {step}")
