@@ -133,6 +133,8 @@ def main(argv: list[str]) -> None:
         final = rl.train(cfg, _WORKDIR.value)
     except lifecycle.Stopped as e:  # already logged, with how to resume
         sys.exit(128 + e.signum)
+    except lifecycle.WorkdirBusy as e:  # a user's mistake, not a bug: no traceback
+        sys.exit(f"error: {e}")
     import jax
 
     if jax.distributed.is_initialized():
