@@ -14,6 +14,7 @@ import ml_collections
 from lrmjax.config_validation import (  # noqa: F401 (config_lib.mixture_components, ...)
     FREE_FORM_GROUPS,
     eval_set_entries,
+    longest_answer,
     mixture_components,
 )
 from lrmjax.models import presets
@@ -73,10 +74,15 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.sampling.max_prompt_len = 32
 
     c.rl = algorithms.get(algorithm)
-    # Presets are written for long responses (DAPO's overlong buffer is 4096 tokens); keep
-    # the soft overlong ramp inside the default response budget.
-    if c.rl.overlong_buffer_len > c.sampling.max_new_tokens:
-        c.rl.overlong_buffer_len = c.sampling.max_new_tokens // 2
+    # Presets are written for long responses (DAPO's overlong buffer is 4096 tokens): the
+    # default ramp is at most the last half of the response budget, and starts past the
+    # default task's longest answer and EOS (the rule `config_validation.check_overlong_buffer`
+    # enforces): 8 of 16 tokens for 3-digit addition's 4-digit sums.
+    if c.rl.overlong_buffer_len > 0:
+        answer = longest_answer(c)
+        room = c.sampling.max_new_tokens - (answer[0] + 1 if answer else 0)
+        c.rl.overlong_buffer_len = min(c.rl.overlong_buffer_len,
+                                       c.sampling.max_new_tokens // 2, room)
     c.algorithm = algorithm
 
     c.reward = ml_collections.ConfigDict()

@@ -6,7 +6,8 @@ range of every number (`RANGES`, one entry per int/float key of the defaults: a 
 `base_config` without one makes every validation fail, so the table cannot drift); the model
 (override fields, their types, a preset that builds, a response budget that fits its length);
 the reward functions (registered names, numeric weights); the data source; sizes that must
-divide each other, the mesh or the hosts; and the algorithm knobs
+divide each other, the mesh or the hosts; DAPO's overlong penalty kept off the task's longest
+answer (`check_overlong_buffer`); and the algorithm knobs
 (`lrmjax.rl.algorithms.validate`). The readers of the free-form groups `data.mixture` and
 `data.eval_sets` live here too (`lrmjax.config` re-exports them)."""
 
@@ -411,6 +412,51 @@ def _check_data(cfg: ml_collections.ConfigDict) -> None:
         eval_set_entries(d)  # raises naming the bad entry
 
 
+def longest_answer(cfg: ml_collections.ConfigDict) -> tuple[int, str] | None:
+    """(tokens, which task) of the longest reference answer the configured procedural task can
+    generate (`Task.max_answer_chars`), EOS not counted; for a mixture, the longest over its
+    entries that know theirs. None where no task knows it, for the JSONL sources, and for an
+    HF tokenizer (one token per character holds only for the char tokenizer)."""
+    from lrmjax.data import tasks as tasks_lib
+
+    d = cfg.data
+    if cfg.tokenizer.kind != "char" or d.source not in ("task", "task_mixture"):
+        return None
+    if d.source == "task":
+        entries = [("data.task", d.task, d.task_kwargs.to_dict())]
+    else:
+        entries = [(f"data.mixture.{label}", name, kwargs)
+                   for label, name, _, kwargs in mixture_components(d.mixture)]
+    found = []
+    for where, name, kwargs in entries:
+        chars = tasks_lib.get_task(name, **kwargs).max_answer_chars()
+        if chars is not None:
+            found.append((chars, f"the task of config '{where}' ({name!r})"))
+    return max(found) if found else None
+
+
+def check_overlong_buffer(cfg: ml_collections.ConfigDict) -> None:
+    """DAPO's soft overlong penalty (`rl.overlong_buffer_len` > 0) starts past
+    `sampling.max_new_tokens - rl.overlong_buffer_len` tokens: that must leave room for the
+    task's longest answer and EOS (`longest_answer`), or it punishes correct answers."""
+    buffer, budget = cfg.rl.overlong_buffer_len, cfg.sampling.max_new_tokens
+    if buffer > budget:
+        raise ValueError(f"config 'rl.overlong_buffer_len' = {buffer} exceeds "
+                         f"'sampling.max_new_tokens' = {budget}: the soft overlong penalty ramp "
+                         "must fit inside the response budget")
+    found = longest_answer(cfg) if buffer > 0 else None
+    if found is None:
+        return
+    chars, where = found
+    if budget - buffer < chars + 1:
+        raise ValueError(
+            f"config 'rl.overlong_buffer_len' = {buffer} with 'sampling.max_new_tokens' = "
+            f"{budget} penalizes responses of {budget - buffer + 1} tokens or more, but "
+            f"{where} has answers of up to {chars} tokens + EOS = {chars + 1}: correct "
+            f"answers would be penalized. Need 'sampling.max_new_tokens' - "
+            f"'rl.overlong_buffer_len' >= {chars + 1} (raise the budget or shrink the buffer)")
+
+
 def _check_sizes(cfg: ml_collections.ConfigDict, num_devices: int | None,
                  num_processes: int | None) -> None:
     n = cfg.sampling.n
@@ -422,10 +468,6 @@ def _check_sizes(cfg: ml_collections.ConfigDict, num_devices: int | None,
     if cfg.rl.adv_estimator not in _BATCH_LEVEL_ESTIMATORS and n < 2:
         raise ValueError(f"config 'sampling.n' = {n}: the {cfg.rl.adv_estimator!r} advantage "
                          "needs at least 2 responses per prompt")
-    if cfg.rl.overlong_buffer_len > cfg.sampling.max_new_tokens:
-        raise ValueError(f"config 'rl.overlong_buffer_len' = {cfg.rl.overlong_buffer_len} exceeds "
-                         f"'sampling.max_new_tokens' = {cfg.sampling.max_new_tokens}: the soft "
-                         "overlong penalty ramp must fit inside the response budget")
     if num_devices is not None:
         from lrmjax import parallel
 
@@ -466,6 +508,7 @@ def validate(cfg: ml_collections.ConfigDict,
     check_rewards(cfg)
     _check_data(cfg)
     _check_sizes(cfg, num_devices, num_processes)
+    check_overlong_buffer(cfg)
     try:
         algorithms.validate(cfg.rl)
     except ValueError as e:

@@ -207,12 +207,52 @@ def test_bad_choice_names_key(path, value):
 
 def test_overlong_buffer_must_fit_response_budget():
     cfg = config_lib.base_config("grpo")
+    cfg.data.source = "math_jsonl"                  # answers of unknown length
+    cfg.data.path = "train.jsonl"
     cfg.sampling.max_new_tokens = 16
     cfg.rl.overlong_buffer_len = 16                 # the boundary is allowed
     config_lib.validate(cfg)
     cfg.rl.overlong_buffer_len = 17
     with pytest.raises(ValueError, match=r"'rl\.overlong_buffer_len' = 17 exceeds"):
         config_lib.validate(cfg)
+
+
+def test_overlong_buffer_must_spare_the_longest_answer():
+    # 3-digit addition: the longest sum, 1998, is 4 tokens and EOS a 5th, so the penalty may
+    # start at 6 tokens at the earliest: max_new_tokens - overlong_buffer_len >= 5.
+    cfg = config_lib.base_config("dapo")
+    cfg.data.task_kwargs.digits = 3
+    cfg.sampling.max_new_tokens = 8
+    cfg.rl.overlong_buffer_len = 3                  # the boundary is allowed
+    config_lib.validate(cfg)
+    cfg.rl.overlong_buffer_len = 4
+    with pytest.raises(ValueError, match=r"'rl\.overlong_buffer_len' = 4 with "
+                       r"'sampling\.max_new_tokens' = 8 penalizes responses of 5 tokens .*"
+                       r"'data\.task' \('arithmetic'\) has answers of up to 4 tokens \+ EOS"):
+        config_lib.validate(cfg)
+    cfg.rl.overlong_buffer_len = 0                  # no penalty, nothing to spare
+    config_lib.validate(cfg)
+    # The shipped demo budget: 6 tokens leave no room for a ramp after a 4-digit sum + EOS.
+    cfg.sampling.max_new_tokens, cfg.rl.overlong_buffer_len = 6, 2
+    with pytest.raises(ValueError, match="'rl.overlong_buffer_len' = 2 with"):
+        config_lib.validate(cfg)
+    cfg.tokenizer.kind, cfg.tokenizer.path = "hf", "/tokenizer"  # tokens per answer unknown
+    config_lib.validate(cfg)
+
+
+def test_overlong_buffer_spares_the_longest_answer_of_a_mixture():
+    c = _mixture_config({"add": {"task": "arithmetic", "kwargs": {"digits": 2}},   # 198: 3
+                         "cd": {"task": "countdown", "kwargs": {"template": "short",
+                                                                 "num_numbers": 3}}})  # 14
+    c.rl.overlong_buffer_len = 4
+    c.sampling.max_new_tokens = 19
+    config_lib.validate(c)
+    c.sampling.max_new_tokens = 18
+    with pytest.raises(ValueError, match=r"'data\.mixture\.cd' \('countdown'\) has answers "
+                       r"of up to 14 tokens \+ EOS = 15"):
+        config_lib.validate(c)
+    assert config_lib.longest_answer(c) == (14, "the task of config 'data.mixture.cd' "
+                                                "('countdown')")
 
 
 def test_dapo_validates_once_buffer_fits():

@@ -100,3 +100,15 @@ def test_runlocal_end_to_end(name, tmp_path):
     # The fast smoke run scores in a reward worker process, as real runs do.
     flags = ["--config.reward.num_workers=1"] if name == "arith_grpo" else []
     _run_cli(name, str(tmp_path / name), *flags)
+
+
+def test_arith_dapo_penalty_spares_every_correct_answer():
+    # The longest sum, 1998, is 4 tokens + EOS; the ramp starts after them. The budget
+    # arith_dapo inherited from arith_grpo (6 tokens, ramp over the last 2) penalized it.
+    cfg = _load("arith_dapo").get_config()
+    longest, _ = config_lib.longest_answer(cfg)
+    assert longest == 4
+    assert cfg.sampling.max_new_tokens - cfg.rl.overlong_buffer_len >= longest + 1
+    cfg.sampling.max_new_tokens = _load("arith_grpo").get_config().sampling.max_new_tokens
+    with pytest.raises(ValueError, match="'rl.overlong_buffer_len' = 2 with 'sampling"):
+        config_lib.validate(cfg)

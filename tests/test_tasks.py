@@ -92,6 +92,23 @@ def test_arithmetic_digits_and_prompt_length():
         ArithmeticTask(ops="+/")
 
 
+@pytest.mark.parametrize("kwargs, bound", [
+    ({"digits": 3, "min_digits": 3, "reverse_answer": True}, 4),   # the demo: 999 + 999 = 1998
+    ({"digits": 2, "ops": "+-*"}, 4),                                # 99 * 99 = 9801
+    ({"digits": 4, "ops": "-"}, 4),                                  # 9999 - 0
+    ({"digits": 3, "min_digits": 3, "ops": "-"}, 3),                 # 999 - 100
+    ({"digits": 1, "ops": "+-"}, 2),                                 # 9 + 9 = 18
+])
+def test_arithmetic_max_answer_chars_is_the_longest_generated(kwargs, bound):
+    # Two-digit operands: few enough values that 20,000 draws reach the extremes; the others
+    # reach their longest results often (every 4-digit sum of two 3-digit numbers, ...).
+    task = ArithmeticTask(**kwargs)
+    exs = task.sample(np.random.default_rng(0), 20_000)
+    assert task.max_answer_chars() == bound == max(len(e.answer) for e in exs)
+    # In tokens too: one character is one token of the char tokenizer.
+    assert max(len(CharTokenizer().encode(e.answer)) for e in exs) == bound
+
+
 def test_arithmetic_verifier_is_strict():
     task = ArithmeticTask(digits=3, ops="+")
     ex = Example("120+459=", "579", {"result": 579})
@@ -173,6 +190,21 @@ def test_countdown_generator_is_solvable():
     assert len(CountdownTask(num_numbers=4).with_difficulty(6).example(0).metadata["numbers"]) == 6
 
 
+@pytest.mark.parametrize("kwargs, bound", [
+    ({"num_numbers": 3, "template": "short"}, 14),    # configs/countdown_grpo.py: "(12 + 34) * 56"
+    ({"num_numbers": 4}, 21),
+    ({"num_numbers": 2, "max_number": 9}, 5),
+])
+def test_countdown_max_answer_chars_is_the_longest_generated(kwargs, bound):
+    task = CountdownTask(**kwargs)
+    exs = task.sample(np.random.default_rng(0), 3000)
+    assert task.max_answer_chars() == bound == max(len(e.answer) for e in exs)
+    # Only "100" has 3 digits: the bound (every number 3 digits) holds but is rarely reached.
+    wide = CountdownTask(num_numbers=3, max_number=100)
+    assert max(len(e.answer) for e in wide.sample(np.random.default_rng(0), 300)) <= 17
+    assert wide.max_answer_chars() == 17
+
+
 _CD = Example("", "3 * 5 + 7", {"numbers": [3, 5, 7], "target": 22})
 
 
@@ -252,6 +284,10 @@ def test_reasoning_gym_round_trip(name):
         # After a JSON round trip (as stored by the TFDS builder) the example still verifies.
         stored = Example(ex.prompt, ex.answer, json.loads(json.dumps(ex.metadata)))
         assert verify_example(stored, f"<answer>{ex.answer}</answer>") == 1.0
+
+
+def test_reasoning_gym_answer_length_is_unknown():
+    assert ReasoningGymTask("chain_sum", size=20, seed=1).max_answer_chars() is None
 
 
 def test_reasoning_gym_answers_independently():

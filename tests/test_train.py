@@ -29,8 +29,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("algorithm", sorted(algorithms.PRESETS))
 def test_every_preset_runs_two_steps(algorithm, tmp_path):
     cfg = small_config(algorithm)
-    if cfg.rl.overlong_buffer_len:
-        cfg.rl.overlong_buffer_len = 2
     if algorithm in ("ppo", "vc_ppo", "vapo"):
         cfg.train.minibatches = 2
     with compilation.CompileCounter() as compiles:

@@ -46,6 +46,9 @@ def small_config(algorithm: str = "grpo", steps: int = 2, **rl_overrides):
     c.sampling.n = 4
     c.sampling.max_new_tokens = 4
     c.sampling.max_prompt_len = 8
+    if c.rl.overlong_buffer_len:  # DAPO: a 2-token ramp past the longest sum (198) and EOS
+        c.sampling.max_new_tokens = 6
+        c.rl.overlong_buffer_len = 2
     c.train.batch_prompts = 4
     c.train.steps = steps
     c.train.checkpoint_every = 1000

@@ -70,6 +70,14 @@ class ArithmeticTask(Task):
         return ArithmeticTask(difficulty, self.ops, self.reverse_answer,
                               min(self.min_digits, difficulty))
 
+    def max_answer_chars(self) -> int:
+        """The most characters an answer has: the digits of the largest result of any of the
+        task's operators (reversal keeps the length; results are never negative)."""
+        largest = 10**self.digits - 1
+        smallest = 0 if self.min_digits == 1 else 10 ** (self.min_digits - 1)
+        results = {"+": 2 * largest, "-": largest - smallest, "*": largest * largest}
+        return max(len(str(results[op])) for op in self.ops)
+
     def _operand(self, rng: np.random.Generator) -> int:
         n = int(rng.integers(self.min_digits, self.digits + 1))
         low = 0 if n == 1 else 10 ** (n - 1)

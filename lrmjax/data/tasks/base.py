@@ -83,6 +83,12 @@ class Task(abc.ABC):
         """Scores `completion` against `example`: 1.0 if correct, else 0.0. Never raises on a
         malformed completion."""
 
+    def max_answer_chars(self) -> int | None:
+        """The most characters a reference answer (`example(seed).answer`) can have, computed
+        from the task's settings, or None where they do not determine it (the default).
+        Validation keeps DAPO's overlong penalty off responses this long plus EOS."""
+        return None
+
     def sample(self, rng: np.random.Generator, n: int) -> list[Example]:
         """Draws `n` examples; deterministic given the state of `rng`."""
         if n < 0:

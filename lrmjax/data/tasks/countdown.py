@@ -118,6 +118,14 @@ class CountdownTask(Task):
     def with_difficulty(self, difficulty: int) -> CountdownTask:
         return CountdownTask(difficulty, self.max_number, self.max_target, self.template)
 
+    def max_answer_chars(self) -> int:
+        """The most characters a reference expression has: `num_numbers` numbers of at most
+        len(str(max_number)) digits, joined by " op " (3 characters each), every pair in
+        parentheses but the outermost (2 characters each). A correct completion may differ (any
+        expression that reaches the target is right); this is the generator's longest."""
+        k = self.num_numbers
+        return k * len(str(self.max_number)) + 3 * (k - 1) + 2 * (k - 2)
+
     def _try_build(self, rng: np.random.Generator, numbers: list[int]) -> tuple[int, str] | None:
         """Combines the numbers pairwise in random order with random operators; None if an
         intermediate value is not a positive integer or the target is out of range."""
