@@ -51,6 +51,20 @@ def test_code_reward_all_and_fraction():
 
 
 @needs_sandbox
+def test_run_that_does_not_end_cleanly_scores_zero():
+    """Correct answers, then a hang (a non-daemon thread), a crash or output past the cap."""
+    square = "def sq(x):\n    return x * x\n"
+    tails = ["import threading, time\nthreading.Thread(target=time.sleep, args=(99,)).start()",
+             "import atexit, ctypes\natexit.register(ctypes.string_at, 0)",
+             "import atexit, sys\natexit.register(lambda: sys.stdout.write('x' * (17 << 20)))"]
+    completions = [square] + [square + tail for tail in tails]
+    res = get("code", mode="fraction", timeout_s=1.5)(["p"] * 4, completions, [TESTS_SQ] * 4)
+    assert res.scores == [1.0, 0.0, 0.0, 0.0]
+    assert res.components["timed_out"] == [0.0, 1.0, 0.0, 0.0]
+    assert res.components["program_ok"] == [1.0] * 4
+
+
+@needs_sandbox
 def test_code_reward_setup_and_script_test():
     res = get("code")(["p"], ["def g():\n    return helper() + 1"],
                       [{"setup": "def helper():\n    return 41", "tests": "assert g() == 42"}])

@@ -148,6 +148,17 @@ HOSTILE = {
         "builtins.enumerate = lambda xs: []\n"
         "import os\nos.write = lambda fd, data: len(data)\n"
         "def add(a, b):\n    return a + b + 1\n"),
+    # Class 3: correct answers, then the run does not end cleanly. Each fails every test.
+    "non_daemon_thread": ADD + (
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(1000,)).start()\n"),
+    "crash_after_tests": ADD + (
+        "import atexit, ctypes\n"
+        "atexit.register(ctypes.string_at, 0)\n"),  # SIGSEGV at exit
+    "exit_3_after_tests": ADD + "import atexit, os\natexit.register(os._exit, 3)\n",
+    "output_over_cap": ADD + (
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stdout.write('x' * (9 << 20)))\n"),
 }
 
 
@@ -210,9 +221,13 @@ def test_hostile_program_scores_zero(hostile_results, name):
 @needs_isolation
 def test_hostile_batch_bounded_and_host_unharmed(hostile_results):
     results, ctx = hostile_results
-    # All 14 ran concurrently; each is bounded by the 2 s wall clock plus cleanup.
+    # All ran concurrently; each is bounded by the 2 s wall clock plus cleanup.
     assert ctx["total_s"] < 60.0
     assert results["infinite_loop"].timed_out and results["fork_bomb"].timed_out
+    assert results["non_daemon_thread"].timed_out and results["non_daemon_thread"].program_ok
+    assert results["crash_after_tests"].returncode != 0
+    assert results["exit_3_after_tests"].returncode == 3
+    assert "cap" in results["output_over_cap"].error
     assert not ctx["accepted"], "a sandboxed program reached a host socket"
     assert results["socket"].network_isolated
     assert ctx["decoy_alive"], "a sandboxed program killed a host process"

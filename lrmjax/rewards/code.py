@@ -95,6 +95,9 @@ def code_reward(prompts: list[str], completions: list[str], metadata: list[dict]
     ``allow_unisolated`` runs programs without isolation where the machine cannot isolate
     (see the module docstring) instead of raising RuntimeError.
 
+    A run that times out, crashes, exits nonzero or reaches the output cap scores 0, even
+    after its tests passed.
+
     Components: ``pass_fraction``, ``timed_out`` (1.0 if the run hit the wall clock),
     ``program_ok`` (1.0 if the program's top level completed), ``sandbox_isolated`` (1.0 if
     the program ran at isolation level "full", 0.0 if unisolated).

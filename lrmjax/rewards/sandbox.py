@@ -30,7 +30,10 @@ temporary file inherited as an extra fd; the 128-bit nonce is random per run and
 in harness memory. Exiting early (``sys.exit(0)``, ``os._exit(0)``), printing a pass marker,
 or rebinding builtins (the harness captures what it uses before the program runs, and
 ``assert`` raises the real AssertionError regardless of any rebinding) leaves tests without
-a ``pass`` record, and a missing record is a fail.
+a ``pass`` record, and a missing record is a fail. A run that does not end cleanly fails
+every test, whatever was recorded: a timeout (e.g. correct answers, then a non-daemon thread
+that never ends), a crash or kill, a nonzero exit status, or stdout/stderr reaching the
+``file_size_mb`` cap.
 
 **Limits of the guarantee** (stated, not hidden): tests run in the same interpreter as the
 program, so a program written *specifically against this harness* can still win, e.g. by
@@ -155,7 +158,8 @@ class SandboxResult:
     """Outcome of one run.
 
     ``passed[i]`` is True iff the harness recorded test i as passing (missing record =
-    fail). ``program_ok`` is True iff the program's top level ran to completion.
+    fail) and the run ended cleanly (no timeout, exit status 0, output under the cap).
+    ``program_ok`` is True iff the program's top level ran to completion.
     """
 
     passed: tuple[bool, ...]
@@ -525,6 +529,11 @@ def run_tests(program: str, tests: list[str], config: SandboxConfig | None = Non
                     proc.wait()
             verdict_f.seek(0)
             records = verdict_f.read().decode("utf-8", errors="replace").splitlines()
+            # RLIMIT_FSIZE truncates output at the cap (Python ignores SIGXFSZ: the write
+            # fails and the run goes on), so output that reached the cap was cut short.
+            cap = int(config.file_size_mb) << 20
+            over_cap = max(os.fstat(out_f.fileno()).st_size,
+                           os.fstat(err_f.fileno()).st_size) >= cap
             stdout = _tail(out_f, config.max_output_bytes)
             stderr = _tail(err_f, config.max_output_bytes)
         finally:
@@ -546,13 +555,20 @@ def run_tests(program: str, tests: list[str], config: SandboxConfig | None = Non
                 passed[int(idx)] = True
             else:
                 failed[int(idx)] = True
-    # A pass needs the program to have finished, and a test with both records (impossible
-    # from the harness alone) counts as failed.
-    passed = [p and not f and program_ok for p, f in zip(passed, failed, strict=True)]
+    # A pass needs the program to have finished and the whole run to have ended cleanly: a
+    # timeout, a crash, a kill or a nonzero exit after the tests ran, or output past the cap,
+    # fails every test. A test with both records (impossible from the harness alone) fails.
+    clean = not timed_out and returncode == 0 and not over_cap
+    passed = [p and not f and program_ok and clean
+              for p, f in zip(passed, failed, strict=True)]
     if timed_out:
         error = f"timed out after {config.timeout_s:g}s"
     elif not program_ok:
         error = "program did not complete" + (f" (exit {returncode})" if returncode else "")
+    elif returncode != 0:
+        error = f"run ended with exit status {returncode}"
+    elif over_cap:
+        error = f"output reached the {config.file_size_mb} MiB cap"
     else:
         error = ""
     return SandboxResult(
