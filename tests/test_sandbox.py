@@ -339,7 +339,13 @@ def test_probe_as_an_unprivileged_uid_names_root():
     """A real non-root process (uid nobody) probes level "none", naming the missing root."""
     with open(sandbox.__file__) as f:
         source = f.read()
-    script = ("import sys, types\n"
+    # sandbox.py alone, with its harness module: the package's __init__ needs numpy.
+    harness = os.path.join(os.path.dirname(sandbox.__file__), "sandbox_harness.py")
+    script = ("import importlib.util, sys, types\n"
+              "name = 'lrmjax.rewards.sandbox_harness'\n"
+              f"spec = importlib.util.spec_from_file_location(name, {harness!r})\n"
+              "h = sys.modules[name] = importlib.util.module_from_spec(spec)\n"
+              "spec.loader.exec_module(h)\n"
               "m = sys.modules['sbx'] = types.ModuleType('sbx')\n"
               "exec(compile(sys.stdin.read(), 'sandbox.py', 'exec'), m.__dict__)\n"
               "iso = m.probe_isolation()\n"
@@ -394,3 +400,96 @@ def test_full_isolation_is_in_force_and_logged_once(monkeypatch, caplog):
     assert r.network_isolated and r.pid_isolated
     [record] = caplog.records
     assert record.levelno == logging.INFO and "full isolation" in record.getMessage()
+
+
+# ---------------------------------------------------------------- the run's own filesystem
+# Class 4: files a run writes must not outlive it nor reach the host or another run; its
+# writes share one quota; /proc shows only its own processes; the rest is read-only.
+
+LEAK_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+@needs_isolation
+def test_files_written_vanish_and_are_invisible_to_other_runs():
+    token = "lrmjax_leak_" + os.urandom(6).hex()
+    paths = [f"{d}/{token}" for d in LEAK_DIRS]
+    writer = ADD + (
+        f"import time\nfor p in {paths!r}:\n    open(p, 'w').write('secret')\n"
+        "time.sleep(0.8)\n")
+    # Passes iff it never sees the writer's files, concurrently or after.
+    reader = (
+        f"import os, time\nseen = []\nend = time.time() + 0.6\n"
+        f"while time.time() < end and not seen:\n"
+        f"    seen = [p for p in {paths!r} if os.path.exists(p)]\n"
+        "    time.sleep(0.02)\n"
+        "print('SEEN', seen)\n"
+        "def add(a, b):\n    return a + b + len(seen)\n")
+    try:
+        with ThreadPoolExecutor(2) as ex:
+            w = ex.submit(run_tests, writer, TESTS_ADD, FAST)
+            time.sleep(0.2)
+            concurrent = ex.submit(run_tests, reader, TESTS_ADD, FAST)
+            results = [w.result(), concurrent.result()]
+        results.append(run_tests(reader, TESTS_ADD, FAST))
+        leaked = [p for p in paths if os.path.exists(p)]
+    finally:
+        for p in paths:
+            if os.path.exists(p):
+                os.remove(p)
+    assert all(r.all_passed for r in results), results
+    assert leaked == []
+
+
+@needs_isolation
+def test_writes_share_one_quota_and_leave_host_shm_unchanged():
+    token = "lrmjax_fill_" + os.urandom(6).hex()
+    # 64 files of 1 MiB, each under the 8 MiB per-file limit, 64 MiB in all.
+    fill = (f"block = b'x' * (1 << 20)\nfor i in range(64):\n"
+            f"    with open('/dev/shm/{token}_%d' % i, 'wb') as f:\n        f.write(block)\n"
+            + ADD)
+    before = shutil.disk_usage("/dev/shm").used
+    try:
+        r = run_tests(fill, TESTS_ADD, dataclasses.replace(FAST, tmpfs_mb=16))
+        after = shutil.disk_usage("/dev/shm").used
+    finally:
+        for name in os.listdir("/dev/shm"):
+            if name.startswith(token):
+                os.remove(os.path.join("/dev/shm", name))
+    assert r.passed == (False, False, False) and not r.program_ok
+    assert "OSError" in r.stderr, r.stderr  # ENOSPC at the quota
+    assert abs(after - before) < (4 << 20), (before, after)  # slack: other users of /dev/shm
+
+
+@needs_isolation
+def test_proc_shows_only_the_runs_own_processes():
+    probe = (
+        "import os\n"
+        "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+        "cmdlines = []\n"
+        "for p in pids:\n"
+        "    try:\n        cmdlines.append(open('/proc/%s/cmdline' % p, 'rb').read())\n"
+        "    except OSError:\n        pass\n"
+        f"seen = {str(os.getpid())!r} in pids or any(b'pytest' in c for c in cmdlines)\n"
+        "print('PIDS', pids)\n"
+        "def add(a, b):\n    return a + b + seen\n")
+    r = run_tests(probe, TESTS_ADD, FAST)
+    assert r.all_passed, r.stdout
+
+
+@needs_isolation
+@pytest.mark.skipif(not os.access("/run/lock", os.W_OK), reason="no world-writable /run/lock")
+def test_rest_of_the_filesystem_is_read_only():
+    target = f"/run/lock/lrmjax_ro_{os.urandom(6).hex()}"  # world-writable on the host
+    program = (
+        "try:\n"
+        f"    open({target!r}, 'w').write('x')\n    wrote = True\n"
+        "except OSError as e:\n    wrote = False\n    print(e)\n"
+        "def add(a, b):\n    return a + b + wrote\n")
+    try:
+        r = run_tests(program, TESTS_ADD, FAST)
+        existed = os.path.exists(target)
+    finally:
+        if os.path.exists(target):
+            os.remove(target)
+    assert r.all_passed and "Read-only file system" in r.stdout, r
+    assert not existed

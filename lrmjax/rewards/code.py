@@ -12,13 +12,16 @@ Metadata:
 The program runs with ``__name__ == "solution"`` and stdin = /dev/null (see
 :mod:`lrmjax.rewards.sandbox` for what the verdict does and does not guarantee).
 
-Isolation: programs run only at the sandbox's level "full" (network + PID namespaces and a
-fresh unprivileged uid per run; needs root and util-linux ``unshare``/``setpriv``). Where the
+Isolation: programs run only at the sandbox's level "full" (network, PID, IPC and mount
+namespaces, a private size-capped tmpfs as the only writable storage, the rest of the
+filesystem read-only, and a fresh unprivileged uid per run; needs root and util-linux
+``unshare``/``setpriv``). Where the
 machine cannot give it, the reward raises RuntimeError naming the missing capability before
 any program runs, unless ``allow_unisolated=True`` (config ``reward.sandbox.allow_unisolated``;
 the trainer calls :func:`check_sandbox` when it builds the rewards, so a run refuses to start
 rather than have the reward pool count every row as an error). Then programs run
-as plain child processes with the caller's uid and network and no PID namespace: resource
+as plain child processes with the caller's uid, network and filesystem and no PID
+namespace: resource
 limits, the wall clock and the verdict channel still hold, but a hostile program can reach
 the network, the caller's files and processes, and leave processes behind. The level in force
 is logged once per process and reported per row as the component ``sandbox_isolated``.

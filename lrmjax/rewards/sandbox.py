@@ -4,22 +4,32 @@ One call to :func:`run_tests` runs one program in a fresh child process tree. At
 level "full" (the default; where the machine cannot give it, see **Isolation levels**
 below) the run gets:
 
-* **namespaces**: ``unshare --net --pid --fork`` gives the child an empty network
-  namespace (no interfaces, not even loopback: every connect fails) and its own PID
-  namespace, whose init is the harness. When the harness exits or is killed the kernel
-  SIGKILLs every process left in the namespace, so double-forked background processes
-  cannot outlive the run.
-* **unprivileged uid**: the child runs as a fresh uid (no passwd entry, no groups), unique
-  among concurrent runs. We run as root, and RLIMIT_NPROC is not enforced for root; as an
+* **namespaces**: ``unshare --net --pid --ipc --mount --fork --mount-proc`` gives the child
+  an empty network namespace (no interfaces, not even loopback: every connect fails), its
+  own IPC namespace, and its own PID namespace, whose init is the harness. When the harness
+  exits or is killed the kernel SIGKILLs every process left in the namespace, so
+  double-forked background processes cannot outlive the run.
+* **its own filesystem** (a private mount namespace; the harness builds it as root, then
+  drops to the run's uid, see :mod:`lrmjax.rewards.sandbox_harness`): every mount is
+  remounted read-only and nosuid; one tmpfs of ``tmpfs_mb`` MiB (``tmpfs_inodes`` inodes)
+  is the run's only writable storage, bound on ``/tmp`` (the working directory, HOME and
+  TMPDIR), ``/var/tmp`` and ``/dev/shm``: one quota for all its writes, invisible to the
+  host and to other runs, gone when the run ends (nothing it writes lands on host disk or
+  in host memory beyond that quota). ``/proc`` is the PID namespace's own, listing only
+  the run's processes. ``/sys`` and device nodes such as ``/dev/null`` stay visible
+  (read-only mounts; the uid has no rights on the rest of ``/dev``).
+* **unprivileged uid**: the child runs as a fresh uid (no passwd entry, no groups, no
+  capabilities, ``no_new_privs`` so setuid binaries grant nothing), unique among concurrent
+  runs. We run as root, and RLIMIT_NPROC is not enforced for root; as an
   ordinary uid the fork-bomb limit applies, and per-run uids keep one run's fork bomb from
-  eating another's process budget. The uid also cannot signal host processes, read their
-  ``/proc/<pid>/environ``, or delete root-owned files outside its directory.
+  eating another's process budget. The uid also cannot signal host processes.
 * **resource limits** (set by the harness before the program runs): RLIMIT_CPU,
   RLIMIT_AS (memory), RLIMIT_FSIZE (largest file), RLIMIT_NPROC, RLIMIT_CORE=0.
 * **wall clock**: the host kills the whole tree (process group, then every process of the
   run's uid) once ``timeout_s`` passes.
-* **scrubbed environment** (PATH, LANG, HOME/TMPDIR = the run's temporary directory) and
-  a fresh temporary directory (prefix ``lrmjax_sbx_``) removed afterwards.
+* **scrubbed environment** (PATH, LANG, HOME/TMPDIR) and a fresh directory (prefix
+  ``lrmjax_sbx_``, the tmpfs's mount point at level "full", the working directory at level
+  "none") removed afterwards.
 * ``setpriv --pdeathsig KILL`` plus a re-armed parent-death signal in the harness: if the
   calling process dies (e.g. a hung reward worker is killed) the run dies with it.
 
@@ -45,17 +55,19 @@ The sandbox interpreter must be executable by the unprivileged uid (a pyenv buil
 ``/root`` is not): :func:`probe_isolation` picks the first candidate that a probe run
 accepts (``SandboxConfig.python``, ``sys.executable``, ``/usr/bin/python3``).
 
-**Isolation levels.** Everything above is level ``"full"``. It needs root (namespaces and
-setuid) and util-linux ``unshare`` and ``setpriv`` on the sandbox's PATH (``/usr/bin:/bin``);
-:func:`probe_isolation` checks once per process and names what is missing. Without them the
-only level is ``"none"``: the program runs as a plain child process of the caller, with the
-resource limits (but no RLIMIT_NPROC: it would count the caller's own processes), the wall
-clock (killing its process group only: a program that calls ``setsid()`` escapes it), the
-scrubbed environment, the temporary directory and the verdict channel, but **with the
-caller's uid** (it can read, write and delete whatever the caller can, signal the caller's
-processes and read their ``/proc/<pid>/environ``), **the host network** (only an audit hook
-refuses Python's ``socket.*`` calls; ``ctypes`` or a subprocess such as ``curl`` bypass it)
-and **no PID namespace** (background processes can outlive the run). So ``run_tests``
+**Isolation levels.** Everything above is level ``"full"``. It needs root (namespaces,
+mounts and setuid) and util-linux ``unshare`` and ``setpriv`` on the sandbox's PATH
+(``/usr/bin:/bin``); :func:`probe_isolation` checks once per process and names what is
+missing. Without them the only level is ``"none"``: the program runs as a plain child
+process of the caller, with the resource limits (but no RLIMIT_NPROC: it would count the
+caller's own processes), the wall clock (killing its process group only: a program that
+calls ``setsid()`` escapes it), the scrubbed environment, the temporary directory and the
+verdict channel, but **with the caller's uid** (it can read, write and delete whatever the
+caller can, signal the caller's processes and read their ``/proc/<pid>/environ``), **the
+host network** (only an audit hook refuses Python's ``socket.*`` calls; ``ctypes`` or a
+subprocess such as ``curl`` bypass it), **no PID namespace** (background processes can
+outlive the run) and **the host's filesystem** (no quota beyond RLIMIT_FSIZE per file; files
+outside the run's directory outlive it; ``/proc`` lists host processes). So ``run_tests``
 refuses level "none" (:class:`SandboxUnavailableError`, before anything runs) unless
 ``SandboxConfig.allow_unisolated=True``; ``SandboxConfig.isolate=False`` asks for level
 "none" on purpose (debugging) and is not refused. :func:`isolation_in_force` returns the
@@ -78,6 +90,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from lrmjax.rewards.sandbox_harness import HARNESS
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +120,9 @@ class SandboxConfig:
         stdout/stderr, which go to files).
       max_procs: RLIMIT_NPROC for the run's uid (harness included; level "full" only).
       max_output_bytes: bytes of stdout/stderr tail kept in the result.
+      tmpfs_mb: level "full": size of the run's one tmpfs, the quota for everything it
+        writes (/tmp, /var/tmp, /dev/shm together); the rest of the filesystem is read-only.
+      tmpfs_inodes: level "full": the most files and directories the run may create.
       python: interpreter to run; None picks one (see :func:`probe_isolation`).
       tmp_dir: parent of the per-run temporary directories (None = the system default).
       isolate: True (default): level "full" (namespaces + a dropped uid), and where the
@@ -123,6 +140,8 @@ class SandboxConfig:
     file_size_mb: int = 16
     max_procs: int = 32
     max_output_bytes: int = 4096
+    tmpfs_mb: int = 64
+    tmpfs_inodes: int = 4096
     python: str | None = None
     tmp_dir: str | None = None
     isolate: bool = True
@@ -134,7 +153,8 @@ class Isolation:
     """The isolation level of sandboxed runs (see the module docstring).
 
     Attributes:
-      level: FULL ("full": network + PID namespaces and a fresh unprivileged uid per run)
+      level: FULL ("full": network, PID, IPC and mount namespaces, a private tmpfs, a
+        read-only rest of the filesystem and a fresh unprivileged uid per run)
         or NONE ("none": a plain child process with the caller's uid and network).
       python: the interpreter runs use.
       missing: why the level is not FULL, naming the missing capability ("" when FULL).
@@ -186,70 +206,6 @@ class SandboxResult:
         return bool(self.passed) and all(self.passed)
 
 
-# The harness runs as `python -I -S -c _HARNESS`. It reads a marshal'd dict from stdin,
-# swaps stdin for /dev/null, sets limits, then execs the program and each test in one
-# namespace. Everything it needs after the program starts is bound to locals first, so a
-# program that rebinds builtins or module attributes cannot change what the harness does.
-_HARNESS = r"""
-def _harness():
-    import marshal, os, resource, sys
-    try:
-        import ctypes
-        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG=SIGKILL (cleared by setuid)
-    except Exception:
-        pass
-    chunks = []
-    while True:
-        b = os.read(0, 1 << 20)
-        if not b:
-            break
-        chunks.append(b)
-    cfg = marshal.loads(b"".join(chunks))
-    del chunks
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    vfd, nonce, program, tests = cfg["vfd"], cfg["nonce"], cfg["program"], cfg["tests"]
-    for name, value in cfg["limits"]:
-        res = getattr(resource, name)
-        resource.setrlimit(res, (value, value))
-    if cfg["block_sockets"]:
-        def _audit(event, args):
-            if event.startswith("socket."):
-                raise PermissionError("network disabled in sandbox: " + event)
-        sys.addaudithook(_audit)
-    write, compile_, exec_, enc = os.write, compile, exec, str.encode
-    base_exc, fmt, enumerate_ = BaseException, "{} {} {} {}\n".format, enumerate
-
-    def emit(kind, idx, status):
-        try:
-            write(vfd, enc(fmt(nonce, kind, idx, status)))
-        except base_exc:
-            pass
-
-    ns = {"__name__": "solution", "__builtins__": __builtins__}
-    try:
-        exec_(compile_(program, "solution.py", "exec"), ns)
-    except base_exc as e:
-        emit("program", 0, "error")
-        try:
-            sys.stderr.write("program raised " + type(e).__name__ + "\n")
-        except base_exc:
-            pass
-        return
-    emit("program", 0, "ok")
-    for i, test in enumerate_(tests):
-        try:
-            exec_(compile_(test, "test_%d.py" % i, "exec"), ns)
-            ok = True
-        except base_exc:
-            ok = False
-        emit("test", i, "pass" if ok else "fail")
-
-_harness()
-"""
-
-
 def uid_range(pid: int) -> range:
     """The uids that runs started by process `pid` use (for leak checks)."""
     return range(_UID_BASE + pid * 64, _UID_BASE + pid * 64 + 64)
@@ -263,22 +219,25 @@ def _next_uid() -> int:
 
 
 def _probe(python: str) -> str:
-    """Runs `python` in namespaces as an unprivileged uid; returns "" if it worked, else why."""
-    cmd = _isolation_prefix(_UID_BASE - 1) + [python, "-I", "-S", "-c", "import marshal, resource"]
+    """One isolated run with `python` of a program that imports stdlib modules after the
+    uid drop; returns "" if it passed, else why."""
+    config = SandboxConfig(timeout_s=30.0, cpu_s=30, file_size_mb=1)
     try:
-        out = subprocess.run(cmd, capture_output=True, timeout=30, env={"PATH": SANDBOX_PATH},
-                             cwd="/")
-    except (OSError, subprocess.TimeoutExpired) as e:
+        r = _run(python, True, "import json, math\ndef f():\n    return 1\n",
+                 ["assert f() == 1"], config)
+    except OSError as e:
         return f"{type(e).__name__}: {e}"
-    if out.returncode == 0:
+    if r.all_passed:
         return ""
-    err = out.stderr.decode("utf-8", errors="replace").strip().splitlines()
-    return f"exit {out.returncode}: {err[-1] if err else 'no output'}"
+    err = r.stderr.strip().splitlines()
+    return f"{r.error or 'test failed'}: {err[-1] if err else 'no output'}"
 
 
-def _isolation_prefix(uid: int) -> list[str]:
-    return ["setpriv", "--pdeathsig", "KILL", "unshare", "--net", "--pid", "--fork",
-            "--kill-child", f"--setuid={uid}", f"--setgid={uid}"]
+def _isolation_prefix() -> list[str]:
+    # The harness starts as root in these namespaces, builds the run's filesystem, then drops
+    # to the run's uid itself (sandbox_harness._setup_isolation).
+    return ["setpriv", "--pdeathsig", "KILL", "unshare", "--net", "--pid", "--ipc", "--mount",
+            "--propagation", "private", "--fork", "--kill-child", "--mount-proc"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -291,7 +250,8 @@ def probe_isolation(preferred: str | None = None) -> Isolation:
     Returns:
       FULL with the first candidate interpreter (`preferred`, ``sys.executable``,
       ``/usr/bin/python3``, ``/usr/local/bin/python3``) that runs under ``setpriv ...
-      unshare --net --pid --fork --setuid``; else NONE with (`preferred` or
+      unshare --net --pid --ipc --mount --fork --mount-proc`` (a probe run of the harness,
+      building the run's filesystem and dropping its uid); else NONE with (`preferred` or
       ``sys.executable``) and the missing capability: not root, ``unshare``/``setpriv``
       not on SANDBOX_PATH, or each candidate's failure (e.g. unshare's stderr).
     """
@@ -315,7 +275,7 @@ def probe_isolation(preferred: str | None = None) -> Isolation:
             return Isolation(FULL, python)
         failures.append(f"{python}: {why}")
     return Isolation(NONE, fallback, "no interpreter runs under `setpriv --pdeathsig KILL "
-                     "unshare --net --pid --fork --setuid=<uid>`: "
+                     "unshare --net --pid --ipc --mount --fork --mount-proc` as a dropped uid: "
                      + ("; ".join(failures) or f"none of {list(candidates)} exists"))
 
 
@@ -353,7 +313,8 @@ def isolation_in_force(config: SandboxConfig) -> Isolation:
         first = iso not in _reported
         _reported.add(iso)
     if first and iso.isolated:
-        log.info("sandbox: full isolation (network + PID namespaces, a fresh uid per run), "
+        log.info("sandbox: full isolation (network, PID, mount namespaces, own tmpfs, a "
+                 "fresh uid per run), "
                  "interpreter %s", iso.python)
     elif first:
         log.warning("sandbox: running model-written programs UNISOLATED (plain child process "
@@ -471,7 +432,12 @@ def run_tests(program: str, tests: list[str], config: SandboxConfig | None = Non
     if not isinstance(program, str) or not all(isinstance(t, str) for t in tests):
         raise TypeError("program and every test must be str")
     iso = isolation_in_force(config)  # raises before anything runs if isolation is missing
-    python, isolated = iso.python, iso.isolated
+    return _run(iso.python, iso.isolated, program, tests, config)
+
+
+def _run(python: str, isolated: bool, program: str, tests: list[str],
+         config: SandboxConfig) -> SandboxResult:
+    """One run of `program` and `tests` with `python`, at level "full" iff `isolated`."""
     uid = _next_uid() if isolated else None
     nonce = secrets.token_hex(16)
     limits = [
@@ -499,14 +465,17 @@ def run_tests(program: str, tests: list[str], config: SandboxConfig | None = Non
             stdin_f.write(marshal.dumps({
                 "vfd": vfd, "nonce": nonce, "program": program, "tests": list(tests),
                 "limits": limits, "block_sockets": not isolated,
+                "isolation": None if not isolated else {
+                    "uid": uid, "root": workdir, "tmpfs_mb": int(config.tmpfs_mb),
+                    "inodes": int(config.tmpfs_inodes)},
             }))
             stdin_f.seek(0)
-            cmd = [python, "-I", "-S", "-c", _HARNESS]
+            cmd = [python, "-I", "-S", "-c", HARNESS]
             if isolated:
-                os.chown(workdir, uid, uid)
-                cmd = _isolation_prefix(uid) + cmd
-            env = {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "HOME": workdir,
-                   "TMPDIR": workdir, "PYTHONDONTWRITEBYTECODE": "1"}
+                cmd = _isolation_prefix() + cmd
+            home = "/tmp" if isolated else workdir  # isolated: /tmp is the run's own tmpfs
+            env = {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "HOME": home,
+                   "TMPDIR": home, "PYTHONDONTWRITEBYTECODE": "1"}
             proc = subprocess.Popen(cmd, stdin=stdin_f, stdout=out_f, stderr=err_f,
                                     cwd=workdir, env=env, pass_fds=(vfd,),
                                     start_new_session=True)

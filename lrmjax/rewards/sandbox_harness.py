@@ -1,0 +1,126 @@
+"""The child side of :mod:`lrmjax.rewards.sandbox`: the harness source the sandbox runs.
+
+The harness runs as ``python -I -S -c HARNESS``. It reads a marshal'd dict from stdin,
+swaps stdin for /dev/null, and at isolation level "full" (it starts as root, inside fresh
+mount, PID, network and IPC namespaces) builds the run's filesystem and drops to the run's
+uid (see :func:`_setup_isolation` below for the exact steps). Then it sets the resource
+limits, runs the program and each test in one namespace, and records outcomes on the
+verdict fd. Everything it needs after the program starts is bound to locals first, so a
+program that rebinds builtins or module attributes cannot change what the harness does.
+"""
+
+HARNESS = r"""
+def _setup_isolation(iso):
+    # As root in a new mount namespace whose propagation is private (unshare --mount), with
+    # /proc already this PID namespace's own (unshare --mount-proc):
+    # 1. every mount becomes read-only and nosuid, in this namespace only;
+    # 2. one tmpfs of iso["tmpfs_mb"] MiB (and iso["inodes"] inodes) on the run directory,
+    #    the run's only writable storage: its subdirectories are bound on /var/tmp, /dev/shm
+    #    and /tmp (the working directory), so all writes share one quota and vanish with the
+    #    namespace when the run ends;
+    # 3. the uid drops to the run's (no groups, no capabilities, no_new_privs).
+    import ctypes, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+    MS_REMOUNT, MS_BIND = 32, 4096
+
+    def mount(src, target, fstype, flags, data):
+        enc = lambda s: None if s is None else s.encode()
+        if libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "mount %s: %s" % (target, os.strerror(err)))
+
+    def unescape(path):  # mountinfo escapes space, tab, newline, backslash as \ooo
+        out, i = [], 0
+        while i < len(path):
+            if path[i] == "\\" and path[i + 1:i + 4].isdigit():
+                out.append(chr(int(path[i + 1:i + 4], 8)))
+                i += 4
+            else:
+                out.append(path[i])
+                i += 1
+        return "".join(out)
+
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split() for line in f]
+    for fields in mounts:
+        target, opts = unescape(fields[4]), fields[5].split(",")
+        flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID
+        flags |= (MS_NODEV if "nodev" in opts else 0) | (MS_NOEXEC if "noexec" in opts else 0)
+        mount(None, target, None, flags, None)
+    uid, root = iso["uid"], iso["root"]
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV,
+          "size=%dm,nr_inodes=%d,mode=0755" % (iso["tmpfs_mb"], iso["inodes"]))
+    for name, target in (("var_tmp", "/var/tmp"), ("shm", "/dev/shm"), ("tmp", "/tmp")):
+        path = root + "/" + name
+        os.mkdir(path, 0o700)
+        os.chown(path, uid, uid)
+        if os.path.isdir(target):
+            mount(path, target, None, MS_BIND, None)  # /tmp last: root may lie under it
+    os.chdir("/tmp")
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: setuid binaries stay inert
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+
+
+def _harness():
+    import marshal, os, resource, sys
+    chunks = []
+    while True:
+        b = os.read(0, 1 << 20)
+        if not b:
+            break
+        chunks.append(b)
+    cfg = marshal.loads(b"".join(chunks))
+    del chunks
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    if cfg["isolation"] is not None:
+        _setup_isolation(cfg["isolation"])
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG=SIGKILL (cleared by setuid)
+    except Exception:
+        pass
+    vfd, nonce, program, tests = cfg["vfd"], cfg["nonce"], cfg["program"], cfg["tests"]
+    for name, value in cfg["limits"]:
+        res = getattr(resource, name)
+        resource.setrlimit(res, (value, value))
+    if cfg["block_sockets"]:
+        def _audit(event, args):
+            if event.startswith("socket."):
+                raise PermissionError("network disabled in sandbox: " + event)
+        sys.addaudithook(_audit)
+    write, compile_, exec_, enc = os.write, compile, exec, str.encode
+    base_exc, fmt, enumerate_ = BaseException, "{} {} {} {}\n".format, enumerate
+
+    def emit(kind, idx, status):
+        try:
+            write(vfd, enc(fmt(nonce, kind, idx, status)))
+        except base_exc:
+            pass
+
+    ns = {"__name__": "solution", "__builtins__": __builtins__}
+    try:
+        exec_(compile_(program, "solution.py", "exec"), ns)
+    except base_exc as e:
+        emit("program", 0, "error")
+        try:
+            sys.stderr.write("program raised " + type(e).__name__ + "\n")
+        except base_exc:
+            pass
+        return
+    emit("program", 0, "ok")
+    for i, test in enumerate_(tests):
+        try:
+            exec_(compile_(test, "test_%d.py" % i, "exec"), ns)
+            ok = True
+        except base_exc:
+            ok = False
+        emit("test", i, "pass" if ok else "fail")
+
+_harness()
+"""
