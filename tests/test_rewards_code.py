@@ -19,8 +19,16 @@ def test_extract_program_prefers_last_python_fence():
 
 
 def test_parse_tests_formats_and_errors():
-    assert parse_tests("assert f() == 1\nassert f() > 0", 0) == ["assert f() == 1\nassert f() > 0"]
-    assert parse_tests(["assert a", "assert b"], 0) == ["assert a", "assert b"]
+    script = "assert f() == 1\nassert g(2, k=[3]) == {'a': (1,)}"
+    assert parse_tests(script, 0) == [script]
+    assert parse_tests(["assert 5 == f(-1)", "assert f() == None"], 0) == [
+        "assert 5 == f(-1)", "assert f() == None"]
+    # Tests the parent cannot judge from data are refused, naming the row and the test.
+    for bad in ["assert f() > 0", "assert ok", "assert f(x) == 1", "f()", "assert f() == g()",
+                "assert f() == 1 + 1", "assert m.f() == 1", "assert f(*a) == 1", "",
+                "assert f() == 1\nprint(1)", "assert f( == 1"]:
+        with pytest.raises(ValueError, match=r"row 3: metadata\['tests'\]\[1\]: .*accepted"):
+            parse_tests(["assert f() == 1", bad], 3)
     with pytest.raises(ValueError, match="row 4.*must be a str or a list of str"):
         parse_tests([1, 2], 4)
     with pytest.raises(ValueError, match="row 2.*is empty"):
@@ -76,6 +84,9 @@ def test_code_reward_bad_input():
         get("code")(["p"], ["x = 1"], [{}])
     with pytest.raises(ValueError, match="mode must be"):
         get("code", mode="some")(["p"], ["x = 1"], [{"tests": ["pass"]}])
+    with pytest.raises(ValueError, match=r"row 1: metadata\['tests'\]\[0\]: 'assert x'"):
+        get("code")(["p"] * 2, ["x = 1"] * 2, [{"tests": ["assert f() == 1"]},
+                                                {"tests": ["assert x"]}])
 
 
 SQUARE = "```python\ndef sq(x):\n    return x * x\n```"
@@ -105,7 +116,7 @@ def test_code_reward_refuses_without_isolation(no_isolation, tmp_path):
     fn = get("code", tmp_dir=str(tmp_path))
     match = r"not root \(simulated\).*reward\.sandbox\.allow_unisolated=True"
     with pytest.raises(RuntimeError, match=match):
-        fn(["p"], [program], [{"tests": ["assert True"]}])
+        fn(["p"], [program], [{"tests": ["assert f() == 1"]}])
     with pytest.raises(RuntimeError, match=match):  # also with nothing to run: a startup check
         fn([], [], [])
     assert not marker.exists() and list(tmp_path.iterdir()) == []

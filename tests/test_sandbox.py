@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from lrmjax.rewards import sandbox
+from lrmjax.rewards import sandbox_verdict as verdict
 from lrmjax.rewards.sandbox import SandboxConfig, run_tests
 
 # Per-module root for run directories, world-traversable like /tmp, so leak checks only see
@@ -75,6 +76,27 @@ def _cmdline_pids(needle: str) -> list[int]:
 
 
 ADD = "def add(a, b):\n    return a + b\n"
+WRONG = "def add(a, b):\n    return a + b + 1\n"
+
+# Classes 1 and 2: programs written against the harness. Each forges what a judge inside the
+# program's interpreter would trust: pass records (with the old harness's secret nonce, found
+# in its memory) and, for a judge that trusted the child's results, results claiming True.
+FORGE = (
+    "import gc, os, sys, time\n"
+    "def _forge(vfd, nonce, n, truncate=False):\n"
+    "    if nonce:\n"
+    "        lines = ['%s program 0 ok' % nonce] + ['%s test %d pass' % (nonce, i)"
+    " for i in range(n)]\n"
+    "    else:\n"
+    "        lines = ['[\"program\",\"ok\"]'] + ['[%d,\"ok\",[\"b\",1]]' % i for i in range(n)]\n"
+    "    data = ('\\n'.join(lines) + '\\n').encode()\n"
+    "    if truncate:  # replace what the harness wrote\n"
+    "        os.pwrite(vfd, data, 0)\n        os.ftruncate(vfd, len(data))\n"
+    "    else:\n        os.write(vfd, data)\n"
+    "def _cfg():\n"
+    "    for o in gc.get_objects():\n"
+    "        if type(o) is dict and 'vfd' in o and ('nonce' in o or 'calls' in o):\n"
+    "            return o['vfd'], o.get('nonce'), len(o.get('tests') or o.get('calls'))\n")
 
 HOSTILE = {
     "infinite_loop": ADD + "while True:\n    pass\n",
@@ -148,6 +170,67 @@ HOSTILE = {
         "builtins.enumerate = lambda xs: []\n"
         "import os\nos.write = lambda fd, data: len(data)\n"
         "def add(a, b):\n    return a + b + 1\n"),
+    # Class 1: reach the harness from the program.
+    "frame_walk": FORGE + WRONG + (
+        "f = sys._getframe()\n"
+        "while f is not None:\n"
+        "    if 'vfd' in f.f_locals and ('nonce' in f.f_locals or 'calls' in f.f_locals):\n"
+        "        L = f.f_locals\n"
+        "        _forge(L['vfd'], L.get('nonce'), len(L.get('tests') or L.get('calls')))\n"
+        "        os._exit(0)\n"
+        "    f = f.f_back\n"),
+    "gc_scan": FORGE + WRONG + "_forge(*_cfg())\nos._exit(0)\n",
+    "settrace": FORGE + WRONG + (
+        "def _tr(frame, event, arg):\n"
+        "    if frame.f_code.co_name == 'emit':\n"
+        "        L = frame.f_locals\n"
+        "        if L.get('kind') == 'test':\n            L['status'] = 'pass'\n"
+        "        if 'line' in L and L['line'][:1] == '[' and 'program' not in L['line']:\n"
+        "            L['line'] = L['line'].split(',')[0] + ',\"ok\",[\"b\",1]]'\n"
+        "    return _tr\n"
+        "sys.settrace(_tr)\n"),
+    # Class 1: rewrite the channel after the harness wrote it (at exit; from a thread).
+    "truncate_channel_at_exit": FORGE + WRONG + (
+        "import atexit\ncfg = _cfg()\natexit.register(lambda: _forge(*cfg, truncate=True))\n"),
+    "thread_rewrites_channel": FORGE + WRONG + (
+        "import threading\n"
+        "vfd, nonce, n = _cfg()\n"
+        "def _later():\n"
+        "    end = time.time() + 1.0\n"
+        "    while time.time() < end and os.fstat(vfd).st_size and len(os.pread(vfd, 1 << 16, 0)"
+        ".splitlines()) < n + 1:\n"
+        "        time.sleep(0.005)\n"
+        "    _forge(vfd, nonce, n, truncate=True)\n"
+        "threading.Thread(target=_later).start()\n"),
+    "daemon_writes_later": FORGE + WRONG + (
+        "import threading\n"
+        "vfd, nonce, n = _cfg()\n"
+        "def _later():\n"
+        "    while len(os.pread(vfd, 1 << 16, 0).splitlines()) < n + 1:\n"
+        "        pass\n"
+        "    _forge(vfd, nonce, n, truncate=True)\n"
+        "threading.Thread(target=_later, daemon=True).start()\n"
+        "import atexit\natexit.register(time.sleep, 0.05)\n"),  # time for the daemon to win
+    # Class 2: results that compare equal to anything.
+    "always_equal": (
+        "class AlwaysEqual:\n"
+        "    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = object.__hash__\n"
+        "def add(a, b):\n    return AlwaysEqual()\n"),
+    "int_subclass": (
+        "class Int(int):\n"
+        "    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = int.__hash__\n"
+        "def add(a, b):\n    return Int(a + b + 1)\n"),
+    "patch_json_print_stdout": WRONG + (
+        "import builtins, io, json, sys\n"
+        "json.dumps = lambda *a, **k: '[0,\"ok\",[\"b\",1]]'\n"
+        "json.loads = lambda *a, **k: True\n"
+        "builtins.print = lambda *a, **k: None\n"
+        "sys.stdout = io.StringIO()\n"
+        "builtins.type = lambda *a: int\n"
+        "builtins.format = lambda *a: '3'\n"
+        "builtins.getattr = lambda *a: (lambda *b, **k: 3)\n"),
     # Class 3: correct answers, then the run does not end cleanly. Each fails every test.
     "non_daemon_thread": ADD + (
         "import threading, time\n"
@@ -269,16 +352,18 @@ def test_partially_correct_program_gets_fraction():
 
 @needs_isolation
 def test_tests_are_independent_and_see_program_namespace():
-    prog = "import math\nCOUNT = [0]\ndef f(x):\n    COUNT[0] += 1\n    return math.sqrt(x)\n"
-    tests = ["assert f(4) == 2", "raise ValueError('boom')", "assert f(9) == 3 and COUNT[0] == 2"]
+    prog = ("import math\nCOUNT = [0]\ndef f(x):\n    COUNT[0] += 1\n    return math.sqrt(x)\n"
+            "def boom():\n    raise ValueError('boom')\n"
+            "def count():\n    return COUNT[0]\n")
+    tests = ["assert f(4) == 2", "assert boom() == None", "assert f(9) == 3\nassert count() == 2"]
     r = run_tests(prog, tests, FAST)
     assert r.passed == (True, False, True)
 
 
 @needs_isolation
 def test_test_that_exits_loses_only_remaining_tests():
-    prog = "import os\n" + ADD
-    tests = ["assert add(1, 2) == 3", "os._exit(0)", "assert add(2, 2) == 4"]
+    prog = "import os\n" + ADD + "def bye():\n    os._exit(0)\n"
+    tests = ["assert add(1, 2) == 3", "assert bye() == None", "assert add(2, 2) == 4"]
     r = run_tests(prog, tests, FAST)
     assert r.passed == (True, False, False)
 
@@ -286,8 +371,9 @@ def test_test_that_exits_loses_only_remaining_tests():
 @needs_isolation
 def test_main_block_and_stdin_are_inert():
     prog = ADD + "if __name__ == '__main__':\n    raise SystemExit(1)\n" + (
-        "try:\n    input()\n    GOT = True\nexcept EOFError:\n    GOT = False\n")
-    r = run_tests(prog, ["assert GOT is False", "assert __name__ == 'solution'"], FAST)
+        "try:\n    input()\n    GOT = True\nexcept EOFError:\n    GOT = False\n"
+        "def got():\n    return GOT\ndef name():\n    return __name__\n")
+    r = run_tests(prog, ["assert got() == False", "assert name() == 'solution'"], FAST)
     assert r.passed == (True, True)
 
 
@@ -340,12 +426,14 @@ def test_probe_as_an_unprivileged_uid_names_root():
     with open(sandbox.__file__) as f:
         source = f.read()
     # sandbox.py alone, with its harness module: the package's __init__ needs numpy.
-    harness = os.path.join(os.path.dirname(sandbox.__file__), "sandbox_harness.py")
+    here = os.path.dirname(sandbox.__file__)
     script = ("import importlib.util, sys, types\n"
-              "name = 'lrmjax.rewards.sandbox_harness'\n"
-              f"spec = importlib.util.spec_from_file_location(name, {harness!r})\n"
-              "h = sys.modules[name] = importlib.util.module_from_spec(spec)\n"
-              "spec.loader.exec_module(h)\n"
+              "for mod in ('sandbox_harness', 'sandbox_verdict'):\n"
+              "    name = 'lrmjax.rewards.' + mod\n"
+              f"    path = {here!r} + '/' + mod + '.py'\n"
+              "    spec = importlib.util.spec_from_file_location(name, path)\n"
+              "    h = sys.modules[name] = importlib.util.module_from_spec(spec)\n"
+              "    spec.loader.exec_module(h)\n"
               "m = sys.modules['sbx'] = types.ModuleType('sbx')\n"
               "exec(compile(sys.stdin.read(), 'sandbox.py', 'exec'), m.__dict__)\n"
               "iso = m.probe_isolation()\n"
@@ -493,3 +581,39 @@ def test_rest_of_the_filesystem_is_read_only():
             os.remove(target)
     assert r.all_passed and "Read-only file system" in r.stdout, r
     assert not existed
+
+
+# ---------------------------------------------------------------- the trusted judge
+
+def _checks(*tests):
+    return [verdict.parse_test(t) for t in tests]
+
+
+def test_judge_compares_decoded_data_and_rejects_a_tampered_channel():
+    tests = _checks("assert f(1) == 2", "assert f(2) == (1, 'é')\nassert f(3) == None")
+    prog = '["program","ok"]\n'
+    good = (prog + '[0,"ok",["i","2"]]\n[1,"ok",["t",[["b",1],["s","c3a9"]]]]\n'
+            '[2,"ok",["n"]]\n').encode()
+    assert verdict.judge(good, tests) == verdict.Verdict((True, True), True)
+    wrong = good.replace(b'["i","2"]', b'["i","3"]')
+    assert verdict.judge(wrong, tests).passed == (False, True)
+    errored = good.replace(b'[2,"ok",["n"]]', b'[2,"error",null]')
+    assert verdict.judge(errored, tests).passed == (True, False)
+    assert verdict.judge(good.replace(b'[2,"ok",["n"]]\n', b''), tests).passed == (True, False)
+    assert verdict.judge(b'["program","error"]\n', tests) == verdict.Verdict((False, False),
+                                                                            False)
+    for tampered in [good + b'[0,"ok",["i","2"]]\n',  # duplicate
+                     prog.encode() + good,  # second program record
+                     good + b'[7,"ok",["n"]]\n',  # unknown call
+                     b'[0,"ok",["i","2"]]\n' + good,  # before the program record
+                     good + b'garbage\n', good + b'[0,"ok",["x"]]\n',
+                     good.replace(b'["i","2"]', b'["i",2]')]:
+        v = verdict.judge(tampered, tests)
+        assert v.passed == (False, False) and "malformed" in v.error, tampered
+
+
+def test_parse_test_refuses_what_the_parent_cannot_judge():
+    [check] = verdict.parse_test("assert {'a': [1, -2.5]} == f('x', k=(None, b'y'))")
+    assert check == verdict.Check("f", ("x",), {"k": (None, b"y")}, {"a": [1, -2.5]})
+    with pytest.raises(ValueError, match="test 1: 'assert add.1, 2. > 3': only assertions"):
+        run_tests(ADD, ["assert add(1, 2) == 3", "assert add(1, 2) > 3"], FAST)

@@ -4,13 +4,21 @@ Program: the last ```` ```python ```` (or ```` ```py ````) fenced block of the c
 failing that the last unlabelled ```` ``` ```` block; failing that the whole completion.
 
 Metadata:
-  ``metadata["tests"]``: either a list of str, each a self-contained block of Python
-    (typically one ``assert``) run after the program in the program's namespace and passing
-    iff it raises nothing; or one str, a test script counted as a single test.
+  ``metadata["tests"]``: either a list of str, each a test, or one str, a single test. A
+    test is one or more assertions ``assert name(<literals>) == <literal>`` (e.g.
+    ``assert add(2, 3) == 5``; either side of ``==`` may hold the call; keyword arguments
+    allowed; literals as ``ast.literal_eval`` reads them), and passes iff every one holds.
+    Anything else (``assert f(x) > 0``, ``assert ok``, statements, calls with computed
+    arguments) raises ValueError naming the row and the test before any program runs: a
+    dataset loader that emits code rows must produce this shape (or extend the parser in
+    :mod:`lrmjax.rewards.sandbox_verdict`).
   ``metadata["setup"]`` (optional str): code prepended to the program (imports, helpers).
 
-The program runs with ``__name__ == "solution"`` and stdin = /dev/null (see
-:mod:`lrmjax.rewards.sandbox` for what the verdict does and does not guarantee).
+The program runs with ``__name__ == "solution"`` and stdin = /dev/null. The test's calls run
+after it in its namespace; each result comes back to this process as plain data (exact
+builtin types only: a subclass, e.g. an int with a forged ``__eq__``, fails its test) and is
+compared here with the expected value, which never reaches the program. See
+:mod:`lrmjax.rewards.sandbox` for what the verdict does and does not guarantee.
 
 Isolation: programs run only at the sandbox's level "full" (network, PID, IPC and mount
 namespaces, a private size-capped tmpfs as the only writable storage, the rest of the
@@ -42,6 +50,7 @@ from lrmjax.rewards.sandbox import (
     isolation_in_force,
     run_tests,
 )
+from lrmjax.rewards.sandbox_verdict import parse_test
 
 _FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -59,7 +68,12 @@ def extract_program(text: str) -> str:
 
 
 def parse_tests(raw: object, row: int) -> list[str]:
-    """metadata["tests"] -> list of test blocks; bad types raise naming the row."""
+    """metadata["tests"] -> list of test blocks, each checked to be of the accepted shape.
+
+    Raises:
+      ValueError naming the row (and the test): a bad type, no tests, or a test that is not
+      made of ``assert name(<literals>) == <literal>`` assertions.
+    """
     if isinstance(raw, str):
         tests = [raw]
     elif isinstance(raw, (list, tuple)) and all(isinstance(t, str) for t in raw):
@@ -69,6 +83,11 @@ def parse_tests(raw: object, row: int) -> list[str]:
                          f"list of str, got {type(raw).__name__}")
     if not tests:
         raise ValueError(f"reward 'code': row {row}: metadata['tests'] is empty")
+    for i, test in enumerate(tests):
+        try:
+            parse_test(test)
+        except ValueError as e:
+            raise ValueError(f"reward 'code': row {row}: metadata['tests'][{i}]: {e}") from None
     return tests
 
 

@@ -33,23 +33,32 @@ below) the run gets:
 * ``setpriv --pdeathsig KILL`` plus a re-armed parent-death signal in the harness: if the
   calling process dies (e.g. a hung reward worker is killed) the run dies with it.
 
-**Verdict.** The program and its tests reach the harness on stdin (an unlinked file, closed
-and replaced by /dev/null before the program runs), so the program cannot read the tests
-from disk. The harness records each outcome as ``<nonce> test <i> pass|fail`` on an unlinked
-temporary file inherited as an extra fd; the 128-bit nonce is random per run and lives only
-in harness memory. Exiting early (``sys.exit(0)``, ``os._exit(0)``), printing a pass marker,
-or rebinding builtins (the harness captures what it uses before the program runs, and
-``assert`` raises the real AssertionError regardless of any rebinding) leaves tests without
-a ``pass`` record, and a missing record is a fail. A run that does not end cleanly fails
-every test, whatever was recorded: a timeout (e.g. correct answers, then a non-daemon thread
-that never ends), a crash or kill, a nonzero exit status, or stdout/stderr reaching the
+**Verdict: judged outside.** Tests are assertions ``assert name(<literals>) == <literal>``,
+parsed here with ``ast`` (:mod:`lrmjax.rewards.sandbox_verdict`; any other shape is refused
+with ValueError before anything runs). The harness receives the program and only the calls
+(function name and literal arguments) on stdin (an unlinked file, replaced by /dev/null
+before the program runs); the expected values stay in this process. After the program's
+top level completes, the harness calls each function and writes its result on an inherited
+unlinked file (the channel) as tagged JSON of exact builtin types; an object of any other
+type (an always-equal object, an int subclass with a forged ``__eq__``) cannot be encoded
+and its call fails. This process decodes the channel into its own plain objects and
+compares them with the expected values. The untrusted side holds no secret and nothing
+that decides the verdict, so frame walking, ``gc`` scans, trace functions, patched builtins
+(``json``, ``print``, ``sys.stdout``...), printed markers, early exits and forged or
+rewritten channel contents (before, after, from atexit or a thread) can at most claim
+results the program could have returned: a wrong claim fails, and a malformed channel, a
+duplicate record or a missing one fails. A run that does not end cleanly fails every test,
+whatever was recorded: a timeout (e.g. correct answers, then a non-daemon thread that never
+ends), a crash or kill, a nonzero exit status, or stdout/stderr reaching the
 ``file_size_mb`` cap.
 
-**Limits of the guarantee** (stated, not hidden): tests run in the same interpreter as the
-program, so a program written *specifically against this harness* can still win, e.g. by
-scanning interpreter memory (``gc.get_objects()``) for the nonce, or by returning objects
-whose ``__eq__`` always returns True. The sandbox defends the host and the verdict channel
-against generic misbehaviour; it is not a proof system.
+**Limits of the guarantee** (stated, not hidden): a program that can compute the right
+results scores, however it writes them (e.g. a lookup table of the test inputs it read from
+the harness's memory; the inputs are not secret, only the expected values are). Comparison
+is Python ``==`` on builtins, as the assertion reads (``1 == 1.0 == True``; ``(1,) !=
+[1]``; floats exact). Only plain function calls are testable (no methods, no stdin/stdout
+tests yet). The sandbox defends the host and the verdict against the program; it does not
+judge whether the tests are good.
 
 The sandbox interpreter must be executable by the unprivileged uid (a pyenv build under
 ``/root`` is not): :func:`probe_isolation` picks the first candidate that a probe run
@@ -81,7 +90,6 @@ import functools
 import logging
 import marshal
 import os
-import secrets
 import select
 import shutil
 import signal
@@ -92,6 +100,7 @@ import threading
 import time
 
 from lrmjax.rewards.sandbox_harness import HARNESS
+from lrmjax.rewards.sandbox_verdict import Check, judge, parse_test
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +233,7 @@ def _probe(python: str) -> str:
     config = SandboxConfig(timeout_s=30.0, cpu_s=30, file_size_mb=1)
     try:
         r = _run(python, True, "import json, math\ndef f():\n    return 1\n",
-                 ["assert f() == 1"], config)
+                 [parse_test("assert f() == 1")], config)
     except OSError as e:
         return f"{type(e).__name__}: {e}"
     if r.all_passed:
@@ -411,13 +420,15 @@ def _tail(f, limit: int) -> str:
 
 def run_tests(program: str, tests: list[str], config: SandboxConfig | None = None
               ) -> SandboxResult:
-    """Runs `program`, then each test statement block in its namespace, sandboxed.
+    """Runs `program`, then the calls of each test, sandboxed; judges the results here.
 
     Args:
       program: Python source. Executed with ``__name__ == "solution"`` (so an
         ``if __name__ == "__main__":`` block does not run) and stdin = /dev/null.
-      tests: Python source blocks, typically ``assert`` statements, each run after the
-        program in the program's namespace; a block passes iff it raises nothing.
+      tests: each a block of assertions ``assert name(<literals>) == <literal>`` (see
+        :func:`lrmjax.rewards.sandbox_verdict.parse_test`); the calls run after the program
+        in its namespace, and a test passes iff each call returned (as plain data) a value
+        ``==`` its expected value, compared in this process.
       config: limits; defaults to ``SandboxConfig()``.
 
     Returns:
@@ -425,21 +436,28 @@ def run_tests(program: str, tests: list[str], config: SandboxConfig | None = Non
       programs: every failure mode is a False entry.
 
     Raises:
+      TypeError: `program` or a test is not a str.
+      ValueError: a test is not of the accepted shape (naming it); nothing has run.
       SandboxUnavailableError: isolation is required but unavailable (see
         :func:`isolation_in_force`); nothing has run.
     """
     config = config or SandboxConfig()
     if not isinstance(program, str) or not all(isinstance(t, str) for t in tests):
         raise TypeError("program and every test must be str")
+    checks = []
+    for i, test in enumerate(tests):
+        try:
+            checks.append(parse_test(test))
+        except ValueError as e:
+            raise ValueError(f"test {i}: {e}") from None
     iso = isolation_in_force(config)  # raises before anything runs if isolation is missing
-    return _run(iso.python, iso.isolated, program, tests, config)
+    return _run(iso.python, iso.isolated, program, checks, config)
 
 
-def _run(python: str, isolated: bool, program: str, tests: list[str],
+def _run(python: str, isolated: bool, program: str, tests: list[tuple[Check, ...]],
          config: SandboxConfig) -> SandboxResult:
     """One run of `program` and `tests` with `python`, at level "full" iff `isolated`."""
     uid = _next_uid() if isolated else None
-    nonce = secrets.token_hex(16)
     limits = [
         ("RLIMIT_CPU", int(config.cpu_s)),
         ("RLIMIT_AS", int(config.memory_mb) << 20),
@@ -463,7 +481,8 @@ def _run(python: str, isolated: bool, program: str, tests: list[str],
         try:
             vfd = verdict_f.fileno()
             stdin_f.write(marshal.dumps({
-                "vfd": vfd, "nonce": nonce, "program": program, "tests": list(tests),
+                "vfd": vfd, "program": program,
+                "calls": [c.call() for checks in tests for c in checks],
                 "limits": limits, "block_sockets": not isolated,
                 "isolation": None if not isolated else {
                     "uid": uid, "root": workdir, "tmpfs_mb": int(config.tmpfs_mb),
@@ -497,7 +516,7 @@ def _run(python: str, isolated: bool, program: str, tests: list[str],
                         pass
                     proc.wait()
             verdict_f.seek(0)
-            records = verdict_f.read().decode("utf-8", errors="replace").splitlines()
+            channel = verdict_f.read()
             # RLIMIT_FSIZE truncates output at the cap (Python ignores SIGXFSZ: the write
             # fails and the run goes on), so output that reached the cap was cut short.
             cap = int(config.file_size_mb) << 20
@@ -509,29 +528,17 @@ def _run(python: str, isolated: bool, program: str, tests: list[str],
             shutil.rmtree(workdir, ignore_errors=True)
     wall = time.monotonic() - start
 
-    passed = [False] * len(tests)
-    failed = [False] * len(tests)
-    program_ok = False
-    for line in records:
-        parts = line.split(" ")
-        if len(parts) != 4 or parts[0] != nonce:
-            continue  # not written by the harness
-        _, kind, idx, status = parts
-        if kind == "program" and status == "ok":
-            program_ok = True
-        elif kind == "test" and idx.isdigit() and int(idx) < len(tests):
-            if status == "pass":
-                passed[int(idx)] = True
-            else:
-                failed[int(idx)] = True
+    verdict = judge(channel, tests)
+    program_ok = verdict.program_ok
     # A pass needs the program to have finished and the whole run to have ended cleanly: a
     # timeout, a crash, a kill or a nonzero exit after the tests ran, or output past the cap,
-    # fails every test. A test with both records (impossible from the harness alone) fails.
+    # fails every test.
     clean = not timed_out and returncode == 0 and not over_cap
-    passed = [p and not f and program_ok and clean
-              for p, f in zip(passed, failed, strict=True)]
+    passed = [p and clean for p in verdict.passed]
     if timed_out:
         error = f"timed out after {config.timeout_s:g}s"
+    elif verdict.error:
+        error = verdict.error
     elif not program_ok:
         error = "program did not complete" + (f" (exit {returncode})" if returncode else "")
     elif returncode != 0:

@@ -3,10 +3,13 @@
 The harness runs as ``python -I -S -c HARNESS``. It reads a marshal'd dict from stdin,
 swaps stdin for /dev/null, and at isolation level "full" (it starts as root, inside fresh
 mount, PID, network and IPC namespaces) builds the run's filesystem and drops to the run's
-uid (see :func:`_setup_isolation` below for the exact steps). Then it sets the resource
-limits, runs the program and each test in one namespace, and records outcomes on the
-verdict fd. Everything it needs after the program starts is bound to locals first, so a
-program that rebinds builtins or module attributes cannot change what the harness does.
+uid (see ``_setup_isolation`` below for the exact steps). Then it sets the resource limits,
+runs the program, calls each requested function with its literal arguments, and writes
+each result on the verdict fd in the wire format of :mod:`lrmjax.rewards.sandbox_verdict`.
+It holds no expected value and no secret: the trusted parent compares, so nothing the
+program does to the harness (rebinding builtins, walking frames, scanning ``gc``, tracing,
+writing the fd itself) can do more than claim other results or garble the channel, and a
+garbled channel fails the run.
 """
 
 HARNESS = r"""
@@ -85,7 +88,7 @@ def _harness():
         ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG=SIGKILL (cleared by setuid)
     except Exception:
         pass
-    vfd, nonce, program, tests = cfg["vfd"], cfg["nonce"], cfg["program"], cfg["tests"]
+    vfd, program, calls = cfg["vfd"], cfg["program"], cfg["calls"]
     for name, value in cfg["limits"]:
         res = getattr(resource, name)
         resource.setrlimit(res, (value, value))
@@ -94,12 +97,69 @@ def _harness():
             if event.startswith("socket."):
                 raise PermissionError("network disabled in sandbox: " + event)
         sys.addaudithook(_audit)
-    write, compile_, exec_, enc = os.write, compile, exec, str.encode
-    base_exc, fmt, enumerate_ = BaseException, "{} {} {} {}\n".format, enumerate
+    import builtins
+    # Bound before the program runs: it may rebind any name, builtin or module attribute.
+    write, compile_, exec_, s_enc, b_hex = os.write, compile, exec, str.encode, bytes.hex
+    type_, none_t, bool_, int_, float_, complex_ = type, type(None), bool, int, float, complex
+    str_, bytes_, list_, tuple_, set_, fset_, dict_ = str, bytes, list, tuple, set, frozenset, dict
+    base_exc, enumerate_, getattr_ = BaseException, enumerate, getattr
+    join, append = "".join, list.append
+    fmt, frepr, items, real, imag = format, float.__repr__, dict.items, complex.real, complex.imag
+    get_real, get_imag = real.__get__, imag.__get__
 
-    def emit(kind, idx, status):
+    def encode(x, out, depth):
+        # Only exact builtin types: no method of the program's runs while encoding.
+        if depth > 100:
+            raise ValueError("nested too deeply")
+        t = type_(x)
+        if t is none_t:
+            append(out, '["n"]')
+        elif t is bool_:
+            append(out, '["b",1]' if x is True else '["b",0]')
+        elif t is int_:
+            append(out, '["i","' + fmt(x, "x") + '"]')  # hex: no int->str digit limit
+        elif t is float_:
+            append(out, '["f","' + frepr(x) + '"]')
+        elif t is complex_:
+            append(out, '["c","' + frepr(get_real(x)) + '","' + frepr(get_imag(x)) + '"]')
+        elif t is str_:
+            append(out, '["s","' + b_hex(s_enc(x, "utf-8", "surrogatepass")) + '"]')
+        elif t is bytes_:
+            append(out, '["y","' + b_hex(x) + '"]')
+        elif t is dict_:
+            append(out, '["d",[')
+            first = True
+            for k, v in items(x):
+                append(out, "[" if first else ",[")
+                encode(k, out, depth + 1)
+                append(out, ",")
+                encode(v, out, depth + 1)
+                append(out, "]")
+                first = False
+            append(out, "]]")
+        else:
+            if t is list_:
+                tag = '["l",['
+            elif t is tuple_:
+                tag = '["t",['
+            elif t is set_:
+                tag = '["set",['
+            elif t is fset_:
+                tag = '["fs",['
+            else:
+                raise TypeError("not an exact builtin type")
+            append(out, tag)
+            first = True
+            for v in x:
+                if not first:
+                    append(out, ",")
+                encode(v, out, depth + 1)
+                first = False
+            append(out, "]]")
+
+    def emit(line):
         try:
-            write(vfd, enc(fmt(nonce, kind, idx, status)))
+            write(vfd, s_enc(line + "\n"))
         except base_exc:
             pass
 
@@ -107,20 +167,22 @@ def _harness():
     try:
         exec_(compile_(program, "solution.py", "exec"), ns)
     except base_exc as e:
-        emit("program", 0, "error")
+        emit('["program","error"]')
         try:
             sys.stderr.write("program raised " + type(e).__name__ + "\n")
         except base_exc:
             pass
         return
-    emit("program", 0, "ok")
-    for i, test in enumerate_(tests):
+    emit('["program","ok"]')
+    for j, (name, args, kwargs) in enumerate_(calls):
         try:
-            exec_(compile_(test, "test_%d.py" % i, "exec"), ns)
-            ok = True
+            fn = ns[name] if name in ns else getattr_(builtins, name)
+            out = []
+            encode(fn(*args, **kwargs), out, 0)
+            line = "[" + fmt(j, "d") + ',"ok",' + join(out) + "]"
         except base_exc:
-            ok = False
-        emit("test", i, "pass" if ok else "fail")
+            line = "[" + fmt(j, "d") + ',"error",null]'
+        emit(line)
 
 _harness()
 """
