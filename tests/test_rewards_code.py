@@ -29,8 +29,11 @@ def test_parse_tests_formats_and_errors():
                 "assert f() == 1\nprint(1)", "assert f( == 1"]:
         with pytest.raises(ValueError, match=r"row 3: metadata\['tests'\]\[1\]: .*accepted"):
             parse_tests(["assert f() == 1", bad], 3)
-    with pytest.raises(ValueError, match="row 4.*must be a str or a list of str"):
+    with pytest.raises(ValueError, match="row 4.*must be a str, a list of str, or a list of"):
         parse_tests([1, 2], 4)
+    assert parse_tests([{"input": "1", "output": "2"}], 0) == [("1", "2")]
+    with pytest.raises(ValueError, match="row 1.*mixed or malformed"):
+        parse_tests([{"input": "1"}], 1)
     with pytest.raises(ValueError, match="row 2.*is empty"):
         parse_tests([], 2)
 
@@ -133,3 +136,18 @@ def test_code_reward_allow_unisolated_scores_reports_and_warns(no_isolation, cap
     assert metrics["reward/sandbox_isolated"] == 0.0 and metrics["reward/mean"] == 1.0
     [record] = caplog.records  # once per process
     assert "UNISOLATED" in record.getMessage() and "not root (simulated)" in record.getMessage()
+
+
+@needs_sandbox
+def test_code_reward_standard_input_tests():
+    program = ("```python\nimport sys\nn = int(sys.stdin.readline())\n"
+               "print(' '.join(str(i * i) for i in range(n)))\nprint(1 / 3)\n```")
+    io = [{"input": "3\n", "output": "0 1 4\n0.333333"}, {"input": "1", "output": "0\n0.3333333"}]
+    meta = [{"tests": io}, {"tests": io, "compare": "float"},
+            {"tests": io, "compare": "float", "float_tol": 1e-9}]
+    res = get("code", mode="fraction")(["p"] * 3, [program] * 3, meta)
+    assert res.scores == [0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="row 0: compare must be one of"):
+        get("code")(["p"], [program], [{"tests": io, "compare": "fuzzy"}])
+    with pytest.raises(ValueError, match="row 0: .*mixed or malformed"):
+        get("code")(["p"], [program], [{"tests": io + ["assert f() == 1"]}])

@@ -617,3 +617,38 @@ def test_parse_test_refuses_what_the_parent_cannot_judge():
     assert check == verdict.Check("f", ("x",), {"k": (None, b"y")}, {"a": [1, -2.5]})
     with pytest.raises(ValueError, match="test 1: 'assert add.1, 2. > 3': only assertions"):
         run_tests(ADD, ["assert add(1, 2) == 3", "assert add(1, 2) > 3"], FAST)
+
+
+# ---------------------------------------------------------------- standard-input tests
+
+SUM_MAIN = ("import sys\nif __name__ == '__main__':\n"
+            "    a, b = map(int, sys.stdin.read().split())\n    print(a + b)\n    print(a / b)\n")
+
+
+def test_outputs_match_modes():
+    assert verdict.outputs_match("3\n0.5\n", "3 0.5", "whitespace")
+    assert not verdict.outputs_match("3\n0.5\n", "3 0.5", "exact")
+    assert verdict.outputs_match("3\n0.5\n", "3\n0.5\n", "exact")
+    assert verdict.outputs_match("0.6666667", "0.66666666", "float", 1e-6)
+    assert not verdict.outputs_match("0.6666667", "0.66666666", "whitespace")
+    assert not verdict.outputs_match("0.67", "0.66666666", "float", 1e-6)
+    assert not verdict.outputs_match("nan", "nan2", "float")
+    assert not verdict.outputs_match("1 2", "1", "float")
+    with pytest.raises(ValueError, match="compare must be one of"):
+        verdict.outputs_match("a", "a", "fuzzy")
+
+
+@needs_isolation
+def test_io_tests_judge_stdout_of_each_case():
+    cases = [("1 2", "3\n0.5\n"), ("2 3\n", "5 0.6666666667"), ("4 0", "4"), ("1 1", "2 2")]
+    r = sandbox.run_io_tests(SUM_MAIN, cases, FAST, compare="float")
+    assert r.passed == (True, True, False, False)  # a crash fails even with the output right
+    assert "ZeroDivisionError" in r.stderr and not r.program_ok
+    exact = sandbox.run_io_tests(SUM_MAIN, cases[:2], FAST, compare="exact")
+    assert exact.passed == (True, False)
+    # Correct output, then a hang or an exit without flushing: fails.
+    hang = SUM_MAIN + ("import threading, time\n"
+                       "threading.Thread(target=time.sleep, args=(99,)).start()\n")
+    assert sandbox.run_io_tests(hang, cases[:1], FAST).passed == (False,)
+    unflushed = SUM_MAIN + "import os\nos._exit(0)\n"
+    assert sandbox.run_io_tests(unflushed, cases[:1], FAST).passed == (False,)

@@ -12,6 +12,14 @@ Metadata:
     arguments) raises ValueError naming the row and the test before any program runs: a
     dataset loader that emits code rows must produce this shape (or extend the parser in
     :mod:`lrmjax.rewards.sandbox_verdict`).
+    Or standard-input tests (competitive-programming format): a list of
+    ``{"input": str, "output": str}``; the program runs once per case as ``__main__`` with
+    the input on stdin, and the case passes iff it exits 0 within the wall clock and its
+    whole stdout matches ``output`` under ``metadata["compare"]``: ``"whitespace"``
+    (default: the same whitespace-separated tokens), ``"exact"`` (identical text) or
+    ``"float"`` (tokens, numbers equal within ``metadata["float_tol"]``, default 1e-6,
+    absolute or relative). Output is judged in this process; a program that ends with
+    ``os._exit`` without flushing loses its buffered output.
   ``metadata["setup"]`` (optional str): code prepended to the program (imports, helpers).
 
 The program runs with ``__name__ == "solution"`` and stdin = /dev/null. The test's calls run
@@ -48,9 +56,10 @@ from lrmjax.rewards.sandbox import (
     SandboxConfig,
     SandboxUnavailableError,
     isolation_in_force,
+    run_io_tests,
     run_tests,
 )
-from lrmjax.rewards.sandbox_verdict import parse_test
+from lrmjax.rewards.sandbox_verdict import check_compare, parse_test
 
 _FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -67,20 +76,30 @@ def extract_program(text: str) -> str:
     return text
 
 
-def parse_tests(raw: object, row: int) -> list[str]:
-    """metadata["tests"] -> list of test blocks, each checked to be of the accepted shape.
+def _is_io_case(t: object) -> bool:
+    return (isinstance(t, dict) and set(t) == {"input", "output"}
+            and all(isinstance(v, str) for v in t.values()))
+
+
+def parse_tests(raw: object, row: int) -> list[str] | list[tuple[str, str]]:
+    """metadata["tests"] -> assertion test blocks (each checked to be of the accepted shape)
+    or standard-input cases ``(input, expected output)``.
 
     Raises:
-      ValueError naming the row (and the test): a bad type, no tests, or a test that is not
-      made of ``assert name(<literals>) == <literal>`` assertions.
+      ValueError naming the row (and the test): a bad type, no tests, a mix of kinds, or an
+      assertion test not made of ``assert name(<literals>) == <literal>`` assertions.
     """
+    if isinstance(raw, (list, tuple)) and raw and all(_is_io_case(t) for t in raw):
+        return [(t["input"], t["output"]) for t in raw]
     if isinstance(raw, str):
         tests = [raw]
     elif isinstance(raw, (list, tuple)) and all(isinstance(t, str) for t in raw):
         tests = list(raw)
     else:
-        raise ValueError(f"reward 'code': row {row}: metadata['tests'] must be a str or a "
-                         f"list of str, got {type(raw).__name__}")
+        raise ValueError(f"reward 'code': row {row}: metadata['tests'] must be a str, a list "
+                         "of str, or a list of {'input': str, 'output': str}, got "
+                         f"{type(raw).__name__}" + (" (mixed or malformed items)"
+                                                    if isinstance(raw, (list, tuple)) else ""))
     if not tests:
         raise ValueError(f"reward 'code': row {row}: metadata['tests'] is empty")
     for i, test in enumerate(tests):
@@ -112,7 +131,8 @@ def code_reward(prompts: list[str], completions: list[str], metadata: list[dict]
                 tmp_dir: str | None = None, allow_unisolated: bool = False) -> RewardResult:
     """Per completion: all-pass (mode="all") or pass fraction (mode="fraction").
 
-    ``timeout_s`` is the sandbox wall clock per completion (CPU limit = its ceiling);
+    ``timeout_s`` is the sandbox wall clock per run (CPU limit = its ceiling): one run per
+    completion for assertion tests, one per case for standard-input tests;
     ``tmp_dir`` the parent of the per-run directories (see ``SandboxConfig``);
     ``allow_unisolated`` runs programs without isolation where the machine cannot isolate
     (see the module docstring) instead of raising RuntimeError.
@@ -132,12 +152,22 @@ def code_reward(prompts: list[str], completions: list[str], metadata: list[dict]
                            allow_unisolated=allow_unisolated)
     # Malformed rows raise before anything runs; then the isolation check, before any program.
     tests = [parse_tests(require(meta, "tests", i, "code"), i) for i, meta in enumerate(metadata)]
+    for i, meta in enumerate(metadata):
+        try:
+            check_compare(meta.get("compare", "whitespace"))
+            float(meta.get("float_tol", 1e-6))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"reward 'code': row {i}: {e}") from None
     isolated = float(check_sandbox(allow_unisolated).isolated)
     scores, fractions, timeouts, program_ok = [], [], [], []
     for completion, meta, row_tests in zip(completions, metadata, tests, strict=True):
         setup = meta.get("setup", "")
         program = (setup + "\n" if setup else "") + extract_program(completion)
-        result = run_tests(program, row_tests, config)
+        if row_tests and isinstance(row_tests[0], tuple):
+            result = run_io_tests(program, row_tests, config, meta.get("compare", "whitespace"),
+                                  float(meta.get("float_tol", 1e-6)))
+        else:
+            result = run_tests(program, row_tests, config)
         fractions.append(result.pass_fraction)
         timeouts.append(float(result.timed_out))
         program_ok.append(float(result.program_ok))

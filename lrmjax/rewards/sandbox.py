@@ -55,10 +55,12 @@ ends), a crash or kill, a nonzero exit status, or stdout/stderr reaching the
 **Limits of the guarantee** (stated, not hidden): a program that can compute the right
 results scores, however it writes them (e.g. a lookup table of the test inputs it read from
 the harness's memory; the inputs are not secret, only the expected values are). Comparison
-is Python ``==`` on builtins, as the assertion reads (``1 == 1.0 == True``; ``(1,) !=
-[1]``; floats exact). Only plain function calls are testable (no methods, no stdin/stdout
-tests yet). The sandbox defends the host and the verdict against the program; it does not
-judge whether the tests are good.
+is Python ``==`` on builtins, as the assertion reads (``1 == 1.0 == True``; ``(1,) != [1]``;
+floats exact). Only plain function calls are testable by assertion (no methods).
+:func:`run_io_tests` runs standard-input tests instead: one run per case, the program as
+``__main__`` with the case's input on stdin, its whole stdout compared here. The sandbox
+defends the host and the verdict against the program; it does not judge whether the tests
+are good.
 
 The sandbox interpreter must be executable by the unprivileged uid (a pyenv build under
 ``/root`` is not): :func:`probe_isolation` picks the first candidate that a probe run
@@ -100,7 +102,14 @@ import threading
 import time
 
 from lrmjax.rewards.sandbox_harness import HARNESS
-from lrmjax.rewards.sandbox_verdict import Check, judge, parse_test
+from lrmjax.rewards.sandbox_verdict import (
+    Check,
+    Verdict,
+    check_compare,
+    judge,
+    outputs_match,
+    parse_test,
+)
 
 log = logging.getLogger(__name__)
 
@@ -454,9 +463,38 @@ def run_tests(program: str, tests: list[str], config: SandboxConfig | None = Non
     return _run(iso.python, iso.isolated, program, checks, config)
 
 
+def run_io_tests(program: str, cases: list[tuple[str, str]], config: SandboxConfig | None = None,
+                 compare: str = "whitespace", float_tol: float = 1e-6) -> SandboxResult:
+    """Standard-input tests: one sandboxed run of `program` per (input, expected output) case.
+
+    The program runs as ``__main__`` with the input on stdin; the case passes iff the run
+    ends cleanly (exit status 0, no timeout, output under the cap) and its whole stdout
+    matches the expected output under `compare` (see
+    :func:`lrmjax.rewards.sandbox_verdict.outputs_match`), judged here. Returns one
+    SandboxResult: ``passed`` per case, ``timed_out`` if any run timed out, ``program_ok``
+    if every run exited 0, stdout/stderr/error of the first failing case (else the last).
+    """
+    config = config or SandboxConfig()
+    if not isinstance(program, str) or not all(
+            isinstance(i, str) and isinstance(o, str) for i, o in cases):
+        raise TypeError("program, every input and every expected output must be str")
+    check_compare(compare)
+    iso = isolation_in_force(config)
+    runs = [_run(iso.python, iso.isolated, program, [], config, stdin=i) for i, _ in cases]
+    passed = tuple(r.program_ok and r.returncode == 0 and not r.error
+                   and outputs_match(r.stdout, o, compare, float_tol)
+                   for r, (_, o) in zip(runs, cases, strict=True))
+    shown = next((r for r, p in zip(runs, passed, strict=True) if not p), runs[-1])
+    return dataclasses.replace(
+        shown, passed=passed, program_ok=all(r.returncode == 0 for r in runs),
+        timed_out=any(r.timed_out for r in runs), wall_s=sum(r.wall_s for r in runs))
+
+
 def _run(python: str, isolated: bool, program: str, tests: list[tuple[Check, ...]],
-         config: SandboxConfig) -> SandboxResult:
-    """One run of `program` and `tests` with `python`, at level "full" iff `isolated`."""
+         config: SandboxConfig, stdin: str | None = None) -> SandboxResult:
+    """One run of `program` and `tests` with `python`, at level "full" iff `isolated`; with
+    `stdin`, the program runs as ``__main__`` on that input and the result's stdout is all
+    of it (up to the cap) instead of a tail."""
     uid = _next_uid() if isolated else None
     limits = [
         ("RLIMIT_CPU", int(config.cpu_s)),
@@ -483,7 +521,7 @@ def _run(python: str, isolated: bool, program: str, tests: list[tuple[Check, ...
             stdin_f.write(marshal.dumps({
                 "vfd": vfd, "program": program,
                 "calls": [c.call() for checks in tests for c in checks],
-                "limits": limits, "block_sockets": not isolated,
+                "limits": limits, "block_sockets": not isolated, "stdin": stdin,
                 "isolation": None if not isolated else {
                     "uid": uid, "root": workdir, "tmpfs_mb": int(config.tmpfs_mb),
                     "inodes": int(config.tmpfs_inodes)},
@@ -522,13 +560,14 @@ def _run(python: str, isolated: bool, program: str, tests: list[tuple[Check, ...
             cap = int(config.file_size_mb) << 20
             over_cap = max(os.fstat(out_f.fileno()).st_size,
                            os.fstat(err_f.fileno()).st_size) >= cap
-            stdout = _tail(out_f, config.max_output_bytes)
+            stdout = _tail(out_f, cap if stdin is not None else config.max_output_bytes)
             stderr = _tail(err_f, config.max_output_bytes)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     wall = time.monotonic() - start
 
-    verdict = judge(channel, tests)
+    # Standard-input runs: the caller judges stdout; the program completed iff it exited 0.
+    verdict = judge(channel, tests) if stdin is None else Verdict((), returncode == 0)
     program_ok = verdict.program_ok
     # A pass needs the program to have finished and the whole run to have ended cleanly: a
     # timeout, a crash, a kill or a nonzero exit after the tests ran, or output past the cap,

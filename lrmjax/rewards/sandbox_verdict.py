@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 from typing import Any
 
 ACCEPTED = ("only assertions of the form `assert name(<literals>) == <literal>` are accepted "
@@ -187,3 +188,41 @@ def judge(channel: bytes, tests: list[tuple[Check, ...]]) -> Verdict:
             j += 1
         passed.append(ok)
     return Verdict(tuple(passed), True)
+
+
+COMPARE_MODES = ("exact", "whitespace", "float")
+
+
+def check_compare(compare: str) -> None:
+    """Raises ValueError unless `compare` is one of COMPARE_MODES."""
+    if compare not in COMPARE_MODES:
+        raise ValueError(f"compare must be one of {COMPARE_MODES}, got {compare!r}")
+
+
+def outputs_match(got: str, expected: str, compare: str = "whitespace",
+                  float_tol: float = 1e-6) -> bool:
+    """Standard-output comparison, done in the trusted process.
+
+    ``"exact"``: identical text. ``"whitespace"``: the same whitespace-separated tokens.
+    ``"float"``: the same tokens, except that a pair of tokens that both read as finite
+    floats matches within `float_tol`, absolute or relative (``math.isclose``).
+    """
+    check_compare(compare)
+    if compare == "exact":
+        return got == expected
+    a, b = got.split(), expected.split()
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x == y:
+            continue
+        if compare != "float":
+            return False
+        try:
+            fx, fy = float(x), float(y)
+        except ValueError:
+            return False
+        if not (math.isfinite(fx) and math.isfinite(fy)
+                and math.isclose(fx, fy, rel_tol=float_tol, abs_tol=float_tol)):
+            return False
+    return True
