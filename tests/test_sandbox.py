@@ -197,8 +197,7 @@ HOSTILE = {
         "vfd, nonce, n = _cfg()\n"
         "def _later():\n"
         "    end = time.time() + 1.0\n"
-        "    while time.time() < end and os.fstat(vfd).st_size and len(os.pread(vfd, 1 << 16, 0)"
-        ".splitlines()) < n + 1:\n"
+        "    while time.time() < end and len(os.pread(vfd, 1 << 16, 0).splitlines()) < n + 1:\n"
         "        time.sleep(0.005)\n"
         "    _forge(vfd, nonce, n, truncate=True)\n"
         "threading.Thread(target=_later).start()\n"),

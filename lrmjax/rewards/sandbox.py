@@ -53,14 +53,14 @@ ends), a crash or kill, a nonzero exit status, or stdout/stderr reaching the
 ``file_size_mb`` cap.
 
 **Limits of the guarantee** (stated, not hidden): a program that can compute the right
-results scores, however it writes them (e.g. a lookup table of the test inputs it read from
-the harness's memory; the inputs are not secret, only the expected values are). Comparison
-is Python ``==`` on builtins, as the assertion reads (``1 == 1.0 == True``; ``(1,) != [1]``;
-floats exact). Only plain function calls are testable by assertion (no methods).
-:func:`run_io_tests` runs standard-input tests instead: one run per case, the program as
-``__main__`` with the case's input on stdin, its whole stdout compared here. The sandbox
-defends the host and the verdict against the program; it does not judge whether the tests
-are good.
+results scores, however it writes them; the test inputs are not secret (the program can read
+the calls from the harness's memory), only the expected values never leave this process.
+Comparison is Python ``==`` on builtins, as the assertion reads (``1 == 1.0 == True``;
+``(1,) != [1]``; floats exact). Only plain function calls are testable by assertion (no
+methods). :func:`run_io_tests` runs standard-input tests instead: one run per case, the
+program as ``__main__`` with the case's input on stdin, its whole stdout compared here. The
+sandbox defends the host and the verdict against the program; it does not judge whether the
+tests are good.
 
 The sandbox interpreter must be executable by the unprivileged uid (a pyenv build under
 ``/root`` is not): :func:`probe_isolation` picks the first candidate that a probe run
