@@ -210,6 +210,15 @@ HOSTILE = {
         "    _forge(vfd, nonce, n, truncate=True)\n"
         "threading.Thread(target=_later, daemon=True).start()\n"
         "import atexit\natexit.register(time.sleep, 0.05)\n"),  # time for the daemon to win
+    # Forged records carrying the right answers (read from the harness's memory, computed
+    # by the program) but written beside the harness's own: duplicates fail the channel.
+    "forge_right_answers_before": WRONG + (
+        "import gc, os\n"
+        "for o in gc.get_objects():\n"
+        "    if type(o) is dict and 'calls' in o and 'vfd' in o:\n"
+        "        lines = ['[\"program\",\"ok\"]'] + ['[%d,\"ok\",[\"i\",\"%x\"]]' % (j, sum(a))"
+        " for j, (_, a, _) in enumerate(o['calls'])]\n"
+        "        os.write(o['vfd'], ('\\n'.join(lines) + '\\n').encode())\n"),
     # Class 2: results that compare equal to anything.
     "always_equal": (
         "class AlwaysEqual:\n"
@@ -651,3 +660,22 @@ def test_io_tests_judge_stdout_of_each_case():
     assert sandbox.run_io_tests(hang, cases[:1], FAST).passed == (False,)
     unflushed = SUM_MAIN + "import os\nos._exit(0)\n"
     assert sandbox.run_io_tests(unflushed, cases[:1], FAST).passed == (False,)
+
+
+@needs_isolation
+def test_results_must_be_exact_builtin_types():
+    """Subclasses of builtins (anywhere inside a result) and unencodable values fail their
+    call; exact builtins, however nested, round-trip (a 2536-digit int included)."""
+    prog = ("class S(str):\n    pass\nclass D(dict):\n    pass\n"
+            "loop = []\nloop.append(loop)\n"
+            "def f(k):\n"
+            "    return {'str_sub': S('a'), 'nested_sub': [1, {'k': S('a')}], 'dict_sub': D(),\n"
+            "            'loop': loop, 'ok': (1, [2.5, {3: b'x'}], {(1, 2)}, None, -7),\n"
+            "            'big': 7 ** 3000, 'nan': float('nan'), 'text': 'é\\n\"'}[k]\n")
+    tests = ["assert f('str_sub') == 'a'", "assert f('nested_sub') == [1, {'k': 'a'}]",
+             "assert f('dict_sub') == {}", "assert f('loop') == []",
+             "assert f('ok') == (1, [2.5, {3: b'x'}], {(1, 2)}, None, -7)",
+             f"assert f('big') == {7 ** 3000}", "assert f('nan') == 0.0",
+             "assert f('text') == 'é\\n\"'"]
+    r = run_tests(prog, tests, FAST)
+    assert r.passed == (False, False, False, False, True, True, False, True), r
