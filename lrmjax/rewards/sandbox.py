@@ -336,7 +336,8 @@ def isolation_in_force(config: SandboxConfig) -> Isolation:
                  "interpreter %s", iso.python)
     elif first:
         log.warning("sandbox: running model-written programs UNISOLATED (plain child process "
-                    "with this process's uid and network, no PID namespace): %s", iso.missing)
+                    "with this process's uid, network and filesystem, no PID namespace): %s",
+                    iso.missing)
     return iso
 
 
