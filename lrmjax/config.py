@@ -99,7 +99,8 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     # The `code` reward's sandbox (lrmjax/rewards/sandbox.py) isolates programs only as root
     # with util-linux unshare/setpriv; elsewhere the run refuses to start, naming what is
     # missing, unless allow_unisolated (then programs run as plain child processes with this
-    # process's uid and network, a warning is logged and reward/sandbox_isolated reads 0).
+    # process's uid, network and filesystem, a warning is logged and reward/sandbox_isolated
+    # reads 0).
     c.reward.sandbox = ml_collections.ConfigDict()
     c.reward.sandbox.allow_unisolated = False
     # A control experiment: permute the rewards across the batch before computing advantages,

@@ -19,10 +19,21 @@ def test_extract_program_prefers_last_python_fence():
 
 
 def test_parse_tests_formats_and_errors():
-    assert parse_tests("assert f() == 1\nassert f() > 0", 0) == ["assert f() == 1\nassert f() > 0"]
-    assert parse_tests(["assert a", "assert b"], 0) == ["assert a", "assert b"]
-    with pytest.raises(ValueError, match="row 4.*must be a str or a list of str"):
+    script = "assert f() == 1\nassert g(2, k=[3]) == {'a': (1,)}"
+    assert parse_tests(script, 0) == [script]
+    assert parse_tests(["assert 5 == f(-1)", "assert f() == None"], 0) == [
+        "assert 5 == f(-1)", "assert f() == None"]
+    # Tests the parent cannot judge from data are refused, naming the row and the test.
+    for bad in ["assert f() > 0", "assert ok", "assert f(x) == 1", "f()", "assert f() == g()",
+                "assert f() == 1 + 1", "assert m.f() == 1", "assert f(*a) == 1", "",
+                "assert f() == 1\nprint(1)", "assert f( == 1"]:
+        with pytest.raises(ValueError, match=r"row 3: metadata\['tests'\]\[1\]: .*accepted"):
+            parse_tests(["assert f() == 1", bad], 3)
+    with pytest.raises(ValueError, match="row 4.*must be a str, a list of str, or a list of"):
         parse_tests([1, 2], 4)
+    assert parse_tests([{"input": "1", "output": "2"}], 0) == [("1", "2")]
+    with pytest.raises(ValueError, match="row 1.*mixed or malformed"):
+        parse_tests([{"input": "1"}], 1)
     with pytest.raises(ValueError, match="row 2.*is empty"):
         parse_tests([], 2)
 
@@ -51,6 +62,20 @@ def test_code_reward_all_and_fraction():
 
 
 @needs_sandbox
+def test_run_that_does_not_end_cleanly_scores_zero():
+    """Correct answers, then a hang (a non-daemon thread), a crash or output past the cap."""
+    square = "def sq(x):\n    return x * x\n"
+    tails = ["import threading, time\nthreading.Thread(target=time.sleep, args=(99,)).start()",
+             "import atexit, ctypes\natexit.register(ctypes.string_at, 0)",
+             "import atexit, sys\natexit.register(lambda: sys.stdout.write('x' * (17 << 20)))"]
+    completions = [square] + [square + tail for tail in tails]
+    res = get("code", mode="fraction", timeout_s=1.5)(["p"] * 4, completions, [TESTS_SQ] * 4)
+    assert res.scores == [1.0, 0.0, 0.0, 0.0]
+    assert res.components["timed_out"] == [0.0, 1.0, 0.0, 0.0]
+    assert res.components["program_ok"] == [1.0] * 4
+
+
+@needs_sandbox
 def test_code_reward_setup_and_script_test():
     res = get("code")(["p"], ["def g():\n    return helper() + 1"],
                       [{"setup": "def helper():\n    return 41", "tests": "assert g() == 42"}])
@@ -62,6 +87,9 @@ def test_code_reward_bad_input():
         get("code")(["p"], ["x = 1"], [{}])
     with pytest.raises(ValueError, match="mode must be"):
         get("code", mode="some")(["p"], ["x = 1"], [{"tests": ["pass"]}])
+    with pytest.raises(ValueError, match=r"row 1: metadata\['tests'\]\[0\]: 'assert x'"):
+        get("code")(["p"] * 2, ["x = 1"] * 2, [{"tests": ["assert f() == 1"]},
+                                                {"tests": ["assert x"]}])
 
 
 SQUARE = "```python\ndef sq(x):\n    return x * x\n```"
@@ -91,7 +119,7 @@ def test_code_reward_refuses_without_isolation(no_isolation, tmp_path):
     fn = get("code", tmp_dir=str(tmp_path))
     match = r"not root \(simulated\).*reward\.sandbox\.allow_unisolated=True"
     with pytest.raises(RuntimeError, match=match):
-        fn(["p"], [program], [{"tests": ["assert True"]}])
+        fn(["p"], [program], [{"tests": ["assert f() == 1"]}])
     with pytest.raises(RuntimeError, match=match):  # also with nothing to run: a startup check
         fn([], [], [])
     assert not marker.exists() and list(tmp_path.iterdir()) == []
@@ -108,3 +136,18 @@ def test_code_reward_allow_unisolated_scores_reports_and_warns(no_isolation, cap
     assert metrics["reward/sandbox_isolated"] == 0.0 and metrics["reward/mean"] == 1.0
     [record] = caplog.records  # once per process
     assert "UNISOLATED" in record.getMessage() and "not root (simulated)" in record.getMessage()
+
+
+@needs_sandbox
+def test_code_reward_standard_input_tests():
+    program = ("```python\nimport sys\nn = int(sys.stdin.readline())\n"
+               "print(' '.join(str(i * i) for i in range(n)))\nprint(1 / 3)\n```")
+    io = [{"input": "3\n", "output": "0 1 4\n0.333333"}, {"input": "1", "output": "0\n0.3333333"}]
+    meta = [{"tests": io}, {"tests": io, "compare": "float"},
+            {"tests": io, "compare": "float", "float_tol": 1e-9}]
+    res = get("code", mode="fraction")(["p"] * 3, [program] * 3, meta)
+    assert res.scores == [0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="row 0: compare must be one of"):
+        get("code")(["p"], [program], [{"tests": io, "compare": "fuzzy"}])
+    with pytest.raises(ValueError, match="row 0: .*mixed or malformed"):
+        get("code")(["p"], [program], [{"tests": io + ["assert f() == 1"]}])

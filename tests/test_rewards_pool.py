@@ -422,10 +422,10 @@ def test_killed_worker_takes_its_sandbox_run_down(run_root):
         pytest.skip("sandbox isolation unavailable here")
     fn = get("code", timeout_s=30.0, tmp_dir=run_root)
     with RewardPool(fn, num_workers=1, timeout_s=2.0) as pool:
-        pool.score(["p"], ["def f(): pass"], [{"tests": ["f()"]}])  # start the worker
+        pool.score(["p"], ["def f(): pass"], [{"tests": ["assert f() == None"]}])  # start it
         worker_pid = pool._workers[0].proc.pid
         scores, metrics, _ = pool.score(["p"], ["import time\ntime.sleep(60)"],
-                                        [{"tests": ["assert True"]}])
+                                        [{"tests": ["assert f() == None"]}])
     assert metrics["reward/timeouts"] == 1.0 and scores[0] == 0.0
     deadline = time.monotonic() + 3.0
     while _uid_pids([worker_pid]) and time.monotonic() < deadline:

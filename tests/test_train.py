@@ -108,7 +108,8 @@ def test_code_reward_gets_the_sandbox_option_and_refuses_to_start_without_isolat
     cfg.reward.sandbox.allow_unisolated = True
     assert inputs.outcome_reward(cfg).keywords == {"allow_unisolated": True}
     cfg.reward.fns = {"code": 1.0, "format": 0.5}
-    res = inputs.outcome_reward(cfg)(["p"], ["```python\nx = 1\n```"], [{"tests": ["assert x"]}])
+    res = inputs.outcome_reward(cfg)(["p"], ["```python\ndef f():\n    return 1\n```"],
+                                     [{"tests": ["assert f() == 1"]}])
     assert res.components["code"] == [1.0] and res.components["code/sandbox_isolated"] == [0.0]
 
 
@@ -150,7 +151,7 @@ def test_sandbox_isolation_reaches_metrics(tmp_path, monkeypatch):
     # No data source carries unit tests yet: give every row a trivial one.
     metadata = inputs.Inputs.reward_metadata
     monkeypatch.setattr(inputs.Inputs, "reward_metadata", lambda self, *a, **k: [
-        {**row, "tests": ["assert True"]} for row in metadata(self, *a, **k)])
+        {**row, "tests": ["assert len('') == 0"]} for row in metadata(self, *a, **k)])
     cfg = small_config("grpo", steps=1)
     cfg.reward.fns = {"code": 1.0}
     cfg.reward.sandbox.allow_unisolated = True  # so that the test runs where isolation is missing

@@ -4,55 +4,81 @@ One call to :func:`run_tests` runs one program in a fresh child process tree. At
 level "full" (the default; where the machine cannot give it, see **Isolation levels**
 below) the run gets:
 
-* **namespaces**: ``unshare --net --pid --fork`` gives the child an empty network
-  namespace (no interfaces, not even loopback: every connect fails) and its own PID
-  namespace, whose init is the harness. When the harness exits or is killed the kernel
-  SIGKILLs every process left in the namespace, so double-forked background processes
-  cannot outlive the run.
-* **unprivileged uid**: the child runs as a fresh uid (no passwd entry, no groups), unique
-  among concurrent runs. We run as root, and RLIMIT_NPROC is not enforced for root; as an
+* **namespaces**: ``unshare --net --pid --ipc --mount --fork --mount-proc`` gives the child
+  an empty network namespace (no interfaces, not even loopback: every connect fails), its
+  own IPC namespace, and its own PID namespace, whose init is the harness. When the harness
+  exits or is killed the kernel SIGKILLs every process left in the namespace, so
+  double-forked background processes cannot outlive the run.
+* **its own filesystem** (a private mount namespace; the harness builds it as root, then
+  drops to the run's uid, see :mod:`lrmjax.rewards.sandbox_harness`): every mount is
+  remounted read-only and nosuid; one tmpfs of ``tmpfs_mb`` MiB (``tmpfs_inodes`` inodes)
+  is the run's only writable storage, bound on ``/tmp`` (the working directory, HOME and
+  TMPDIR), ``/var/tmp`` and ``/dev/shm``: one quota for all its writes, invisible to the
+  host and to other runs, gone when the run ends (nothing it writes lands on host disk or
+  in host memory beyond that quota). ``/proc`` is the PID namespace's own, listing only
+  the run's processes. ``/sys`` and device nodes such as ``/dev/null`` stay visible
+  (read-only mounts; the uid has no rights on the rest of ``/dev``).
+* **unprivileged uid**: the child runs as a fresh uid (no passwd entry, no groups, no
+  capabilities, ``no_new_privs`` so setuid binaries grant nothing), unique among concurrent
+  runs. We run as root, and RLIMIT_NPROC is not enforced for root; as an
   ordinary uid the fork-bomb limit applies, and per-run uids keep one run's fork bomb from
-  eating another's process budget. The uid also cannot signal host processes, read their
-  ``/proc/<pid>/environ``, or delete root-owned files outside its directory.
+  eating another's process budget. The uid also cannot signal host processes.
 * **resource limits** (set by the harness before the program runs): RLIMIT_CPU,
   RLIMIT_AS (memory), RLIMIT_FSIZE (largest file), RLIMIT_NPROC, RLIMIT_CORE=0.
 * **wall clock**: the host kills the whole tree (process group, then every process of the
   run's uid) once ``timeout_s`` passes.
-* **scrubbed environment** (PATH, LANG, HOME/TMPDIR = the run's temporary directory) and
-  a fresh temporary directory (prefix ``lrmjax_sbx_``) removed afterwards.
+* **scrubbed environment** (PATH, LANG, HOME/TMPDIR) and a fresh directory (prefix
+  ``lrmjax_sbx_``, the tmpfs's mount point at level "full", the working directory at level
+  "none") removed afterwards.
 * ``setpriv --pdeathsig KILL`` plus a re-armed parent-death signal in the harness: if the
   calling process dies (e.g. a hung reward worker is killed) the run dies with it.
 
-**Verdict.** The program and its tests reach the harness on stdin (an unlinked file, closed
-and replaced by /dev/null before the program runs), so the program cannot read the tests
-from disk. The harness records each outcome as ``<nonce> test <i> pass|fail`` on an unlinked
-temporary file inherited as an extra fd; the 128-bit nonce is random per run and lives only
-in harness memory. Exiting early (``sys.exit(0)``, ``os._exit(0)``), printing a pass marker,
-or rebinding builtins (the harness captures what it uses before the program runs, and
-``assert`` raises the real AssertionError regardless of any rebinding) leaves tests without
-a ``pass`` record, and a missing record is a fail.
+**Verdict: judged outside.** Tests are assertions ``assert name(<literals>) == <literal>``,
+parsed here with ``ast`` (:mod:`lrmjax.rewards.sandbox_verdict`; any other shape is refused
+with ValueError before anything runs). The harness receives the program and only the calls
+(function name and literal arguments) on stdin (an unlinked file, replaced by /dev/null
+before the program runs); the expected values stay in this process. After the program's
+top level completes, the harness calls each function and writes its result on an inherited
+unlinked file (the channel) as tagged JSON of exact builtin types; an object of any other
+type (an always-equal object, an int subclass with a forged ``__eq__``) cannot be encoded
+and its call fails. This process decodes the channel into its own plain objects and
+compares them with the expected values. The untrusted side holds no secret and nothing
+that decides the verdict, so frame walking, ``gc`` scans, trace functions, patched builtins
+(``json``, ``print``, ``sys.stdout``...), printed markers, early exits and forged or
+rewritten channel contents (before, after, from atexit or a thread) can at most claim
+results the program could have returned: a wrong claim fails, and a malformed channel, a
+duplicate record or a missing one fails. A run that does not end cleanly fails every test,
+whatever was recorded: a timeout (e.g. correct answers, then a non-daemon thread that never
+ends), a crash or kill, a nonzero exit status, or stdout/stderr reaching the
+``file_size_mb`` cap.
 
-**Limits of the guarantee** (stated, not hidden): tests run in the same interpreter as the
-program, so a program written *specifically against this harness* can still win, e.g. by
-scanning interpreter memory (``gc.get_objects()``) for the nonce, or by returning objects
-whose ``__eq__`` always returns True. The sandbox defends the host and the verdict channel
-against generic misbehaviour; it is not a proof system.
+**Limits of the guarantee** (stated, not hidden): a program that can compute the right
+results scores, however it writes them; the test inputs are not secret (the program can read
+the calls from the harness's memory), only the expected values never leave this process.
+Comparison is Python ``==`` on builtins, as the assertion reads (``1 == 1.0 == True``;
+``(1,) != [1]``; floats exact). Only plain function calls are testable by assertion (no
+methods). :func:`run_io_tests` runs standard-input tests instead: one run per case, the
+program as ``__main__`` with the case's input on stdin, its whole stdout compared here. The
+sandbox defends the host and the verdict against the program; it does not judge whether the
+tests are good.
 
 The sandbox interpreter must be executable by the unprivileged uid (a pyenv build under
 ``/root`` is not): :func:`probe_isolation` picks the first candidate that a probe run
 accepts (``SandboxConfig.python``, ``sys.executable``, ``/usr/bin/python3``).
 
-**Isolation levels.** Everything above is level ``"full"``. It needs root (namespaces and
-setuid) and util-linux ``unshare`` and ``setpriv`` on the sandbox's PATH (``/usr/bin:/bin``);
-:func:`probe_isolation` checks once per process and names what is missing. Without them the
-only level is ``"none"``: the program runs as a plain child process of the caller, with the
-resource limits (but no RLIMIT_NPROC: it would count the caller's own processes), the wall
-clock (killing its process group only: a program that calls ``setsid()`` escapes it), the
-scrubbed environment, the temporary directory and the verdict channel, but **with the
-caller's uid** (it can read, write and delete whatever the caller can, signal the caller's
-processes and read their ``/proc/<pid>/environ``), **the host network** (only an audit hook
-refuses Python's ``socket.*`` calls; ``ctypes`` or a subprocess such as ``curl`` bypass it)
-and **no PID namespace** (background processes can outlive the run). So ``run_tests``
+**Isolation levels.** Everything above is level ``"full"``. It needs root (namespaces,
+mounts and setuid) and util-linux ``unshare`` and ``setpriv`` on the sandbox's PATH
+(``/usr/bin:/bin``); :func:`probe_isolation` checks once per process and names what is
+missing. Without them the only level is ``"none"``: the program runs as a plain child
+process of the caller, with the resource limits (but no RLIMIT_NPROC: it would count the
+caller's own processes), the wall clock (killing its process group only: a program that
+calls ``setsid()`` escapes it), the scrubbed environment, the temporary directory and the
+verdict channel, but **with the caller's uid** (it can read, write and delete whatever the
+caller can, signal the caller's processes and read their ``/proc/<pid>/environ``), **the
+host network** (only an audit hook refuses Python's ``socket.*`` calls; ``ctypes`` or a
+subprocess such as ``curl`` bypass it), **no PID namespace** (background processes can
+outlive the run) and **the host's filesystem** (no quota beyond RLIMIT_FSIZE per file; files
+outside the run's directory outlive it; ``/proc`` lists host processes). So ``run_tests``
 refuses level "none" (:class:`SandboxUnavailableError`, before anything runs) unless
 ``SandboxConfig.allow_unisolated=True``; ``SandboxConfig.isolate=False`` asks for level
 "none" on purpose (debugging) and is not refused. :func:`isolation_in_force` returns the
@@ -66,7 +92,6 @@ import functools
 import logging
 import marshal
 import os
-import secrets
 import select
 import shutil
 import signal
@@ -75,6 +100,16 @@ import sys
 import tempfile
 import threading
 import time
+
+from lrmjax.rewards.sandbox_harness import HARNESS
+from lrmjax.rewards.sandbox_verdict import (
+    Check,
+    Verdict,
+    check_compare,
+    judge,
+    outputs_match,
+    parse_test,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +138,9 @@ class SandboxConfig:
         stdout/stderr, which go to files).
       max_procs: RLIMIT_NPROC for the run's uid (harness included; level "full" only).
       max_output_bytes: bytes of stdout/stderr tail kept in the result.
+      tmpfs_mb: level "full": size of the run's one tmpfs, the quota for everything it
+        writes (/tmp, /var/tmp, /dev/shm together); the rest of the filesystem is read-only.
+      tmpfs_inodes: level "full": the most files and directories the run may create.
       python: interpreter to run; None picks one (see :func:`probe_isolation`).
       tmp_dir: parent of the per-run temporary directories (None = the system default).
       isolate: True (default): level "full" (namespaces + a dropped uid), and where the
@@ -120,6 +158,8 @@ class SandboxConfig:
     file_size_mb: int = 16
     max_procs: int = 32
     max_output_bytes: int = 4096
+    tmpfs_mb: int = 64
+    tmpfs_inodes: int = 4096
     python: str | None = None
     tmp_dir: str | None = None
     isolate: bool = True
@@ -131,7 +171,8 @@ class Isolation:
     """The isolation level of sandboxed runs (see the module docstring).
 
     Attributes:
-      level: FULL ("full": network + PID namespaces and a fresh unprivileged uid per run)
+      level: FULL ("full": network, PID, IPC and mount namespaces, a private tmpfs, a
+        read-only rest of the filesystem and a fresh unprivileged uid per run)
         or NONE ("none": a plain child process with the caller's uid and network).
       python: the interpreter runs use.
       missing: why the level is not FULL, naming the missing capability ("" when FULL).
@@ -155,7 +196,8 @@ class SandboxResult:
     """Outcome of one run.
 
     ``passed[i]`` is True iff the harness recorded test i as passing (missing record =
-    fail). ``program_ok`` is True iff the program's top level ran to completion.
+    fail) and the run ended cleanly (no timeout, exit status 0, output under the cap).
+    ``program_ok`` is True iff the program's top level ran to completion.
     """
 
     passed: tuple[bool, ...]
@@ -182,70 +224,6 @@ class SandboxResult:
         return bool(self.passed) and all(self.passed)
 
 
-# The harness runs as `python -I -S -c _HARNESS`. It reads a marshal'd dict from stdin,
-# swaps stdin for /dev/null, sets limits, then execs the program and each test in one
-# namespace. Everything it needs after the program starts is bound to locals first, so a
-# program that rebinds builtins or module attributes cannot change what the harness does.
-_HARNESS = r"""
-def _harness():
-    import marshal, os, resource, sys
-    try:
-        import ctypes
-        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG=SIGKILL (cleared by setuid)
-    except Exception:
-        pass
-    chunks = []
-    while True:
-        b = os.read(0, 1 << 20)
-        if not b:
-            break
-        chunks.append(b)
-    cfg = marshal.loads(b"".join(chunks))
-    del chunks
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    vfd, nonce, program, tests = cfg["vfd"], cfg["nonce"], cfg["program"], cfg["tests"]
-    for name, value in cfg["limits"]:
-        res = getattr(resource, name)
-        resource.setrlimit(res, (value, value))
-    if cfg["block_sockets"]:
-        def _audit(event, args):
-            if event.startswith("socket."):
-                raise PermissionError("network disabled in sandbox: " + event)
-        sys.addaudithook(_audit)
-    write, compile_, exec_, enc = os.write, compile, exec, str.encode
-    base_exc, fmt, enumerate_ = BaseException, "{} {} {} {}\n".format, enumerate
-
-    def emit(kind, idx, status):
-        try:
-            write(vfd, enc(fmt(nonce, kind, idx, status)))
-        except base_exc:
-            pass
-
-    ns = {"__name__": "solution", "__builtins__": __builtins__}
-    try:
-        exec_(compile_(program, "solution.py", "exec"), ns)
-    except base_exc as e:
-        emit("program", 0, "error")
-        try:
-            sys.stderr.write("program raised " + type(e).__name__ + "\n")
-        except base_exc:
-            pass
-        return
-    emit("program", 0, "ok")
-    for i, test in enumerate_(tests):
-        try:
-            exec_(compile_(test, "test_%d.py" % i, "exec"), ns)
-            ok = True
-        except base_exc:
-            ok = False
-        emit("test", i, "pass" if ok else "fail")
-
-_harness()
-"""
-
-
 def uid_range(pid: int) -> range:
     """The uids that runs started by process `pid` use (for leak checks)."""
     return range(_UID_BASE + pid * 64, _UID_BASE + pid * 64 + 64)
@@ -259,22 +237,25 @@ def _next_uid() -> int:
 
 
 def _probe(python: str) -> str:
-    """Runs `python` in namespaces as an unprivileged uid; returns "" if it worked, else why."""
-    cmd = _isolation_prefix(_UID_BASE - 1) + [python, "-I", "-S", "-c", "import marshal, resource"]
+    """One isolated run with `python` of a program that imports stdlib modules after the
+    uid drop; returns "" if it passed, else why."""
+    config = SandboxConfig(timeout_s=30.0, cpu_s=30, file_size_mb=1)
     try:
-        out = subprocess.run(cmd, capture_output=True, timeout=30, env={"PATH": SANDBOX_PATH},
-                             cwd="/")
-    except (OSError, subprocess.TimeoutExpired) as e:
+        r = _run(python, True, "import json, math\ndef f():\n    return 1\n",
+                 [parse_test("assert f() == 1")], config)
+    except OSError as e:
         return f"{type(e).__name__}: {e}"
-    if out.returncode == 0:
+    if r.all_passed:
         return ""
-    err = out.stderr.decode("utf-8", errors="replace").strip().splitlines()
-    return f"exit {out.returncode}: {err[-1] if err else 'no output'}"
+    err = r.stderr.strip().splitlines()
+    return f"{r.error or 'test failed'}: {err[-1] if err else 'no output'}"
 
 
-def _isolation_prefix(uid: int) -> list[str]:
-    return ["setpriv", "--pdeathsig", "KILL", "unshare", "--net", "--pid", "--fork",
-            "--kill-child", f"--setuid={uid}", f"--setgid={uid}"]
+def _isolation_prefix() -> list[str]:
+    # The harness starts as root in these namespaces, builds the run's filesystem, then drops
+    # to the run's uid itself (sandbox_harness._setup_isolation).
+    return ["setpriv", "--pdeathsig", "KILL", "unshare", "--net", "--pid", "--ipc", "--mount",
+            "--propagation", "private", "--fork", "--kill-child", "--mount-proc"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -287,7 +268,8 @@ def probe_isolation(preferred: str | None = None) -> Isolation:
     Returns:
       FULL with the first candidate interpreter (`preferred`, ``sys.executable``,
       ``/usr/bin/python3``, ``/usr/local/bin/python3``) that runs under ``setpriv ...
-      unshare --net --pid --fork --setuid``; else NONE with (`preferred` or
+      unshare --net --pid --ipc --mount --fork --mount-proc`` (a probe run of the harness,
+      building the run's filesystem and dropping its uid); else NONE with (`preferred` or
       ``sys.executable``) and the missing capability: not root, ``unshare``/``setpriv``
       not on SANDBOX_PATH, or each candidate's failure (e.g. unshare's stderr).
     """
@@ -311,7 +293,7 @@ def probe_isolation(preferred: str | None = None) -> Isolation:
             return Isolation(FULL, python)
         failures.append(f"{python}: {why}")
     return Isolation(NONE, fallback, "no interpreter runs under `setpriv --pdeathsig KILL "
-                     "unshare --net --pid --fork --setuid=<uid>`: "
+                     "unshare --net --pid --ipc --mount --fork --mount-proc` as a dropped uid: "
                      + ("; ".join(failures) or f"none of {list(candidates)} exists"))
 
 
@@ -349,11 +331,13 @@ def isolation_in_force(config: SandboxConfig) -> Isolation:
         first = iso not in _reported
         _reported.add(iso)
     if first and iso.isolated:
-        log.info("sandbox: full isolation (network + PID namespaces, a fresh uid per run), "
+        log.info("sandbox: full isolation (network, PID, mount namespaces, own tmpfs, a "
+                 "fresh uid per run), "
                  "interpreter %s", iso.python)
     elif first:
         log.warning("sandbox: running model-written programs UNISOLATED (plain child process "
-                    "with this process's uid and network, no PID namespace): %s", iso.missing)
+                    "with this process's uid, network and filesystem, no PID namespace): %s",
+                    iso.missing)
     return iso
 
 
@@ -446,13 +430,15 @@ def _tail(f, limit: int) -> str:
 
 def run_tests(program: str, tests: list[str], config: SandboxConfig | None = None
               ) -> SandboxResult:
-    """Runs `program`, then each test statement block in its namespace, sandboxed.
+    """Runs `program`, then the calls of each test, sandboxed; judges the results here.
 
     Args:
       program: Python source. Executed with ``__name__ == "solution"`` (so an
         ``if __name__ == "__main__":`` block does not run) and stdin = /dev/null.
-      tests: Python source blocks, typically ``assert`` statements, each run after the
-        program in the program's namespace; a block passes iff it raises nothing.
+      tests: each a block of assertions ``assert name(<literals>) == <literal>`` (see
+        :func:`lrmjax.rewards.sandbox_verdict.parse_test`); the calls run after the program
+        in its namespace, and a test passes iff each call returned (as plain data) a value
+        ``==`` its expected value, compared in this process.
       config: limits; defaults to ``SandboxConfig()``.
 
     Returns:
@@ -460,16 +446,57 @@ def run_tests(program: str, tests: list[str], config: SandboxConfig | None = Non
       programs: every failure mode is a False entry.
 
     Raises:
+      TypeError: `program` or a test is not a str.
+      ValueError: a test is not of the accepted shape (naming it); nothing has run.
       SandboxUnavailableError: isolation is required but unavailable (see
         :func:`isolation_in_force`); nothing has run.
     """
     config = config or SandboxConfig()
     if not isinstance(program, str) or not all(isinstance(t, str) for t in tests):
         raise TypeError("program and every test must be str")
+    checks = []
+    for i, test in enumerate(tests):
+        try:
+            checks.append(parse_test(test))
+        except ValueError as e:
+            raise ValueError(f"test {i}: {e}") from None
     iso = isolation_in_force(config)  # raises before anything runs if isolation is missing
-    python, isolated = iso.python, iso.isolated
+    return _run(iso.python, iso.isolated, program, checks, config)
+
+
+def run_io_tests(program: str, cases: list[tuple[str, str]], config: SandboxConfig | None = None,
+                 compare: str = "whitespace", float_tol: float = 1e-6) -> SandboxResult:
+    """Standard-input tests: one sandboxed run of `program` per (input, expected output) case.
+
+    The program runs as ``__main__`` with the input on stdin; the case passes iff the run
+    ends cleanly (exit status 0, no timeout, output under the cap) and its whole stdout
+    matches the expected output under `compare` (see
+    :func:`lrmjax.rewards.sandbox_verdict.outputs_match`), judged here. Returns one
+    SandboxResult: ``passed`` per case, ``timed_out`` if any run timed out, ``program_ok``
+    if every run exited 0, stdout/stderr/error of the first failing case (else the last).
+    """
+    config = config or SandboxConfig()
+    if not isinstance(program, str) or not all(
+            isinstance(i, str) and isinstance(o, str) for i, o in cases):
+        raise TypeError("program, every input and every expected output must be str")
+    check_compare(compare)
+    iso = isolation_in_force(config)
+    runs = [_run(iso.python, iso.isolated, program, [], config, stdin=i) for i, _ in cases]
+    passed = tuple(r.program_ok and r.returncode == 0 and not r.error
+                   and outputs_match(r.stdout, o, compare, float_tol)
+                   for r, (_, o) in zip(runs, cases, strict=True))
+    shown = next((r for r, p in zip(runs, passed, strict=True) if not p), runs[-1])
+    return dataclasses.replace(
+        shown, passed=passed, program_ok=all(r.returncode == 0 for r in runs),
+        timed_out=any(r.timed_out for r in runs), wall_s=sum(r.wall_s for r in runs))
+
+
+def _run(python: str, isolated: bool, program: str, tests: list[tuple[Check, ...]],
+         config: SandboxConfig, stdin: str | None = None) -> SandboxResult:
+    """One run of `program` and `tests` with `python`, at level "full" iff `isolated`; with
+    `stdin`, the program runs as ``__main__`` on that input and the result's stdout is all
+    of it (up to the cap) instead of a tail."""
     uid = _next_uid() if isolated else None
-    nonce = secrets.token_hex(16)
     limits = [
         ("RLIMIT_CPU", int(config.cpu_s)),
         ("RLIMIT_AS", int(config.memory_mb) << 20),
@@ -493,16 +520,20 @@ def run_tests(program: str, tests: list[str], config: SandboxConfig | None = Non
         try:
             vfd = verdict_f.fileno()
             stdin_f.write(marshal.dumps({
-                "vfd": vfd, "nonce": nonce, "program": program, "tests": list(tests),
-                "limits": limits, "block_sockets": not isolated,
+                "vfd": vfd, "program": program,
+                "calls": [c.call() for checks in tests for c in checks],
+                "limits": limits, "block_sockets": not isolated, "stdin": stdin,
+                "isolation": None if not isolated else {
+                    "uid": uid, "root": workdir, "tmpfs_mb": int(config.tmpfs_mb),
+                    "inodes": int(config.tmpfs_inodes)},
             }))
             stdin_f.seek(0)
-            cmd = [python, "-I", "-S", "-c", _HARNESS]
+            cmd = [python, "-I", "-S", "-c", HARNESS]
             if isolated:
-                os.chown(workdir, uid, uid)
-                cmd = _isolation_prefix(uid) + cmd
-            env = {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "HOME": workdir,
-                   "TMPDIR": workdir, "PYTHONDONTWRITEBYTECODE": "1"}
+                cmd = _isolation_prefix() + cmd
+            home = "/tmp" if isolated else workdir  # isolated: /tmp is the run's own tmpfs
+            env = {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "HOME": home,
+                   "TMPDIR": home, "PYTHONDONTWRITEBYTECODE": "1"}
             proc = subprocess.Popen(cmd, stdin=stdin_f, stdout=out_f, stderr=err_f,
                                     cwd=workdir, env=env, pass_fds=(vfd,),
                                     start_new_session=True)
@@ -524,35 +555,36 @@ def run_tests(program: str, tests: list[str], config: SandboxConfig | None = Non
                         pass
                     proc.wait()
             verdict_f.seek(0)
-            records = verdict_f.read().decode("utf-8", errors="replace").splitlines()
-            stdout = _tail(out_f, config.max_output_bytes)
+            channel = verdict_f.read()
+            # RLIMIT_FSIZE truncates output at the cap (Python ignores SIGXFSZ: the write
+            # fails and the run goes on), so output that reached the cap was cut short.
+            cap = int(config.file_size_mb) << 20
+            over_cap = max(os.fstat(out_f.fileno()).st_size,
+                           os.fstat(err_f.fileno()).st_size) >= cap
+            stdout = _tail(out_f, cap if stdin is not None else config.max_output_bytes)
             stderr = _tail(err_f, config.max_output_bytes)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     wall = time.monotonic() - start
 
-    passed = [False] * len(tests)
-    failed = [False] * len(tests)
-    program_ok = False
-    for line in records:
-        parts = line.split(" ")
-        if len(parts) != 4 or parts[0] != nonce:
-            continue  # not written by the harness
-        _, kind, idx, status = parts
-        if kind == "program" and status == "ok":
-            program_ok = True
-        elif kind == "test" and idx.isdigit() and int(idx) < len(tests):
-            if status == "pass":
-                passed[int(idx)] = True
-            else:
-                failed[int(idx)] = True
-    # A pass needs the program to have finished, and a test with both records (impossible
-    # from the harness alone) counts as failed.
-    passed = [p and not f and program_ok for p, f in zip(passed, failed, strict=True)]
+    # Standard-input runs: the caller judges stdout; the program completed iff it exited 0.
+    verdict = judge(channel, tests) if stdin is None else Verdict((), returncode == 0)
+    program_ok = verdict.program_ok
+    # A pass needs the program to have finished and the whole run to have ended cleanly: a
+    # timeout, a crash, a kill or a nonzero exit after the tests ran, or output past the cap,
+    # fails every test.
+    clean = not timed_out and returncode == 0 and not over_cap
+    passed = [p and clean for p in verdict.passed]
     if timed_out:
         error = f"timed out after {config.timeout_s:g}s"
+    elif verdict.error:
+        error = verdict.error
     elif not program_ok:
         error = "program did not complete" + (f" (exit {returncode})" if returncode else "")
+    elif returncode != 0:
+        error = f"run ended with exit status {returncode}"
+    elif over_cap:
+        error = f"output reached the {config.file_size_mb} MiB cap"
     else:
         error = ""
     return SandboxResult(
