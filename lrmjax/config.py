@@ -43,7 +43,8 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.tokenizer.chat_template = False  # wrap prompts with the tokenizer's chat template
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "task"           # 'task', 'task_mixture', 'gsm8k_jsonl' or 'math_jsonl'
+    # 'task', 'task_mixture', 'gsm8k_jsonl', 'math_jsonl' or 'code_jsonl' (rows for the code reward)
+    c.data.source = "task"
     c.data.task = "arithmetic"       # for source 'task': a name in lrmjax.data.tasks
     c.data.task_kwargs = ml_collections.ConfigDict()
     # For source 'task_mixture': {label: {'task': name (default: the label), 'weight': share
@@ -53,8 +54,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.data.path = ""                 # for the JSONL sources
     c.data.eval_path = ""
     # For the JSONL sources, several held-out sets instead of eval_path: {label: {'path':
-    # file, 'source': 'gsm8k_jsonl' | 'math_jsonl' (default: data.source)}}, the first
-    # eval.size rows of each; evaluation reports every metric per label (eval/<label>/...).
+    # file, 'source': 'gsm8k_jsonl' | 'math_jsonl' | 'code_jsonl' (default: data.source)}},
+    # the first eval.size rows of each; evaluation reports every metric per label
+    # (eval/<label>/...).
     c.data.eval_sets = ml_collections.ConfigDict()
     c.data.prompt_template = "{prompt}"  # applied to each Example.prompt
     c.data.train_size = 100_000      # examples generated for a procedural train set

@@ -81,11 +81,15 @@ def mixture_components(mixture: Any) -> list[tuple[str, str, float, dict[str, An
     return out
 
 
+# The JSONL kinds of `lrmjax.data.datasets.SOURCES` (tests/test_config.py checks they agree).
+JSONL_SOURCES = ("gsm8k_jsonl", "math_jsonl", "code_jsonl")
+
+
 def eval_set_entries(data: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
     """The entries of config 'data.eval_sets' as (label, source kind, path), sorted by label.
     Raises ValueError naming the entry: eval sets need a JSONL training source, exclude
     'data.eval_path', and each needs a 'path' and a JSONL 'source'."""
-    jsonl = ("gsm8k_jsonl", "math_jsonl")
+    jsonl = JSONL_SOURCES
     if data.source not in jsonl:
         raise ValueError(f"config 'data.eval_sets' needs a JSONL 'data.source' {jsonl}, got "
                          f"{data.source!r} (a task run evaluates on its own held-out problems)")
@@ -377,9 +381,9 @@ def _check_choices(cfg: ml_collections.ConfigDict) -> None:
     if cfg.tokenizer.kind not in ("char", "hf"):
         raise ValueError(f"config 'tokenizer.kind' must be 'char' or 'hf', got "
                          f"{cfg.tokenizer.kind!r}")
-    if cfg.data.source not in ("task", "task_mixture", "gsm8k_jsonl", "math_jsonl"):
-        raise ValueError(f"config 'data.source' {cfg.data.source!r} must be one of 'task', "
-                         "'task_mixture', 'gsm8k_jsonl', 'math_jsonl'")
+    if cfg.data.source not in ("task", "task_mixture", *JSONL_SOURCES):
+        raise ValueError(f"config 'data.source' {cfg.data.source!r} must be one of "
+                         f"{('task', 'task_mixture', *JSONL_SOURCES)}")
     if cfg.data.curriculum not in ("none", "band", "weighted"):
         raise ValueError(f"config 'data.curriculum' {cfg.data.curriculum!r} must be one of "
                          "'none', 'band', 'weighted'")

@@ -531,3 +531,15 @@ def test_task_kwargs_are_checked_by_building_the_task():
     mixed = _mixture_config({"add": {"task": "arithmetic", "kwargs": {"digits": 0}}})
     with pytest.raises(ValueError, match=r"config 'data\.mixture\.add' \(task 'arithmetic'\)"):
         config_lib.validate(mixed)
+
+
+def test_jsonl_sources_are_the_dataset_registry_kinds():
+    from lrmjax.config_validation import JSONL_SOURCES
+    from lrmjax.data import datasets
+
+    assert sorted(JSONL_SOURCES) == sorted(k for k in datasets.SOURCES if k.endswith("_jsonl"))
+    c = _eval_sets_config({"stdin": {"source": "code_jsonl", "path": "s.jsonl"}},
+                          source="code_jsonl")
+    c.reward.fns = {"code": 1.0}
+    config_lib.validate(c)
+    assert config_lib.eval_set_entries(c.data) == [("stdin", "code_jsonl", "s.jsonl")]

@@ -93,6 +93,10 @@ def _math(data_dir: str, path: str) -> tfds.core.DatasetBuilder:
     return tfds_builders.jsonl_builder(path, "math", data_dir)
 
 
+def _code(data_dir: str, path: str) -> tfds.core.DatasetBuilder:
+    return tfds_builders.jsonl_builder(path, "code", data_dir)
+
+
 def _task(data_dir: str, task: str, n: int, seed: int = 0,
           task_kwargs: dict[str, Any] | None = None) -> tfds.core.DatasetBuilder:
     return tfds_builders.task_builder(task, n, seed, data_dir, task_kwargs)
@@ -101,6 +105,7 @@ def _task(data_dir: str, task: str, n: int, seed: int = 0,
 SOURCES: dict[str, Callable[..., tfds.core.DatasetBuilder]] = {
     "gsm8k_jsonl": _gsm8k,   # path=
     "math_jsonl": _math,     # path=
+    "code_jsonl": _code,     # path=
     "task": _task,           # task=, n=, seed=, task_kwargs=
 }
 
@@ -109,8 +114,8 @@ def make_source(kind: str, data_dir: str | None = None, **kwargs: Any) -> Prompt
     """Builds (once; later calls reuse the files) and opens a prompt source.
 
     Args:
-      kind: 'gsm8k_jsonl' (path=), 'math_jsonl' (path=) or 'task' (task=, n=, seed=,
-        task_kwargs=).
+      kind: 'gsm8k_jsonl' (path=), 'math_jsonl' (path=), 'code_jsonl' (path=; rows scored by
+        the `code` reward) or 'task' (task=, n=, seed=, task_kwargs=).
       data_dir: where TFDS writes array_record files (default ~/.cache/lrmjax/tfds).
     """
     if kind not in SOURCES:

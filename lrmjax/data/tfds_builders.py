@@ -14,15 +14,21 @@ Sources:
     the last '####' with thousands commas removed.
   * MATH-format JSONL: {"problem", "solution" with \\boxed{...}, "level", "type"}; answer = the
     content of the last \\boxed{} (nested braces handled).
+  * code JSONL: {"prompt", "tests": [...], "compare"?, "float_tol"?, "setup"?}; the tests are
+    either assertion strings `assert f(<literals>) == <literal>` (checked at load with the
+    code reward's own ast parser, nothing run) or standard-input cases {"input", "output"}
+    (APPS/TACO/LiveCodeBench style). answer = ""; metadata = tests and the optional keys, as
+    the `code` reward (`lrmjax.rewards.code`) reads them.
   * a procedural task: `n` examples of `lrmjax.data.tasks.get_task(task, **task_kwargs)` from
     `np.random.default_rng(seed)`.
 
 Bad JSONL rows (bytes that are not UTF-8, invalid JSON, a missing or non-string field, no final
-answer) are skipped, logged with the file and their row number (0-based line index; the 1-based
-line number too) and counted in `builder.info.metadata`
-({'num_rows', 'skipped', 'skipped_rows': [[row, reason], ...]}); a file with no good row raises
-a ValueError naming it. Each config's name carries a hash of the file contents (or of the task
-settings), so editing a file builds a new version instead of reading a stale one.
+answer, code tests of a shape the code reward does not accept) are skipped, logged with the
+file and their row number (0-based line index; the 1-based line number too) and counted in
+`builder.info.metadata` ({'num_rows', 'skipped', 'skipped_rows': [[row, reason], ...]}); a
+file with no good row raises a ValueError naming it. Each config's name carries a hash of the
+file contents (or of the task settings), so editing a file builds a new version instead of
+reading a stale one.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -41,6 +48,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from lrmjax.data.tasks import get_task
+from lrmjax.rewards.sandbox_verdict import COMPARE_MODES, parse_test
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +121,57 @@ def parse_math(row: dict) -> tuple[str, str, dict[str, Any]]:
     return problem.strip(), answer.strip(), meta
 
 
+def _io_case(test: object) -> bool:
+    return (isinstance(test, dict) and set(test) == {"input", "output"}
+            and all(isinstance(v, str) for v in test.values()))
+
+
+def parse_code(row: dict) -> tuple[str, str, dict[str, Any]]:
+    """Code row -> (prompt, "", metadata with tests and any of compare, float_tol, setup).
+
+    Each assertion test must parse with the sandbox's own parser (`parse_test`: the shape the
+    `code` reward accepts); nothing runs here. Raises BadRow.
+    """
+    prompt = _string_field(row, "prompt")
+    tests = row.get("tests")
+    if tests is None:
+        raise BadRow("missing 'tests'")
+    if not isinstance(tests, list) or not tests:
+        raise BadRow(f"'tests' must be a non-empty list, got {tests!r:.60}")
+    if not all(_io_case(t) for t in tests):
+        if not all(isinstance(t, str) for t in tests):
+            raise BadRow("'tests' must be all assertion strings or all {'input': str, "
+                         "'output': str} cases")
+        for i, test in enumerate(tests):
+            try:
+                parse_test(test)
+            except ValueError as e:
+                raise BadRow(f"'tests'[{i}]: {e}") from None
+    meta: dict[str, Any] = {"tests": tests}
+    if "compare" in row:
+        if row["compare"] not in COMPARE_MODES:
+            raise BadRow(f"'compare' must be one of {COMPARE_MODES}, got {row['compare']!r}")
+        meta["compare"] = row["compare"]
+    if "float_tol" in row:
+        tol = row["float_tol"]
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (
+                math.isfinite(tol) and tol >= 0):
+            raise BadRow(f"'float_tol' must be a non-negative number, got {tol!r}")
+        meta["float_tol"] = tol
+    if "setup" in row:
+        if not isinstance(row["setup"], str):
+            raise BadRow(f"'setup' is {type(row['setup']).__name__}, not str")
+        meta["setup"] = row["setup"]
+    for key in ("tests", "setup"):
+        if key in meta:  # tests and setup reach the sandbox as UTF-8 text
+            _encodable(json.dumps(meta[key], ensure_ascii=False), key)
+    return prompt.strip(), "", meta
+
+
 PARSERS: dict[str, Callable[[dict], tuple[str, str, dict[str, Any]]]] = {
     "gsm8k": parse_gsm8k,
     "math": parse_math,
+    "code": parse_code,
 }
 
 
@@ -231,7 +287,7 @@ class TaskConfig(tfds.core.BuilderConfig):
 
 
 class LrmjaxJsonlPrompts(tfds.core.GeneratorBasedBuilder):
-    """Prompts from a local GSM8K- or MATH-format JSONL file."""
+    """Prompts from a local GSM8K-, MATH- or code-format JSONL file."""
 
     VERSION = tfds.core.Version("1.0.0")
 
