@@ -107,6 +107,7 @@ def test_bad_code_rows_are_skipped_logged_and_counted(tmp_path, caplog):
         json.dumps({**good, "compare": "fuzzy"}).encode(),                          # 6
         json.dumps({"tests": good["tests"]}).encode(),                              # 7 no prompt
         json.dumps({**good, "tests": []}).encode(),                                 # 8 empty
+        json.dumps({**good, "setup": "x = '\ud800'"}).encode(),                     # 9 surrogate
     ]
     path = tmp_path / "code.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
@@ -116,14 +117,15 @@ def test_bad_code_rows_are_skipped_logged_and_counted(tmp_path, caplog):
     assert src[0].metadata["tests"] == ["assert f(1) == 2"]
     assert src[1].metadata["tests"] == [{"input": "1\n", "output": "1\n"}]
     assert (src[1].metadata["compare"], src[1].metadata["float_tol"]) == ("float", 0.01)
-    assert src.stats["skipped"] == 7
+    assert src.stats["skipped"] == 8
     reasons = dict(src.stats["skipped_rows"])
-    assert sorted(reasons) == [1, 2, 3, 5, 6, 7, 8]
+    assert sorted(reasons) == [1, 2, 3, 5, 6, 7, 8, 9]
     assert "'tests'[0]" in reasons[1] and "accepted" in reasons[1]
     assert "not UTF-8" in reasons[2]
     assert "missing 'tests'" in reasons[3]
     assert "all assertion strings" in reasons[5] and "compare" in reasons[6]
     assert "prompt" in reasons[7] and "non-empty list" in reasons[8]
+    assert "'setup'" in reasons[9] and "not encodable as UTF-8" in reasons[9]
     for row in (1, 2, 3):
         assert f"{path}: skipping row {row} (line {row + 1})" in caplog.text
 
