@@ -131,6 +131,9 @@ class Rollout:
       lengths: [B*n] int32, number of response tokens (= response_mask.sum(-1)).
       finish_reason: [B*n] int32, FINISH_STOP (0) or FINISH_LENGTH (1).
       group_ids: [B*n] int32, index of the prompt each row answers.
+      observation_mask: [B*n, R] bool, True on tokens an environment wrote into a
+        multi-turn episode (`lrmjax.episodes`): in the sequence, out of the loss, log-prob
+        0; None for single-turn responses.
     """
 
     prompt_tokens: Array
@@ -141,6 +144,7 @@ class Rollout:
     lengths: Array
     finish_reason: Array
     group_ids: Array
+    observation_mask: Array | None = None
 
     def tokens(self) -> tuple[Array, Array]:
         """The full sequences: tokens [B*n, P+R] int32 and mask [B*n, P+R] bool."""

@@ -38,30 +38,28 @@ Metrics returned by :meth:`RewardPool.score` (floats):
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import multiprocessing as mp
-import os
 import pickle
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
 from multiprocessing import util as mp_util
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
 
+from lrmjax import workers
 from lrmjax.rewards.base import as_result, check_batch, fn_name, is_group_level, resolve
+from lrmjax.workers import ERROR as _ERROR
+from lrmjax.workers import OK as _OK
+from lrmjax.workers import TIMEOUT as _TIMEOUT
 
 log = logging.getLogger(__name__)
 
-_OK, _ERROR, _READY, _TIMEOUT = "ok", "error", "ready", "timeout"
 # A reward that fails on every row of this many consecutive calls stops the run.
 MAX_FAILING_CALLS = 3
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _run_task(fn: Callable[..., Any], prompts: list[str], completions: list[str],
@@ -79,170 +77,6 @@ def _run_task(fn: Callable[..., Any], prompts: list[str], completions: list[str]
     except (Exception, SystemExit) as e:  # any reward failure is scored 0 and counted
         notes = "".join(f" ({note})" for note in getattr(e, "__notes__", ()))
         return _ERROR, f"{type(e).__name__}: {e}{notes}"[:1000]
-
-
-def _tie_to_parent(lifeline: Connection, pdeathsig: bool) -> None:
-    """Makes this worker exit when the process that started it does, even mid-task."""
-    if pdeathsig and sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):  # no prctl: the watchdog below still covers it
-            pass
-
-    def watchdog() -> None:
-        # The parent never writes to the lifeline: it becomes readable (EOF) only when the
-        # parent closes it or dies. Also catches a parent that died before the prctl above.
-        wait([lifeline])
-        os._exit(1)
-
-    threading.Thread(target=watchdog, name="reward-worker-watchdog", daemon=True).start()
-
-
-def _worker_main(conn: Connection, lifeline: Connection, payload: bytes,
-                 pdeathsig: bool) -> None:
-    """Worker process: load the reward, then serve tasks until told to stop."""
-    # Ctrl-C in a terminal reaches the whole process group: the trainer handles it and stops
-    # the workers (a KeyboardInterrupt here would print a traceback per worker). SIGINT was
-    # blocked since the start (see _Worker): ignore it, then unblock it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    _tie_to_parent(lifeline, pdeathsig)
-    try:
-        fn = pickle.loads(payload)  # imports the reward's module (and its registrations)
-    except BaseException as e:  # noqa: BLE001 - ImportError, AttributeError, SystemExit, ...
-        conn.send((_ERROR, f"could not load the reward in a worker process: "
-                           f"{type(e).__name__}: {e}"))
-        return
-    conn.send((_READY, None))
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        if msg is None:
-            return
-        task_id, prompts, completions, metadata = msg
-        status, result = _run_task(fn, prompts, completions, metadata)
-        try:
-            conn.send((task_id, status, result))
-        except Exception as e:  # noqa: BLE001 - e.g. an unpicklable component
-            conn.send((task_id, _ERROR, f"could not send result: {e}"))
-
-
-class _Worker:
-    def __init__(self, ctx: Any, payload: bytes):
-        self.conn, child = ctx.Pipe(duplex=True)
-        their_lifeline, self.lifeline = ctx.Pipe(duplex=False)
-        pdeathsig = threading.current_thread() is threading.main_thread()
-        self.proc = ctx.Process(target=_worker_main, daemon=True,
-                                args=(child, their_lifeline, payload, pdeathsig))
-        # The child inherits this thread's signal mask: with SIGINT blocked, a Ctrl-C while
-        # it starts up cannot interrupt it (once running it ignores SIGINT, see _worker_main).
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            self.proc.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        child.close()
-        their_lifeline.close()
-        self.ready = False
-        self.task: int | None = None
-        self.deadline = math.inf
-
-    def on_start(self, msg: tuple[str, Any] | None) -> None:
-        """Handles the start-up message (None: the worker died before sending one)."""
-        if msg is None:
-            raise RuntimeError("reward worker died while starting; check that the reward "
-                               "imports in a fresh process")
-        if msg[0] != _READY:
-            raise RuntimeError(f"reward worker failed to start: {msg[1]}")
-        self.ready = True
-
-    def poll_ready(self) -> bool:
-        """True once the worker has loaded the reward (never blocks)."""
-        if not self.ready and self.conn.poll(0):
-            try:
-                msg = self.conn.recv()
-            except (EOFError, OSError):
-                msg = None
-            self.on_start(msg)
-        return self.ready
-
-    def kill(self) -> None:
-        """SIGKILLs the worker without waiting for it to exit (`_Crew.kill` reaps it later)."""
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.conn.close()
-        self.lifeline.close()
-
-
-class _Crew:
-    """The pool's processes: active workers (one per slot), warm spares, and killed ones
-    not yet reaped. Separate from the pool so that its shutdown can run at interpreter exit
-    (multiprocessing's exit hook) without keeping the pool alive."""
-
-    def __init__(self, start: Callable[[], _Worker], workers: int, spares: int) -> None:
-        self.start = start
-        self.workers = [start() for _ in range(workers)]
-        self.spares = [start() for _ in range(spares)]
-        self.dying: list[Any] = []
-
-    def kill(self, w: _Worker) -> None:
-        w.kill()
-        self.dying.append(w.proc)
-        alive = []
-        for p in self.dying:
-            if p.is_alive():  # waitpid(WNOHANG): collects it once it has exited
-                alive.append(p)
-            else:
-                p.close()
-        self.dying = alive
-
-    def replace(self, k: int) -> None:
-        """Kills worker k; a warm spare takes its slot and a fresh spare starts in the
-        background, or without a warm spare a fresh worker takes the slot."""
-        self.kill(self.workers[k])
-        for s in list(self.spares):
-            if s.poll_ready() and not s.proc.is_alive():  # died while idle
-                self.spares.remove(s)
-                self.kill(s)
-                self.spares.append(self.start())
-        warm = next((s for s in self.spares if s.ready), None)
-        if warm is None:
-            self.workers[k] = self.start()
-        else:
-            self.spares.remove(warm)
-            self.workers[k] = warm
-            self.spares.append(self.start())
-
-    def shutdown(self) -> None:
-        """Stops every process: idle ready workers are asked to exit, the rest (busy,
-        starting) are killed; waits at most a few seconds in all. Idempotent."""
-        everyone, self.workers, self.spares = self.workers + self.spares, [], []
-        for w in everyone:
-            try:
-                if w.ready and w.task is None:
-                    w.conn.send(None)
-                    continue
-            except (OSError, ValueError):
-                pass
-            if w.proc.is_alive():
-                w.proc.kill()
-        deadline = time.monotonic() + 2.0
-        for p in [w.proc for w in everyone] + self.dying:
-            p.join(max(0.0, deadline - time.monotonic()))
-            if p.exitcode is None:
-                p.kill()
-                p.join(5)
-            if p.exitcode is not None:
-                p.close()
-        for w in everyone:
-            w.conn.close()
-            w.lifeline.close()
-        self.dying = []
 
 
 class RewardPool:
@@ -283,18 +117,19 @@ class RewardPool:
         self._failing_calls = 0
         self._logged: set[str] = set()
         self._closed = False
-        self._crew: _Crew | None = None
+        self._crew: workers.Crew | None = None
         if num_workers == 0:
             return
         try:
-            payload = pickle.dumps(self.fn)
+            payload = pickle.dumps(functools.partial(_run_task, self.fn))
         except (pickle.PicklingError, AttributeError) as e:
             raise TypeError(
                 f"reward {self.name!r} cannot go to worker processes ({e}): define it at "
                 "module level, in an importable module or the script run as __main__, or "
                 "use num_workers=0") from e
         ctx = mp.get_context(start_method)
-        self._crew = _Crew(lambda: _Worker(ctx, payload), num_workers, spares)
+        self._crew = workers.Crew(lambda: workers.Worker(ctx, payload, "reward"), num_workers,
+                                  spares)
         # Stops the workers at close(), garbage collection or interpreter exit (before
         # multiprocessing terminates its daemon children), whichever comes first.
         self._finalizer = mp_util.Finalize(self, self._crew.shutdown, exitpriority=10)
@@ -312,7 +147,7 @@ class RewardPool:
             self._finalizer()  # runs the shutdown once; later calls do nothing
 
     @property
-    def _workers(self) -> list[_Worker]:
+    def _workers(self) -> list[workers.Worker]:
         return self._crew.workers if self._crew is not None else []
 
     def _tasks(self, metadata: list[dict]) -> list[list[int]]:
@@ -446,59 +281,6 @@ class RewardPool:
                       results: list[tuple[str, Any] | None]) -> None:
         if self._closed or self._crew is None:
             raise RuntimeError("RewardPool is closed")
-        crew = self._crew
-        workers = crew.workers
-        pending = list(range(len(tasks)))[::-1]  # pop() from the end = in order
-        remaining = len(tasks)
-        while remaining:
-            now = time.monotonic()
-            for k, w in enumerate(workers):
-                if w.ready and w.task is None and pending:
-                    t = pending.pop()
-                    rows = tasks[t]
-                    try:
-                        w.conn.send((t, [prompts[i] for i in rows],
-                                     [completions[i] for i in rows],
-                                     [metadata[i] for i in rows]))
-                    except Exception as e:  # noqa: BLE001 - e.g. unpicklable metadata
-                        if isinstance(e, (BrokenPipeError, OSError)):
-                            crew.replace(k)
-                        results[t] = (_ERROR, f"could not send task: {e}")
-                        remaining -= 1
-                        continue
-                    w.task, w.deadline = t, now + self.timeout_s
-            if not remaining:
-                break
-            next_deadline = min((w.deadline for w in workers), default=math.inf)
-            ready = wait([w.conn for w in workers],
-                         timeout=None if next_deadline == math.inf
-                         else max(0.0, next_deadline - time.monotonic()))
-            ready_ids = {id(c) for c in ready}
-            for k, w in enumerate(workers):
-                if id(w.conn) in ready_ids:
-                    try:
-                        msg = w.conn.recv()
-                    except (EOFError, OSError):
-                        # The worker died (segfault, os._exit, OOM kill): its task failed.
-                        if not w.ready:
-                            w.on_start(None)  # raises
-                        if w.task is not None:
-                            w.proc.join(1)  # for its exit code
-                            results[w.task] = (_ERROR, f"worker died: exit code "
-                                                       f"{w.proc.exitcode}")
-                            remaining -= 1
-                        crew.replace(k)
-                        continue
-                    if not w.ready:
-                        w.on_start(msg)
-                    else:
-                        t, status, payload = msg
-                        if t == w.task:
-                            results[t] = (status, payload)
-                            remaining -= 1
-                            w.task, w.deadline = None, math.inf
-                elif w.task is not None and time.monotonic() >= w.deadline:
-                    results[w.task] = (_TIMEOUT, None)
-                    remaining -= 1
-                    crew.replace(k)
-
+        args = [([prompts[i] for i in rows], [completions[i] for i in rows],
+                 [metadata[i] for i in rows]) for rows in tasks]
+        results[:] = workers.run_tasks(self._crew, args, self.timeout_s)
