@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["lrmjax", "lrmjax.*"]),
-    package_data={"lrmjax.data": ["fixtures/*.jsonl"]},
+    package_data={"lrmjax.data": ["fixtures/*.jsonl"], "lrmjax.envs": ["corpus/*.jsonl"]},
     install_requires=[
         "jax>=0.7.0",
         "flax>=0.11.0",
@@ -32,6 +32,7 @@ setup(
         "math-verify>=0.8.0",
         "reasoning-gym>=0.1.19",
         "matplotlib>=3.8",
+        "bm25s>=0.3.16",  # the `search` tool (lrmjax.envs.tools)
     ],
     extras_require={
         "test": [

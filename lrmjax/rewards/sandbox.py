@@ -491,6 +491,26 @@ def run_io_tests(program: str, cases: list[tuple[str, str]], config: SandboxConf
         timed_out=any(r.timed_out for r in runs), wall_s=sum(r.wall_s for r in runs))
 
 
+def run_program(program: str, config: SandboxConfig | None = None, stdin: str = ""
+                ) -> SandboxResult:
+    """Runs `program` once, sandboxed, as ``__main__`` with `stdin`; judges nothing.
+
+    For tools that show a program's output to a model (``lrmjax.envs.tools``). Returns the
+    run's SandboxResult: ``passed`` is empty; ``stdout`` is all of it (up to the
+    ``file_size_mb`` cap), ``stderr`` its tail; ``timed_out``, ``returncode`` and ``error``
+    as for :func:`run_io_tests`.
+
+    Raises:
+      TypeError: `program` or `stdin` is not a str.
+      SandboxUnavailableError: isolation is required but unavailable; nothing has run.
+    """
+    config = config or SandboxConfig()
+    if not isinstance(program, str) or not isinstance(stdin, str):
+        raise TypeError("program and stdin must be str")
+    iso = isolation_in_force(config)
+    return _run(iso.python, iso.isolated, program, [], config, stdin=stdin)
+
+
 def _run(python: str, isolated: bool, program: str, tests: list[tuple[Check, ...]],
          config: SandboxConfig, stdin: str | None = None) -> SandboxResult:
     """One run of `program` and `tests` with `python`, at level "full" iff `isolated`; with
