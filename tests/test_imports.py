@@ -35,10 +35,11 @@ MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 # Everything a reward worker imports to verify text: every reward module but the model-based
 # ones (they run a model on the device and are imported where used), the procedural tasks the
 # `task` reward verifies with, and lrmjax.main, which a worker started with `spawn` re-imports
-# (as __mp_main__) when the trainer runs as `python -m lrmjax.main`.
+# (as __mp_main__) when the trainer runs as `python -m lrmjax.main`. Also the chat bookkeeping
+# of multi-turn episodes (envs.chat), text work that environment code may run off the device.
 VERIFIER_MODULES = sorted(
     {m for m in MODULES if m.startswith("lrmjax.rewards")} - {"lrmjax.rewards.model_based"}
-) + ["lrmjax.data.tasks", "lrmjax.main"]
+) + ["lrmjax.data.tasks", "lrmjax.main", "lrmjax.envs.chat"]
 
 
 def _python(code: str, **kwargs) -> str:
