@@ -35,11 +35,14 @@ MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 # Everything a reward worker imports to verify text: every reward module but the model-based
 # ones (they run a model on the device and are imported where used), the procedural tasks the
 # `task` reward verifies with, and lrmjax.main, which a worker started with `spawn` re-imports
-# (as __mp_main__) when the trainer runs as `python -m lrmjax.main`; and the tools (with their
-# tool-call parsing) that environment workers run.
+# (as __mp_main__) when the trainer runs as `python -m lrmjax.main`; and what environment
+# workers run: the environments, their tools (with the tool-call parsing), the episode
+# bookkeeping and the chat-template deltas.
 VERIFIER_MODULES = sorted(
     {m for m in MODULES if m.startswith("lrmjax.rewards")} - {"lrmjax.rewards.model_based"}
-) + ["lrmjax.data.tasks", "lrmjax.main", "lrmjax.envs.tools", "lrmjax.envs.tool_calls"]
+) + ["lrmjax.data.tasks", "lrmjax.main", "lrmjax.envs.tools", "lrmjax.envs.tool_calls",
+     "lrmjax.envs.chat", "lrmjax.envs.base", "lrmjax.envs.pool", "lrmjax.envs.runner",
+     "lrmjax.envs.tool_env", "lrmjax.envs.guess", "lrmjax.workers"]
 
 
 def _python(code: str, **kwargs) -> str:
