@@ -75,6 +75,19 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.sampling.max_new_tokens = 16
     c.sampling.max_prompt_len = 32
 
+    # Multi-turn episodes (lrmjax/envs): 'none' samples one response per prompt; a
+    # registered environment ('tools', 'guess_number', ...) plays episodes in which the model
+    # acts over turns and reads observations. sampling.max_new_tokens is then the episode's
+    # budget of tokens after the prompt (model and observation tokens).
+    c.env = ml_collections.ConfigDict()
+    c.env.name = "none"
+    c.env.kwargs = ml_collections.ConfigDict()  # the environment's constructor arguments
+    c.env.turn_tokens = 0            # most model tokens per turn (0 = the episode budget)
+    c.env.observation_tokens = 32    # observations are cut to this many tokens (counted)
+    c.env.num_workers = 2            # processes that step the environments; 0 = in-process
+    c.env.timeout_s = 10.0           # per step; a step past it ends the episode (reward 0)
+    c.env.max_observation_chars = 20_000  # cut in the worker, before tokenizing
+
     c.rl = algorithms.get(algorithm)
     # Presets are written for long responses (DAPO's overlong buffer is 4096 tokens): the
     # default ramp is at most the last half of the response budget, and starts past the

@@ -36,7 +36,7 @@ _OWN_MODEL_KEYS = {"dtype": "model.dtype", "param_dtype": "model.param_dtype",
 # Groups whose keys are free-form: model overrides (checked against ModelConfig), the reward
 # weights (checked against the reward registry), task kwargs (checked by the task).
 FREE_FORM_GROUPS = frozenset({"model.overrides", "reward.fns", "reward.process_fns",
-                              "data.task_kwargs",
+                              "data.task_kwargs", "env.kwargs",
                               "data.mixture", "data.eval_sets"})
 
 
@@ -206,6 +206,11 @@ RANGES: dict[str, Range] = {
     "eval.k": _NON_NEGATIVE,               # 0 = greedy only
     "eval.temperature": _NON_NEGATIVE,
     "eval.batch_size": _COUNT,
+    "env.turn_tokens": _NON_NEGATIVE,      # 0 = the episode budget
+    "env.observation_tokens": _COUNT,
+    "env.num_workers": _NON_NEGATIVE,      # 0 = in-process
+    "env.timeout_s": _POSITIVE,
+    "env.max_observation_chars": _COUNT,
     "mesh.data": _AXIS,
     "mesh.fsdp": _AXIS,
     "mesh.tensor": _AXIS,
@@ -330,9 +335,10 @@ def check_rewards(cfg: ml_collections.ConfigDict) -> None:
     from lrmjax.rewards import process as process_lib
     from lrmjax.rl import advantages
 
-    if not cfg.reward.fns:
+    if not cfg.reward.fns and cfg.env.name == "none":
         raise ValueError("config 'reward.fns' is empty: name at least one reward function, "
-                         "e.g. {'task': 1.0}")
+                         "e.g. {'task': 1.0} (only an environment's own rewards can stand "
+                         "alone)")
     _check_weights(cfg.reward.fns, "reward.fns", rewards.names(), "reward")
     if cfg.reward.process_fns:
         _check_weights(cfg.reward.process_fns, "reward.process_fns",
@@ -342,6 +348,27 @@ def check_rewards(cfg: ml_collections.ConfigDict) -> None:
                 f"config 'reward.process_fns' needs a token-level 'rl.adv_estimator' "
                 f"{sorted(advantages.TOKEN_REWARD_ESTIMATORS)}, got {cfg.rl.adv_estimator!r} "
                 "(its advantages take outcome rewards only)")
+
+
+def check_env(cfg: ml_collections.ConfigDict) -> None:
+    """A registered environment that builds from 'env.kwargs'; episodes on one device and
+    one process, with room in the model for the prompt and every turn's slots."""
+    if cfg.env.name == "none":
+        return
+    from lrmjax import envs as envs_lib
+
+    try:
+        env = envs_lib.make_env(cfg.env.name, **cfg.env.kwargs.to_dict())
+    except ValueError as e:
+        raise ValueError(f"config 'env.name'/'env.kwargs': {e}") from e
+    if cfg.mesh.cpu_devices != 1 or cfg.mesh.num_processes not in (1, -1):
+        raise ValueError("config 'env.name': multi-turn episodes run on one device of one "
+                         "process for now; set mesh.cpu_devices=1")
+    turn = cfg.env.turn_tokens or cfg.sampling.max_new_tokens
+    if turn > cfg.sampling.max_new_tokens:
+        raise ValueError(f"config 'env.turn_tokens' = {turn} exceeds the episode budget "
+                         f"'sampling.max_new_tokens' = {cfg.sampling.max_new_tokens}")
+    del env
 
 
 def check_keys(cfg: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
@@ -510,6 +537,7 @@ def validate(cfg: ml_collections.ConfigDict,
     _check_choices(cfg)
     check_model(cfg)
     check_rewards(cfg)
+    check_env(cfg)
     _check_data(cfg)
     _check_sizes(cfg, num_devices, num_processes)
     check_overlong_buffer(cfg)

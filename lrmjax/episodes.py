@@ -138,7 +138,7 @@ def start(params: Any, prompt_tokens: Array, prompt_mask: Array, *, cfg: ModelCo
 
 
 def decode_turn(params: Any, state: EpisodeState, key: Array, *, cfg: ModelConfig,
-                sampling: SamplingParams, stop_ids: tuple[int, ...], stop_sequences: Array,
+                sampling: SamplingParams, stop_ids: tuple[int, ...], stop_sequences: np.ndarray,
                 turn_cap: int, budget: int, prompt_len: int, pad_id: int) -> EpisodeState:
     """Decodes the active rows until each has left its turn (see the module docstring).
 
@@ -166,7 +166,7 @@ def decode_turn(params: Any, state: EpisodeState, key: Array, *, cfg: ModelConfi
                          s.tail)
         turn_len, total = s.turn_len + act, s.total + act
         by_id = act & jnp.any(tok[:, None] == stops[None, :], axis=-1)
-        seq = stop_sequences[None]  # [1, K, W]
+        seq = jnp.asarray(stop_sequences)[None]  # [1, K, W], a constant of the program
         by_seq = act & jnp.any(jnp.all((tail[:, None, :] == seq) | (seq == -1), -1), -1)
         by_cap = act & (turn_len >= turn_cap)
         by_budget = act & ((total >= budget) | (cache.index >= prompt_len + S))
@@ -304,10 +304,10 @@ class EpisodeSampler(Sampler):
         state = self._compiled_call(
             f"start/{n}", functools.partial(start, cfg=self.cfg, n=n, slots=self.slots,
                                             tail_width=tail_width, pad_id=self.pad_id),
-            params, jnp.asarray(padded), jnp.asarray(padded_mask))
+            params, jax.device_put(padded), jax.device_put(padded_mask))
         decode = functools.partial(
             decode_turn, cfg=self.cfg, sampling=sampling, stop_ids=self.stop_ids,
-            stop_sequences=jnp.asarray(self.stop_sequences), turn_cap=self.turn_cap,
+            stop_sequences=self.stop_sequences, turn_cap=self.turn_cap,
             budget=R, prompt_len=width, pad_id=self.pad_id)
         appendf = functools.partial(append, cfg=self.cfg, prompt_len=width)
         written_until = 0  # slots after the prompt already reported to step_fn
@@ -348,7 +348,7 @@ class EpisodeSampler(Sampler):
                 obs[r, block - len(o):] = o
                 obs_mask[r, block - len(o):] = True
             state = self._compiled_call(f"append/{block}", appendf, params, state,
-                                        jnp.asarray(obs), jnp.asarray(obs_mask))
+                                        jax.device_put(obs), jax.device_put(obs_mask))
             written_until += block
         return self._compact(state, tokens, mask, sampling, keep)
 

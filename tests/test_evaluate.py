@@ -110,6 +110,10 @@ def _decode(roll: Rollout) -> list[str]:
     return out
 
 
+def _fake_play():
+    return ev.sampler_play(FakeSampler(), _encode, _decode)
+
+
 def _score(examples, completions):
     return [1.0 if c.strip() == ex["answer"] else 0.0
             for ex, c in zip(examples, completions, strict=True)]
@@ -121,7 +125,7 @@ EXAMPLES = [{"id": i, "answer": a} for i, a in enumerate(ANSWERS)]
 def test_evaluate_against_hand_computed_metrics():
     sampler = FakeSampler()
     key = jax.random.key(0)
-    out = ev.evaluate(sampler, None, EXAMPLES, _encode, _decode, _score, key,
+    out = ev.evaluate(ev.sampler_play(sampler, _encode, _decode), None, EXAMPLES, _score, key,
                       max_new_tokens=R, k=4, temperature=0.7, batch_size=2)
     assert set(out) == {"eval/greedy_pass@1", "eval/mean_response_length", "eval/pass@1",
                         "eval/pass@4", "eval/maj@4"}
@@ -140,17 +144,17 @@ def test_evaluate_against_hand_computed_metrics():
 
 
 def test_evaluate_batching_does_not_change_metrics():
-    a = ev.evaluate(FakeSampler(), None, EXAMPLES, _encode, _decode, _score, jax.random.key(0),
+    a = ev.evaluate(_fake_play(), None, EXAMPLES, _score, jax.random.key(0),
                     max_new_tokens=R, k=4, batch_size=2)
-    b = ev.evaluate(FakeSampler(), None, EXAMPLES, _encode, _decode, _score, jax.random.key(0),
+    b = ev.evaluate(_fake_play(), None, EXAMPLES, _score, jax.random.key(0),
                     max_new_tokens=R, k=4, batch_size=256)
     assert a == pytest.approx(b)
 
 
 def test_evaluate_greedy_only_with_prefix():
     sampler = FakeSampler()
-    out = ev.evaluate(sampler, None, EXAMPLES, _encode, _decode, _score, jax.random.key(0),
-                      max_new_tokens=R, k=0, prefix="heldout/")
+    out = ev.evaluate(ev.sampler_play(sampler, _encode, _decode), None, EXAMPLES, _score,
+                      jax.random.key(0), max_new_tokens=R, k=0, prefix="heldout/")
     assert out == pytest.approx({"heldout/greedy_pass@1": 2 / 3,
                                  "heldout/mean_response_length": 10 / 3})
     assert all(s.greedy for _, s, _ in sampler.calls)
@@ -158,12 +162,12 @@ def test_evaluate_greedy_only_with_prefix():
 
 def test_evaluate_answer_fn_drives_majority():
     # Dropping the answer '4' leaves example 2's votes to '5' (wrong): maj@4 = (1 + 0 + 0) / 3.
-    out = ev.evaluate(FakeSampler(), None, EXAMPLES, _encode, _decode, _score,
+    out = ev.evaluate(_fake_play(), None, EXAMPLES, _score,
                       jax.random.key(0), max_new_tokens=R, k=4,
                       answer_fn=lambda s: None if s == "4" else s)
     assert out["eval/maj@4"] == pytest.approx(1 / 3)
     assert out["eval/pass@1"] == pytest.approx(5 / 12)   # scores do not depend on answer_fn
-    out = ev.evaluate(FakeSampler(), None, EXAMPLES, _encode, _decode, _score,
+    out = ev.evaluate(_fake_play(), None, EXAMPLES, _score,
                       jax.random.key(0), max_new_tokens=R, k=4, answer_fn=lambda s: None)
     assert out["eval/maj@4"] == 0.0   # no votes at all
 
@@ -179,7 +183,7 @@ class _Tagged(dict):
 def test_evaluate_reports_every_metric_per_subset():
     examples = [_Tagged(ex, subset=s) for ex, s in zip(EXAMPLES, ["add", "add", "cd"],
                                                        strict=True)]
-    out = ev.evaluate(FakeSampler(), None, examples, _encode, _decode, _score,
+    out = ev.evaluate(_fake_play(), None, examples, _score,
                       jax.random.key(0), max_new_tokens=R, k=4, batch_size=2)
     # Overall: as without subsets (test_evaluate_against_hand_computed_metrics).
     assert out["eval/greedy_pass@1"] == pytest.approx(2 / 3)
@@ -195,6 +199,6 @@ def test_evaluate_reports_every_metric_per_subset():
 
 def test_evaluate_one_subset_adds_no_breakdown():
     examples = [_Tagged(ex, subset="add") for ex in EXAMPLES]
-    out = ev.evaluate(FakeSampler(), None, examples, _encode, _decode, _score,
+    out = ev.evaluate(_fake_play(), None, examples, _score,
                       jax.random.key(0), max_new_tokens=R, k=0)
     assert set(out) == {"eval/greedy_pass@1", "eval/mean_response_length"}

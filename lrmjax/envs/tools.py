@@ -180,7 +180,9 @@ class CalculatorTool(Tool):
     with |exponent| <= `max_exponent`; a decimal literal's exponent is within
     +-`max_exponent`; no intermediate value's numerator or denominator exceeds `max_bits`
     bits (a power is checked before it is computed); the printed result has at most
-    `max_digits` digits; division (``/ // %``, or a negative power) by zero.
+    `max_digits` digits; division (``/ // %``, or a negative power) by zero; with
+    `max_operations` set, at most that many binary operators (a task can then demand one
+    call per operation, e.g. two calls for ``a*b*c``).
     """
 
     name: ClassVar[str] = "calculator"
@@ -196,6 +198,7 @@ class CalculatorTool(Tool):
     max_exponent: int = 64
     max_bits: int = 2048
     max_digits: int = 100
+    max_operations: int | None = None
 
     def run(self, expression: str) -> str:
         expression = expression.strip()
@@ -207,6 +210,10 @@ class CalculatorTool(Tool):
             tree = ast.parse(expression, mode="eval")
         except (SyntaxError, ValueError) as e:  # ValueError: a null byte
             raise ToolError(f"malformed expression: {getattr(e, 'msg', e)}") from None
+        if self.max_operations is not None:
+            ops = sum(isinstance(n, ast.BinOp) for n in ast.walk(tree))
+            if ops > self.max_operations:
+                raise ToolError(f"at most {self.max_operations} operation(s) per call")
         return self._format(self._eval(tree.body, expression))
 
     def _eval(self, node: ast.AST, source: str) -> fractions.Fraction:

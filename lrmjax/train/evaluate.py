@@ -40,17 +40,32 @@ def majority_correct(answers: Sequence[str | None], correct: Sequence[float]) ->
     return float(next(c for a, c in zip(answers, correct, strict=True) if a == winner) > 0.5)
 
 
-def evaluate(sampler: Any, params: Any, examples: Sequence[Any], encode: Callable,
-             decode: Callable, score_fn: ScoreFn, key: jax.Array, *, max_new_tokens: int,
+PlayFn = Callable[[Any, Sequence[Any], SamplingParams, jax.Array], tuple[Any, Sequence[str]]]
+
+
+def sampler_play(sampler: Any, encode: Callable, decode: Callable) -> PlayFn:
+    """A `play` function from a `Sampler` and the prompt encoding and response decoding
+    (single-turn responses)."""
+
+    def play(params, examples, sampling, key):
+        tokens, mask = encode(examples)
+        roll = sampler.generate(params, tokens, mask, sampling, key)
+        return roll, decode(roll)
+
+    return play
+
+
+def evaluate(play: PlayFn, params: Any, examples: Sequence[Any], score_fn: ScoreFn,
+             key: jax.Array, *, max_new_tokens: int,
              k: int = 0, temperature: float = 1.0, batch_size: int = 256,
              answer_fn: Callable[[str], str | None] | None = None,
              prefix: str = "eval/", group_key: str = "subset") -> dict[str, float]:
     """Scores `examples` greedily (pass@1) and, with k > 0, with k samples each.
 
     Args:
-      sampler: a `lrmjax.sampling.Sampler`.
-      encode: list of examples -> (prompt_tokens [B, P], prompt_mask [B, P]).
-      decode: Rollout -> list of completion strings.
+      play: (params, examples [B], SamplingParams, key) -> (Rollout of B*n rows, the B*n
+        texts to score): `sampler_play` for single-turn responses, `Inputs.play` (which
+        also plays multi-turn episodes).
       score_fn: (examples, completions) -> scores in [0, 1] (1 = correct).
       answer_fn: completion -> extracted answer for maj@k (default: the stripped completion).
 
@@ -72,19 +87,14 @@ def evaluate(sampler: Any, params: Any, examples: Sequence[Any], encode: Callabl
         # batch (and its random draws) is the one a single host would sample.
         per = len(chunk) // hosts
         chunk = chunk[me * per:(me + 1) * per]
-        tokens, mask = encode(chunk)
-        roll = sampler.generate(params, tokens, mask,
-                                SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens),
-                                key)
-        texts = decode(roll)
+        roll, texts = play(params, chunk,
+                           SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens), key)
         local = {"greedy": np.asarray(score_fn(chunk, texts), float),
                  "length": np.asarray(roll.lengths, float)}
         if k > 0:
             key, sub = jax.random.split(key)
-            roll = sampler.generate(params, tokens, mask,
-                                    SamplingParams(temperature=temperature, n=k,
-                                                   max_new_tokens=max_new_tokens), sub)
-            texts = decode(roll)
+            roll, texts = play(params, chunk, SamplingParams(
+                temperature=temperature, n=k, max_new_tokens=max_new_tokens), sub)
             rep = [ex for ex in chunk for _ in range(k)]
             scores = np.asarray(score_fn(rep, texts), float).reshape(len(chunk), k)
             local["sampled"] = scores
@@ -137,8 +147,11 @@ def evaluate_run(inp: Any, params: Any, key: jax.Array, examples: Sequence[Any] 
     if not examples:
         return {}
     t0 = time.perf_counter()
-    out = evaluate(inp.sampler, params, examples, inp.encode, inp.decode, inp.score_texts,
-                   key, k=cfg.eval.k if k is None else k,
+    def play(params, chunk, sampling, key):
+        played = inp.play(params, chunk, sampling, key)
+        return played.rollout, played.texts
+
+    out = evaluate(play, params, examples, inp.score_texts, key, k=cfg.eval.k if k is None else k,
                    max_new_tokens=cfg.sampling.max_new_tokens,
                    temperature=cfg.eval.temperature, batch_size=cfg.eval.batch_size)
     out["timing_s/eval"] = time.perf_counter() - t0

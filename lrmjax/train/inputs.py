@@ -20,11 +20,15 @@ import numpy as np
 
 from lrmjax import config as config_lib
 from lrmjax import config_validation, parallel
+from lrmjax import envs as envs_lib
 from lrmjax import tokenizers as tok_lib
 from lrmjax.data import curriculum as curriculum_lib
 from lrmjax.data import datasets
 from lrmjax.data import tasks as tasks_lib
 from lrmjax.data.tasks import Example
+from lrmjax.envs.pool import EnvPool
+from lrmjax.envs.runner import EpisodeBook
+from lrmjax.episodes import EpisodeSampler
 from lrmjax.models import sharding, tiny_hf, transformer
 from lrmjax.models.presets import ModelConfig
 from lrmjax.rewards import base as reward_base
@@ -38,6 +42,15 @@ log = logging.getLogger(__name__)
 
 # Unsupervised rewards that read the policy's per-token statistics from the metadata.
 TOKEN_STAT_REWARDS = frozenset({"mean_logprob", "neg_entropy", "self_certainty"})
+
+
+@dataclasses.dataclass
+class Played:
+    """`Inputs.play`'s result: rollout, texts to score [N], and the EpisodeBook or None."""
+
+    rollout: Rollout
+    texts: list[str]
+    book: EpisodeBook | None
 
 
 @dataclasses.dataclass
@@ -62,6 +75,37 @@ class Inputs:
     # Counts from loading the data (data/train_prompts, data/train_long_prompts_dropped, ...):
     # what `build_inputs` logged at startup, for a metrics row.
     data_stats: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Multi-turn episodes (config 'env'): the sampler that continues them from its KV cache
+    # and the pool that steps the environments; None for single-turn runs.
+    episode_sampler: EpisodeSampler | None = None
+    env_pool: EnvPool | None = None
+
+    # ------------------------------------------------------------ sampling
+    def play(self, params: Any, examples: Sequence[Example], sampling: SamplingParams,
+             key: Any) -> Played:
+        """`sampling.n` responses (single-turn) or episodes (config 'env') per example:
+        the rollout [N = len(examples) * n rows, group-major], the texts the rewards score
+        (the response, or an episode's last model turn) and, for episodes, their book."""
+        if self.episode_sampler is None:
+            tokens, mask = self.encode(examples)
+            roll = self.sampler.generate(params, tokens, mask, sampling, key)
+            return Played(roll, self.decode(roll), None)
+        env_cfg, n = self.cfg.env, sampling.n
+        rows = [ex for ex in examples for _ in range(n)]
+        envs = [envs_lib.make_env(env_cfg.name, **env_cfg.kwargs.to_dict()) for _ in rows]
+        tok = self.tokenizer
+        book = EpisodeBook(self.env_pool, envs, rows, decode=tok.decode,
+                           encode_observation=lambda row, text, result: tok.encode(
+                               result.observation),
+                           observation_cap=env_cfg.observation_tokens,
+                           budget=sampling.max_new_tokens)
+        prompts = book.reset()
+        # A group's n episodes share the prompt its first environment's reset returned.
+        firsts = [dataclasses.replace(ex, prompt=prompts[i * n])
+                  for i, ex in enumerate(examples)]
+        tokens, mask = self.encode(firsts)
+        roll = self.episode_sampler.run(params, tokens, mask, sampling, key, book.step)
+        return Played(roll, book.final_texts(), book)
 
     # ------------------------------------------------------------ text <-> tokens
     def prompt_text(self, ex: Example) -> str:
@@ -156,10 +200,12 @@ class Inputs:
             self.data_iter.update([ex for ex in examples for _ in range(n)], rewards.tolist())
 
     def close(self) -> None:
-        """Stops the worker processes of every reward pool: the outcome pool and the process
-        pools. Idempotent."""
+        """Stops the worker processes of every reward pool (the outcome pool and the process
+        pools) and of the environment pool. Idempotent."""
         for pool in [self.pool, *(p for p, _ in self.process_pools.values())]:
             pool.close()
+        if self.env_pool is not None:
+            self.env_pool.close()
 
     # ------------------------------------------------------------ accounting and export
     def step_flops(self, rows: int, length: int, epochs: int, with_ref: bool,
@@ -391,6 +437,7 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     s = cfg.sampling
     sampling = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                               min_p=s.min_p, max_new_tokens=s.max_new_tokens, n=s.n)
+    episode_sampler, env_pool = _episodes(cfg, model_cfg, tokenizer, prompt_len)
     token_stats_fn = None
     if set(fns) & TOKEN_STAT_REWARDS:
         token_stats_fn = jax.jit(functools.partial(
@@ -404,7 +451,32 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
                   eval_examples=list(eval_examples), pool=pool, task=task,
                   hf_exportable=exportable, train_sampling=sampling, prompt_len=prompt_len,
                   token_stats_fn=token_stats_fn, process_pools=process_pools,
-                  data_stats=data_stats)
+                  data_stats=data_stats, episode_sampler=episode_sampler, env_pool=env_pool)
+
+
+def _episodes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, tokenizer: Any,
+              prompt_len: int) -> tuple[EpisodeSampler | None, EnvPool | None]:
+    """The episode sampler and environment pool of config 'env' (None, None without one).
+    A turn ends at the tokenizer's stop ids or at the environment's stop strings (e.g. a
+    tool call's closing tag), tokenized."""
+    e = cfg.env
+    if e.name == "none":
+        return None, None
+    if cfg.tokenizer.chat_template:
+        raise NotImplementedError(
+            "config 'env' with 'tokenizer.chat_template': chat-model episodes are not wired "
+            "into the trainer yet (lrmjax.envs.chat has the template deltas)")
+    env = envs_lib.make_env(e.name, **e.kwargs.to_dict())
+    stops = getattr(env, "stop_strings", lambda: ())()
+    sampler = EpisodeSampler(
+        model_cfg, pad_id=tokenizer.pad_id, stop_ids=tokenizer.stop_ids,
+        stop_sequences=[tokenizer.encode(s) for s in stops],
+        turn_cap=e.turn_tokens or cfg.sampling.max_new_tokens,
+        observation_cap=e.observation_tokens, max_turns=env.max_turns,
+        prompt_buckets=(prompt_len,))
+    pool = EnvPool(num_workers=e.num_workers, timeout_s=e.timeout_s,
+                   max_observation_chars=e.max_observation_chars)
+    return sampler, pool
 
 
 def outcome_reward(cfg: ml_collections.ConfigDict) -> reward_base.RewardFn:
@@ -435,8 +507,11 @@ def outcome_reward(cfg: ml_collections.ConfigDict) -> reward_base.RewardFn:
 def demonstrations(inp: Inputs, examples: Sequence[Example]) -> dict[str, np.ndarray]:
     """SFT batch: prompt + demonstration + EOS, left padded to prompt_len + max_new_tokens.
 
-    The demonstration is `metadata['demonstration']` when present (e.g. a worked GSM8K
-    solution), else the reference answer. Returns tokens, mask and target_mask [N, L].
+    The demonstration is `metadata['demonstration_turns']` when present (a multi-turn
+    episode as [text, is_model] segments: the environment's segments are in the sequence but
+    not in the targets, so the model never learns to predict an observation), else
+    `metadata['demonstration']` (e.g. a worked GSM8K solution), else the reference answer.
+    Returns tokens, mask and target_mask [N, L].
     """
     tok = inp.tokenizer
     length = inp.prompt_len + inp.cfg.sampling.max_new_tokens
@@ -444,11 +519,18 @@ def demonstrations(inp: Inputs, examples: Sequence[Example]) -> dict[str, np.nda
     p_tokens, p_mask = inp.encode(examples)
     for ex, prow, pmask in zip(examples, p_tokens, p_mask, strict=True):
         prompt = [int(t) for t in prow[pmask]]
-        answer = tok.encode(ex.metadata.get("demonstration", ex.answer)) + [tok.eos_id]
+        segments = ex.metadata.get("demonstration_turns") or [
+            [ex.metadata.get("demonstration", ex.answer), True]]
+        answer, target = [], []
+        for text, is_model in segments:
+            ids = tok.encode(text)
+            answer += ids
+            target += [int(bool(is_model))] * len(ids)
+        answer, target = answer + [tok.eos_id], target + [1]
         answer = answer[: inp.cfg.sampling.max_new_tokens]
+        target = target[: inp.cfg.sampling.max_new_tokens]
         seqs.append(prompt + answer)
-        targets.append([0] * len(prompt) + [1] * len(answer))
+        targets.append([0] * len(prompt) + target)
     tokens, mask = tok_lib.left_pad(seqs, tok.pad_id, length)
     target_mask, _ = tok_lib.left_pad(targets, 0, length)
     return {"tokens": tokens, "mask": mask, "target_mask": target_mask.astype(np.float32)}
-

@@ -229,9 +229,10 @@ def prepare(inp: Inputs, progs: Programs, state: TrainState, ref_params: Any,
     """The update batch of one step (`update_batch`): the host-side extras some algorithms
     need (process rewards, the greedy baseline), then the device passes."""
     algo = inp.cfg.rl
-    token_rewards = baseline = None
+    token_rewards, baseline = batch.env_token_rewards, None
     if inp.cfg.reward.process_fns:
-        token_rewards = rollouts.process_token_rewards(inp, batch, metrics)
+        process = rollouts.process_token_rewards(inp, batch, metrics)
+        token_rewards = process if token_rewards is None else token_rewards + process
     if algo.needs_greedy_baseline:
         baseline = rollouts.greedy_baseline(inp, state.params, batch, rollouts.fold_in(key, 10_000))
     if algo.overlong_filter:
@@ -301,7 +302,8 @@ def log_step(inp: Inputs, writer: Any, batch: ScoredBatch, data: dict[str, jax.A
     if done % cfg.train.rollout_log_every == 0 and jax.process_index() == 0:
         metrics_lib.write_rollouts(os.path.join(writer.workdir, "rollouts.jsonl"), done,
                                    [ex.prompt for ex in batch.repeated_examples()],
-                                   batch.completions, batch.rewards.tolist())
+                                   batch.transcripts or batch.completions,
+                                   batch.rewards.tolist())
 
 
 def save(inp: Inputs, ckpt: ckpt_lib.Checkpointer, run: lifecycle.Run, state: TrainState,

@@ -19,6 +19,7 @@ import numpy as np
 from lrmjax import parallel
 from lrmjax.data.tasks import Example
 from lrmjax.rewards import shaping
+from lrmjax.rl import advantages as adv_lib
 from lrmjax.sampling import Rollout, SamplingParams
 from lrmjax.train.inputs import Inputs
 
@@ -36,6 +37,10 @@ class ScoredBatch:
       reward_metrics: the reward pool's counts and timings.
       early: what `collect`'s `on_rollout` dispatched to the devices before the responses were
         decoded and scored, or None.
+      transcripts: [N] whole episodes as text (prompt excluded), for multi-turn runs; None
+        for single-turn ones (the completions are the whole responses).
+      env_token_rewards: [N, R] float32, the environments' step rewards at the tokens that
+        ended their turns, for token-level estimators (else they are in `rewards`); or None.
     """
 
     examples: list[Example]
@@ -45,6 +50,8 @@ class ScoredBatch:
     components: dict[str, np.ndarray]
     reward_metrics: dict[str, float]
     early: Any = None
+    transcripts: list[str] | None = None
+    env_token_rewards: np.ndarray | None = None
 
     def repeated_examples(self) -> list[Example]:
         """[N]: each group's example once per response."""
@@ -61,19 +68,39 @@ def fold_in(key: jax.Array, data: int) -> jax.Array:
 def sample_and_score(inp: Inputs, params: Any, examples: list[Example], key: jax.Array,
                      sampling: SamplingParams,
                      on_rollout: Callable[[Rollout], Any] | None = None) -> ScoredBatch:
-    """Samples `sampling.n` responses per example and scores them with the reward pool.
+    """Samples `sampling.n` responses (or episodes, with config 'env') per example and
+    scores them with the reward pool.
 
     `on_rollout(rollout)`, if given, runs as soon as the tokens are on the host: device work
     dispatched there overlaps the host's decoding and scoring; its result is the batch's
     `early`. DAPO's overlong penalty (`rl.overlong_buffer_len`) is added to the rewards here,
     as the component `overlong_penalty`.
+
+    Episodes: the reward functions score each episode's last model turn; the environments'
+    step rewards are added to the outcome (component `env`), or with a token-level estimator
+    (`rl.advantages.TOKEN_REWARD_ESTIMATORS`) placed at the tokens that ended their turns
+    instead. An episode whose environment failed (raised, timed out, returned garbage) scores
+    0; the `env/*` counts join the reward metrics.
     """
-    tokens, mask = inp.encode(examples)
-    roll = inp.sampler.generate(params, tokens, mask, sampling, key)  # numpy
+    played = inp.play(params, examples, sampling, key)
+    roll = played.rollout  # numpy
     early = on_rollout(roll) if on_rollout is not None else None
-    completions = inp.decode(roll)
+    completions = played.texts
     rep = [ex for ex in examples for _ in range(sampling.n)]
     rewards, components, rmetrics = inp.score(rep, completions, roll, params)
+    transcripts = env_tokens = None
+    if played.book is not None:
+        book = played.book
+        transcripts = inp.decode(roll)
+        env_total = book.total_rewards()
+        components["env"] = env_total
+        if inp.cfg.rl.adv_estimator in adv_lib.TOKEN_REWARD_ESTIMATORS:
+            env_tokens = np.where(book.failed[:, None], 0.0,
+                                  book.token_rewards(sampling.max_new_tokens))
+        else:
+            rewards = rewards + env_total
+        rewards = np.where(book.failed, 0.0, rewards)
+        rmetrics = {**rmetrics, **book.metrics(roll.observation_mask, roll.response_mask)}
     algo = inp.cfg.rl
     if algo.overlong_buffer_len > 0:
         penalty = shaping.overlong_penalty(roll.lengths, max_len=sampling.max_new_tokens,
@@ -82,7 +109,7 @@ def sample_and_score(inp: Inputs, params: Any, examples: list[Example], key: jax
         components["overlong_penalty"] = np.asarray(penalty, np.float32)
         rewards = rewards + components["overlong_penalty"]
     return ScoredBatch(examples, roll, completions, np.asarray(rewards, np.float32), components,
-                       rmetrics, early)
+                       rmetrics, early, transcripts, env_tokens)
 
 
 def collect(inp: Inputs, params: Any, data_iter: Iterator[list[Example]], key: jax.Array,
@@ -164,7 +191,11 @@ def _concat_groups(parts: list[tuple[ScoredBatch, np.ndarray]], n: int) -> Score
         rewards=np.concatenate([b.rewards[r] for b, r in rows]),
         components={k: np.concatenate([b.components[k][r] for b, r in rows])
                     for k in parts[0][0].components},
-        reward_metrics=parts[0][0].reward_metrics)
+        reward_metrics=parts[0][0].reward_metrics,
+        transcripts=(None if parts[0][0].transcripts is None else
+                     [b.transcripts[i] for b, r in rows for i in r]),
+        env_token_rewards=(None if parts[0][0].env_token_rewards is None else
+                           np.concatenate([b.env_token_rewards[r] for b, r in rows])))
 
 
 def process_token_rewards(inp: Inputs, batch: ScoredBatch, metrics: dict[str, float]

@@ -8,11 +8,13 @@ Rows (`device_rows`; N responses, P prompt slots, R response slots; global array
 over the batch axes):
   tokens [N, P+R] int32       prompt (left padded) followed by the response (right padded)
   mask [N, P+R] bool          True on real tokens
-  loss_mask [N, R] float32    response tokens that enter the loss (0 on whole rows that
-                              overlong filtering drops)
+  loss_mask [N, R] float32    response tokens that enter the loss: the model's own (not
+                              an environment's observation tokens), 0 on whole rows that
+                              overlong filtering drops
   sampler_logprobs [N, R]     the sampler's log-probs of its tokens (`Rollout.logprobs`)
   rewards [N] float32         outcome rewards (after shaping)
-  token_rewards [N, R]        optional: process rewards at the tokens that end each step
+  token_rewards [N, R]        optional: process rewards at the tokens that end each step,
+                              environment step rewards at the tokens that end each turn
   baseline_rewards [N]        optional: the greedy response's reward (ReMax)
   ref_logprobs [N, R]         optional: the reference policy's log-probs, when they were
                               dispatched early (see `rl.train`); else `build` computes them
@@ -102,6 +104,8 @@ def device_rows(rollout: Any, rewards: np.ndarray, early: dict[str, Array], mesh
     (DAPO) responses cut at the length limit leave the loss.
     """
     loss_mask = np.asarray(rollout.response_mask, np.float32)
+    if rollout.observation_mask is not None:  # observations are read, not trained on
+        loss_mask = np.where(rollout.observation_mask, 0.0, loss_mask)
     if overlong_filter:
         loss_mask = np.where(np.asarray(rollout.finish_reason)[:, None] == 1, 0.0, loss_mask)
     rows = dict(early)
@@ -184,7 +188,8 @@ def row_spec(cfg: ml_collections.ConfigDict, prompt_len: int, mesh: Any, rows: i
            "loss_mask": like((rows, R), jnp.float32),
            "sampler_logprobs": like((rows, R), jnp.float32),
            "rewards": like((rows,), jnp.float32)}
-    if cfg.reward.process_fns:
+    if cfg.reward.process_fns or (cfg.env.name != "none" and cfg.rl.adv_estimator
+                                  in adv_lib.TOKEN_REWARD_ESTIMATORS):
         out["token_rewards"] = like((rows, R), jnp.float32)
     if cfg.rl.needs_greedy_baseline:
         out["baseline_rewards"] = like((rows,), jnp.float32)

@@ -1,0 +1,64 @@
+"""GRPO with a calculator tool, CPU-tiny model: products it cannot compute in its head.
+
+    python -m lrmjax.main --config configs/calc_tool_grpo.py --workdir /tmp/calc_tool
+
+Each episode may call the `calculator` (one operation per call) before answering:
+"347*58*21=" needs two calls, the second using the first's result (data task
+`tool_arithmetic`, environment `tools`, compact tool-call format for a character model). The
+warm start imitates tool-use demonstrations (trained on the model's segments only) until it
+solves about a third of the held-out problems; GRPO then rewards exact products. The same
+config with `--config.env.kwargs.max_turns=1` is the control without the tool.
+"""
+
+from lrmjax import config as config_lib
+
+
+def get_config(arg: str | None = None):
+    c = config_lib.base_config("grpo")
+    c.model.preset = "tiny"
+    c.model.overrides.num_layers = 2
+    c.model.overrides.max_seq_len = 192
+    c.mesh.cpu_devices = 1                   # episodes run on one device
+    c.data.task = "tool_arithmetic"
+    c.data.task_kwargs.digits = 3
+    c.data.task_kwargs.max_factors = 3
+    c.env.name = "tools"
+    c.env.kwargs = {"tools": ("calculator",), "fmt": "compact", "max_turns": 3,
+                    "max_calls": 1, "tool_options": {"calculator": {"max_operations": 1}}}
+    c.env.turn_tokens = 40                   # "<calculator>123456*789</calculator>" is 35
+    c.env.observation_tokens = 12            # "=97406784\n"
+    c.env.num_workers = 1
+    c.sampling.n = 8
+    c.sampling.max_new_tokens = 112          # the episode: model turns and results
+    c.sampling.max_prompt_len = 16           # BOS + "123*456*789="
+    c.train.batch_prompts = 16
+    c.train.steps = 150
+    c.train.rollout_log_every = 25
+    c.optim.lr = 3e-4
+    c.optim.warmup_steps = 10
+    c.optim.schedule = "cosine"
+    c.optim.min_lr_ratio = 0.0
+    c.rl.kl_mode = "none"
+    c.rl.kl_coef = 0.0
+    c.sft.steps = 2000
+    c.sft.batch_size = 32
+    c.sft.lr = 1e-3
+    c.sft.eval_every = 25
+    c.sft.eval_size = 100
+    c.sft.target_accuracy = 0.3
+    c.eval.every = 50
+    c.eval.size = 200
+    c.eval.k = 4
+    if arg == "runlocal":
+        c.train.steps = 2
+        c.train.batch_prompts = 4
+        c.sampling.n = 4
+        c.sft.steps = 4
+        c.sft.eval_every = 4
+        c.sft.eval_size = 8
+        c.eval.size = 8
+        c.eval.k = 2
+        c.eval.every = 0
+    elif arg:
+        raise ValueError(f"calc_tool_grpo: unknown config argument {arg!r}; valid: 'runlocal'")
+    return c

@@ -1,0 +1,77 @@
+"""Products a small model cannot compute in its head, but can with a calculator.
+
+"347*58=" or "347*58*21=": the answer is the exact product. With the `tools` environment
+and a calculator limited to one operation per call (`max_operations=1`), a two-factor
+problem needs one call and a three-factor problem two, the second using the first's result:
+
+    347*58*21=<calculator>347*58</calculator>=20126
+    <calculator>20126*21</calculator>=422646
+    422646
+
+The demonstration (`metadata['demonstration_turns']`) is that episode as (text, is_model)
+segments, so a warm start trains on the model's parts only, never on the calculator's
+results. The verifier reads the final turn's last line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lrmjax.data.tasks.base import Example, Task, last_line
+
+
+class ToolArithmeticTask(Task):
+    """Products of 2 or 3 factors (difficulty = the most factors).
+
+    Args:
+      digits: factors have 2..`digits` digits.
+      max_factors: 2 or 3; with 3, half the problems have three factors.
+    """
+
+    name = "tool_arithmetic"
+
+    def __init__(self, digits: int = 3, max_factors: int = 3):
+        if not 2 <= digits <= 6 or max_factors not in (2, 3):
+            raise ValueError(f"ToolArithmeticTask: need 2 <= digits <= 6 and max_factors in "
+                             f"(2, 3), got {digits}, {max_factors}")
+        self.digits, self.max_factors = int(digits), int(max_factors)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"digits": self.digits, "max_factors": self.max_factors}
+
+    @property
+    def difficulty(self) -> int:
+        return self.max_factors
+
+    def with_difficulty(self, difficulty: int) -> ToolArithmeticTask:
+        return ToolArithmeticTask(self.digits, difficulty)
+
+    def max_answer_chars(self) -> int:
+        return self.max_factors * self.digits
+
+    def example(self, seed: int) -> Example:
+        rng = np.random.default_rng(seed)
+        k = 2 if self.max_factors == 2 or rng.random() < 0.5 else 3
+        factors = []
+        for _ in range(k):
+            d = int(rng.integers(2, self.digits + 1))
+            factors.append(int(rng.integers(10 ** (d - 1), 10 ** d)))
+        turns, value = [], factors[0]
+        for f in factors[1:]:
+            turns.append([f"<calculator>{value}*{f}</calculator>", True])
+            value *= f
+            turns.append([f"={value}\n", False])
+        turns.append([str(value), True])
+        prompt = "*".join(map(str, factors)) + "="
+        return Example(prompt=prompt, answer=str(value),
+                       metadata=self._metadata(seed, factors=factors,
+                                               demonstration_turns=turns))
+
+    def verify(self, example: Example, completion: str) -> float:
+        """1.0 iff the completion's last line is exactly the product."""
+        if not isinstance(completion, str):
+            return 0.0
+        return float(last_line(completion) == example.answer)
