@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all demo lint bench clean
+.PHONY: install test test-all demo config-results lint bench clean
 
 $(STAMP): setup.py
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test-all: $(STAMP)
 demo: $(STAMP)
 	rm -rf workdirs/demo
 	$(PY) experiments/arith_demo.py --workdir workdirs/demo
+
+# Every config, the procedural ones in full on seeds 0-2 (15 full runs: tens of minutes on
+# 2 cores), one at a time; rewrites the README's config table and the JSON it is drawn from.
+config-results: $(STAMP)
+	$(PY) experiments/config_results.py --write-readme
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

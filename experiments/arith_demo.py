@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+import run_results
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -62,18 +64,17 @@ def main() -> int:
         if not os.path.exists(summary_path):
             rl.train(cfg, workdir)
         with open(summary_path) as f:
-            summary = json.load(f)
-        before = summary["before"]["eval/greedy_pass@1"]
-        after = summary["after"]["eval/greedy_pass@1"]
-        rows.append((seed, summary["sft"].get("steps", 0), before, after, time.time() - t0))
+            sft_steps = json.load(f)["sft"].get("steps", 0)
+        before, after = (e["greedy_pass@1"] for e in run_results.held_out(workdir))
+        rows.append((seed, sft_steps, before, after, time.time() - t0))
         print(f"seed {seed}: held-out greedy pass@1 {before:.3f} -> {after:.3f} "
-              f"({100 * (after - before):+.1f} points) in {time.time() - t0:.0f} s", flush=True)
+              f"({run_results.change(before, after)}) in {time.time() - t0:.0f} s", flush=True)
 
     lines = ["| seed | SFT steps | after SFT (before RL) | after RL | change |",
              "|---|---|---|---|---|"]
     for seed, sft_steps, before, after, _ in rows:
         lines.append(f"| {seed} | {sft_steps} | {before:.3f} | {after:.3f} | "
-                     f"{100 * (after - before):+.1f} points |")
+                     f"{run_results.change(before, after)} |")
     table = "\n".join(lines)
     print("\nHeld-out greedy pass@1 on unseen 3-digit additions:\n" + table)
     print(f"\ntotal {time.time() - start:.0f} s. Curves: {args.workdir}/seed*/curves.png; "
