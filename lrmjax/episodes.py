@@ -355,9 +355,9 @@ class EpisodeSampler(Sampler):
     def _compact(self, state: EpisodeState, tokens: np.ndarray, mask: np.ndarray,
                  sampling: SamplingParams, keep: int) -> Rollout:
         """The rows' real tokens after the prompt, in order, right padded to R."""
-        host = jax.device_get({"tokens": state.tokens[:keep], "kinds": state.kinds[:keep],
-                               "logprobs": state.logprobs[:keep],
-                               "ended_by": state.ended_by[:keep]})
+        host = jax.device_get({"tokens": state.tokens, "kinds": state.kinds,
+                               "logprobs": state.logprobs, "ended_by": state.ended_by})
+        host = {k: v[:keep] for k, v in host.items()}  # without the batch bucket's padding
         R = sampling.max_new_tokens
         out_tokens = np.full((keep, R), self.pad_id, np.int32)
         out_mask = np.zeros((keep, R), bool)

@@ -176,6 +176,17 @@ def test_deterministic_and_finish_stop(params, multi):
     assert set(np.unique(roll.finish_reason)) <= {FINISH_STOP, FINISH_LENGTH}
 
 
+def test_runs_under_the_transfer_guard_with_a_padded_batch(params):
+    # 3 prompts fill a batch bucket of 4: the dummy row is cut on the host, not by an
+    # implicit device slice (the RL loop refuses implicit transfers).
+    tokens, mask, _ = _prompts(3, seed=5)
+    sp = SamplingParams(temperature=1.0, n=1, max_new_tokens=24)
+    key = jax.random.key(2)
+    with jax.transfer_guard("disallow"):
+        roll = _sampler().run(params, tokens, mask, sp, key, Recorder())
+    assert roll.response_tokens.shape == (3, 24)
+
+
 def test_observation_over_the_cap_is_refused(params):
     tokens, mask, _ = _prompts(1)
     sp = SamplingParams(temperature=1.0, n=1, max_new_tokens=24)

@@ -30,6 +30,7 @@ import functools
 import json
 import pathlib
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -207,7 +208,9 @@ class CalculatorTool(Tool):
         if len(expression) > self.max_chars:
             raise ToolError(f"expression longer than {self.max_chars} characters")
         try:
-            tree = ast.parse(expression, mode="eval")
+            with warnings.catch_warnings():  # "12a" warns before it fails: no stderr noise
+                warnings.simplefilter("ignore", SyntaxWarning)
+                tree = ast.parse(expression, mode="eval")
         except (SyntaxError, ValueError) as e:  # ValueError: a null byte
             raise ToolError(f"malformed expression: {getattr(e, 'msg', e)}") from None
         if self.max_operations is not None:
