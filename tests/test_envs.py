@@ -14,7 +14,7 @@ import pytest
 from lrmjax.data.tasks.base import Example
 from lrmjax.envs import make_env
 from lrmjax.envs import runner as runner_lib
-from lrmjax.envs.base import Environment, StepResult
+from lrmjax.envs.base import Environment, StepResult, register_env
 from lrmjax.envs.guess import GuessNumberEnv
 from lrmjax.envs.pool import EnvPool
 from lrmjax.envs.runner import BY_BUDGET, BY_STOP_ID, BY_STOP_SEQUENCE, BY_TURN_CAP, EpisodeBook
@@ -370,3 +370,90 @@ def test_guess_number():
     assert res.done and res.reward == 1.0 and res.observation == ""
     assert env.guesses == 7
     assert pickle.loads(pickle.dumps(env)).secret == 37
+
+
+# ------------------------------------------------------------------ trainer
+@register_env("test_turn_length")
+class TurnLength(Environment):
+    """Answers every turn with '=<its length in characters>\n'; a turn ends at any digit,
+    so that even an untrained model's turns end at a stop and get observations."""
+
+    max_turns = 3
+
+    def stop_strings(self):
+        return tuple("0123456789")
+
+    def step(self, action):
+        return StepResult(f"={len(action)}\n")
+
+
+def test_trainer_keeps_observations_out_of_the_targets_and_the_loss(tmp_path):
+    """configs/calc_tool_grpo.py:runlocal: SFT demonstrations target only the model's
+    characters, and sampled episodes mark exactly the calculator's results as observations,
+    which the loss mask leaves out."""
+    import jax
+
+    from lrmjax import config as config_lib
+    from lrmjax.train import inputs, rollouts, update_batch
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = config_lib.from_file(os.path.join(repo, "configs", "calc_tool_grpo.py"), "runlocal")
+    # An untrained model never calls the calculator: sample with an environment whose turns
+    # end at any digit and whose observations are checkable from the turn alone.
+    cfg.env.name, cfg.env.kwargs = "test_turn_length", {}
+    inp = inputs.build_inputs(cfg, str(tmp_path))
+    try:
+        tok = inp.tokenizer
+        examples = inp.eval_examples[:4]
+        demo = inputs.demonstrations(inp, examples)
+        for ex, toks, mask, target in zip(examples, demo["tokens"], demo["mask"],
+                                          demo["target_mask"], strict=True):
+            ids = [int(t) for t in toks[mask]]
+            tgt = target[mask]
+            # Characters by hand: prompt (not a target), then the segments, then EOS.
+            prompt_len = len(ids) - sum(len(tok.encode(t)) for t, _ in
+                                        ex.metadata["demonstration_turns"]) - 1
+            expected = [0.0] * prompt_len
+            for text, is_model in ex.metadata["demonstration_turns"]:
+                expected += [float(is_model)] * len(tok.encode(text))
+            np.testing.assert_array_equal(tgt, expected + [1.0])
+            observed = tok.decode([i for i, t in zip(ids, tgt, strict=True) if t == 0][
+                prompt_len:])
+            assert observed == "".join(t for t, m in ex.metadata["demonstration_turns"]
+                                       if not m)
+
+        batch = rollouts.sample_and_score(inp, inp.init_params, examples[:2],
+                                          jax.random.key(0), inp.train_sampling)
+        roll = batch.rollout
+        obs_mask = np.asarray(roll.observation_mask) & np.asarray(roll.response_mask)
+        spans_seen = 0
+        for r in range(obs_mask.shape[0]):
+            toks = np.asarray(roll.response_tokens[r])
+            length = int(np.asarray(roll.response_mask[r]).sum())
+            # Each maximal run of observation tokens is the observation of the turn before it.
+            m = np.concatenate([[False], obs_mask[r], [False]])
+            starts = np.flatnonzero(~m[:-1] & m[1:])
+            stops = np.flatnonzero(m[:-1] & ~m[1:])
+            turn_start = 0
+            for a, b in zip(starts, stops, strict=True):
+                turn = tok.decode(toks[turn_start:a])
+                expected = f"={len(turn)}\n"
+                text = tok.decode(toks[a:b])
+                # Whole, or cut by the budget at the end of the episode.
+                assert text == expected or (b == length and expected.startswith(text)), (
+                    turn, text)
+                # The turn ended at a stop string or a stop id (e.g. EOS).
+                last = int(toks[a - 1])
+                assert last in tok.stop_ids or tok.decode([last]) in list("0123456789"), turn
+                spans_seen += 1
+                turn_start = b
+        assert spans_seen >= 4
+        rows = update_batch.device_rows(roll, batch.rewards, {}, inp.mesh,
+                                        overlong_filter=False)
+        loss_mask = np.asarray(rows["loss_mask"])
+        np.testing.assert_array_equal(loss_mask,
+                                      np.where(obs_mask, 0.0, np.asarray(roll.response_mask)))
+        assert batch.reward_metrics["env/observation_tokens"] == pytest.approx(
+            obs_mask.sum(-1).mean())
+    finally:
+        inp.close()
