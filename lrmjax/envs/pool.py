@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import math
 import multiprocessing as mp
+import numbers
 import pickle
 from collections.abc import Sequence
 from multiprocessing import util as mp_util
@@ -61,10 +62,9 @@ def _checked(result: Any, method: str) -> StepResult:
         raise TypeError(f"step's observation is {type(result.observation).__name__}, not str")
     if not isinstance(result.done, bool):
         raise TypeError(f"step's done is {type(result.done).__name__}, not bool")
-    try:
-        reward = float(result.reward)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"step's reward {result.reward!r} is not a number") from e
+    if not isinstance(result.reward, numbers.Real):  # not a str that float() would parse
+        raise TypeError(f"step's reward {result.reward!r} is not a number")
+    reward = float(result.reward)
     if not math.isfinite(reward):
         raise ValueError(f"step's reward is {reward}")
     return dataclasses.replace(result, reward=reward)

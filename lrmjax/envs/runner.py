@@ -25,7 +25,7 @@ from lrmjax.data.tasks.base import Example
 from lrmjax.envs.base import Environment
 from lrmjax.envs.pool import EnvPool
 
-# `episodes` turn-end codes (kept in sync by tests/test_envs_runner.py; importing them
+# `episodes` turn-end codes (kept in sync by tests/test_envs.py; importing them
 # would pull JAX into this module).
 BY_STOP_ID, BY_STOP_SEQUENCE, BY_TURN_CAP, BY_BUDGET = 1, 2, 3, 4
 

@@ -1,0 +1,85 @@
+"""Tests for lrmjax.data.tasks.tool_arithmetic: the demonstration is a correct calculator
+episode (checked with python ints), the `tools` environment answers its model segments with
+exactly its observation segments, and the verifier is exact."""
+
+import re
+
+import pytest
+
+from lrmjax.data.tasks import get_task
+from lrmjax.data.tasks.tool_arithmetic import ToolArithmeticTask
+from lrmjax.envs import make_env
+
+ENV_KWARGS = {"tools": ("calculator",), "fmt": "compact", "max_turns": 3, "max_calls": 1,
+              "tool_options": {"calculator": {"max_operations": 1}}}
+CALL = re.compile(r"<calculator>(\d+)\*(\d+)</calculator>=(\d+)\n")
+
+
+@pytest.mark.parametrize("digits, max_factors", [(3, 3), (2, 2), (4, 3)])
+def test_demonstration_is_a_correct_episode(digits, max_factors):
+    task = get_task("tool_arithmetic", digits=digits, max_factors=max_factors)
+    assert isinstance(task, ToolArithmeticTask)
+    counts = set()
+    for seed in range(40):
+        ex = task.example(seed)
+        factors = ex.metadata["factors"]
+        counts.add(len(factors))
+        for f in factors:
+            assert 10 <= f < 10 ** digits
+        product = 1
+        for f in factors:
+            product *= f
+        assert ex.prompt == "*".join(str(f) for f in factors) + "="
+        assert ex.answer == str(product)
+        turns = ex.metadata["demonstration_turns"]
+        # model, observation, model, ..., model (the answer).
+        assert [m for _, m in turns] == [True, False] * (len(factors) - 1) + [True]
+        episode = "".join(text for text, _ in turns)
+        calls = CALL.findall(episode)
+        assert len(calls) == len(factors) - 1
+        value = factors[0]
+        for (a, b, result), f in zip(calls, factors[1:], strict=True):
+            assert (int(a), int(b)) == (value, f) and int(result) == int(a) * int(b)
+            value = int(result)
+        assert CALL.sub("", episode) == turns[-1][0] == str(product)
+        assert task.verify(ex, turns[-1][0]) == 1.0
+        assert len(ex.answer) <= task.max_answer_chars()
+    assert counts == ({2, 3} if max_factors == 3 else {2})
+
+
+def test_env_reproduces_the_demonstration_observations():
+    task = ToolArithmeticTask(digits=3, max_factors=3)
+    for seed in range(20):
+        ex = task.example(seed)
+        env = make_env("tools", **ENV_KWARGS)
+        assert env.reset(ex) == ex.prompt
+        turns = ex.metadata["demonstration_turns"]
+        for i in range(0, len(turns), 2):
+            res = env.step(turns[i][0])
+            if i + 1 < len(turns):
+                assert not res.done and res.observation == turns[i + 1][0]
+                assert res.info["tool_errors"] == 0
+            else:
+                assert res.done and res.observation == ""
+        assert len(turns) // 2 + 1 <= env.max_turns
+
+
+def test_verify_is_exact():
+    task = ToolArithmeticTask(digits=3, max_factors=2)
+    ex = task.example(7)
+    a, b = ex.metadata["factors"]
+    right = str(a * b)
+    assert task.verify(ex, right) == 1.0
+    assert task.verify(ex, f"<calculator>{a}*{b}</calculator>\n{right}\n") == 1.0
+    for wrong in [str(a * b + 1), right + "0", f"{right} ", "", f"{right}\nmore", None]:
+        assert task.verify(ex, wrong) == (1.0 if wrong == f"{right} " else 0.0)
+
+
+def test_difficulty_and_arguments():
+    task = ToolArithmeticTask(digits=3, max_factors=3)
+    assert task.difficulty == 3 and task.with_difficulty(2).max_factors == 2
+    assert task.max_answer_chars() == 9 and task.config == {"digits": 3, "max_factors": 3}
+    assert task.example(3) == task.example(3)
+    for bad in [dict(digits=1), dict(digits=7), dict(max_factors=4)]:
+        with pytest.raises(ValueError, match="ToolArithmeticTask"):
+            ToolArithmeticTask(**bad)
