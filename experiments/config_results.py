@@ -66,6 +66,7 @@ FLOORS = {
     "arith_dapo": 0.10,
     "arith_grpo": 0.10,
     "arith_ppo": 0.10,
+    "calc_tool_grpo": 0.10,
     "countdown_grpo": 0.10,
     "mixture_grpo": 0.10,
 }
