@@ -51,6 +51,7 @@ import time
 from collections.abc import Sequence
 
 import run_results
+from benchmarks.common import cpu_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "README.md")
@@ -273,18 +274,6 @@ def git_commit() -> tuple[str, bool]:
     status = git("status", "--porcelain", "--untracked-files=no", "--", ".",
                  ":!README.md", ":!experiments/config_results.json")
     return git("rev-parse", "--short", "HEAD"), bool(status)
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ('unknown' where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 # ------------------------------------------------------------------------------ main

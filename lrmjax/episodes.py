@@ -359,23 +359,23 @@ class EpisodeSampler(Sampler):
                                "logprobs": state.logprobs, "ended_by": state.ended_by})
         host = {k: v[:keep] for k, v in host.items()}  # without the batch bucket's padding
         R = sampling.max_new_tokens
-        out_tokens = np.full((keep, R), self.pad_id, np.int32)
-        out_mask = np.zeros((keep, R), bool)
-        obs_mask = np.zeros((keep, R), bool)
-        logprobs = np.zeros((keep, R), np.float32)
-        for r in range(keep):
-            real = host["kinds"][r] != EMPTY
-            k = int(real.sum())
-            out_tokens[r, :k] = host["tokens"][r][real]
-            out_mask[r, :k] = True
-            obs_mask[r, :k] = host["kinds"][r][real] == OBSERVATION
-            logprobs[r, :k] = host["logprobs"][r][real]
+        extra = max(0, R - host["kinds"].shape[1])  # fewer slots than the budget: pad to R
+        host |= {k: np.pad(host[k], ((0, 0), (0, extra)), constant_values=v)
+                 for k, v in (("tokens", self.pad_id), ("kinds", EMPTY), ("logprobs", 0))}
+        # Each row's used slots first, in slot order (a stable sort on "slot is empty").
+        order = np.argsort(host["kinds"] == EMPTY, axis=1, kind="stable")[:, :R]
+        kinds = np.take_along_axis(host["kinds"], order, axis=1)
+        real = kinds != EMPTY
+        out_tokens = np.where(real, np.take_along_axis(host["tokens"], order, axis=1),
+                              self.pad_id).astype(np.int32)
+        logprobs = np.where(real, np.take_along_axis(host["logprobs"], order, axis=1), 0.0)
+        out_mask, obs_mask = real, kinds == OBSERVATION
         finish = np.where(np.isin(host["ended_by"], (BY_TURN_CAP, BY_BUDGET)), FINISH_LENGTH,
                           FINISH_STOP).astype(np.int32)
         n = sampling.n
         return Rollout(prompt_tokens=np.repeat(tokens.astype(np.int32), n, axis=0),
                        prompt_mask=np.repeat(mask, n, axis=0), response_tokens=out_tokens,
-                       response_mask=out_mask, logprobs=logprobs,
+                       response_mask=out_mask, logprobs=logprobs.astype(np.float32),
                        lengths=out_mask.sum(-1).astype(np.int32), finish_reason=finish,
                        group_ids=(np.arange(keep) // n).astype(np.int32),
                        observation_mask=obs_mask)

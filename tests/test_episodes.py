@@ -193,3 +193,12 @@ def test_observation_over_the_cap_is_refused(params):
     with pytest.raises(ValueError, match="observation_cap"):
         _sampler(stop_ids=()).run(
             params, tokens, mask, sp, jax.random.key(0), lambda ends: {0: [3] * 5})
+
+
+def test_rollout_is_as_wide_as_the_budget_when_slots_are_fewer(params):
+    tokens, mask, _ = _prompts(2, seed=6)
+    sp = SamplingParams(temperature=1.0, n=1, max_new_tokens=10)
+    roll = _sampler(stop_ids=(), max_turns=1, turn_cap=4).run(  # 4 slots, budget 10
+        params, tokens, mask, sp, jax.random.key(0), lambda ends: {})
+    assert roll.response_tokens.shape == (2, 10) and (roll.lengths == 4).all()
+    assert (roll.response_tokens[:, 4:] == PAD).all()
