@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lrmjax import parallel
 from lrmjax.models import transformer
 from lrmjax.models.presets import ModelConfig
 from lrmjax.sampling import (
@@ -233,8 +234,10 @@ class TurnEnd:
 class EpisodeSampler(Sampler):
     """Runs batches of multi-turn episodes (host loop over the jitted programs above).
 
-    Shares `Sampler`'s prompt and batch bucketing and its compile cache. One device only for
-    now (`mesh` must be None or a one-device mesh): each host then plays its own episodes.
+    Shares `Sampler`'s prompt and batch bucketing and its compile cache. With a mesh the
+    rows are placed with `parallel.batch_sharding(mesh)` like `Sampler`'s (batch buckets are
+    multiples of the mesh's batch divisor); one process only for now (multi-host episodes
+    would need every host to run the same number of turns).
 
     Args (beyond `Sampler`'s):
       stop_sequences: token sequences that end a turn (e.g. the tokens of `</calculator>`).
@@ -246,10 +249,9 @@ class EpisodeSampler(Sampler):
     def __init__(self, cfg: ModelConfig, *, pad_id: int, stop_ids: Sequence[int],
                  stop_sequences: Sequence[Sequence[int]] = (), turn_cap: int,
                  observation_cap: int, max_turns: int, mesh: Any = None, **kwargs: Any):
-        if mesh is not None and mesh.size > 1:
-            raise NotImplementedError("EpisodeSampler runs on one device for now; set "
-                                      "mesh.cpu_devices=1 / a one-device mesh")
-        super().__init__(cfg, pad_id=pad_id, stop_ids=stop_ids, mesh=None, **kwargs)
+        if jax.process_count() > 1:
+            raise NotImplementedError("EpisodeSampler runs in one process for now")
+        super().__init__(cfg, pad_id=pad_id, stop_ids=stop_ids, mesh=mesh, **kwargs)
         if min(turn_cap, observation_cap + 1, max_turns) < 1:
             raise ValueError(f"EpisodeSampler: need turn_cap >= 1, observation_cap >= 0 and "
                              f"max_turns >= 1, got {turn_cap}, {observation_cap}, {max_turns}")
@@ -258,9 +260,13 @@ class EpisodeSampler(Sampler):
         self.max_turns = int(max_turns)
         self.slots = max_turns * turn_cap + (max_turns - 1) * observation_cap
 
+    def _put(self, x: np.ndarray) -> Array:
+        """A host array on the device, or split over the mesh's batch axes."""
+        return jax.device_put(x) if self.mesh is None else parallel.host_to_global(x, self.mesh)
+
     def _compiled_call(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         def sig(x):
-            return (x.shape, str(x.dtype))
+            return (x.shape, str(x.dtype), getattr(x, "sharding", None))
 
         cache_key = (name, tuple(sig(x) for x in jax.tree.leaves(args)))
         if cache_key not in self._compiled:
@@ -304,7 +310,8 @@ class EpisodeSampler(Sampler):
         state = self._compiled_call(
             f"start/{n}", functools.partial(start, cfg=self.cfg, n=n, slots=self.slots,
                                             tail_width=tail_width, pad_id=self.pad_id),
-            params, jax.device_put(padded), jax.device_put(padded_mask))
+            params, self._put(padded), self._put(padded_mask))
+        key = key if self.mesh is None else parallel.put(key, parallel.replicated(self.mesh))
         decode = functools.partial(
             decode_turn, cfg=self.cfg, sampling=sampling, stop_ids=self.stop_ids,
             stop_sequences=self.stop_sequences, turn_cap=self.turn_cap,
@@ -348,7 +355,7 @@ class EpisodeSampler(Sampler):
                 obs[r, block - len(o):] = o
                 obs_mask[r, block - len(o):] = True
             state = self._compiled_call(f"append/{block}", appendf, params, state,
-                                        jax.device_put(obs), jax.device_put(obs_mask))
+                                        self._put(obs), self._put(obs_mask))
             written_until += block
         return self._compact(state, tokens, mask, sampling, keep)
 

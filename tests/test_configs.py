@@ -81,10 +81,7 @@ def _run_cli(name: str, workdir: str, *flags: str) -> None:
 _SLOW = pytest.mark.slow   # 20-60 s each on the shared 2-core machine: over the fast budget
 RUNLOCAL = [
     "arith_grpo",                                   # the fast suite's end-to-end smoke run
-    # Episodes run on one device; the tests' 8 faked devices make a data=8 mesh whose
-    # placement the episode sampler does not handle yet (issue 20, multi-device episodes).
-    pytest.param("calc_tool_grpo", marks=pytest.mark.xfail(
-        strict=True, reason="episodes on a multi-device mesh")),
+    "calc_tool_grpo",                               # multi-turn episodes end to end
     pytest.param("arith_dapo", marks=_SLOW),
     pytest.param("arith_ppo", marks=_SLOW),
     pytest.param("countdown_grpo", marks=_SLOW),

@@ -202,3 +202,17 @@ def test_rollout_is_as_wide_as_the_budget_when_slots_are_fewer(params):
         params, tokens, mask, sp, jax.random.key(0), lambda ends: {})
     assert roll.response_tokens.shape == (2, 10) and (roll.lengths == 4).all()
     assert (roll.response_tokens[:, 4:] == PAD).all()
+
+
+def test_rows_split_over_a_mesh_give_the_same_episodes(params):
+    from lrmjax import parallel
+
+    mesh = parallel.make_mesh({"data": 4, "fsdp": 1, "tensor": 1}, jax.devices()[:4])
+    tokens, mask, _ = _prompts(4, seed=1)
+    sp = SamplingParams(temperature=1.0, n=2, max_new_tokens=24)
+    sharded = jax.device_put(params, parallel.replicated(mesh))
+    got = _sampler(mesh=mesh).run(sharded, tokens, mask, sp, jax.random.key(0), Recorder())
+    ref = _sampler().run(params, tokens, mask, sp, jax.random.key(0), Recorder())
+    np.testing.assert_array_equal(got.response_tokens, ref.response_tokens)
+    np.testing.assert_array_equal(got.observation_mask, ref.observation_mask)
+    np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)

@@ -437,7 +437,7 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     s = cfg.sampling
     sampling = SamplingParams(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                               min_p=s.min_p, max_new_tokens=s.max_new_tokens, n=s.n)
-    episode_sampler, env_pool = _episodes(cfg, model_cfg, tokenizer, prompt_len)
+    episode_sampler, env_pool = _episodes(cfg, model_cfg, tokenizer, prompt_len, mesh)
     token_stats_fn = None
     if set(fns) & TOKEN_STAT_REWARDS:
         token_stats_fn = jax.jit(functools.partial(
@@ -455,7 +455,7 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
 
 
 def _episodes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, tokenizer: Any,
-              prompt_len: int) -> tuple[EpisodeSampler | None, EnvPool | None]:
+              prompt_len: int, mesh: Any) -> tuple[EpisodeSampler | None, EnvPool | None]:
     """The episode sampler and environment pool of config 'env' (None, None without one).
     A turn ends at the tokenizer's stop ids or at the environment's stop strings (e.g. a
     tool call's closing tag), tokenized."""
@@ -472,7 +472,7 @@ def _episodes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, tokenizer:
         model_cfg, pad_id=tokenizer.pad_id, stop_ids=tokenizer.stop_ids,
         stop_sequences=[tokenizer.encode(s) for s in stops],
         turn_cap=e.turn_tokens or cfg.sampling.max_new_tokens,
-        observation_cap=e.observation_tokens, max_turns=env.max_turns,
+        observation_cap=e.observation_tokens, max_turns=env.max_turns, mesh=mesh,
         prompt_buckets=(prompt_len,))
     pool = EnvPool(num_workers=e.num_workers, timeout_s=e.timeout_s,
                    max_observation_chars=e.max_observation_chars)
