@@ -457,3 +457,14 @@ def test_trainer_keeps_observations_out_of_the_targets_and_the_loss(tmp_path):
             obs_mask.sum(-1).mean())
     finally:
         inp.close()
+
+
+def test_episode_slots_beyond_the_model_are_refused_at_start(tmp_path):
+    from lrmjax import config as config_lib
+    from lrmjax.train import inputs
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = config_lib.from_file(os.path.join(repo, "configs", "calc_tool_grpo.py"), "runlocal")
+    cfg.env.turn_tokens = 60  # 16 + 3 * 60 + 2 * 12 = 220 slots > max_seq_len 192
+    with pytest.raises(ValueError, match="env.turn_tokens.*max_seq_len 192"):
+        inputs.build_inputs(cfg, str(tmp_path))

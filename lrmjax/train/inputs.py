@@ -474,6 +474,13 @@ def _episodes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, tokenizer:
         turn_cap=e.turn_tokens or cfg.sampling.max_new_tokens,
         observation_cap=e.observation_tokens, max_turns=env.max_turns, mesh=mesh,
         prompt_buckets=(prompt_len,))
+    if prompt_len + sampler.slots > model_cfg.max_seq_len:
+        raise ValueError(
+            f"config 'env': an episode needs sampling.max_prompt_len {prompt_len} + "
+            f"{sampler.slots} cache slots (max_turns {env.max_turns} * env.turn_tokens "
+            f"{sampler.turn_cap} + {env.max_turns - 1} * env.observation_tokens "
+            f"{e.observation_tokens}) = {prompt_len + sampler.slots}, more than the model's "
+            f"max_seq_len {model_cfg.max_seq_len}")
     pool = EnvPool(num_workers=e.num_workers, timeout_s=e.timeout_s,
                    max_observation_chars=e.max_observation_chars)
     return sampler, pool
