@@ -69,6 +69,7 @@ FLOORS = {
     "arith_ppo": 0.10,
     "calc_tool_grpo": 0.10,
     "countdown_grpo": 0.10,
+    "guess_grpo": 0.10,
     "mixture_grpo": 0.10,
 }
 # A mean change of greedy pass@1 within this band is 'flat': with 200-500 held-out problems a

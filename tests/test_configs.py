@@ -82,6 +82,7 @@ _SLOW = pytest.mark.slow   # 20-60 s each on the shared 2-core machine: over the
 RUNLOCAL = [
     "arith_grpo",                                   # the fast suite's end-to-end smoke run
     "calc_tool_grpo",                               # multi-turn episodes end to end
+    "guess_grpo",                                   # feedback over several turns
     pytest.param("arith_dapo", marks=_SLOW),
     pytest.param("arith_ppo", marks=_SLOW),
     pytest.param("countdown_grpo", marks=_SLOW),

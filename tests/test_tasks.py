@@ -27,9 +27,11 @@ from lrmjax.tokenizers import CharTokenizer
 
 
 def test_registry_unknown_name_lists_valid():
-    with pytest.raises(ValueError, match="arithmetic.*countdown.*reasoning_gym.*tool_arithmetic"):
+    with pytest.raises(ValueError, match="arithmetic.*countdown.*guess_number.*reasoning_gym"
+                                         ".*tool_arithmetic"):
         get_task("no_such_task")
-    assert set(TASKS) == {"arithmetic", "countdown", "reasoning_gym", "tool_arithmetic"}
+    assert set(TASKS) == {"arithmetic", "countdown", "guess_number", "reasoning_gym",
+                          "tool_arithmetic"}
 
 
 @pytest.mark.parametrize("name,kwargs", [
