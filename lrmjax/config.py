@@ -87,6 +87,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.env.num_workers = 2            # processes that step the environments; 0 = in-process
     c.env.timeout_s = 10.0           # per step; a step past it ends the episode (reward 0)
     c.env.max_observation_chars = 20_000  # cut in the worker, before tokenizing
+    # Chat models (tokenizer.chat_template): the template episodes are rendered with, a name
+    # in lrmjax/envs/templates ('qwen2_5', 'qwen3_multiturn', ...) or '' for the tokenizer's.
+    c.env.chat_template = ""
 
     c.rl = algorithms.get(algorithm)
     # Presets are written for long responses (DAPO's overlong buffer is 4096 tokens): the

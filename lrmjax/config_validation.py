@@ -364,6 +364,11 @@ def check_env(cfg: ml_collections.ConfigDict) -> None:
     if cfg.mesh.num_processes not in (1, -1):
         raise ValueError("config 'env.name': multi-turn episodes run in one process for now "
                          f"(mesh.num_processes = {cfg.mesh.num_processes})")
+    from lrmjax.envs import chat
+
+    if cfg.env.chat_template and cfg.env.chat_template not in chat.template_names():
+        raise ValueError(f"config 'env.chat_template' {cfg.env.chat_template!r} is not a "
+                         f"shipped template; valid: {list(chat.template_names())} or ''")
     turn = cfg.env.turn_tokens or cfg.sampling.max_new_tokens
     if turn > cfg.sampling.max_new_tokens:
         raise ValueError(f"config 'env.turn_tokens' = {turn} exceeds the episode budget "

@@ -468,3 +468,59 @@ def test_episode_slots_beyond_the_model_are_refused_at_start(tmp_path):
     cfg.env.turn_tokens = 60  # 16 + 3 * 60 + 2 * 12 = 220 slots > max_seq_len 192
     with pytest.raises(ValueError, match="env.turn_tokens.*max_seq_len 192"):
         inputs.build_inputs(cfg, str(tmp_path))
+
+
+class _OneTurnSampler:
+    """Stands in for the episode sampler: every row writes `turn` (ending in EOS) once, and
+    the observations step_fn returns are kept."""
+
+    def __init__(self, turn):
+        self.turn, self.observations = turn, None
+
+    def run(self, params, tokens, mask, sampling, key, step_fn):
+        from lrmjax.episodes import TurnEnd
+
+        rows = tokens.shape[0] * sampling.n
+        ends = [TurnEnd(r, np.asarray(self.turn), BY_STOP_ID, len(self.turn), 0)
+                for r in range(rows)]
+        self.observations = step_fn(ends)
+        return None
+
+
+def test_chat_episodes_append_the_templates_delta(tmp_path):
+    """configs/tool_math_qwen2_5_1_5b.py:runlocal: a turn that calls the python tool (in
+    Qwen's <tool_call> JSON) and ends at EOS gets, as its observation, exactly the tokens
+    that continue the chat template's render of the whole conversation."""
+    import jax
+
+    from lrmjax import config as config_lib
+    from lrmjax.sampling import SamplingParams
+    from lrmjax.train import inputs
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = config_lib.from_file(os.path.join(repo, "configs", "tool_math_qwen2_5_1_5b.py"),
+                               "runlocal")
+    cfg.env.num_workers = 0
+    inp = inputs.build_inputs(cfg, str(tmp_path))
+    try:
+        tok = inp.tokenizer
+        call = '<tool_call>\n{"name": "python", "arguments": {"code": "print(6*7)"}}\n</tool_call>'
+        fake = _OneTurnSampler(tok.encode(call) + [tok.eos_id])
+        inp.episode_sampler = fake
+        ex = inp.eval_examples[0]
+        played = inp.play(None, [ex], SamplingParams(n=2, max_new_tokens=256),
+                          jax.random.key(0))
+        user = cfg.data.prompt_template.format(prompt=ex.prompt)
+        messages = [{"role": "user", "content": user},
+                    {"role": "assistant", "content": call},
+                    {"role": "tool", "content": "42"}]
+        prompt = tok.apply_chat_template(messages[:1], add_generation_prompt=True)
+        full = tok.apply_chat_template(messages, add_generation_prompt=True)
+        assert inputs.prompt_text(cfg, tok, ex) == prompt
+        assert not played.book.failed.any(), (played.book.counts, played.book.turns)
+        for row in (0, 1):
+            ids = tok.encode(prompt) + fake.turn + fake.observations[row]
+            assert ids == tok.encode(full)  # canonical turn: the same ids as the whole render
+        assert played.book.info_sums["tool_calls"].tolist() == [1, 1]
+    finally:
+        inp.close()

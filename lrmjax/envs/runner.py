@@ -16,6 +16,7 @@ This module imports no JAX.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,8 @@ import numpy as np
 from lrmjax.data.tasks.base import Example
 from lrmjax.envs.base import Environment
 from lrmjax.envs.pool import EnvPool
+
+log = logging.getLogger(__name__)
 
 # `episodes` turn-end codes (kept in sync by tests/test_envs.py; importing them
 # would pull JAX into this module).
@@ -59,6 +62,7 @@ class EpisodeBook:
                        "max_turns_hit": 0.0}
         self.info_sums: dict[str, np.ndarray] = {}
         self.open = np.ones(N, bool)  # the episode may go on
+        self.logged: set[str] = set()
 
     def reset(self) -> list[str]:
         """Resets every environment; returns each row's prompt text (the example's prompt
@@ -115,7 +119,15 @@ class EpisodeBook:
                 self.counts["max_turns_hit"] += 1
                 self.open[r] = False
                 continue
-            ids = list(self.encode_observation(r, texts[r], res))
+            try:
+                ids = list(self.encode_observation(r, texts[r], res))
+            except ValueError as err:  # e.g. a chat template that rewrote the history
+                self._fail(r, "error")
+                if "observation" not in self.logged:
+                    self.logged.add("observation")
+                    log.warning("episode ended: its observation could not be tokenized: %s "
+                                "(the first such failure; counted in env/errors)", err)
+                continue
             room = min(self.observation_cap, self.budget - e.total - 1)
             if len(ids) > room:
                 self.counts["obs_truncated"] += float(not o.truncated)

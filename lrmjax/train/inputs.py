@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from lrmjax.data import curriculum as curriculum_lib
 from lrmjax.data import datasets
 from lrmjax.data import tasks as tasks_lib
 from lrmjax.data.tasks import Example
+from lrmjax.envs import chat as chat_lib
 from lrmjax.envs.pool import EnvPool
 from lrmjax.envs.runner import EpisodeBook
 from lrmjax.episodes import EpisodeSampler
@@ -91,12 +93,20 @@ class Inputs:
             roll = self.sampler.generate(params, tokens, mask, sampling, key)
             return Played(roll, self.decode(roll), None)
         env_cfg, n = self.cfg.env, sampling.n
-        rows = [ex for ex in examples for _ in range(n)]
+        rows = [ex for ex in examples for _ in range(sampling.n)]
         envs = [envs_lib.make_env(env_cfg.name, **env_cfg.kwargs.to_dict()) for _ in rows]
         tok = self.tokenizer
-        book = EpisodeBook(self.env_pool, envs, rows, decode=tok.decode,
-                           encode_observation=lambda row, text, result: tok.encode(
-                               result.observation),
+        chats: list[Any] = []
+
+        def observation_ids(row: int, text: str, result: Any) -> list[int]:
+            if not chats:  # plain text: the observation's own tokens
+                return tok.encode(result.observation)
+            messages = result.info.get("messages") or [{"role": "tool",
+                                                        "content": result.observation}]
+            return chats[row].observation_ids(text, messages)
+
+        book = EpisodeBook(self.env_pool, envs, rows, decode=functools.partial(_turn_text, tok),
+                           encode_observation=observation_ids,
                            observation_cap=env_cfg.observation_tokens,
                            budget=sampling.max_new_tokens)
         prompts = book.reset()
@@ -104,6 +114,8 @@ class Inputs:
         firsts = [dataclasses.replace(ex, prompt=prompts[i * n])
                   for i, ex in enumerate(examples)]
         tokens, mask = self.encode(firsts)
+        if self.cfg.tokenizer.chat_template:
+            chats[:] = [episode_chat(self.cfg, tok, ex) for ex in firsts for _ in range(n)]
         roll = self.episode_sampler.run(params, tokens, mask, sampling, key, book.step)
         return Played(roll, book.final_texts(), book)
 
@@ -120,10 +132,13 @@ class Inputs:
                                  f"{self.prompt_len}: {ex.prompt[:80]!r}")
         return tok_lib.left_pad(ids, self.tokenizer.pad_id, self.prompt_len)
 
-    def decode(self, roll: Rollout) -> list[str]:
+    def decode(self, roll: Rollout, skip_special: bool = True) -> list[str]:
+        """The responses' text; `skip_special=False` keeps special tokens and goes on past
+        stop ids (a multi-turn episode's transcript, with every turn's EOS)."""
         toks = np.asarray(roll.response_tokens)
         mask = np.asarray(roll.response_mask)
-        return [self.tokenizer.decode(t[m]) for t, m in zip(toks, mask, strict=True)]
+        return [self.tokenizer.decode(t[m], skip_special=skip_special)
+                for t, m in zip(toks, mask, strict=True)]
 
     # ------------------------------------------------------------ rewards
     def reward_metadata(self, examples: Sequence[Example], roll: Rollout | None,
@@ -223,12 +238,43 @@ class Inputs:
 
 def prompt_text(cfg: ml_collections.ConfigDict, tokenizer: Any, ex: Example) -> str:
     """The text the policy is prompted with: `data.prompt_template` applied to the example's
-    prompt, then (with `tokenizer.chat_template`) the tokenizer's chat template."""
+    prompt, then (with `tokenizer.chat_template`) the tokenizer's chat template, or for
+    episodes (config 'env') the episode's template with the environment's tools."""
+    if cfg.tokenizer.chat_template and cfg.env.name != "none":
+        return episode_chat(cfg, tokenizer, ex).text
     text = cfg.data.prompt_template.format(prompt=ex.prompt)
     if cfg.tokenizer.chat_template:
         text = tokenizer.apply_chat_template([{"role": "user", "content": text}],
                                              add_generation_prompt=True)
     return text
+
+
+@functools.lru_cache(maxsize=8)
+def _env_chat_setup(name: str, kwargs_json: str, template: str) -> tuple[Any, str | None]:
+    """(the environment's tool schemas or None, the template text or None) for episodes."""
+    tools = envs_lib.make_env(name, **json.loads(kwargs_json)).tools() or None
+    return tools, (chat_lib.load_template(template) if template else None)
+
+
+def episode_chat(cfg: ml_collections.ConfigDict, tokenizer: Any, ex: Example
+                 ) -> chat_lib.ChatEpisode:
+    """The chat bookkeeping of one episode on `ex`: the user message (`data.prompt_template`
+    applied), the environment's tools, `env.chat_template` (or the tokenizer's)."""
+    e = cfg.env
+    tools, template = _env_chat_setup(e.name, json.dumps(e.kwargs.to_dict(), sort_keys=True),
+                                      e.chat_template)
+    text = cfg.data.prompt_template.format(prompt=ex.prompt)
+    return chat_lib.ChatEpisode(tokenizer, [{"role": "user", "content": text}], tools,
+                                template)
+
+
+def _turn_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """A model turn's text as the chat bookkeeping needs it: special tokens kept (a tool-call
+    tag may be one), the stop id that ended the turn left out."""
+    ids = list(ids)
+    if ids and ids[-1] in tokenizer.stop_ids:
+        ids = ids[:-1]
+    return tokenizer.decode(ids, skip_special=False)
 
 
 def prompt_ids(cfg: ml_collections.ConfigDict, tokenizer: Any, ex: Example) -> list[int]:
@@ -462,12 +508,10 @@ def _episodes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, tokenizer:
     e = cfg.env
     if e.name == "none":
         return None, None
-    if cfg.tokenizer.chat_template:
-        raise NotImplementedError(
-            "config 'env' with 'tokenizer.chat_template': chat-model episodes are not wired "
-            "into the trainer yet (lrmjax.envs.chat has the template deltas)")
     env = envs_lib.make_env(e.name, **e.kwargs.to_dict())
-    stops = getattr(env, "stop_strings", lambda: ())()
+    # A chat model ends every turn with its EOS (after a tool call too); a plain model's turn
+    # also ends at the environment's stop strings (a tool call's closing tag).
+    stops = () if cfg.tokenizer.chat_template else getattr(env, "stop_strings", lambda: ())()
     sampler = EpisodeSampler(
         model_cfg, pad_id=tokenizer.pad_id, stop_ids=tokenizer.stop_ids,
         stop_sequences=[tokenizer.encode(s) for s in stops],

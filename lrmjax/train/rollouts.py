@@ -91,7 +91,7 @@ def sample_and_score(inp: Inputs, params: Any, examples: list[Example], key: jax
     transcripts = env_tokens = None
     if played.book is not None:
         book = played.book
-        transcripts = inp.decode(roll)
+        transcripts = inp.decode(roll, skip_special=False)
         env_total = book.total_rewards()
         components["env"] = env_total
         if inp.cfg.rl.adv_estimator in adv_lib.TOKEN_REWARD_ESTIMATORS:
