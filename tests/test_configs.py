@@ -20,7 +20,7 @@ CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, 
 # Configs for published checkpoints leave the model to the launch command
 # (--config.model.hf_path=...): without it they must not validate.
 NEEDS_HF_PATH = {"gsm8k_grpo_qwen2_5_1_5b", "math_dapo_qwen2_5_math_7b",
-                 "tool_math_qwen2_5_1_5b"}
+                 "tool_math_qwen2_5_1_5b", "search_qa_qwen2_5_1_5b"}
 
 
 def _load(name: str):
@@ -90,6 +90,7 @@ RUNLOCAL = [
     pytest.param("gsm8k_grpo_qwen2_5_1_5b", marks=_SLOW),
     pytest.param("math_dapo_qwen2_5_math_7b", marks=_SLOW),
     pytest.param("mixture_grpo", marks=_SLOW),    # the mixture's fast test: test_train.py
+    pytest.param("search_qa_qwen2_5_1_5b", marks=_SLOW),
     pytest.param("tool_math_qwen2_5_1_5b", marks=_SLOW),  # its fast test: test_envs.py
 ]
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from lrmjax.data.tasks.arithmetic import ArithmeticTask
 from lrmjax.data.tasks.base import Example, Task, extract_answer_tag, last_line
+from lrmjax.data.tasks.corpus_qa import CorpusQATask
 from lrmjax.data.tasks.countdown import CountdownTask, evaluate_expression
 from lrmjax.data.tasks.guess import GuessNumberTask
 from lrmjax.data.tasks.reasoning_gym import ReasoningGymTask, available_datasets
@@ -25,6 +26,7 @@ from lrmjax.data.tasks.tool_arithmetic import ToolArithmeticTask
 
 TASKS: dict[str, type[Task]] = {
     "arithmetic": ArithmeticTask,
+    "corpus_qa": CorpusQATask,
     "countdown": CountdownTask,
     "guess_number": GuessNumberTask,
     "reasoning_gym": ReasoningGymTask,
