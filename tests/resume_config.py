@@ -1,11 +1,12 @@
-"""Config for the SIGKILL/resume test: checkpoints every 3 steps, step count from the env."""
+"""Config for the SIGKILL/resume test: checkpoints every 3 steps, step count from the env;
+multi-turn episodes when LRMJAX_TEST_EPISODES is set."""
 
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from train_helpers import small_config  # noqa: E402
+from train_helpers import episode_config, small_config  # noqa: E402
 
 
 def get_config(arg=None):
@@ -14,4 +15,6 @@ def get_config(arg=None):
     c.reward.fns = {"test_slow_starts_with_7": 1.0}
     c.eval.size = 4
     c.eval.k = 0
+    if os.environ.get("LRMJAX_TEST_EPISODES"):
+        episode_config(c)
     return c

@@ -204,20 +204,22 @@ def test_nonfinite_updates_are_skipped_then_stop(tmp_path):
     assert len(rows) < 20
 
 
-def _run_cli(workdir: str, steps: int) -> subprocess.Popen:
-    env = dict(os.environ, LRMJAX_TEST_STEPS=str(steps), JAX_PLATFORMS="cpu")
+def _run_cli(workdir: str, steps: int, episodes: bool = False) -> subprocess.Popen:
+    env = dict(os.environ, LRMJAX_TEST_STEPS=str(steps), JAX_PLATFORMS="cpu",
+               LRMJAX_TEST_EPISODES="1" if episodes else "")
     return subprocess.Popen(
         [sys.executable, "-m", "lrmjax.main", f"--config={REPO}/tests/resume_config.py",
          f"--workdir={workdir}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE)
 
 
-def test_resume_after_sigkill_is_exact(tmp_path):
+@pytest.mark.parametrize("episodes", [False, True], ids=["single_turn", "episodes"])
+def test_resume_after_sigkill_is_exact(tmp_path, episodes):
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    p = _run_cli(straight, 6)
+    p = _run_cli(straight, 6, episodes)
     assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-3000:]
 
-    p = _run_cli(killed, 6)
+    p = _run_cli(killed, 6, episodes)
     # Kill -9 once step 4 has been logged: checkpoint 3 is complete, 4-6 are not.
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -233,7 +235,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert os.path.exists(f"{killed}/.lock")  # its lock file stays; the lock went with it
     # A save cut off mid-write leaves only a temporary directory: it must be ignored.
     os.makedirs(f"{killed}/checkpoints/5.orbax-checkpoint-tmp-0/state", exist_ok=True)
-    p = _run_cli(killed, 6)
+    p = _run_cli(killed, 6, episodes)
     assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-3000:]
 
     # The killed run's logs read as one run's: the rows it wrote after checkpoint 3 were
@@ -242,6 +244,8 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert read_metrics(killed, phase="eval") == read_metrics(straight, phase="eval")
     assert [r["step"] for r in metrics_lib.read_jsonl(f"{killed}/rollouts.jsonl")] == [
         r["step"] for r in metrics_lib.read_jsonl(f"{straight}/rollouts.jsonl")]
+    if episodes:  # several turns really were played
+        assert max(r["env/turns_max"] for r in read_metrics(straight)) >= 2
 
 
 def test_train_step_skips_nonfinite_update():

@@ -6,6 +6,7 @@ import json
 import time
 
 from lrmjax import config as config_lib
+from lrmjax.envs.base import Environment, StepResult, register_env
 from lrmjax.rewards import base as reward_base
 from lrmjax.rl import algorithms
 
@@ -27,6 +28,32 @@ def slow_starts_with_7(prompts, completions, metadata):
 def always_raises(prompts, completions, metadata):
     """A broken verifier: every call raises."""
     raise ValueError("test_always_raises: broken on purpose")
+
+
+@register_env("test_digit_turns")
+class DigitTurns(Environment):
+    """Turns end at any digit; each is answered '=<its length>;' for `max_turns` turns (an
+    untrained model's episodes then have several turns and observations)."""
+
+    max_turns = 3
+
+    def stop_strings(self) -> tuple[str, ...]:
+        return tuple("0123456789")
+
+    def step(self, action: str) -> StepResult:
+        return StepResult(f"={len(action)};", reward=0.0, info={"calls": 1})
+
+
+def episode_config(c):
+    """`c` playing `test_digit_turns` episodes (in-process environments, one device)."""
+    c.env.name = "test_digit_turns"
+    c.env.num_workers = 0
+    c.env.turn_tokens = 4
+    c.env.observation_tokens = 4
+    c.sampling.max_new_tokens = 16
+    c.model.overrides.max_seq_len = 8 + 3 * 4 + 2 * 4
+    c.mesh.cpu_devices = 1
+    return c
 
 
 def small_config(algorithm: str = "grpo", steps: int = 2, **rl_overrides):
