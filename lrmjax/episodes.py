@@ -87,6 +87,8 @@ class EpisodeState:
         stop-sequence matching.
       ended_by: [N] int32, why the row left its last turn (RUNNING while in it).
       step: int32 scalar, decode steps so far (the key numbering).
+      row_ids: [N] int32, each row's episode (its index in the first batch): the key of its
+        tokens, which stays the same when finished rows leave the batch (`take_rows`).
     """
 
     cache: transformer.KVCache
@@ -101,6 +103,22 @@ class EpisodeState:
     tail: Array
     ended_by: Array
     step: Array
+    row_ids: Array
+
+
+def take_rows(state: EpisodeState, rows: Array) -> EpisodeState:
+    """The state of rows `rows` [M] only: the batch shrinks to M (finished episodes leave it,
+    so later turns do not decode them)."""
+    take = functools.partial(jnp.take, indices=rows, axis=0)
+    batch_axis = 0 if isinstance(state.cache.k, tuple) else 1  # scan layout: [L, B, ...]
+    cache = state.cache.replace(
+        k=jax.tree.map(lambda x: jnp.take(x, rows, axis=batch_axis), state.cache.k),
+        v=jax.tree.map(lambda x: jnp.take(x, rows, axis=batch_axis), state.cache.v),
+        mask=take(state.cache.mask))
+    return state.replace(cache=cache, **{
+        f: take(getattr(state, f)) for f in ("hidden", "position", "tokens", "kinds",
+                                             "logprobs", "total", "turn_len", "active", "tail",
+                                             "ended_by", "row_ids")})
 
 
 def stop_sequence_array(stop_sequences: Sequence[Sequence[int]]) -> np.ndarray:
@@ -135,7 +153,8 @@ def start(params: Any, prompt_tokens: Array, prompt_mask: Array, *, cfg: ModelCo
         logprobs=jnp.zeros((N, slots), jnp.float32), total=jnp.zeros((N,), jnp.int32),
         turn_len=jnp.zeros((N,), jnp.int32), active=length > 0,  # dummy rows never start
         tail=jnp.full((N, tail_width), -1, jnp.int32),
-        ended_by=jnp.zeros((N,), jnp.int32), step=jnp.zeros((), jnp.int32))
+        ended_by=jnp.zeros((N,), jnp.int32), step=jnp.zeros((), jnp.int32),
+        row_ids=jnp.arange(N, dtype=jnp.int32))
 
 
 def decode_turn(params: Any, state: EpisodeState, key: Array, *, cfg: ModelConfig,
@@ -148,14 +167,13 @@ def decode_turn(params: Any, state: EpisodeState, key: Array, *, cfg: ModelConfi
     also ends when the cache's slots run out (the row is then ended by BY_BUDGET).
     """
     model = transformer.Transformer(cfg)
-    N, S = state.tokens.shape
-    rows = jnp.arange(N, dtype=jnp.int32)
+    S = state.tokens.shape[1]
     stops = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
 
     def body(s: EpisodeState) -> EpisodeState:
         logits = transformer.tempered_lm_head(cfg, params, s.hidden,
                                               sampling.score_temperature)[:, 0]
-        tok, logp = sample_with_logprob(logits, row_keys(key, s.step, rows), sampling,
+        tok, logp = sample_with_logprob(logits, row_keys(key, s.step, s.row_ids), sampling,
                                         tempered=True)
         act = s.active
         tok = jnp.where(act, tok, pad_id)
@@ -182,7 +200,7 @@ def decode_turn(params: Any, state: EpisodeState, key: Array, *, cfg: ModelConfi
             logprobs=put(s.logprobs, jnp.where(act, logp, 0.0)[:, None]),
             total=total, turn_len=turn_len,
             active=act & ~(by_id | by_seq | by_cap | by_budget), tail=tail,
-            ended_by=ended_by, step=s.step + 1)
+            ended_by=ended_by, step=s.step + 1, row_ids=s.row_ids)
 
     state = state.replace(turn_len=jnp.zeros_like(state.turn_len),
                           tail=jnp.full_like(state.tail, -1),
@@ -210,6 +228,17 @@ def append(params: Any, state: EpisodeState, obs_tokens: Array, obs_mask: Array,
         position=state.position + count, tokens=put(state.tokens, obs_tokens.astype(jnp.int32)),
         kinds=put(state.kinds, kinds), logprobs=put(state.logprobs, jnp.zeros_like(
             obs_tokens, jnp.float32)), total=state.total + count, active=has)
+
+
+def _keep_results(done: dict[str, np.ndarray], host: dict[str, np.ndarray], ids: np.ndarray,
+                  rows: np.ndarray, episodes: int) -> None:
+    """Copies device rows `rows` of `host` (slot arrays and ended_by) into `done` ([episodes,
+    ...] each), indexed by episode id (filler rows, id -1, are skipped)."""
+    rows = rows[ids[rows] >= 0]
+    for k in ("tokens", "kinds", "logprobs", "ended_by"):
+        if k not in done:
+            done[k] = np.zeros((episodes, *host[k].shape[1:]), host[k].dtype)
+        done[k][ids[rows]] = host[k][rows]
 
 
 @dataclasses.dataclass
@@ -244,11 +273,15 @@ class EpisodeSampler(Sampler):
       turn_cap: most model tokens in one turn.
       observation_cap: most observation tokens appended after one turn (the caller truncates).
       max_turns: most model turns per episode.
+      shrink: finished episodes leave the batch between turns when the rest fit a smaller
+        batch bucket (their cache rows are dropped; the same tokens either way, since each
+        row's keys follow its episode). False keeps every row to the end (benchmarks).
     """
 
     def __init__(self, cfg: ModelConfig, *, pad_id: int, stop_ids: Sequence[int],
                  stop_sequences: Sequence[Sequence[int]] = (), turn_cap: int,
-                 observation_cap: int, max_turns: int, mesh: Any = None, **kwargs: Any):
+                 observation_cap: int, max_turns: int, mesh: Any = None, shrink: bool = True,
+                 **kwargs: Any):
         if jax.process_count() > 1:
             raise NotImplementedError("EpisodeSampler runs in one process for now")
         super().__init__(cfg, pad_id=pad_id, stop_ids=stop_ids, mesh=mesh, **kwargs)
@@ -257,7 +290,7 @@ class EpisodeSampler(Sampler):
                              f"max_turns >= 1, got {turn_cap}, {observation_cap}, {max_turns}")
         self.stop_sequences = stop_sequence_array(stop_sequences)
         self.turn_cap, self.observation_cap = int(turn_cap), int(observation_cap)
-        self.max_turns = int(max_turns)
+        self.max_turns, self.shrink = int(max_turns), bool(shrink)
         self.slots = max_turns * turn_cap + (max_turns - 1) * observation_cap
 
     def _put(self, x: np.ndarray) -> Array:
@@ -319,52 +352,72 @@ class EpisodeSampler(Sampler):
         appendf = functools.partial(append, cfg=self.cfg, prompt_len=width)
         written_until = 0  # slots after the prompt already reported to step_fn
         keep = B * n
+        # Device row i plays episode ids[i] (-1: a filler row). Finished episodes leave the
+        # batch when it then fits a smaller bucket; their results wait in `done`.
+        ids = np.where(np.arange(N) < keep, np.arange(N), -1)
+        done: dict[str, np.ndarray] = {}
         for turn in range(self.max_turns):
             state = self._compiled_call(f"decode/{sampling}", decode, params, state, key)
             # Every slot's token and kind (small next to the cache), so that the slice this
             # turn wrote is cut on the host and no per-turn slice program is compiled.
             host = jax.device_get({"tokens": state.tokens, "kinds": state.kinds,
-                                   "ended_by": state.ended_by, "total": state.total,
-                                   "index": state.cache.index})
+                                   "logprobs": state.logprobs, "ended_by": state.ended_by,
+                                   "total": state.total, "index": state.cache.index})
             written = slice(written_until, int(host["index"]) - width)
             written_until = written.stop
-            wrote = host["kinds"][:keep, written] == MODEL
-            ends = [TurnEnd(r, host["tokens"][r, written][wrote[r]],
-                            int(host["ended_by"][r]), int(host["total"][r]), turn)
-                    for r in range(keep) if wrote[r].any()]
-            if not ends:
-                break
-            observations = step_fn(ends)  # called on the last turn too: it closes episodes
-            if turn + 1 == self.max_turns:
-                break
+            wrote = host["kinds"][:, written] == MODEL
+            ends = [TurnEnd(int(ids[i]), host["tokens"][i, written][wrote[i]],
+                            int(host["ended_by"][i]), int(host["total"][i]), turn)
+                    for i in range(len(ids)) if ids[i] >= 0 and wrote[i].any()]
+            observations = step_fn(ends) if ends else {}  # on the last turn too: it closes
             observations = {r: o for r, o in observations.items() if len(o)}
-            if not observations:
+            if turn + 1 == self.max_turns or not observations:
                 break
             longest = max(len(o) for o in observations.values())
             if longest > self.observation_cap:
                 raise ValueError(f"an observation of {longest} tokens exceeds "
                                  f"observation_cap {self.observation_cap}")
+            live = np.flatnonzero(np.isin(ids, list(observations)))
+            size = self._rows_bucket(len(live)) if self.shrink else len(ids)
+            if size < len(ids):  # the finished leave: later turns decode only the rest
+                _keep_results(done, host, ids, np.setdiff1d(np.arange(len(ids)), live), keep)
+                fill = np.full(size - len(live), live[0])  # copies of a live row, inactive
+                order = np.concatenate([live, fill])
+                state = self._compiled_call(f"take/{size}", take_rows, state,
+                                            self._put(order.astype(np.int32)))
+                ids = np.concatenate([ids[live], np.full(len(fill), -1)])
+                host = {k: v[order] for k, v in host.items() if k != "index"}
             # Bucketed widths: a handful of append programs, whatever the observations.
             block = bucket(longest, length_buckets(self.observation_cap, smallest=4))
-            obs = np.full((N, block), self.pad_id, np.int32)
-            obs_mask = np.zeros((N, block), bool)
-            for r, o in observations.items():
-                if host["total"][r] + len(o) >= R:
+            obs = np.full((len(ids), block), self.pad_id, np.int32)
+            obs_mask = np.zeros((len(ids), block), bool)
+            for i, r in enumerate(ids):
+                o = observations.get(int(r)) if r >= 0 else None
+                if not o:
+                    continue
+                if host["total"][i] + len(o) >= R:
                     raise ValueError(f"row {r}: an observation of {len(o)} tokens leaves no "
                                      f"room in the episode budget {R}")
-                obs[r, block - len(o):] = o
-                obs_mask[r, block - len(o):] = True
+                obs[i, block - len(o):] = o
+                obs_mask[i, block - len(o):] = True
             state = self._compiled_call(f"append/{block}", appendf, params, state,
                                         self._put(obs), self._put(obs_mask))
             written_until += block
-        return self._compact(state, tokens, mask, sampling, keep)
-
-    def _compact(self, state: EpisodeState, tokens: np.ndarray, mask: np.ndarray,
-                 sampling: SamplingParams, keep: int) -> Rollout:
-        """The rows' real tokens after the prompt, in order, right padded to R."""
         host = jax.device_get({"tokens": state.tokens, "kinds": state.kinds,
                                "logprobs": state.logprobs, "ended_by": state.ended_by})
-        host = {k: v[:keep] for k, v in host.items()}  # without the batch bucket's padding
+        _keep_results(done, host, ids, np.arange(len(ids)), keep)
+        return self._compact(done, tokens, mask, sampling, keep)
+
+    def _rows_bucket(self, live: int) -> int:
+        """The batch rows for `live` episodes: a power of two times the mesh's batch
+        divisor (a handful of programs)."""
+        divisor = 1 if self.mesh is None else parallel.batch_divisor(self.mesh)
+        return divisor * bucket(-(-live // divisor), length_buckets(1 << 30, smallest=1))
+
+    def _compact(self, done: dict[str, np.ndarray], tokens: np.ndarray, mask: np.ndarray,
+                 sampling: SamplingParams, keep: int) -> Rollout:
+        """The episodes' real tokens after the prompt, in order, right padded to R."""
+        host = done
         R = sampling.max_new_tokens
         extra = max(0, R - host["kinds"].shape[1])  # fewer slots than the budget: pad to R
         host |= {k: np.pad(host[k], ((0, 0), (0, extra)), constant_values=v)

@@ -216,3 +216,23 @@ def test_rows_split_over_a_mesh_give_the_same_episodes(params):
     np.testing.assert_array_equal(got.response_tokens, ref.response_tokens)
     np.testing.assert_array_equal(got.observation_mask, ref.observation_mask)
     np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)
+
+
+def test_finished_episodes_leave_the_batch_without_changing_any(params):
+    tokens, mask, _ = _prompts(8, seed=7)
+    sp = SamplingParams(temperature=1.0, n=2, max_new_tokens=24)
+
+    def quarter(ends):  # a quarter of the episodes go on after each turn
+        return {e.row: [9] * (1 + e.row % 3) for e in ends if e.row % 4 == 0 and e.total < 18}
+
+    shrunk = _sampler(batch_buckets=(8,))
+    got = shrunk.run(params, tokens, mask, sp, jax.random.key(3), quarter)
+    ref = _sampler(batch_buckets=(8,), shrink=False).run(params, tokens, mask, sp,
+                                                        jax.random.key(3), quarter)
+    assert got.observation_mask[::4].any(-1).all() and not got.observation_mask[1::4].any()
+    assert any(k[0].startswith("take/") for k in shrunk._compiled)  # it did shrink
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
+        if a.dtype == np.float32:
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(a, b)

@@ -16,6 +16,10 @@ prompt):
 * `re-prefill`: `Sampler.generate` once per turn on the whole context so far as its
   prompt (the previous turns and observations re-encoded every turn).
 
+A second table times ragged episodes, where only every 4th episode goes on after each turn
+(the rest answer at once): finished episodes leaving the batch between turns
+(`EpisodeSampler(shrink=True)`, the default) against every row kept to the end.
+
 Timing: end to end from the host (padding, the host's step callback and transfers
 included), median of --repeats after one warm-up call that compiles every program.
 """
@@ -55,8 +59,8 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _times(name: str, args: argparse.Namespace) -> tuple[float, float, float]:
-    """(episodes, one turn, re-prefill) seconds for preset `name`."""
+def _times(name: str, args: argparse.Namespace) -> tuple[float, ...]:
+    """(episodes, one turn, re-prefill, ragged shrunk, ragged kept) seconds for `name`."""
     import dataclasses
 
     import jax
@@ -100,7 +104,17 @@ def _times(name: str, args: argparse.Namespace) -> tuple[float, float, float]:
                                        lambda ends: {e.row: observation for e in ends}),
                         args.repeats)
     t_one = _median_time(lambda: one.generate(params, tokens, mask, sp, key), args.repeats)
-    return t_ep, t_one, _median_time(reprefill, args.repeats)
+    t_naive = _median_time(reprefill, args.repeats)
+
+    def ragged(sampler):
+        return lambda: sampler.run(params, tokens, mask, sp, key, lambda ends: {
+            e.row: observation for e in ends if e.row % 4 == 0})
+
+    kept = episodes.EpisodeSampler(cfg, pad_id=0, stop_ids=(), turn_cap=turn,
+                                   observation_cap=obs, max_turns=T, prompt_buckets=(P,),
+                                   batch_buckets=(B,), shrink=False)
+    return (t_ep, t_one, t_naive, _median_time(ragged(ep), args.repeats),
+            _median_time(ragged(kept), args.repeats))
 
 
 def main() -> None:
@@ -111,13 +125,18 @@ def main() -> None:
     print(f"{args.batch} prompts x {args.n} episodes, prompt {args.prompt_len}, {T} turns of "
           f"{turn} tokens, {T - 1} observations of {obs} tokens: "
           f"R = {T * turn + (T - 1) * obs} tokens after the prompt")
+    rows = {name: _times(name, args) for name in args.presets.split(",")}
     print("| preset | episodes | one turn (R decoded) | re-prefill per turn | "
           "episodes / one turn | re-prefill / episodes |")
     print("|---|---|---|---|---|---|")
-    for name in args.presets.split(","):
-        t_ep, t_one, t_naive = _times(name, args)
+    for name, (t_ep, t_one, t_naive, _, _) in rows.items():
         print(f"| {name} | {t_ep:.3f} s | {t_one:.3f} s | {t_naive:.3f} s | "
               f"{t_ep / t_one:.2f}x | {t_naive / t_ep:.2f}x |")
+    print("\nRagged: every 4th episode goes on after each turn")
+    print("| preset | finished leave the batch | every row kept | kept / left |")
+    print("|---|---|---|---|")
+    for name, (_, _, _, t_shrunk, t_kept) in rows.items():
+        print(f"| {name} | {t_shrunk:.3f} s | {t_kept:.3f} s | {t_kept / t_shrunk:.2f}x |")
 
 
 if __name__ == "__main__":
