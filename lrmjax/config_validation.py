@@ -356,16 +356,15 @@ def check_env(cfg: ml_collections.ConfigDict) -> None:
     if cfg.env.name == "none":
         return
     from lrmjax import envs as envs_lib
+    from lrmjax.envs import chat
 
     try:
-        env = envs_lib.make_env(cfg.env.name, **cfg.env.kwargs.to_dict())
+        envs_lib.make_env(cfg.env.name, **cfg.env.kwargs.to_dict())  # builds, or names why
     except ValueError as e:
         raise ValueError(f"config 'env.name'/'env.kwargs': {e}") from e
     if cfg.mesh.num_processes not in (1, -1):
         raise ValueError("config 'env.name': multi-turn episodes run in one process for now "
                          f"(mesh.num_processes = {cfg.mesh.num_processes})")
-    from lrmjax.envs import chat
-
     if cfg.env.chat_template and cfg.env.chat_template not in chat.template_names():
         raise ValueError(f"config 'env.chat_template' {cfg.env.chat_template!r} is not a "
                          f"shipped template; valid: {list(chat.template_names())} or ''")
@@ -373,7 +372,6 @@ def check_env(cfg: ml_collections.ConfigDict) -> None:
     if turn > cfg.sampling.max_new_tokens:
         raise ValueError(f"config 'env.turn_tokens' = {turn} exceeds the episode budget "
                          f"'sampling.max_new_tokens' = {cfg.sampling.max_new_tokens}")
-    del env
 
 
 def check_keys(cfg: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
