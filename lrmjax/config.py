@@ -153,6 +153,10 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.train.ppo_epochs = 1
     c.train.minibatches = 1          # optimizer steps per epoch
     c.train.microbatches = 1         # gradient accumulation inside one optimizer step
+    # The update and log-prob passes run the LM head in chunks of tokens when a pass's fp32
+    # logits would exceed this many MB, so [tokens, vocab] logits never exist in full
+    # (steps.head_logprobs; 0 = never chunk). Small vocabularies never reach it.
+    c.train.logits_chunk_mb = 256
     # Each group's prompt runs once, not n times, in the reference/old logprob passes and (with
     # one minibatch) the update: exact, and n-1 of n prompt token-passes fewer.
     c.train.shared_prompt_forward = True

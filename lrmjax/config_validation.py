@@ -194,6 +194,7 @@ RANGES: dict[str, Range] = {
     "train.ppo_epochs": _COUNT,
     "train.minibatches": _COUNT,
     "train.microbatches": _COUNT,
+    "train.logits_chunk_mb": _NON_NEGATIVE,  # 0 = one pass
     "train.max_refill_rounds": _NON_NEGATIVE,
     "train.max_nonfinite": _COUNT,
     "train.log_every": _COUNT,

@@ -309,3 +309,67 @@ def test_tempered_logits_and_gradient_equal_dividing_the_logits(dtype):
                                    rtol=1e-4 if dtype == jnp.float32 else 0,
                                    atol=1e-5 if dtype == jnp.float32 else 0,
                                    err_msg=jax.tree_util.keystr(path))
+
+
+# ------------------------------------------------------------ the LM head in chunks
+def test_logits_chunk_sizes():
+    assert steps.logits_chunk(1000, 512, 256) == 0  # 2 MB of logits: one pass
+    assert steps.logits_chunk(8 * 4096, 151_936, 256) == 441  # 256 MiB / (151,936 * 4 B)
+    assert steps.logits_chunk(8 * 4096, 151_936, 0) == 0  # 0: never chunk
+    assert steps.logits_chunk(10, 2**20, 1) == 1  # at least one token
+
+
+def test_chunked_head_equals_one_pass_values_and_gradients():
+    import dataclasses
+
+    cfg = dataclasses.replace(presets.get("tiny"), vocab_size=300, hidden_size=16,
+                              tie_embeddings=False)
+    rng = np.random.default_rng(0)
+    params = {"lm_head": {"kernel": jnp.asarray(rng.normal(size=(16, 300)), jnp.float32)}}
+    hidden = jnp.asarray(rng.normal(size=(3, 7, 16)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 300, (3, 7)), jnp.int32)
+    weights = jnp.asarray(rng.normal(size=(2, 3, 7)), jnp.float32)
+    # 0.005 MB holds 4 tokens' logits: 21 tokens run in 6 chunks, the last one padded.
+    assert steps.logits_chunk(21, 300, 0.005) == 4
+
+    def loss(p, h, budget):
+        lp, ent = steps.head_logprobs(cfg, p, h, targets, 0.7, budget)
+        return jnp.sum(weights[0] * lp) + jnp.sum(weights[1] * ent)
+
+    full = jax.value_and_grad(loss, argnums=(0, 1))(params, hidden, 0)
+    chunked = jax.value_and_grad(loss, argnums=(0, 1))(params, hidden, 0.005)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(chunked), strict=True):
+        # fp32 rounding only (the head computes in fp32): the sums over tokens run in
+        # another order.
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * float(jnp.max(jnp.abs(a)))
+    # The reference for the values: numpy's log-softmax of the tempered logits.
+    logits = np.asarray(hidden) @ np.asarray(params["lm_head"]["kernel"]) / 0.7
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    expected = np.take_along_axis(logits, np.asarray(targets)[..., None], -1)[..., 0] - logz
+    lp, _ = steps.head_logprobs(cfg, params, hidden, targets, 0.7, 0.005)
+    np.testing.assert_allclose(lp, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_head_keeps_qwen_sized_logits_out_of_memory():
+    """Qwen2.5's vocabulary over 8 x 4,096 positions: the one-pass loss and gradient hold
+    tens of GB of temporaries (the logits and their gradient); in 256 MB chunks, under 2 GB
+    (XLA's compiled memory analysis; nothing is allocated)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(presets.get("tiny"), vocab_size=151_936, hidden_size=1536,
+                              tie_embeddings=False)
+    head = {"lm_head": transformer.param_shapes(cfg)["lm_head"]}
+    hidden = jax.ShapeDtypeStruct((8, 4096, 1536), jnp.float32)
+    targets = jax.ShapeDtypeStruct((8, 4096), jnp.int32)
+
+    def temp_bytes(budget):
+        def loss(p, h, t):
+            lp, ent = steps.head_logprobs(cfg, p, h, t, 1.0, budget)
+            return jnp.mean(lp) + 0.01 * jnp.mean(ent)
+
+        compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(
+            head, hidden, targets).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes(0) > 20 * 10**9
+    assert temp_bytes(256) < 2 * 10**9

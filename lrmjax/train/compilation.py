@@ -132,7 +132,8 @@ def compile_programs(cfg: ml_collections.ConfigDict, inp: Any, state: TrainState
         functools.partial(steps.rl_train_step, model_cfg=inp.model_cfg, algo=cfg.rl,
                           prompt_len=inp.prompt_len, temperature=temperature,
                           microbatches=cfg.train.microbatches, on_policy=passes.on_policy,
-                          group_size=update_group),
+                          group_size=update_group,
+                          logits_chunk_mb=cfg.train.logits_chunk_mb),
         in_shardings=(state_sh, parallel.batch_sharding(inp.mesh)),
         out_shardings=(state_sh, parallel.replicated(inp.mesh)), donate_argnums=(0,))
     if ahead_of_time:

@@ -10,6 +10,7 @@ states the layout).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -26,25 +27,74 @@ from lrmjax.train.state import TrainState, guarded_update
 Array = jax.Array
 
 
-def response_logits(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Array,
-                    prompt_len: int, temperature: float = 1.0, group_size: int = 1) -> Array:
-    """Logits that predict each response token: [N, R, V] float32.
+# The default most bytes of fp32 logits one chunk of `head_logprobs` holds.
+LOGITS_CHUNK_MB = 256
 
-    The token at slot P+t is predicted by the output at slot P+t-1. Logits are divided by the
-    sampling temperature so the trainer's distribution is the one the sampler drew from.
-    With `group_size` n > 1 the rows must come in groups of n consecutive rows with the same
-    prompt (the sampler's layout), and each group's prompt runs once (`grouped_hidden`).
+
+def response_hidden(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Array,
+                    prompt_len: int, group_size: int = 1) -> Array:
+    """Final hidden states that predict each response token: [N, R, D].
+
+    The token at slot P+t is predicted by the output at slot P+t-1. With `group_size` n > 1
+    the rows must come in groups of n consecutive rows with the same prompt (the sampler's
+    layout), and each group's prompt runs once (`grouped_hidden`).
     """
     if group_size > 1:
-        hidden = grouped_hidden(model_cfg, params, tokens, mask, prompt_len, group_size)
-    else:
-        hidden, _ = Transformer(model_cfg).apply({"params": params}, tokens,
-                                                positions_from_mask(mask), mask,
-                                                return_hidden=True)
-        hidden = hidden[:, prompt_len - 1:-1]
-    # On the response positions only; `tempered_lm_head` divides the [.., D] hidden states
-    # rather than the V-times larger logits by T.
+        return grouped_hidden(model_cfg, params, tokens, mask, prompt_len, group_size)
+    hidden, _ = Transformer(model_cfg).apply({"params": params}, tokens,
+                                            positions_from_mask(mask), mask,
+                                            return_hidden=True)
+    return hidden[:, prompt_len - 1:-1]
+
+
+def response_logits(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Array,
+                    prompt_len: int, temperature: float = 1.0, group_size: int = 1) -> Array:
+    """Logits that predict each response token: [N, R, V] float32, divided by the sampling
+    temperature so the trainer's distribution is the one the sampler drew from."""
+    hidden = response_hidden(model_cfg, params, tokens, mask, prompt_len, group_size)
+    # `tempered_lm_head` divides the [.., D] hidden states rather than the logits by T.
     return tempered_lm_head(model_cfg, params, hidden, temperature)
+
+
+def logits_chunk(num_tokens: int, vocab: int, budget_mb: float) -> int:
+    """Tokens per chunk of `head_logprobs`: 0 (one pass) when the [num_tokens, vocab] fp32
+    logits fit `budget_mb`, else as many tokens as fit it (at least 1)."""
+    if budget_mb <= 0 or num_tokens * vocab * 4 <= budget_mb * 2**20:
+        return 0
+    return max(1, int(budget_mb * 2**20) // (vocab * 4))
+
+
+def head_logprobs(model_cfg: ModelConfig, params: Any, hidden: Array, targets: Array,
+                  temperature: float = 1.0, budget_mb: float = LOGITS_CHUNK_MB
+                  ) -> tuple[Array, Array]:
+    """log p(target) and the entropy of each position's distribution under the LM head:
+    hidden [..., D] and targets [...] -> two [...] float32 (`token_logprobs` of the tempered
+    logits).
+
+    When the logits of all positions would exceed `budget_mb` (fp32), the positions are
+    flattened and run in chunks of `logits_chunk` tokens through a `lax.map` whose body is
+    rematerialized (`jax.checkpoint`): no [tokens, V] array exists in full, forward or
+    backward (the backward recomputes each chunk's logits), and the values and gradients
+    are the one-pass ones. For Qwen2.5's 151,936-token vocabulary a 256 MB chunk is 441
+    tokens; 8 x 4,096 positions would otherwise hold 20 GB of logits.
+    """
+    lead, D = targets.shape, hidden.shape[-1]
+    T = math.prod(lead)
+    c = logits_chunk(T, model_cfg.vocab_size, budget_mb)
+    if c == 0:
+        return token_logprobs(tempered_lm_head(model_cfg, params, hidden, temperature),
+                              targets)
+    k = -(-T // c)
+    pad = k * c - T
+    h = jnp.pad(hidden.reshape(T, D), ((0, pad), (0, 0))).reshape(k, c, D)
+    t = jnp.pad(targets.reshape(T), (0, pad)).reshape(k, c)
+
+    @jax.checkpoint
+    def chunk(x):
+        return token_logprobs(tempered_lm_head(model_cfg, params, x[0], temperature), x[1])
+
+    logp, entropy = jax.lax.map(chunk, (h, t))
+    return logp.reshape(-1)[:T].reshape(lead), entropy.reshape(-1)[:T].reshape(lead)
 
 
 def grouped_hidden(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Array,
@@ -140,12 +190,13 @@ token_logprobs.defvjp(_token_logprobs_fwd, _token_logprobs_bwd)
 
 
 def response_logprobs(params: Any, tokens: Array, mask: Array, *, model_cfg: ModelConfig,
-                      prompt_len: int, temperature: float = 1.0, group_size: int = 1) -> Array:
+                      prompt_len: int, temperature: float = 1.0, group_size: int = 1,
+                      logits_chunk_mb: float = LOGITS_CHUNK_MB) -> Array:
     """Per-token logprobs of the responses [N, R] (old-policy or reference logprobs);
-    `group_size` as in `response_logits`."""
-    logits = response_logits(model_cfg, params, tokens, mask, prompt_len, temperature,
-                             group_size)
-    return token_logprobs(logits, tokens[:, prompt_len:])[0]
+    `group_size` as in `response_hidden`, the head in chunks as `head_logprobs`."""
+    hidden = response_hidden(model_cfg, params, tokens, mask, prompt_len, group_size)
+    return head_logprobs(model_cfg, params, hidden, tokens[:, prompt_len:], temperature,
+                         logits_chunk_mb)[0]
 
 
 def response_token_stats(params: Any, tokens: Array, mask: Array, *, model_cfg: ModelConfig,
@@ -176,7 +227,8 @@ def _split_micro(batch: dict[str, Array], microbatches: int) -> dict[str, Array]
 
 def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: ModelConfig,
                   algo: ml_collections.ConfigDict, prompt_len: int, temperature: float,
-                  microbatches: int = 1, on_policy: bool = False, group_size: int = 1
+                  microbatches: int = 1, on_policy: bool = False, group_size: int = 1,
+                  logits_chunk_mb: float = LOGITS_CHUNK_MB
                   ) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer step of the policy (and the critic, when there is one) on a minibatch.
 
@@ -187,7 +239,8 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
     With `on_policy` (one epoch, one minibatch: the params are the rollout params) the old
     logprobs are the current ones under stop_gradient, which saves a forward pass. With
     `group_size` n > 1 every microbatch holds whole groups of n rows sharing a prompt, and the
-    policy runs each prompt once (`response_logits`).
+    policy runs each prompt once (`response_hidden`). The LM head runs in chunks when a
+    microbatch's logits would exceed `logits_chunk_mb` (`head_logprobs`).
 
     Returns the new state and a flat dict of scalar metrics (verl-style names).
     """
@@ -197,9 +250,10 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
     use_kl_loss = algo.kl_mode == "loss"
 
     def actor_loss_fn(params, mb):
-        logits = response_logits(model_cfg, params, mb["tokens"], mb["mask"], prompt_len,
-                                 temperature, group_size)
-        logp, entropy = token_logprobs(logits, mb["tokens"][:, prompt_len:])
+        hidden = response_hidden(model_cfg, params, mb["tokens"], mb["mask"], prompt_len,
+                                 group_size)
+        logp, entropy = head_logprobs(model_cfg, params, hidden, mb["tokens"][:, prompt_len:],
+                                      temperature, logits_chunk_mb)
         loss, metrics = losses.actor_loss(
             algo, logprobs=logp,
             old_logprobs=jax.lax.stop_gradient(logp) if on_policy else mb["old_logprobs"],

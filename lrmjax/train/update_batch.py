@@ -79,7 +79,8 @@ def make_passes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, prompt_l
     log-prob passes (`steps.shared_prompt_groups`)."""
     logprobs = jax.jit(functools.partial(steps.response_logprobs, model_cfg=model_cfg,
                                          prompt_len=prompt_len, temperature=temperature,
-                                         group_size=logprob_group))
+                                         group_size=logprob_group,
+                                         logits_chunk_mb=cfg.train.logits_chunk_mb))
     values = None
     if cfg.rl.use_critic:
         values = jax.jit(functools.partial(steps.response_values, model_cfg=model_cfg,
