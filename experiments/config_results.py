@@ -63,14 +63,14 @@ REPRODUCE = "python experiments/config_results.py --write-readme"
 # keep from RL step 0 to its end, seed 0, in tests/test_config_results.py. Set from this
 # script's table: below what every measured seed gave, with room for another machine's float
 # rounding.
-FLOORS = {
-    "arith_dapo": 0.10,
-    "arith_grpo": 0.10,
-    "arith_ppo": 0.10,
-    "calc_tool_grpo": 0.10,
+FLOORS = {  # from experiments/config_results.json: at most seed 0's rise, which the test reruns
+    "arith_dapo": 0.30,
+    "arith_grpo": 0.30,
+    "arith_ppo": 0.45,
+    "calc_tool_grpo": 0.15,
     "countdown_grpo": 0.10,
-    "guess_grpo": 0.10,
-    "mixture_grpo": 0.10,
+    "guess_grpo": 0.10,   # not measured by the table yet
+    "mixture_grpo": 0.15,
 }
 # A mean change of greedy pass@1 within this band is 'flat': with 200-500 held-out problems a
 # binomial standard error is up to 2-3.5 points.
