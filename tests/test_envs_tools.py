@@ -331,9 +331,11 @@ def test_python_bad_input_runs_nothing(python):
 
 @pytest.mark.skipif(not ISOLATED, reason="sandbox isolation unavailable here")
 def test_python_cannot_write_outside_its_tmp(python):
-    # Not under /tmp: the run sees its own tmpfs there. World-writable, so only the
-    # read-only mount stops the run's uid.
-    outside = pathlib.Path(tempfile.mkdtemp(prefix=".lrmjax_escape_probe_", dir=REPO))
+    # Not under /tmp: the run sees its own tmpfs there (and a checkout may itself be under
+    # /tmp, as CI's is). World-writable, so only the read-only mount stops the run's uid.
+    host_dir = next(d for d in (REPO, str(pathlib.Path.home()))
+                    if not os.path.realpath(d).startswith("/tmp/"))
+    outside = pathlib.Path(tempfile.mkdtemp(prefix=".lrmjax_escape_probe_", dir=host_dir))
     try:
         os.chmod(outside, 0o777)
         target = outside / "escaped.txt"

@@ -105,7 +105,9 @@ class Inputs:
                                                         "content": result.observation}]
             return chats[row].observation_ids(text, messages)
 
-        book = EpisodeBook(self.env_pool, envs, rows, decode=functools.partial(_turn_text, tok),
+        book = EpisodeBook(self.env_pool, envs, rows,
+                           decode=functools.partial(_turn_text, tok,
+                                                    bool(self.cfg.tokenizer.chat_template)),
                            encode_observation=observation_ids,
                            observation_cap=env_cfg.observation_tokens,
                            budget=sampling.max_new_tokens)
@@ -268,13 +270,15 @@ def episode_chat(cfg: ml_collections.ConfigDict, tokenizer: Any, ex: Example
                                 template)
 
 
-def _turn_text(tokenizer: Any, ids: Sequence[int]) -> str:
-    """A model turn's text as the chat bookkeeping needs it: special tokens kept (a tool-call
-    tag may be one), the stop id that ended the turn left out."""
+def _turn_text(tokenizer: Any, chat: bool, ids: Sequence[int]) -> str:
+    """A model turn's text, without the stop id that ended it; for a chat model with its
+    special tokens (a tool-call tag may be one, and the chat bookkeeping re-renders the turn
+    as written), for a plain one without (a character model's BOS or PAD never reaches the
+    environment)."""
     ids = list(ids)
     if ids and ids[-1] in tokenizer.stop_ids:
         ids = ids[:-1]
-    return tokenizer.decode(ids, skip_special=False)
+    return tokenizer.decode(ids, skip_special=not chat)
 
 
 def prompt_ids(cfg: ml_collections.ConfigDict, tokenizer: Any, ex: Example) -> list[int]:
