@@ -10,6 +10,7 @@ import pathlib
 import re
 import runpy
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -332,9 +333,17 @@ def test_python_bad_input_runs_nothing(python):
 @pytest.mark.skipif(not ISOLATED, reason="sandbox isolation unavailable here")
 def test_python_cannot_write_outside_its_tmp(python):
     # Not under /tmp: the run sees its own tmpfs there (and a checkout may itself be under
-    # /tmp, as CI's is). World-writable, so only the read-only mount stops the run's uid.
-    host_dir = next(d for d in (REPO, str(pathlib.Path.home()))
-                    if not os.path.realpath(d).startswith("/tmp/"))
+    # /tmp, as CI's is). World-writable, in a folder every uid can reach, so only the
+    # read-only mount stops the run's uid.
+    def reachable(d):
+        parts = pathlib.Path(os.path.realpath(d))
+        return (not str(parts).startswith("/tmp/") and os.access(parts, os.W_OK)
+                and all(os.stat(p).st_mode & stat.S_IXOTH for p in [parts, *parts.parents]))
+
+    host_dir = next((d for d in (REPO, "/var/cache", "/opt", "/srv", "/") if reachable(d)),
+                    None)
+    if host_dir is None:
+        pytest.skip("no folder outside /tmp that every uid can reach")
     outside = pathlib.Path(tempfile.mkdtemp(prefix=".lrmjax_escape_probe_", dir=host_dir))
     try:
         os.chmod(outside, 0o777)
