@@ -4,6 +4,7 @@
     python experiments/config_results.py --configs arith_grpo arith_ppo --seeds 0
     python experiments/config_results.py --from-json experiments/config_results.json \
         --write-readme                                           # redraw, no runs
+    python experiments/config_results.py --configs calc_tool_grpo --update --write-readme
 
 Procedural configs (neither variant names `model.hf_path`) run in full; the real-model
 configs run at `:runlocal` only (a tiny random checkpoint: they run, they learn nothing worth
@@ -32,6 +33,13 @@ The JSON (`--json`) keeps what the table is drawn from:
 `before`/`after` are `run_results.held_out`'s dicts (null where missing); `dirty` is whether
 tracked files other than README.md and this JSON differed from the commit;
 `load_avg` is the 1-minute load average before the first run and after the last.
+
+`--update` reruns only the named configs and replaces their runs in the existing JSON, the
+others kept as they were; it appends to the JSON's `updates` list
+    {"invocation": ..., "commit": ..., "dirty": ..., "date": ..., "configs": [...],
+     "machine": {...}, "duration_s": ...}
+and the table's opening paragraph names each update's commit and configs, so every row says
+which code produced it.
 """
 
 from __future__ import annotations
@@ -231,6 +239,12 @@ def render_table(results: dict, floors: dict[str, float] = FLOORS) -> str:
         f"{load}; JAX {machine['jax']}), one run at a time. Held-out metrics at RL step 0 "
         "(after the SFT warm start) -> the last step, mean over "
         "seeds (each seed's in brackets); response length: greedy, in tokens. ")
+    for update in results.get("updates", []):
+        commit = update["commit"] + (" plus uncommitted changes" if update["dirty"] else "")
+        names = ", ".join(f"`{n}`" for n in update["configs"])
+        intro += (f"Rerun later by `{update['invocation']}` at commit {commit}, "
+                  f"{update['date']} (load average "
+                  f"{'-'.join(f'{x:.1f}' for x in update['machine']['load_avg'])}): {names}. ")
     if any(r["variant"] == "full" for r in results["runs"]):
         intro += (
             "Procedural configs run in full; the verdict is on the mean change of greedy "
@@ -277,6 +291,25 @@ def git_commit() -> tuple[str, bool]:
     return git("rev-parse", "--short", "HEAD"), bool(status)
 
 
+def merge_update(old: dict, new: dict) -> dict:
+    """`old` results with the runs of the configs `new` ran replaced by `new`'s (each config
+    keeps its place in the order; a config `old` lacks goes last) and `new`'s provenance
+    appended to `updates`."""
+    rerun = {r["config"] for r in new["runs"]}
+    runs, placed = [], set()
+    for run in old["runs"]:
+        if run["config"] not in rerun:
+            runs.append(run)
+        elif run["config"] not in placed:
+            runs += [r for r in new["runs"] if r["config"] == run["config"]]
+            placed.add(run["config"])
+    runs += [r for r in new["runs"] if r["config"] not in placed]
+    update = {key: new[key] for key in ("invocation", "commit", "dirty", "date", "machine",
+                                        "duration_s")}
+    update["configs"] = sorted(rerun)
+    return {**old, "runs": runs, "updates": [*old.get("updates", []), update]}
+
+
 # ------------------------------------------------------------------------------ main
 
 def write_readme(block: str, path: str = README) -> None:
@@ -306,9 +339,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="every config at :runlocal (a smoke test of this script; its "
                              "table claims nothing, so it is not written to the README)")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="per run")
+    parser.add_argument("--update", action="store_true",
+                        help="rerun only --configs and replace their runs in the existing JSON "
+                             "(the other configs' runs are kept, the update is recorded)")
     args = parser.parse_args(argv)
     if args.runlocal and args.write_readme:
         parser.error("--runlocal tables are not written to the README")
+    if args.update and (not args.configs or args.from_json or args.runlocal):
+        parser.error("--update needs --configs, and neither --from-json nor --runlocal")
 
     if args.from_json:
         with open(args.from_json) as f:
@@ -330,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ["python experiments/config_results.py"]
             + (["--configs", *names] if args.configs else [])
             + (["--seeds", *map(str, args.seeds)] if args.seeds != [0, 1, 2] else [])
+            + (["--update"] if args.update else [])
             + (["--runlocal"] if args.runlocal else ["--write-readme"]))
         results = {"schema": 1, "invocation": invocation, "commit": commit, "dirty": dirty,
                    "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -355,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                           flush=True)
         results["duration_s"] = round(time.perf_counter() - t0, 1)
         results["machine"]["load_avg"].append(round(os.getloadavg()[0], 2))
+        if args.update:
+            with open(json_path) as f:
+                results = merge_update(json.load(f), results)
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
         with open(json_path, "w") as f:
             json.dump(results, f, indent=1)

@@ -165,6 +165,33 @@ def test_from_json_redraws_the_table_without_running(tmp_path, capsys):
     assert cr.main(["--from-json", str(tmp_path / "r.json")]) == 1
 
 
+def test_update_replaces_only_the_rerun_configs_and_says_so():
+    old = _results([_run("arith_grpo", 0, 0.30, 0.70), _run("arith_grpo", 1, 0.31, 0.71),
+                    _run("calc_tool_grpo", 0, 0.30, 0.20), _run("calc_tool_grpo", 1, 0.3, 0.2),
+                    _run("mixture_grpo", 0, 0.30, 0.50)])
+    new = {**_results([_run("calc_tool_grpo", 0, 0.30, 0.60), _run("guess_grpo", 0, 0.5, 0.7)]),
+           "invocation": "python experiments/config_results.py --configs calc_tool_grpo "
+                         "guess_grpo --update --write-readme",
+           "commit": "def5678", "date": "2026-12-08T09:00:00Z", "duration_s": 9.0}
+    merged = cr.merge_update(old, new)
+    # Order kept, both calc_tool_grpo runs replaced by the one new run, guess_grpo appended.
+    assert [(r["config"], r["seed"], r["after"]["greedy_pass@1"]) for r in merged["runs"]] == [
+        ("arith_grpo", 0, 0.70), ("arith_grpo", 1, 0.71), ("calc_tool_grpo", 0, 0.60),
+        ("mixture_grpo", 0, 0.50), ("guess_grpo", 0, 0.7)]
+    assert merged["commit"] == "abc1234" and merged["invocation"] == cr.REPRODUCE
+    assert merged["updates"] == [{
+        "invocation": new["invocation"], "commit": "def5678", "dirty": False,
+        "date": "2026-12-08T09:00:00Z", "machine": new["machine"], "duration_s": 9.0,
+        "configs": ["calc_tool_grpo", "guess_grpo"]}]
+    table = cr.render_table(merged)
+    assert "at commit def5678" in " ".join(table.split()) and "`guess_grpo`" in table
+    # A second update appends; the first stays.
+    again = cr.merge_update(merged, {**new, "commit": "0000000"})
+    assert [u["commit"] for u in again["updates"]] == ["def5678", "0000000"]
+    with pytest.raises(SystemExit):
+        cr.main(["--update"])   # names no configs
+
+
 # ------------------------------------------------------------------------------ the README
 
 def test_replace_between_markers_is_idempotent():
