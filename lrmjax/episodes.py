@@ -297,13 +297,18 @@ class EpisodeSampler(Sampler):
         """A host array on the device, or split over the mesh's batch axes."""
         return jax.device_put(x) if self.mesh is None else parallel.host_to_global(x, self.mesh)
 
-    def _compiled_call(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def _compiled_call(self, name: str, fn: Callable[..., Any], *args: Any,
+                       donate: int | None = None) -> Any:
+        """fn(*args) through a program compiled once per (name, argument layout). `donate`:
+        the index of the argument (the episode state) whose buffers the call may reuse, so
+        the program writes the KV cache in place instead of copying it in full first."""
         def sig(x):
-            return (x.shape, str(x.dtype), getattr(x, "sharding", None))
+            return (x.shape, x.dtype, getattr(x, "sharding", None))
 
         cache_key = (name, tuple(sig(x) for x in jax.tree.leaves(args)))
         if cache_key not in self._compiled:
-            self._compiled[cache_key] = jax.jit(fn).lower(*args).compile()
+            jitted = jax.jit(fn, donate_argnums=() if donate is None else (donate,))
+            self._compiled[cache_key] = jitted.lower(*args).compile()
             self.num_compilations += 1
         return self._compiled[cache_key](*args)
 
@@ -357,7 +362,8 @@ class EpisodeSampler(Sampler):
         ids = np.where(np.arange(N) < keep, np.arange(N), -1)
         done: dict[str, np.ndarray] = {}
         for turn in range(self.max_turns):
-            state = self._compiled_call(f"decode/{sampling}", decode, params, state, key)
+            state = self._compiled_call(f"decode/{sampling}", decode, params, state, key,
+                                        donate=1)
             # Every slot's token and kind (small next to the cache), so that the slice this
             # turn wrote is cut on the host and no per-turn slice program is compiled.
             host = jax.device_get({"tokens": state.tokens, "kinds": state.kinds,
@@ -401,7 +407,7 @@ class EpisodeSampler(Sampler):
                 obs[i, block - len(o):] = o
                 obs_mask[i, block - len(o):] = True
             state = self._compiled_call(f"append/{block}", appendf, params, state,
-                                        self._put(obs), self._put(obs_mask))
+                                        self._put(obs), self._put(obs_mask), donate=1)
             written_until += block
         host = jax.device_get({"tokens": state.tokens, "kinds": state.kinds,
                                "logprobs": state.logprobs, "ended_by": state.ended_by})
