@@ -6,10 +6,10 @@ Three numbers from 1-9 and a target up to 100 ("3 7 9 -> 30"); the answer is an 
 using each number once ("(3 * 7) + 9"), parsed with `ast` (no eval) and checked exactly. With
 TinyZero's numbers (1-99, targets to 999) a character model cannot do the arithmetic in its
 head: 300 warm-start steps reached 0.00-0.02 greedy pass@1 and RL moved it to 0.025. With
-one-digit numbers the warm start reaches a third and GRPO adds 14.5-19.5 points on seeds
-0-2 in 8-10 minutes (README, the config table). For a real model set model.hf_path,
-tokenizer.kind='hf', data.task_kwargs.template='tinyzero' (whose prompt asks for <answer>
-tags) and TinyZero's ranges (max_number=99, max_target=999).
+one-digit numbers the warm start reaches a third and 1,000 GRPO steps add what the README's
+config table shows (800 steps left seed 2 still rising, at +14.5). For a real model set
+model.hf_path, tokenizer.kind='hf', data.task_kwargs.template='tinyzero' (whose prompt asks
+for <answer> tags) and TinyZero's ranges (max_number=99, max_target=999).
 """
 
 from lrmjax import config as config_lib
@@ -29,7 +29,7 @@ def get_config(arg: str | None = None):
     c.sampling.max_new_tokens = 24
     c.sampling.max_prompt_len = 32
     c.train.batch_prompts = 32
-    c.train.steps = 800
+    c.train.steps = 1000
     c.optim.lr = 3e-4
     c.optim.warmup_steps = 20
     c.optim.schedule = "cosine"

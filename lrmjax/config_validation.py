@@ -352,7 +352,7 @@ def check_rewards(cfg: ml_collections.ConfigDict) -> None:
 
 
 def check_env(cfg: ml_collections.ConfigDict) -> None:
-    """A registered environment that builds from 'env.kwargs'; episodes in one process; a
+    """A registered environment that builds from 'env.kwargs', a shipped chat template, a
     turn cap within the episode budget."""
     if cfg.env.name == "none":
         return
@@ -363,9 +363,6 @@ def check_env(cfg: ml_collections.ConfigDict) -> None:
         envs_lib.make_env(cfg.env.name, **cfg.env.kwargs.to_dict())  # builds, or names why
     except ValueError as e:
         raise ValueError(f"config 'env.name'/'env.kwargs': {e}") from e
-    if cfg.mesh.num_processes not in (1, -1):
-        raise ValueError("config 'env.name': multi-turn episodes run in one process for now "
-                         f"(mesh.num_processes = {cfg.mesh.num_processes})")
     if cfg.env.chat_template and cfg.env.chat_template not in chat.template_names():
         raise ValueError(f"config 'env.chat_template' {cfg.env.chat_template!r} is not a "
                          f"shipped template; valid: {list(chat.template_names())} or ''")

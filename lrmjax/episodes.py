@@ -282,8 +282,8 @@ class EpisodeSampler(Sampler):
                  stop_sequences: Sequence[Sequence[int]] = (), turn_cap: int,
                  observation_cap: int, max_turns: int, mesh: Any = None, shrink: bool = True,
                  **kwargs: Any):
-        if jax.process_count() > 1:
-            raise NotImplementedError("EpisodeSampler runs in one process for now")
+        if jax.process_count() > 1 and mesh is None:
+            raise ValueError("a multi-host EpisodeSampler needs the global mesh (mesh=...)")
         super().__init__(cfg, pad_id=pad_id, stop_ids=stop_ids, mesh=mesh, **kwargs)
         if min(turn_cap, observation_cap + 1, max_turns) < 1:
             raise ValueError(f"EpisodeSampler: need turn_cap >= 1, observation_cap >= 0 and "
@@ -294,8 +294,19 @@ class EpisodeSampler(Sampler):
         self.slots = max_turns * turn_cap + (max_turns - 1) * observation_cap
 
     def _put(self, x: np.ndarray) -> Array:
-        """A host array on the device, or split over the mesh's batch axes."""
+        """A host array on the device, or split over the mesh's batch axes (with several
+        hosts, this host's rows: the p-th block of the global batch)."""
         return jax.device_put(x) if self.mesh is None else parallel.host_to_global(x, self.mesh)
+
+    def _fetch(self, state: EpisodeState, fields: Sequence[str]) -> dict[str, np.ndarray]:
+        """This host's rows of the state's per-row arrays `fields` (all rows, one host), and
+        `index`, the cache's next free slot."""
+        out = {f: getattr(state, f) for f in fields} | {"index": state.cache.index}
+        if jax.process_count() == 1:
+            return jax.device_get(out)
+        out = parallel.global_to_host(out)  # every host's rows; this host keeps its block
+        rows = parallel.host_row_block(self.mesh, out[fields[0]].shape[0])
+        return {k: v if k == "index" else v[rows] for k, v in out.items()}
 
     def _compiled_call(self, name: str, fn: Callable[..., Any], *args: Any,
                        donate: int | None = None) -> Any:
@@ -331,13 +342,21 @@ class EpisodeSampler(Sampler):
             raise ValueError("EpisodeSampler.run needs B >= 1 non-empty prompts")
         limit = min(self.cfg.max_seq_len - self.slots, self.prompt_buckets[-1])
         longest = int(mask.sum(-1).max())
+        hosts = jax.process_count()
+        if hosts > 1:
+            # Every host runs the same programs: agree on the prompt width and batch size.
+            sizes = parallel.global_to_host(np.array([[B, longest]], np.int64))
+            if (sizes[:, 0] != B).any():
+                raise ValueError(f"EpisodeSampler.run got different batch sizes per host "
+                                 f"{sizes[:, 0].tolist()}; every host must pass as many prompts")
+            longest = int(sizes[:, 1].max())
         if longest > limit:
             raise ValueError(f"prompt of {longest} tokens is longer than the limit {limit} = "
                              f"model max_seq_len {self.cfg.max_seq_len} - episode slots "
                              f"{self.slots} (max_turns * turn_cap + (max_turns-1) * "
                              f"observation_cap)")
         width = min(bucket(longest, self.prompt_buckets), limit)
-        rows = bucket(B, self.batch_buckets)
+        rows = bucket(B * hosts, self.batch_buckets) // hosts  # this host's rows
         padded = np.full((rows, width), self.pad_id, np.int32)
         padded_mask = np.zeros((rows, width), bool)
         take = min(width, P)
@@ -366,9 +385,7 @@ class EpisodeSampler(Sampler):
                                         donate=1)
             # Every slot's token and kind (small next to the cache), so that the slice this
             # turn wrote is cut on the host and no per-turn slice program is compiled.
-            host = jax.device_get({"tokens": state.tokens, "kinds": state.kinds,
-                                   "logprobs": state.logprobs, "ended_by": state.ended_by,
-                                   "total": state.total, "index": state.cache.index})
+            host = self._fetch(state, ("tokens", "kinds", "logprobs", "ended_by", "total"))
             written = slice(written_until, int(host["index"]) - width)
             written_until = written.stop
             wrote = host["kinds"][:, written] == MODEL
@@ -377,20 +394,28 @@ class EpisodeSampler(Sampler):
                     for i in range(len(ids)) if ids[i] >= 0 and wrote[i].any()]
             observations = step_fn(ends) if ends else {}  # on the last turn too: it closes
             observations = {r: o for r, o in observations.items() if len(o)}
-            if turn + 1 == self.max_turns or not observations:
+            live = np.flatnonzero(np.isin(ids, list(observations)))
+            longest = max((len(o) for o in observations.values()), default=0)
+            most_live = len(live)
+            if hosts > 1:  # every host takes the same decisions: the next turn, its shapes
+                agreed = parallel.global_to_host(np.array([[len(live), longest]], np.int64))
+                most_live, longest = int(agreed[:, 0].max()), int(agreed[:, 1].max())
+            if turn + 1 == self.max_turns or not most_live:
                 break
-            longest = max(len(o) for o in observations.values())
             if longest > self.observation_cap:
                 raise ValueError(f"an observation of {longest} tokens exceeds "
                                  f"observation_cap {self.observation_cap}")
-            live = np.flatnonzero(np.isin(ids, list(observations)))
-            size = self._rows_bucket(len(live)) if self.shrink else len(ids)
+            size = self._rows_bucket(most_live) if self.shrink else len(ids)
             if size < len(ids):  # the finished leave: later turns decode only the rest
                 _keep_results(done, host, ids, np.setdiff1d(np.arange(len(ids)), live), keep)
-                fill = np.full(size - len(live), live[0])  # copies of a live row, inactive
+                # Copies of a live row (or of row 0 on a host whose episodes all ended):
+                # no observation, so inactive from the append on.
+                fill = np.full(size - len(live), live[0] if len(live) else 0)
                 order = np.concatenate([live, fill])
+                # Indices into the global batch: this host's rows are its p-th block.
+                offset = jax.process_index() * len(ids)
                 state = self._compiled_call(f"take/{size}", take_rows, state,
-                                            self._put(order.astype(np.int32)))
+                                            self._put((order + offset).astype(np.int32)))
                 ids = np.concatenate([ids[live], np.full(len(fill), -1)])
                 host = {k: v[order] for k, v in host.items() if k != "index"}
             # Bucketed widths: a handful of append programs, whatever the observations.
@@ -409,15 +434,16 @@ class EpisodeSampler(Sampler):
             state = self._compiled_call(f"append/{block}", appendf, params, state,
                                         self._put(obs), self._put(obs_mask), donate=1)
             written_until += block
-        host = jax.device_get({"tokens": state.tokens, "kinds": state.kinds,
-                               "logprobs": state.logprobs, "ended_by": state.ended_by})
+        host = self._fetch(state, ("tokens", "kinds", "logprobs", "ended_by"))
         _keep_results(done, host, ids, np.arange(len(ids)), keep)
         return self._compact(done, tokens, mask, sampling, keep)
 
     def _rows_bucket(self, live: int) -> int:
         """The batch rows for `live` episodes: a power of two times the mesh's batch
         divisor (a handful of programs)."""
-        divisor = 1 if self.mesh is None else parallel.batch_divisor(self.mesh)
+        # Per host: each host holds its block of the global batch.
+        divisor = 1 if self.mesh is None else max(
+            1, parallel.batch_divisor(self.mesh) // jax.process_count())
         return divisor * bucket(-(-live // divisor), length_buckets(1 << 30, smallest=1))
 
     def _compact(self, done: dict[str, np.ndarray], tokens: np.ndarray, mask: np.ndarray,

@@ -1,12 +1,13 @@
 """Config for the two-process test: a small GRPO run with a KL term (so the reference model,
-its checkpoint and the ref logprobs take part), an SFT warm start, evaluation and checkpoints."""
+its checkpoint and the ref logprobs take part), an SFT warm start, evaluation and checkpoints;
+`:episodes` plays multi-turn episodes (tests/train_helpers.py's `test_digit_turns`)."""
 
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from train_helpers import small_config  # noqa: E402
+from train_helpers import episode_config, small_config  # noqa: E402
 
 
 def get_config(arg=None):
@@ -21,4 +22,10 @@ def get_config(arg=None):
     c.eval.batch_size = 8
     c.eval.every = 2
     c.eval.k = 2
+    if arg == "episodes":   # multi-turn episodes, each host playing its own rows
+        c = episode_config(c)
+        c.mesh.cpu_devices = 8
+        c.reward.fns = {"test_odd_length": 1.0}   # the last turn's text: varied lengths
+    elif arg:
+        raise ValueError(f"multihost_config: unknown argument {arg!r}")
     return c

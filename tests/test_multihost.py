@@ -25,11 +25,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(workdir: str, devices: int, extra: list[str]) -> subprocess.Popen:
+def _launch(workdir: str, devices: int, extra: list[str], variant: str = ""
+            ) -> subprocess.Popen:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen(
-        [sys.executable, "-m", "lrmjax.main", f"--config={REPO}/tests/multihost_config.py",
+        [sys.executable, "-m", "lrmjax.main",
+         f"--config={REPO}/tests/multihost_config.py" + (f":{variant}" if variant else ""),
          f"--workdir={workdir}", *extra], cwd=REPO, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
 
@@ -55,8 +57,9 @@ def _metrics(workdir: str) -> dict[tuple[str, int], dict[str, float]]:
     return rows
 
 
-def test_two_processes_log_the_same_metrics_as_one(tmp_path):
-    one = _launch(str(tmp_path / "one"), 8, [])
+@pytest.mark.parametrize("variant", ["", "episodes"], ids=["single-turn", "episodes"])
+def test_two_processes_log_the_same_metrics_as_one(tmp_path, variant):
+    one = _launch(str(tmp_path / "one"), 8, [], variant)
     _finish(one, "the one-process run")
     # The two-process run stops after its step-2 checkpoint and resumes to step 3: each host
     # must get its own data position back (the checkpoint's extras are written by host 0).
@@ -65,8 +68,8 @@ def test_two_processes_log_the_same_metrics_as_one(tmp_path):
         procs = [_launch(str(tmp_path / "two"), 4, [
             "--config.mesh.distributed=True",
             f"--config.mesh.coordinator_address=localhost:{port}",
-            "--config.mesh.num_processes=2", f"--config.mesh.process_id={i}", *steps])
-            for i in range(2)]
+            "--config.mesh.num_processes=2", f"--config.mesh.process_id={i}", *steps],
+            variant) for i in range(2)]
         for i, p in enumerate(procs):
             _finish(p, f"process {i} of the two-process run {steps}")
 
@@ -80,6 +83,8 @@ def test_two_processes_log_the_same_metrics_as_one(tmp_path):
     assert any(m["reward/std"] > 0 for m in rl)
     assert all(m["actor/grad_norm"] > 0 for m in rl)
     assert any(m["actor/kl_loss"] > 0 for m in rl)
+    if variant == "episodes":  # several turns, with observations, on every host's rows
+        assert all(m["env/turns"] > 1 and m["env/observation_tokens"] > 0 for m in rl)
     for key, metrics in single.items():
         assert set(metrics) == set(multi[key]), key
         for name, value in metrics.items():

@@ -24,6 +24,12 @@ def slow_starts_with_7(prompts, completions, metadata):
     return starts_with_7(prompts, completions, metadata)
 
 
+@reward_base.register("test_odd_length")
+def odd_length(prompts, completions, metadata):
+    """1.0 for a completion of odd length: varies across an untrained model's episodes."""
+    return [float(len(c) % 2) for c in completions]
+
+
 @reward_base.register("test_always_raises")
 def always_raises(prompts, completions, metadata):
     """A broken verifier: every call raises."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from lrmjax import parallel
 from lrmjax.data.tasks import Example
+from lrmjax.envs.runner import EpisodeBook
 from lrmjax.rewards import shaping
 from lrmjax.rl import advantages as adv_lib
 from lrmjax.sampling import Rollout, SamplingParams
@@ -100,7 +101,7 @@ def sample_and_score(inp: Inputs, params: Any, examples: list[Example], key: jax
         else:
             rewards = rewards + env_total
         rewards = np.where(book.failed, 0.0, rewards)
-        rmetrics = {**rmetrics, **book.metrics(roll.observation_mask, roll.response_mask)}
+        rmetrics = {**rmetrics, **env_metrics(book, roll)}
     algo = inp.cfg.rl
     if algo.overlong_buffer_len > 0:
         penalty = shaping.overlong_penalty(roll.lengths, max_len=sampling.max_new_tokens,
@@ -110,6 +111,26 @@ def sample_and_score(inp: Inputs, params: Any, examples: list[Example], key: jax
         rewards = rewards + components["overlong_penalty"]
     return ScoredBatch(examples, roll, completions, np.asarray(rewards, np.float32), components,
                        rmetrics, early, transcripts, env_tokens)
+
+
+def env_metrics(book: EpisodeBook, roll: Rollout) -> dict[str, float]:
+    """The `env/*` metrics of every host's episodes: counts summed, `env/turns_max` the
+    largest, the per-episode means averaged (every host plays as many episodes)."""
+    local = book.metrics(roll.observation_mask, roll.response_mask)
+    if jax.process_count() == 1:
+        return local
+    hosts = parallel.every_host(local)
+    counts = {f"env/{k}" for k in book.counts}
+    out = {}
+    for key in sorted({k for h in hosts for k in h}):
+        values = [h.get(key, 0.0) for h in hosts]
+        if key in counts:
+            out[key] = float(sum(values))
+        elif key.endswith("_max"):
+            out[key] = float(max(values))
+        else:
+            out[key] = float(np.mean(values))
+    return out
 
 
 def collect(inp: Inputs, params: Any, data_iter: Iterator[list[Example]], key: jax.Array,
