@@ -90,12 +90,14 @@ def _np_logprobs(params, tokens, mask):
     return np.take_along_axis(logp[:, P - 1:-1], tok[:, P:, None], axis=-1)[..., 0]
 
 
-@pytest.mark.parametrize("name, overrides, epochs", [
-    ("grpo", dict(kl_mode="loss", kl_estimator="k3", kl_coef=0.1), 1),
-    ("rloo", dict(kl_mode="reward", kl_estimator="k1", kl_coef=0.1), 1),
-    ("ppo", dict(kl_coef=0.1), 2),  # critic (GAE), KL in the reward, two epochs
+@pytest.mark.parametrize("name, overrides, epochs, minibatches", [
+    ("grpo", dict(kl_mode="loss", kl_estimator="k3", kl_coef=0.1), 1, 1),
+    ("rloo", dict(kl_mode="reward", kl_estimator="k1", kl_coef=0.1), 1, 1),
+    ("ppo", dict(kl_coef=0.1), 2, 1),  # critic (GAE), KL in the reward, two epochs
+    ("ppo", dict(kl_coef=0.1), 2, 2),  # ... of two minibatches each
 ])
-def test_update_with_reference_and_critic_equals_the_host_trainers(name, overrides, epochs):
+def test_update_with_reference_and_critic_equals_the_host_trainers(name, overrides, epochs,
+                                                                    minibatches):
     algo = algorithms.get(name, **overrides)
     params = transformer.init_params(CFG, jax.random.key(0))
     ref = transformer.init_params(CFG, jax.random.key(1))
@@ -107,23 +109,32 @@ def test_update_with_reference_and_critic_equals_the_host_trainers(name, overrid
                       critic_tx=adamw(lr_schedule(1e-2, 0, 10)))
     state = TrainState.create(params, tx, kl_coef=algo.kl_coef, **critic)
 
+    key = jax.random.key(0)
     got, got_m = jax.jit(functools.partial(
-        pure.update_on_rollout, model_cfg=CFG, algo=algo, sampling=sampling, ppo_epochs=epochs)
-    )(state, jax.random.key(0), roll, rewards, ref_params=ref)
+        pure.update_on_rollout, model_cfg=CFG, algo=algo, sampling=sampling, ppo_epochs=epochs,
+        minibatches=minibatches))(state, key, roll, rewards, ref_params=ref)
 
     # The host trainer: update_batch.build's passes, then one train step per epoch.
     cfg = config_lib.base_config(name)
     cfg.rl, cfg.sampling.n, cfg.train.ppo_epochs = algo, sampling.n, epochs
+    cfg.train.minibatches = minibatches
     passes = update_batch.make_passes(cfg, CFG, P, 1.0, logprob_group=sampling.n)
     tokens, mask = roll.tokens()
     rows = {"tokens": tokens, "mask": mask, "loss_mask": roll.response_mask.astype(jnp.float32),
             "sampler_logprobs": roll.logprobs, "rewards": rewards}
     batch = update_batch.build(passes, state, ref, rows)
     want = state
-    for _ in range(epochs):
-        want, want_m = steps.rl_train_step(want, batch, model_cfg=CFG, algo=algo, prompt_len=P,
-                                           temperature=1.0, on_policy=passes.on_policy,
-                                           group_size=sampling.n)
+    num = tokens.shape[0]
+    host_step = jax.jit(functools.partial(
+        steps.rl_train_step, model_cfg=CFG, algo=algo, prompt_len=P, temperature=1.0,
+        on_policy=passes.on_policy, group_size=sampling.n if minibatches == 1 else 1))
+    for epoch_key in jax.random.split(key, epochs):
+        # rl.update's minibatches (sorted rows of a shuffle), with the pure path's shuffle.
+        order = (np.asarray(jax.random.permutation(epoch_key, num)) if minibatches > 1
+                 else np.arange(num))
+        for rows in np.sort(order.reshape(minibatches, -1), axis=1):
+            mb = batch if minibatches == 1 else update_batch.take_rows(batch, jnp.asarray(rows))
+            want, want_m = host_step(want, mb)
     for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     if algo.use_critic:
@@ -290,3 +301,18 @@ def test_the_command_lines_seeds_and_grid():
         "optim.lr": [1e-4, 3e-4], "rl.adv_estimator": ["grpo", "rloo"]}
     with pytest.raises(ValueError, match="KEY=V1"):
         script.parse_grid(["optim.lr"])
+
+
+def test_drawn_rows_are_distinct_and_uniform():
+    draw = jax.jit(jax.vmap(lambda k: pure.draw_rows(k, 10, 3)))
+    rows = np.asarray(draw(jax.random.split(jax.random.key(0), 30_000)))
+    assert rows.min() >= 0 and rows.max() < 10
+    assert all(len(set(r)) == 3 for r in rows[:2000])
+    # Each row is in a uniform 3-subset of 10 with probability 3/10 (binomial sd ~0.0026).
+    np.testing.assert_allclose(np.bincount(rows.ravel(), minlength=10) / len(rows), 0.3,
+                               atol=0.012)
+    # And pairs: every pair of rows appears together with probability C(8,1)/C(10,3) = 1/15.
+    together = np.mean([(0 in r) and (9 in r) for r in rows])
+    assert together == pytest.approx(1 / 15, abs=0.006)
+    with pytest.raises(ValueError, match="4 distinct rows of 3"):
+        pure.draw_rows(jax.random.key(0), 3, 4)
