@@ -91,7 +91,7 @@ def _np_logprobs(params, tokens, mask):
 
 
 @pytest.mark.parametrize("name, overrides, epochs, minibatches", [
-    ("grpo", dict(kl_mode="loss", kl_estimator="k3", kl_coef=0.1), 1, 1),
+    ("grpo", dict(kl_mode="loss", kl_estimator="k3", kl_coef=0.1, kl_target=0.01), 1, 1),
     ("rloo", dict(kl_mode="reward", kl_estimator="k1", kl_coef=0.1), 1, 1),
     ("ppo", dict(kl_coef=0.1), 2, 1),  # critic (GAE), KL in the reward, two epochs
     ("ppo", dict(kl_coef=0.1), 2, 2),  # ... of two minibatches each
@@ -156,6 +156,12 @@ def test_update_with_reference_and_critic_equals_the_host_trainers(name, overrid
         want_kl = np.mean(k3.sum(1) / m.sum(1))
         assert float(got_m["actor/kl_loss"]) == pytest.approx(want_kl, rel=1e-4)
         assert want_kl > 1e-3
+        # The adaptive coefficient (Ziegler et al. 2019): beta (1 + clip(KL / target - 1,
+        # +-0.2) N / horizon), N = 16 rows, as the host's loop applies it after the update.
+        error = np.clip(want_kl / algo.kl_target - 1, -0.2, 0.2)
+        assert float(got.kl_coef) == pytest.approx(0.1 * (1 + error * 16 / algo.kl_horizon),
+                                                   rel=1e-6)
+        assert float(got.kl_coef) != 0.1
 
 
 # ---------------------------------------------------------------- evaluation vs the host's
@@ -316,3 +322,27 @@ def test_drawn_rows_are_distinct_and_uniform():
     assert together == pytest.approx(1 / 15, abs=0.006)
     with pytest.raises(ValueError, match="4 distinct rows of 3"):
         pure.draw_rows(jax.random.key(0), 3, 4)
+
+
+@pytest.mark.slow
+def test_the_command_writes_a_table_curves_and_runs(tmp_path):
+    import json
+    import subprocess
+
+    shrink = ["model.overrides.num_layers=1", "model.overrides.hidden_size=32",
+              "model.overrides.mlp_dim=64", "data.train_size=200", "eval.size=8",
+              "eval.batch_size=8", "train.steps=3", "sft.steps=2", "sft.eval_every=2"]
+    cmd = [sys.executable, str(ROOT / "experiments" / "sweep.py"), "--config",
+           str(ROOT / "configs" / "arith_grpo.py") + ":runlocal", "--seeds", "0-1",
+           "--grid", "optim.lr=1e-4,1e-3",
+           "--grid", "rl.loss_agg_mode=token-mean,seq-mean-token-mean",
+           "--out", str(tmp_path)] + [a for kv in shrink for a in ("--set", kv)]
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    table = (tmp_path / "results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| 0.00")]
+    assert len(rows) == 4, table  # 2 programs (aggregations) x 2 learning rates
+    assert "Student's t" in table
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    assert [len(p["runs"]) for p in runs] == [2] * 4
+    assert len(runs[0]["curves"]["train"]["reward/mean"][0]) == 3

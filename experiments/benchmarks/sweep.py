@@ -4,13 +4,15 @@ device-reward path (`lrmjax.train.pure.train`), and against the host trainer's s
 Shapes: `demo` is `make demo`'s RL phase (the demo model, 3-digit additions with the answer
 reversed, 32 prompts x 8 samples, 6 new tokens, GRPO without KL, the exact device reward);
 `small` is the same with 4 prompts x 4 samples, a batch that leaves the device idle between
-small ops. For each S: the vmapped program (compiled once for S, run once to warm up, then
-timed) and S calls of the one-run program (compiled once, warmed up, then S timed calls back to
-back). `--host` also runs the host trainer (`lrmjax.train.rl`, no warm start) for the same
-number of steps per shape and reports S times its median step (`timing_s/step`) x steps.
+small ops. For each S: the vmapped program (compiled once for S and warmed up) and S calls of
+the one-run program back to back (compiled once and warmed up), timed alternately `--repeats`
+times; the tables give each one's fastest repeat (on a shared machine the minimum is the
+figure least disturbed by neighbours). `--host` also runs the host trainer
+(`lrmjax.train.rl`, no warm start) for the same number of steps per shape and reports S times
+its median step (`timing_s/step`) x steps.
 
     .venv/bin/python experiments/benchmarks/sweep.py [--runs 1,4,8,16] [--steps 10] \\
-        [--shapes demo,small] [--host]
+        [--shapes demo,small] [--repeats 3] [--host]
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def main() -> int:
     p.add_argument("--runs", default="1,4,8,16", help="S values, comma separated")
     p.add_argument("--steps", type=int, default=10, help="RL steps per run")
     p.add_argument("--shapes", default="demo,small")
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--host", action="store_true", help="also time the host trainer")
     args = p.parse_args()
 
@@ -114,16 +117,19 @@ def main() -> int:
         for count in [int(s) for s in args.runs.split(",")]:
             states = [init(s) for s in range(count)]
             keys = [jax.random.key(100 + s) for s in range(count)]
-            t0 = time.perf_counter()
-            for s in range(count):
-                jax.block_until_ready(one(states[s], keys[s]))
-            sequential = time.perf_counter() - t0
             many = jax.jit(jax.vmap(run))
             stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
             jax.block_until_ready(many(stacked, jnp.stack(keys)))
-            t0 = time.perf_counter()
-            jax.block_until_ready(many(stacked, jnp.stack(keys)))
-            together = time.perf_counter() - t0
+            sequential, together = [], []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                for s in range(count):
+                    jax.block_until_ready(one(states[s], keys[s]))
+                sequential.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                jax.block_until_ready(many(stacked, jnp.stack(keys)))
+                together.append(time.perf_counter() - t0)
+            sequential, together = min(sequential), min(together)
             host_cell = f"{host * count:.2f}" if host is not None else "-"
             print(f"| {shape} ({prompts}x{n}) | {count} | {together:.2f} | {sequential:.2f} | "
                   f"{sequential / together:.2f}x | {host_cell} |", flush=True)

@@ -196,7 +196,7 @@ def update_on_rollout(state: TrainState, key: Array, roll: Rollout, rewards: Arr
                       model_cfg: ModelConfig, algo: ml_collections.ConfigDict,
                       sampling: SamplingParams, ref_params: Any = None,
                       knobs: Mapping[str, Array] | None = None, ppo_epochs: int = 1,
-                      minibatches: int = 1, shared_prompt: bool = True,
+                      minibatches: int = 1, microbatches: int = 1, shared_prompt: bool = True,
                       logits_chunk_mb: float = steps.LOGITS_CHUNK_MB
                       ) -> tuple[TrainState, dict[str, Array]]:
     """The update of one RL step on a scored rollout, as the host trainer makes it
@@ -204,7 +204,8 @@ def update_on_rollout(state: TrainState, key: Array, roll: Rollout, rewards: Arr
     one epoch of one minibatch), reference log-probs with `ref_params` (KL as a loss term, or
     as token rewards `-kl_coef * KL` for kl_mode='reward'), critic values, advantages, then
     `ppo_epochs` passes over `minibatches` minibatches of shuffled rows (sorted within each,
-    as the host does), and the adaptive KL controller.
+    as the host does; each minibatch's gradient accumulated over `microbatches` slices), and the
+    adaptive KL controller.
 
     roll: N = B * n rows, group-major; rewards [N]. `key` shuffles the minibatches.
     `shared_prompt`: each group's prompt runs once in the log-prob passes and (with one
@@ -254,10 +255,12 @@ def update_on_rollout(state: TrainState, key: Array, roll: Rollout, rewards: Arr
         knobbed, rewards=rewards, response_mask=loss_mask, token_rewards=token_rewards,
         values=values, group_size=n)
 
+    # The update shares prompts only when its (micro)batches hold whole groups.
+    whole = minibatches == 1 and (tokens.shape[0] // n) % microbatches == 0
     train_step = functools.partial(
         steps.rl_train_step, model_cfg=model_cfg, algo=knobbed, prompt_len=P,
-        temperature=temperature, on_policy=on_policy,
-        group_size=group if minibatches == 1 else 1, logits_chunk_mb=logits_chunk_mb)
+        temperature=temperature, microbatches=microbatches, on_policy=on_policy,
+        group_size=group if whole else 1, logits_chunk_mb=logits_chunk_mb)
     if on_policy:
         state, metrics = train_step(state, batch)
     else:
@@ -290,8 +293,8 @@ def rl_step(state: TrainState, key: Array, *, data: DeviceData, model_cfg: Model
             algo: ml_collections.ConfigDict, sampling: SamplingParams, batch_prompts: int,
             reward_fn: DeviceReward, stop_ids: tuple[int, ...], pad_id: int,
             ref_params: Any = None, knobs: Mapping[str, Array] | None = None,
-            ppo_epochs: int = 1, minibatches: int = 1, shared_prompt: bool = True,
-            logits_chunk_mb: float = steps.LOGITS_CHUNK_MB
+            ppo_epochs: int = 1, minibatches: int = 1, microbatches: int = 1,
+            shared_prompt: bool = True, logits_chunk_mb: float = steps.LOGITS_CHUNK_MB
             ) -> tuple[TrainState, dict[str, Array]]:
     """One RL step, pure: `sample_and_score`, then `update_on_rollout`.
 
@@ -304,7 +307,8 @@ def rl_step(state: TrainState, key: Array, *, data: DeviceData, model_cfg: Model
     state, metrics = update_on_rollout(
         state, jax.random.fold_in(key, 2), roll, rewards, model_cfg=model_cfg, algo=algo,
         sampling=sampling, ref_params=ref_params, knobs=knobs, ppo_epochs=ppo_epochs,
-        minibatches=minibatches, shared_prompt=shared_prompt, logits_chunk_mb=logits_chunk_mb)
+        minibatches=minibatches, microbatches=microbatches, shared_prompt=shared_prompt,
+        logits_chunk_mb=logits_chunk_mb)
     metrics.update({"reward/mean": jnp.mean(rewards), "reward/std": jnp.std(rewards),
                     "response_length/mean": jnp.mean(roll.lengths.astype(jnp.float32))})
     return state, metrics

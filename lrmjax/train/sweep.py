@@ -236,7 +236,7 @@ class Program:
             data=arrays["train"], model_cfg=model_cfg, algo=algo, sampling=self.sampling,
             batch_prompts=t.batch_prompts, reward_fn=self.reward_fn, stop_ids=self.stop_ids,
             pad_id=self.tokenizer.pad_id, ref_params=ref_params, knobs=knobs,
-            ppo_epochs=t.ppo_epochs, minibatches=t.minibatches,
+            ppo_epochs=t.ppo_epochs, minibatches=t.minibatches, microbatches=t.microbatches,
             shared_prompt=t.shared_prompt_forward, logits_chunk_mb=t.logits_chunk_mb)
         return {"train": metrics, "eval": evals, "sft": sft_summary}
 
