@@ -32,6 +32,7 @@ setup(
         "math-verify>=0.8.0",
         "reasoning-gym>=0.1.19",
         "matplotlib>=3.8",
+        "scipy>=1.11",  # t-intervals of sweeps (lrmjax.train.sweep)
         "bm25s>=0.3.16",  # the `search` tool (lrmjax.envs.tools)
     ],
     extras_require={

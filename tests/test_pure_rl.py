@@ -49,7 +49,7 @@ def _setup(reward_fn, lr=3e-3):
 def test_a_jitted_run_learns_the_trivial_reward():
     kwargs, init = _setup(starts_with_7)
     run = jax.jit(functools.partial(pure.train, num_steps=60, **kwargs))
-    _, metrics = run(init(0), jax.random.key(1))
+    _, metrics, _ = run(init(0), jax.random.key(1))
     rewards = np.asarray(metrics["reward/mean"])
     assert rewards.shape == (60,)
     assert rewards[:3].mean() < 0.5
@@ -62,9 +62,9 @@ def test_vmap_over_seeds_equals_the_runs_one_by_one():
     seeds = [0, 1, 2]
     keys = jnp.stack([jax.random.key(10 + s) for s in seeds])
     states = jax.tree.map(lambda *xs: jnp.stack(xs), *[init(s) for s in seeds])
-    _, together = jax.jit(jax.vmap(run))(states, keys)
+    _, together, _ = jax.jit(jax.vmap(run))(states, keys)
     for i, s in enumerate(seeds):
-        _, alone = jax.jit(run)(init(s), jax.random.key(10 + s))
+        _, alone, _ = jax.jit(run)(init(s), jax.random.key(10 + s))
         for name in ("reward/mean", "actor/pg_loss", "actor/grad_norm", "actor/entropy"):
             np.testing.assert_allclose(np.asarray(together[name][i]), np.asarray(alone[name]),
                                        rtol=1e-4, atol=1e-5, err_msg=name)
@@ -90,8 +90,11 @@ def test_device_reward_agrees_with_the_host_verifier():
     np.testing.assert_array_equal(np.asarray(device), host)
 
 
-def test_reference_model_and_critic_are_refused():
+def test_a_kl_mode_without_reference_params_and_host_only_knobs_are_refused():
     kwargs, init = _setup(starts_with_7)
     kwargs["algo"] = algorithms.get("grpo", kl_mode="loss", kl_coef=0.01)
-    with pytest.raises(ValueError, match="kl_mode='none'"):
+    with pytest.raises(ValueError, match="reference params"):
+        pure.rl_step(init(0), jax.random.key(0), **kwargs)
+    kwargs["algo"] = algorithms.get("dapo")
+    with pytest.raises(ValueError, match="dynamic_sampling"):
         pure.rl_step(init(0), jax.random.key(0), **kwargs)

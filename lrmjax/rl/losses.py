@@ -32,6 +32,12 @@ _MAX_LOG_RATIO = 20.0
 TIS_MODES: tuple[str, ...] = ("none", "token", "sequence")
 
 
+def _nonzero(coef: float | Array) -> bool:
+    """Whether a coefficient's term is on: a traced coefficient (a swept hyperparameter,
+    `lrmjax.train.pure.Knobs`) always is, since its value is not known when tracing."""
+    return isinstance(coef, jax.Array) or coef != 0
+
+
 def _ratio(logprobs: Array, old_logprobs: Array) -> tuple[Array, Array]:
     log_ratio = jnp.clip(logprobs - old_logprobs, -_MAX_LOG_RATIO, _MAX_LOG_RATIO)
     return jnp.exp(log_ratio), log_ratio
@@ -400,7 +406,7 @@ def actor_loss(
         raise ValueError("kl_mode='loss' needs ref_logprobs")
     if algo.tis_mode != "none" and sampler_logprobs is None:
         raise ValueError(f"tis_mode={algo.tis_mode!r} needs sampler_logprobs")
-    if entropy is None and (algo.entropy_coef != 0 or algo.top_entropy_frac < 1.0):
+    if entropy is None and (_nonzero(algo.entropy_coef) or algo.top_entropy_frac < 1.0):
         raise ValueError("entropy_coef != 0 or top_entropy_frac < 1 needs entropy [B, T]")
 
     m = response_mask.astype(bool)
@@ -436,7 +442,7 @@ def actor_loss(
     metrics["pg_loss"] = pg_loss
     total = pg_loss
 
-    if algo.entropy_coef != 0:
+    if _nonzero(algo.entropy_coef):
         ent_agg = agg.safe_divide(agg.aggregate(entropy, m, mode, norm_len)[0], den)
         total = total - algo.entropy_coef * ent_agg
     if algo.kl_mode == "loss":

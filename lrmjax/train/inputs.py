@@ -560,6 +560,12 @@ def outcome_reward(cfg: ml_collections.ConfigDict) -> reward_base.RewardFn:
 
 
 def demonstrations(inp: Inputs, examples: Sequence[Example]) -> dict[str, np.ndarray]:
+    """SFT batch of `examples` for run `inp` (`demonstration_arrays`)."""
+    return demonstration_arrays(inp.cfg, inp.tokenizer, inp.prompt_len, examples)
+
+
+def demonstration_arrays(cfg: ml_collections.ConfigDict, tokenizer: Any, prompt_len: int,
+                         examples: Sequence[Example]) -> dict[str, np.ndarray]:
     """SFT batch: prompt + demonstration + EOS, left padded to prompt_len + max_new_tokens.
 
     The demonstration is `metadata['demonstration_turns']` when present (a multi-turn
@@ -568,12 +574,15 @@ def demonstrations(inp: Inputs, examples: Sequence[Example]) -> dict[str, np.nda
     `metadata['demonstration']` (e.g. a worked GSM8K solution), else the reference answer.
     Returns tokens, mask and target_mask [N, L].
     """
-    tok = inp.tokenizer
-    length = inp.prompt_len + inp.cfg.sampling.max_new_tokens
+    tok = tokenizer
+    budget = cfg.sampling.max_new_tokens
+    length = prompt_len + budget
     seqs, targets = [], []
-    p_tokens, p_mask = inp.encode(examples)
-    for ex, prow, pmask in zip(examples, p_tokens, p_mask, strict=True):
-        prompt = [int(t) for t in prow[pmask]]
+    for ex in examples:
+        prompt = prompt_ids(cfg, tok, ex)
+        if len(prompt) > prompt_len:
+            raise ValueError(f"prompt of {len(prompt)} tokens exceeds sampling.max_prompt_len="
+                             f"{prompt_len}: {ex.prompt[:80]!r}")
         segments = ex.metadata.get("demonstration_turns") or [
             [ex.metadata.get("demonstration", ex.answer), True]]
         answer, target = [], []
@@ -582,8 +591,7 @@ def demonstrations(inp: Inputs, examples: Sequence[Example]) -> dict[str, np.nda
             answer += ids
             target += [int(bool(is_model))] * len(ids)
         answer, target = answer + [tok.eos_id], target + [1]
-        answer = answer[: inp.cfg.sampling.max_new_tokens]
-        target = target[: inp.cfg.sampling.max_new_tokens]
+        answer, target = answer[:budget], target[:budget]
         seqs.append(prompt + answer)
         targets.append([0] * len(prompt) + target)
     tokens, mask = tok_lib.left_pad(seqs, tok.pad_id, length)

@@ -1,0 +1,214 @@
+"""A sweep over seeds and hyperparameters as one compiled program, with confidence intervals.
+
+    python experiments/sweep.py --config configs/arith_grpo.py --seeds 0-7 \\
+        [--grid optim.lr=1e-4,3e-4 --grid rl.clip_ratio_high=0.2,0.28] [--set train.steps=100] \\
+        [--out workdirs/sweep/arith_grpo]
+
+The config's task needs a device reward (`lrmjax.train.sweep.DEVICE_REWARDS`; a config without
+one is refused, naming what stops it). Every run is the config's whole experiment (warm start,
+RL, held-out evaluations every `eval.every` steps) on the device-reward path
+(`lrmjax.train.sweep.Program`). Grid keys that vmap can carry (`sweep.TRACEABLE`: learning
+rates, KL coefficient, clip ratios, ...) and the seeds run as one jitted `vmap` of runs; any
+other grid key (an estimator, a batch size) gives one program per value.
+
+Writes to --out: `results.md` (per grid point, the final metrics' mean and 95 % t-interval over
+the seeds), `curves.png` (reward per step and held-out accuracy per evaluation, mean with the
+t-interval as a band) and `runs.json` (every run's final metrics and curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import itertools
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Final metrics in the table: (column, where: 'eval' last row, 'before' first eval row, 'sft'
+# summary, 'train' mean of the last 10 steps), metric key.
+FINAL = (("held-out greedy pass@1", "eval", "eval/greedy_pass@1"),
+         ("held-out sampled pass@1", "eval", "eval/pass@1"),
+         ("greedy pass@1 before RL", "before", "eval/greedy_pass@1"),
+         ("train reward (last 10 steps)", "train", "reward/mean"),
+         ("SFT steps", "sft", "sft/steps"))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-7' -> [0..7]; '0,2,5' -> [0, 2, 5]; '1-3,7' -> [1, 2, 3, 7]."""
+    out = []
+    for part in text.split(","):
+        lo, dash, hi = part.partition("-")
+        out += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+    return out
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """['optim.lr=1e-4,3e-4', ...] -> {'optim.lr': [1e-4, 3e-4], ...} (Python literals; a bare
+    word stays a string)."""
+    grid = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        if not eq or not values:
+            raise ValueError(f"--grid {item!r}: expected KEY=V1,V2,...")
+        parsed = []
+        for v in values.split(","):
+            try:
+                parsed.append(ast.literal_eval(v))
+            except (ValueError, SyntaxError):
+                parsed.append(v)
+        grid[key] = parsed
+    return grid
+
+
+def final_metrics(out: dict, i: int) -> dict[str, float]:
+    """Run i's values of the FINAL columns."""
+    row = {}
+    for column, where, key in FINAL:
+        if where == "eval" and key in out["eval"]:
+            row[column] = float(out["eval"][key][i, -1])
+        elif where == "before" and key in out["eval"]:
+            row[column] = float(out["eval"][key][i, 0])
+        elif where == "train":
+            row[column] = float(np.mean(out["train"][key][i, -10:]))
+        elif where == "sft" and key in out["sft"]:
+            row[column] = float(out["sft"][key][i])
+    return row
+
+
+def table(points: list[dict], t_interval) -> str:
+    """Markdown: one row per grid point, each FINAL column as mean [low, high]."""
+    columns = [c for c, _, _ in FINAL if any(c in r for p in points for r in p["runs"])]
+    keys = sorted({k for p in points for k in p["point"]})
+    lines = ["| " + " | ".join(keys + ["seeds"] + columns) + " |",
+             "|" + "---|" * (len(keys) + 1 + len(columns))]
+    for p in points:
+        cells = [str(p["point"].get(k, "")) for k in keys] + [str(len(p["runs"]))]
+        for c in columns:
+            mean, lo, hi = t_interval([r[c] for r in p["runs"]])
+            cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo)
+                         else f"{mean:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(points: list[dict], t_interval, path: str) -> None:
+    """Reward per RL step and held-out greedy / sampled pass@1 per evaluation: the mean over
+    seeds of each grid point with its t-interval as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("train", "reward/mean", "train reward"),
+              ("eval", "eval/greedy_pass@1", "held-out greedy pass@1"),
+              ("eval", "eval/pass@1", "held-out sampled pass@1")]
+    panels = [p for p in panels if p[1] in points[0]["curves"][p[0]]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    for ax, (where, key, title) in zip(axes[0], panels, strict=True):
+        for p in points:
+            ys = np.asarray(p["curves"][where][key])  # [seeds, points]
+            xs = (np.arange(1, ys.shape[1] + 1) if where == "train"
+                  else np.asarray(p["curves"]["eval"]["eval/step"])[0])
+            stats = np.array([t_interval(ys[:, j]) for j in range(ys.shape[1])])
+            label = ", ".join(f"{k}={v}" for k, v in p["point"].items()) or "config"
+            (line,) = ax.plot(xs, stats[:, 0], label=label)
+            if ys.shape[0] > 1:
+                ax.fill_between(xs, stats[:, 1], stats[:, 2], color=line.get_color(), alpha=0.2)
+        ax.set_title(title)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="configs/X.py[:arg]")
+    parser.add_argument("--seeds", default="0-7", help="e.g. 0-7 or 0,1,2")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a swept config key (repeatable; the grid is their product)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run (repeatable)")
+    parser.add_argument("--out", default=None, help="default: workdirs/sweep/<config name>")
+    args = parser.parse_args()
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                          os.path.join(os.path.expanduser("~"), ".cache", "lrmjax", "xla"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    sys.path.insert(0, REPO)
+    from lrmjax import config as config_lib
+    from lrmjax import host
+
+    path, _, arg = args.config.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0] + (f":{arg}" if arg else "")
+    seeds = parse_seeds(args.seeds)
+    grid = parse_grid(args.grid)
+
+    def make_config(static: dict):
+        cfg = config_lib.from_file(path, arg or None)
+        for item in args.set + [f"{k}={v!r}" for k, v in static.items()]:
+            key, _, value = item.partition("=")
+            config_lib.set_by_path(cfg, key, value)
+        return cfg
+
+    host.prepare(make_config({}))  # before JAX starts: the CPU device count
+    from lrmjax.train import sweep
+
+    traced = {k: v for k, v in grid.items() if k in sweep.TRACEABLE}
+    static = {k: v for k, v in grid.items() if k not in sweep.TRACEABLE}
+    for key, values in traced.items():
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"--grid {key}: values must be numbers, got {values}")
+    out_dir = args.out or os.path.join(REPO, "workdirs", "sweep", name.replace(":", "_"))
+    os.makedirs(out_dir, exist_ok=True)
+    points, t_start = [], time.time()
+    static_points = [dict(zip(static, vs, strict=True))
+                     for vs in itertools.product(*static.values())]
+    traced_points = [dict(zip(traced, vs, strict=True))
+                     for vs in itertools.product(*traced.values())]
+    for fixed in static_points:
+        cfg = make_config(fixed)
+        program = sweep.Program(cfg, name)
+        runs = [(tp, s) for tp in traced_points for s in seeds]
+        hparams = {k: [float(tp[k]) for tp, _ in runs] for k in traced}
+        t0 = time.time()
+        compiled = program.compile_many(len(runs), sorted(hparams))
+        t1 = time.time()
+        out = program.run_many([s for _, s in runs], hparams, compiled)
+        t2 = time.time()
+        print(f"{name} {fixed or ''}: {len(runs)} runs in one program, compiled in "
+              f"{t1 - t0:.0f} s, ran in {t2 - t1:.0f} s", flush=True)
+        for j, tp in enumerate(traced_points):
+            idx = list(range(j * len(seeds), (j + 1) * len(seeds)))
+            curves = {where: {k: np.asarray(v)[idx].tolist() for k, v in out[where].items()}
+                      for where in ("train", "eval")}
+            points.append({"point": {**fixed, **tp}, "seeds": seeds,
+                           "runs": [final_metrics(out, i) for i in idx], "curves": curves,
+                           "seconds": {"compile": t1 - t0, "run": t2 - t1}})
+
+    text = (f"# Sweep of `{name}`\n\n```\npython experiments/sweep.py "
+            + " ".join(sys.argv[1:]) + "\n```\n\n"
+            f"Seeds {args.seeds} ({len(seeds)} per grid point); each cell: mean over seeds "
+            "[95 % confidence interval: Student's t over the seeds]. Held-out metrics are the "
+            "last evaluation's (after RL); reward is the training batches' mean over the last 10 "
+            "steps.\n\n" + table(points, sweep.t_interval) + "\n")
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out_dir, "runs.json"), "w") as f:
+        json.dump(points, f)
+    plot(points, sweep.t_interval, os.path.join(out_dir, "curves.png"))
+    print(text)
+    print(f"total {time.time() - t_start:.0f} s; wrote {out_dir}/results.md, curves.png, "
+          "runs.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
