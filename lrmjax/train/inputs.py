@@ -306,7 +306,10 @@ def _model(cfg: ml_collections.ConfigDict, hf_path: str, tokenizer: Any, mesh: A
                                                dtype=jnp.dtype(cfg.model.dtype),
                                                param_dtype=jnp.dtype(cfg.model.param_dtype),
                                                mesh=mesh)
-        model_cfg = dataclasses.replace(model_cfg, remat=cfg.model.remat)
+        fields = config_lib.run_fields(cfg)
+        model_cfg = dataclasses.replace(model_cfg, remat=fields["remat"],
+                                        **{k: v for k, v in fields.items()
+                                           if k.startswith("lora_")})
         return model_cfg, params, True
     model_cfg = config_lib.model_config(cfg, tokenizer.vocab_size)
     params = sharding.init_sharded_params(model_cfg, jax.random.key(cfg.seed), mesh)
