@@ -87,7 +87,7 @@ def rl_step(state: TrainState, key: Array, *, data: DeviceData, model_cfg: Model
     rows = jax.random.choice(data_key, data.prompt_tokens.shape[0], (batch_prompts,),
                              replace=False)
     prompts, prompt_mask = data.prompt_tokens[rows], data.prompt_mask[rows]
-    roll = generate(state.params, prompts, prompt_mask, sample_key, cfg=model_cfg,
+    roll = generate(state.policy, prompts, prompt_mask, sample_key, cfg=model_cfg,
                     sampling=sampling, stop_ids=stop_ids, pad_id=pad_id)
     answers = jnp.repeat(data.answer_tokens[rows], n, axis=0)
     answer_mask = jnp.repeat(data.answer_mask[rows], n, axis=0)
