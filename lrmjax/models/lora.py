@@ -87,12 +87,14 @@ def _dummy_inputs() -> tuple[Array, Array, Array]:
 def _init_boxed(cfg: ModelConfig, key: Array) -> Any:
     if not cfg.lora_rank:
         raise ValueError("LoRA adapters need ModelConfig.lora_rank > 0")
-    return transformer.Transformer(cfg).init(key, *_dummy_inputs())["lora"]
+    # The "lora" stream makes the adapters (see `transformer.Projection`); the params that
+    # this init also makes are dead code under jit.
+    return transformer.Transformer(cfg).init({"params": key, "lora": key},
+                                             *_dummy_inputs())["lora"]
 
 
 def init_adapters(cfg: ModelConfig, key: Array) -> Any:
-    """Fresh adapters of `cfg` (B = 0, so base + adapters is the base model). Under jit the
-    params that init also makes are dead code."""
+    """Fresh adapters of `cfg` (B = 0, so base + adapters is the base model)."""
     return nn.meta.unbox(_init_boxed(cfg, key))
 
 

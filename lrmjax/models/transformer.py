@@ -205,10 +205,10 @@ class Projection(nn.Module):
     ([B, T, in] @ kernel) makes the backward's weight gradient (contracting B and T) fuse a
     slow strided transpose into the elementwise op before it.
 
-    LoRA (`lrmjax.models.lora`): when the module's name is in `cfg.lora_modules`, init also
-    makes lora_a [*in_dims, r] (the kernel's init) and lora_b [r, *out_dims] (zeros) in the
-    "lora" collection, and a forward whose variables hold them adds ((x @ a) * alpha / r) @ b
-    in the compute dtype. Without them the module is the plain linear map.
+    LoRA (`lrmjax.models.lora`): when the module's name is in `cfg.lora_modules`, an init
+    with a "lora" RNG stream makes lora_a [*in_dims, r] (the kernel's init) and lora_b
+    [r, *out_dims] (zeros) in the "lora" collection, and a forward whose variables hold them
+    adds ((x @ a) * alpha / r) @ b in the compute dtype. Without them it is the plain map.
     """
 
     cfg: ModelConfig
@@ -229,9 +229,10 @@ class Projection(nn.Module):
         if self.bias_shape is not None:
             bias = _param(self, "bias", self.bias_shape, self.bias_axes, nn.initializers.zeros)
             y = y + bias.astype(cfg.dtype)
-        # After the params, so that making the adapters' keys leaves the params' init as it is.
-        if self.name in cfg.lora_modules and (self.is_initializing()
-                                              or self.has_variable("lora", "lora_a")):
+        # Made by an init given a "lora" RNG stream (`lora.init_adapters`), so that a plain
+        # init of the params draws exactly the keys it draws without LoRA.
+        if self.name in cfg.lora_modules and (self.has_variable("lora", "lora_a") or (
+                self.is_initializing() and self.has_rng("lora"))):
             a, b = self._adapters(init)
             scale = cfg.lora_alpha / cfg.lora_rank
             low = _contract(x, a.astype(cfg.dtype), self.num_in) * jnp.asarray(scale, cfg.dtype)
@@ -248,7 +249,7 @@ class Projection(nn.Module):
         def variable(name, shape, axes, fn):
             boxed = nn.with_logical_partitioning(fn, axes)
             return self.variable("lora", name,
-                                 lambda: boxed(self.make_rng("params"), shape, dtype)).value
+                                 lambda: boxed(self.make_rng("lora"), shape, dtype)).value
 
         a = variable("lora_a", (*in_dims, r), (*in_axes, "lora_rank"), init)
         b = variable("lora_b", (r, *out_dims), ("lora_rank", *out_axes), nn.initializers.zeros)
@@ -479,7 +480,7 @@ class Transformer(nn.Module):
             # The whole cache rides in the carry (not scanned over as xs/ys, which would
             # re-stack a new [L, ...] buffer every call).
             stack = nn.scan(block_cls, variable_axes={"params": 0, "lora": 0},
-                            split_rngs={"params": True},
+                            split_rngs={"params": True, "lora": True},
                             in_axes=(nn.broadcast,) * 5, length=cfg.num_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
             kvs = None if cache is None else (cache.k, cache.v, jnp.zeros((), jnp.int32))
