@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 
 import flax.linen as nn
 import jax
@@ -16,11 +18,14 @@ import numpy as np
 import optax
 import pytest
 
+from lrmjax import config as config_lib
 from lrmjax import parallel, sampling
 from lrmjax.models import hf, lora, presets, sharding, transformer
 from lrmjax.rl import algorithms
+from lrmjax.train import rl, steps
 from lrmjax.train import state as state_lib
-from lrmjax.train import steps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CFG = presets.get("tiny", num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2,
                   head_dim=8, mlp_dim=64, vocab_size=40, max_seq_len=32, lora_rank=4,
@@ -307,3 +312,22 @@ def test_peft_loads_the_adapter_onto_transformers_with_the_same_logits(arch, tmp
     with torch.no_grad():
         got = merged(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
     np.testing.assert_allclose(got, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_demo_task_learns_with_lora(tmp_path):
+    """`make demo`'s config (full SFT warm start, then GRPO on 3-digit addition) with rank-8
+    adapters at 10x its learning rate: 100 RL steps raise held-out greedy pass@1 by more than
+    5 points (seed 0 on one CPU device: 0.320 -> 0.446). About two minutes on 2 cores."""
+    cfg = config_lib.from_file(os.path.join(REPO, "configs", "arith_grpo.py"))
+    cfg.model.lora.rank = 8
+    cfg.optim.lr = 3e-3
+    cfg.optim.warmup_steps = 5
+    cfg.train.steps = 100
+    cfg.eval.every, cfg.eval.k = 0, 0
+    cfg.train.progress = False
+    rl.train(cfg, str(tmp_path))
+    with open(tmp_path / "summary.json") as f:
+        summary = json.load(f)
+    before, after = (summary[k]["eval/greedy_pass@1"] for k in ("before", "after"))
+    assert after > before + 0.05, (before, after)
