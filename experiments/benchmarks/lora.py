@@ -6,7 +6,8 @@ Run (2-core CPU, fp32, the GRPO benchmark's rollout: 8 prompts x 4 samples at te
     .venv/bin/python experiments/benchmarks/lora.py --preset bench --ranks 8,32
 
 Per rank, three timings of one rollout (`sampling.generate`, jitted; median of --repeats
-after a warm-up call that compiles): `base` (the params alone, no adapters: the floor),
+after a warm-up call that compiles, the variants taking turns so that a drifting load on the
+machine hits each alike): `base` (the params alone, no adapters: the floor),
 `adapters` (base + adapters, `lora.LoraParams`: what `model.lora.merge_for_sampling=False`
 runs) and `merged` (`lora.merge` then a rollout on the merged weights, the merge included:
 `merge_for_sampling=True`); `merge` alone is also timed. The last column, adapters / merged,
@@ -19,6 +20,7 @@ import argparse
 import dataclasses
 import functools
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +37,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.9)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     return p.parse_args()
 
 
@@ -84,11 +86,18 @@ def _row(rank, cfg, base, adapters, tokens, mask, sp, repeats) -> str:
                                     pad_id=0))
     merge = jax.jit(functools.partial(lora.merge, cfg=cfg))
     key = jax.random.key(3)
-    t_base, _ = common.timeit(lambda: gen(base, tokens, mask, key), repeats)
-    t_ad, _ = common.timeit(lambda: gen(lora.LoraParams(base, adapters), tokens, mask, key),
-                            repeats)
-    t_merged, _ = common.timeit(lambda: gen(merge(base, adapters), tokens, mask, key), repeats)
-    t_merge, _ = common.timeit(lambda: merge(base, adapters), repeats)
+    runs = {"base": lambda: gen(base, tokens, mask, key),
+            "adapters": lambda: gen(lora.LoraParams(base, adapters), tokens, mask, key),
+            "merged": lambda: gen(merge(base, adapters), tokens, mask, key),
+            "merge": lambda: merge(base, adapters)}
+    for fn in runs.values():  # compile
+        common.block(fn())
+    # Round robin: a load that drifts during the measurement hits every variant alike.
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            times[name].append(common.timeit(fn, repeats=1, warmup=0)[0])
+    t_base, t_ad, t_merged, t_merge = (statistics.median(times[k]) for k in runs)
     return (f"{rank:>5} {transformer.count_params(adapters):>14,} {t_base:>7.3f} "
             f"{t_ad:>10.3f} {t_merged:>9.3f} {t_merge:>8.3f} {t_ad / t_base:>13.2f} "
             f"{t_ad / t_merged:>15.2f}")
