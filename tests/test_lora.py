@@ -21,6 +21,7 @@ import pytest
 from lrmjax import config as config_lib
 from lrmjax import parallel, sampling
 from lrmjax.models import hf, lora, presets, sharding, transformer
+from lrmjax.rewards import base as reward_base
 from lrmjax.rl import algorithms
 from lrmjax.train import rl, steps
 from lrmjax.train import state as state_lib
@@ -331,3 +332,45 @@ def test_the_demo_task_learns_with_lora(tmp_path):
         summary = json.load(f)
     before, after = (summary[k]["eval/greedy_pass@1"] for k in ("before", "after"))
     assert after > before + 0.05, (before, after)
+
+
+@reward_base.register("test_lora_length_parity")
+def _length_parity(prompts, completions, metadata):
+    """Rewards that differ within a group of random completions: advantages that move B."""
+    return [float(len(c) % 2) for c in completions]
+
+
+@pytest.mark.slow  # 1-3 minutes on the shared 2-core machine
+def test_a_lora_run_exports_merged_weights_and_a_peft_adapter_that_agree(tmp_path):
+    """The real-model config's CPU variant (a tiny random Qwen2 checkpoint) with LoRA: the
+    run's `hf_export/` (merged) under transformers and its `hf_adapter/` under peft on the
+    base checkpoint give the same logits, away from the base's."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    cfg = config_lib.from_file(os.path.join(REPO, "configs", "gsm8k_grpo_qwen2_5_1_5b.py"),
+                               "runlocal")
+    cfg.model.lora.rank, cfg.model.lora.targets = 4, ("q", "v", "o", "down")
+    cfg.reward.fns = {"test_lora_length_parity": 1.0}
+    cfg.optim.lr, cfg.optim.warmup_steps = 0.05, 0   # a few large steps: B far from 0
+    cfg.train.steps, cfg.eval.size, cfg.eval.k = 2, 4, 0
+    cfg.train.progress = False
+    rl.train(cfg, str(tmp_path))
+    with open(tmp_path / "hf_adapter" / "adapter_config.json") as f:
+        adapter_cfg = json.load(f)
+    assert adapter_cfg["r"] == 4 and adapter_cfg["target_modules"] == [
+        "down_proj", "o_proj", "q_proj", "v_proj"]
+    base_path = adapter_cfg["base_model_name_or_path"]  # the tiny checkpoint in the workdir
+    tokens = torch.tensor(np.random.default_rng(0).integers(0, 200, (2, 12)))
+
+    def logits(model):
+        with torch.no_grad():
+            return model.eval()(tokens).logits.numpy()
+
+    load = functools.partial(transformers.AutoModelForCausalLM.from_pretrained,
+                             dtype=torch.float32)
+    base = logits(load(base_path))
+    merged = logits(load(tmp_path / "hf_export"))
+    adapted = logits(peft.PeftModel.from_pretrained(load(base_path), tmp_path / "hf_adapter"))
+    np.testing.assert_allclose(merged, adapted, rtol=1e-4, atol=1e-4)
+    assert np.abs(adapted - base).max() > 1e-2
