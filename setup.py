@@ -45,6 +45,6 @@ setup(
             "nbclient>=0.10",
             "ipykernel>=6.29",
         ],
-        "hf": ["torch==2.13.0", "transformers>=4.51.0"],
+        "hf": ["torch==2.13.0", "transformers>=4.51.0", "peft>=0.17.0"],
     },
 )

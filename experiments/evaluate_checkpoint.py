@@ -44,15 +44,12 @@ def main() -> None:
     host.prepare(cfg)
     import jax
 
-    from lrmjax import parallel
-    from lrmjax.train import checkpoint, evaluate, inputs
+    from lrmjax.train import evaluate, inputs, policy
 
     inp = inputs.build_inputs(cfg, args.workdir)
     try:
-        ckpt = checkpoint.Checkpointer(args.workdir)
-        params = ckpt.restore_params(best=args.best)
-        ckpt.close()
-        params = parallel.put(params, jax.tree.map(lambda x: x.sharding, inp.init_params))
+        # Under LoRA the checkpoint holds the adapters; the base is reloaded as the run did.
+        params = policy.restore(inp, args.workdir, best=args.best)
         metrics = evaluate.evaluate_run(inp, params, jax.random.key(cfg.seed + 1))
     finally:
         inp.close()

@@ -36,6 +36,19 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     # ModelConfig fields to replace in the preset, e.g. {'num_layers': 2}. vocab_size -1 means
     # "the tokenizer's vocabulary size".
     c.model.overrides = ml_collections.ConfigDict({"vocab_size": -1})
+    # LoRA (lrmjax/models/lora.py): rank 0 = full fine-tuning; rank r in 1..128 trains only
+    # adapters (x @ A) @ B * alpha / r on the `targets` projections, the base frozen. The
+    # reference policy is then the base itself (no copy), checkpoints hold the adapters, and
+    # the export writes merged HF weights and a PEFT adapter directory. `use_lora` applies the
+    # literature's preset (rank 32 on every linear layer, lr 10x full fine-tuning).
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.rank = 0
+    c.model.lora.alpha = 32.0
+    c.model.lora.targets = presets.ALL_LORA_TARGETS  # names in presets.LORA_TARGETS
+    # Sample from W + (alpha / r) A @ B merged once per rollout (one more copy of the base
+    # weights in param_dtype) instead of running the adapters in every decode step.
+    c.model.lora.merge_for_sampling = False
+    c.model.lora.base_dtype = ""     # store the frozen base in this dtype ('' = param_dtype)
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.kind = "char"        # 'char' (procedural tasks) or 'hf' (tokenizer.json)
@@ -234,15 +247,40 @@ def set_by_path(cfg: ml_collections.ConfigDict, path: str, text: str) -> None:
 
 
 def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> presets.ModelConfig:
-    """The ModelConfig a run uses (for presets; HF checkpoints bring their own)."""
-    import jax.numpy as jnp
-
+    """The ModelConfig a run uses (for presets; HF checkpoints bring their own shapes, to
+    which `run_fields` apply)."""
     overrides = dict(cfg.model.overrides)
     if overrides.get("vocab_size", -1) == -1:
         overrides["vocab_size"] = vocab_size
-    return presets.get(cfg.model.preset, dtype=jnp.dtype(cfg.model.dtype),
-                       param_dtype=jnp.dtype(cfg.model.param_dtype), remat=cfg.model.remat,
-                       scan_layers=cfg.model.scan_layers, **overrides)
+    return presets.get(cfg.model.preset, **run_fields(cfg), **overrides)
+
+
+def run_fields(cfg: ml_collections.ConfigDict) -> dict[str, object]:
+    """The ModelConfig fields the run's config sets (dtypes, remat, scan, LoRA), whichever
+    preset or checkpoint gives the shapes."""
+    import jax.numpy as jnp
+
+    m = cfg.model
+    return dict(dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype),
+                remat=m.remat, scan_layers=m.scan_layers, lora_rank=m.lora.rank,
+                lora_alpha=float(m.lora.alpha), lora_targets=tuple(m.lora.targets))
+
+
+# "LoRA Without Regret" (Schulman and Thinking Machines Lab, 2025): LoRA on every linear layer
+# (attention and MLP) matches full fine-tuning in RL even at low rank, with alpha fixed at 32
+# and a learning rate about 10x full fine-tuning's (their optimal LoRA/FullFT lr ratio is
+# roughly 10 across model sizes). Hu et al. 2021 introduced the rank/alpha parametrization.
+LORA_PRESET = {"rank": 32, "alpha": 32.0, "targets": presets.ALL_LORA_TARGETS}
+LORA_LR_MULTIPLIER = 10.0
+
+
+def use_lora(cfg: ml_collections.ConfigDict, rank: int = LORA_PRESET["rank"]) -> None:
+    """Switches the experiment `cfg` (being built) to the literature's LoRA preset: rank 32 by
+    default, alpha 32, adapters on q, k, v, o, gate, up and down, `optim.lr` x 10."""
+    cfg.model.lora.rank = rank
+    cfg.model.lora.alpha = LORA_PRESET["alpha"]
+    cfg.model.lora.targets = LORA_PRESET["targets"]
+    cfg.optim.lr = cfg.optim.lr * LORA_LR_MULTIPLIER
 
 
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,

@@ -30,7 +30,9 @@ _TYPES = {"float32", "bfloat16", "float16"}
 _BATCH_LEVEL_ESTIMATORS = frozenset({"gae", "reinforce_pp", "remax"})
 # ModelConfig fields with a config key of their own: an override would collide with it.
 _OWN_MODEL_KEYS = {"dtype": "model.dtype", "param_dtype": "model.param_dtype",
-                   "remat": "model.remat", "scan_layers": "model.scan_layers"}
+                   "remat": "model.remat", "scan_layers": "model.scan_layers",
+                   "lora_rank": "model.lora.rank", "lora_alpha": "model.lora.alpha",
+                   "lora_targets": "model.lora.targets"}
 
 
 # Groups whose keys are free-form: model overrides (checked against ModelConfig), the reward
@@ -157,6 +159,8 @@ _AXIS = Range(1, also=(-1,))             # a mesh axis: -1 fills the devices lef
 # `rl` (whose knobs `algorithms.validate` checks against its own registries).
 RANGES: dict[str, Range] = {
     "seed": _NON_NEGATIVE,               # numpy's default_rng refuses a negative seed
+    "model.lora.rank": Range(0, 128),     # 0 = full fine-tuning
+    "model.lora.alpha": _POSITIVE,
     "data.train_size": _COUNT,
     "data.eval_size": _COUNT,
     "data.eval_seed": _NON_NEGATIVE,
@@ -316,6 +320,29 @@ def check_model(cfg: ml_collections.ConfigDict) -> None:
                          f"{cfg.model.preset!r}: {e}") from e
     check_response_budget(model_cfg.max_seq_len, cfg.sampling,
                           f"model preset {cfg.model.preset!r} (with 'model.overrides')")
+
+
+def check_lora(cfg: ml_collections.ConfigDict) -> None:
+    """`model.lora`: targets are names of `presets.LORA_TARGETS`, at least one, none twice;
+    base_dtype a dtype name or ''; the switches that only mean something under LoRA are off
+    without it (rank and alpha are checked by `RANGES`)."""
+    lo = cfg.model.lora
+    targets = list(lo.targets)
+    valid = list(presets.LORA_TARGETS)
+    unknown = [t for t in targets if t not in presets.LORA_TARGETS]
+    if unknown or not targets or len(set(targets)) != len(targets):
+        why = (f"unknown name(s) {unknown}" if unknown else "it is empty" if not targets
+               else "a name appears twice")
+        raise ValueError(f"config 'model.lora.targets' = {tuple(targets)}: {why}; valid names: "
+                         f"{valid}")
+    if lo.base_dtype not in ("", *_TYPES):
+        raise ValueError(f"config 'model.lora.base_dtype' must be '' (= model.param_dtype) or "
+                         f"one of {sorted(_TYPES)}, got {lo.base_dtype!r}")
+    if not lo.rank:
+        for key, off in (("merge_for_sampling", False), ("base_dtype", "")):
+            if lo[key] != off:
+                raise ValueError(f"config 'model.lora.{key}' = {lo[key]!r} needs LoRA: set "
+                                 "'model.lora.rank' > 0")
 
 
 def _check_weights(group: ml_collections.ConfigDict, path: str, registered: list[str],
@@ -537,6 +564,7 @@ def validate(cfg: ml_collections.ConfigDict,
     check_ranges(cfg, defaults)
     _check_choices(cfg)
     check_model(cfg)
+    check_lora(cfg)
     check_rewards(cfg)
     check_env(cfg)
     _check_data(cfg)

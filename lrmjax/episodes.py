@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lrmjax import parallel
-from lrmjax.models import transformer
+from lrmjax.models import lora, transformer
 from lrmjax.models.presets import ModelConfig
 from lrmjax.sampling import (
     FINISH_LENGTH,
@@ -141,7 +141,7 @@ def start(params: Any, prompt_tokens: Array, prompt_mask: Array, *, cfg: ModelCo
     model = transformer.Transformer(cfg)
     prompt_mask = prompt_mask.astype(bool)
     cache = transformer.init_cache(cfg, B, P + slots)
-    hidden, cache = model.apply({"params": params}, prompt_tokens.astype(jnp.int32),
+    hidden, cache = model.apply(lora.variables(params), prompt_tokens.astype(jnp.int32),
                                 transformer.positions_from_mask(prompt_mask), prompt_mask,
                                 cache, return_hidden=True)
     N = B * n
@@ -171,7 +171,7 @@ def decode_turn(params: Any, state: EpisodeState, key: Array, *, cfg: ModelConfi
     stops = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
 
     def body(s: EpisodeState) -> EpisodeState:
-        logits = transformer.tempered_lm_head(cfg, params, s.hidden,
+        logits = transformer.tempered_lm_head(cfg, lora.base_params(params), s.hidden,
                                               sampling.score_temperature)[:, 0]
         tok, logp = sample_with_logprob(logits, row_keys(key, s.step, s.row_ids), sampling,
                                         tempered=True)
@@ -179,7 +179,7 @@ def decode_turn(params: Any, state: EpisodeState, key: Array, *, cfg: ModelConfi
         tok = jnp.where(act, tok, pad_id)
         slot = s.cache.index - prompt_len
         put = functools.partial(jax.lax.dynamic_update_slice_in_dim, start_index=slot, axis=1)
-        hidden, cache = model.apply({"params": params}, tok[:, None], s.position[:, None],
+        hidden, cache = model.apply(lora.variables(params), tok[:, None], s.position[:, None],
                                     act[:, None], s.cache, return_hidden=True)
         tail = jnp.where(act[:, None], jnp.concatenate([s.tail[:, 1:], tok[:, None]], 1),
                          s.tail)
@@ -216,7 +216,7 @@ def append(params: Any, state: EpisodeState, obs_tokens: Array, obs_mask: Array,
     obs_mask = obs_mask.astype(bool)
     count = jnp.sum(obs_mask, axis=-1, dtype=jnp.int32)
     positions = state.position[:, None] + jnp.cumsum(obs_mask, axis=-1, dtype=jnp.int32) - 1
-    hidden, cache = model.apply({"params": params}, obs_tokens.astype(jnp.int32),
+    hidden, cache = model.apply(lora.variables(params), obs_tokens.astype(jnp.int32),
                                 jnp.maximum(positions, 0), obs_mask, state.cache,
                                 return_hidden=True)
     has = count > 0

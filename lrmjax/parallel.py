@@ -32,6 +32,7 @@ LOGICAL_RULES: dict[str, Any] = {
     "head_dim": None,
     "mlp": "tensor",
     "layers": None,
+    "lora_rank": None,  # LoRA adapters: sharded like their kernel, the rank axis replicated
     "act_batch": ("data", "fsdp"),
     "act_len": None,
     "act_embed": None,

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lrmjax import parallel
-from lrmjax.models import transformer
+from lrmjax.models import lora, transformer
 from lrmjax.models.presets import ModelConfig
 from lrmjax.tokenizers import bucket, length_buckets
 
@@ -364,13 +364,13 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
     # column's logits are needed (prompts are left padded), so the LM head runs on it alone.
     phase_ends = _decode_phase_ends(R)
     cache = transformer.init_cache(cfg, B, P + phase_ends[0])
-    hidden, cache = model.apply({"params": params}, prompt_tokens,
+    hidden, cache = model.apply(lora.variables(params), prompt_tokens,
                                 transformer.positions_from_mask(prompt_mask), prompt_mask,
                                 cache, return_hidden=True)
 
     def next_logits(hidden):  # [rows, 1, D] -> [rows, V], divided by T unless greedy
         # As the trainer scores them (`tempered_lm_head`); no [rows, V] division per step.
-        return transformer.tempered_lm_head(cfg, params, hidden,
+        return transformer.tempered_lm_head(cfg, lora.base_params(params), hidden,
                                             sampling.score_temperature)[:, 0]
 
     logits = next_logits(hidden[:, -1:])  # [B, V]
@@ -421,7 +421,7 @@ def generate(params: Any, prompt_tokens: Array, prompt_mask: Array, key: Array, 
     def body(state: _DecodeState) -> _DecodeState:
         # Feed the previous token (response index step-1) at slot P + step - 1.
         positions = prompt_len + state.step - 1
-        hidden, cache = model.apply({"params": params}, state.last[:, None],
+        hidden, cache = model.apply(lora.variables(params), state.last[:, None],
                                     positions[:, None], jnp.ones((N, 1), bool), state.cache,
                                     return_hidden=True)
         return record(state, *choose(state.step, next_logits(hidden)), cache)

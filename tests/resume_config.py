@@ -1,5 +1,6 @@
 """Config for the SIGKILL/resume test: checkpoints every 3 steps, step count from the env;
-multi-turn episodes when LRMJAX_TEST_EPISODES is set."""
+multi-turn episodes when LRMJAX_TEST_EPISODES is set; LoRA adapters on a warm-started base
+with a KL loss to it (the reference) when LRMJAX_TEST_LORA is set."""
 
 import os
 import sys
@@ -17,4 +18,13 @@ def get_config(arg=None):
     c.eval.k = 0
     if os.environ.get("LRMJAX_TEST_EPISODES"):
         episode_config(c)
+    if os.environ.get("LRMJAX_TEST_LORA"):
+        c.model.lora.rank = 4
+        c.optim.lr = 1e-3
+        c.rl.kl_mode = "loss"
+        c.rl.kl_coef = 0.05
+        c.sft.steps = 4  # the base is the warm start's: a resume reloads it from workdir/sft
+        c.sft.eval_every = 2
+        c.sft.eval_size = 4
+        c.sft.batch_size = 8
     return c

@@ -543,3 +543,55 @@ def test_jsonl_sources_are_the_dataset_registry_kinds():
     c.reward.fns = {"code": 1.0}
     config_lib.validate(c)
     assert config_lib.eval_set_entries(c.data) == [("stdin", "code_jsonl", "s.jsonl")]
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("rank", 129, r"'model\.lora\.rank' must be in \[0, 128\]"),
+    ("rank", -1, r"'model\.lora\.rank' must be in \[0, 128\]"),
+    ("alpha", 0.0, r"'model\.lora\.alpha' must be positive"),
+    ("targets", ("q", "lm_head"), r"'model\.lora\.targets'.*unknown name\(s\) \['lm_head'\]"),
+    ("targets", (), r"'model\.lora\.targets'.*empty"),
+    ("targets", ("q", "v", "q"), r"'model\.lora\.targets'.*twice"),
+    ("base_dtype", "int8", r"'model\.lora\.base_dtype' must be"),
+    ("rank", 2.0, r"'model\.lora\.rank' must be int"),
+])
+def test_bad_lora_settings_name_the_key(key, value, match):
+    cfg = config_lib.base_config()
+    cfg.model.lora.rank = 8
+    _set_untyped(cfg, f"model.lora.{key}", value)
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(cfg)
+
+
+@pytest.mark.parametrize("key, value", [("merge_for_sampling", True),
+                                        ("base_dtype", "bfloat16")])
+def test_lora_only_switches_need_a_rank(key, value):
+    cfg = config_lib.base_config()
+    cfg.model.lora[key] = value
+    with pytest.raises(ValueError, match=rf"'model\.lora\.{key}'.*'model\.lora\.rank' > 0"):
+        config_lib.validate(cfg)
+    cfg.model.lora.rank = 1
+    config_lib.validate(cfg)
+
+
+def test_lora_reaches_the_model_config_and_not_through_overrides():
+    cfg = config_lib.base_config()
+    cfg.model.lora.rank, cfg.model.lora.alpha, cfg.model.lora.targets = 8, 16, ("q", "down")
+    config_lib.validate(cfg)
+    mc = config_lib.model_config(cfg, 77)
+    assert (mc.lora_rank, mc.lora_alpha) == (8, 16.0)
+    assert mc.lora_modules == {"q_proj", "down_proj"}
+    cfg.model.overrides.lora_rank = 4
+    with pytest.raises(ValueError, match=r"'model\.overrides\.lora_rank': set config "
+                                         r"'model\.lora\.rank' instead"):
+        config_lib.validate(cfg)
+
+
+def test_lora_preset_is_rank_32_on_every_linear_layer_at_10x_the_lr():
+    cfg = config_lib.base_config()
+    cfg.optim.lr = 2e-6
+    config_lib.use_lora(cfg)
+    assert cfg.model.lora.rank == 32 and cfg.model.lora.alpha == 32.0
+    assert set(cfg.model.lora.targets) == {"q", "k", "v", "o", "gate", "up", "down"}
+    assert cfg.optim.lr == pytest.approx(2e-5)
+    config_lib.validate(cfg)

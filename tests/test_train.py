@@ -204,22 +204,23 @@ def test_nonfinite_updates_are_skipped_then_stop(tmp_path):
     assert len(rows) < 20
 
 
-def _run_cli(workdir: str, steps: int, episodes: bool = False) -> subprocess.Popen:
+def _run_cli(workdir: str, steps: int, variant: str = "single_turn") -> subprocess.Popen:
     env = dict(os.environ, LRMJAX_TEST_STEPS=str(steps), JAX_PLATFORMS="cpu",
-               LRMJAX_TEST_EPISODES="1" if episodes else "")
+               LRMJAX_TEST_EPISODES="1" if variant == "episodes" else "",
+               LRMJAX_TEST_LORA="1" if variant == "lora" else "")
     return subprocess.Popen(
         [sys.executable, "-m", "lrmjax.main", f"--config={REPO}/tests/resume_config.py",
          f"--workdir={workdir}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE)
 
 
-@pytest.mark.parametrize("episodes", [False, True], ids=["single_turn", "episodes"])
-def test_resume_after_sigkill_is_exact(tmp_path, episodes):
+@pytest.mark.parametrize("variant", ["single_turn", "episodes", "lora"])
+def test_resume_after_sigkill_is_exact(tmp_path, variant):
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    p = _run_cli(straight, 6, episodes)
+    p = _run_cli(straight, 6, variant)
     assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-3000:]
 
-    p = _run_cli(killed, 6, episodes)
+    p = _run_cli(killed, 6, variant)
     # Kill -9 once step 4 has been logged: checkpoint 3 is complete, 4-6 are not.
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -235,7 +236,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, episodes):
     assert os.path.exists(f"{killed}/.lock")  # its lock file stays; the lock went with it
     # A save cut off mid-write leaves only a temporary directory: it must be ignored.
     os.makedirs(f"{killed}/checkpoints/5.orbax-checkpoint-tmp-0/state", exist_ok=True)
-    p = _run_cli(killed, 6, episodes)
+    p = _run_cli(killed, 6, variant)
     assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-3000:]
 
     # The killed run's logs read as one run's: the rows it wrote after checkpoint 3 were
@@ -244,8 +245,10 @@ def test_resume_after_sigkill_is_exact(tmp_path, episodes):
     assert read_metrics(killed, phase="eval") == read_metrics(straight, phase="eval")
     assert [r["step"] for r in metrics_lib.read_jsonl(f"{killed}/rollouts.jsonl")] == [
         r["step"] for r in metrics_lib.read_jsonl(f"{straight}/rollouts.jsonl")]
-    if episodes:  # several turns really were played
+    if variant == "episodes":  # several turns really were played
         assert max(r["env/turns_max"] for r in read_metrics(straight)) >= 2
+    if variant == "lora":  # the policy really moved off the base (the reference)
+        assert max(r["actor/kl_loss"] for r in read_metrics(straight)) > 0
 
 
 def test_train_step_skips_nonfinite_update():

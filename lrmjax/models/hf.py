@@ -506,3 +506,53 @@ def save_pretrained(cfg: ModelConfig, params: dict, path: PathLike, tokenizer: A
         tokenizer.save_pretrained(path)
     (path / "config.json").write_text(json.dumps(hf_cfg, indent=2))
     (path / "generation_config.json").write_text(json.dumps(gen, indent=2))
+
+
+# ----------------------------------------------------------------------------------- LoRA
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_HF_BLOCKS = {"attn": "self_attn", "mlp": "mlp"}  # lrmjax submodule -> HF's
+
+
+def peft_tensors(cfg: ModelConfig, adapters: dict) -> dict[str, np.ndarray]:
+    """PEFT's tensors of LoRA `adapters` (`lrmjax.models.lora`; per-layer or stacked):
+    'base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight' [r, in] and
+    '...lora_B.weight' [out, r], in the adapters' dtype. Heads flatten as in the kernels'
+    HF layout (`_to_hf`), so A and B multiply to the HF weight's update."""
+    out = {}
+    for layer in range(cfg.num_layers):
+        node = (adapters["layers"] if "layers" in adapters else adapters[f"layers_{layer}"])
+        for block, modules in node.items():
+            for module, ab in modules.items():
+                a, b = (np.asarray(jax.device_get(ab[k])) for k in ("lora_a", "lora_b"))
+                if "layers" in adapters:
+                    a, b = a[layer], b[layer]
+                r = a.shape[-1]
+                name = f"base_model.model.model.layers.{layer}.{_HF_BLOCKS[block]}.{module}"
+                out[f"{name}.lora_A.weight"] = np.ascontiguousarray(a.reshape(-1, r).T)
+                out[f"{name}.lora_B.weight"] = np.ascontiguousarray(b.reshape(r, -1).T)
+    return out
+
+
+def save_peft_adapter(cfg: ModelConfig, adapters: dict, path: PathLike,
+                      base_model: str = "") -> None:
+    """Writes a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)
+    that `peft.PeftModel.from_pretrained(model, path)` loads onto the transformers model of
+    the base checkpoint (`base_model`, recorded as base_model_name_or_path): the same logits
+    as lrmjax's forward with the adapters. lrmjax has no dropout on the adapters (0) and no
+    biases on them."""
+    if not cfg.lora_rank:
+        raise ValueError("save_peft_adapter: ModelConfig.lora_rank is 0 (no adapters)")
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(peft_tensors(cfg, adapters), str(path / ADAPTER_WEIGHTS),
+              metadata={"format": "pt"})
+    modules = sorted({m for node in (adapters.values()) for block in node.values()
+                      for m in block})
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.lora_rank,
+              "lora_alpha": cfg.lora_alpha, "lora_dropout": 0.0, "target_modules": modules,
+              "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
+              "use_dora": False, "init_lora_weights": True, "inference_mode": True,
+              "modules_to_save": None, "base_model_name_or_path": base_model or None}
+    (path / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))

@@ -12,6 +12,14 @@ from typing import Any
 
 import jax.numpy as jnp
 
+# LoRA target names (config 'model.lora.targets') -> the projection modules of
+# `lrmjax.models.transformer` (and of HF's Qwen2/Llama modules: the names agree).
+LORA_TARGETS: dict[str, str] = {
+    "q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
+    "gate": "gate_proj", "up": "up_proj", "down": "down_proj",
+}
+ALL_LORA_TARGETS: tuple[str, ...] = tuple(LORA_TARGETS)
+
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
@@ -47,6 +55,12 @@ class ModelConfig:
       remat: rematerialize each block in the backward pass (saves activation memory).
       scan_layers: run the blocks with `nn.scan` (params stacked on a leading layer axis;
         compiles once per block instead of once per layer).
+      lora_rank: rank r of the LoRA adapters (Hu et al. 2021, "LoRA: Low-Rank Adaptation of
+        Large Language Models"); 0 = none. With r > 0 every projection named in
+        `lora_targets` adds (x @ A) @ B * lora_alpha / r, A [in, r] and B [r, out] held in
+        the "lora" variable collection (`lrmjax.models.lora`).
+      lora_alpha: the adapters' scale numerator (the update is scaled by lora_alpha / r).
+      lora_targets: which projections get adapters: names in `LORA_TARGETS`.
       name: preset name, informational.
     """
 
@@ -68,6 +82,9 @@ class ModelConfig:
     param_dtype: Any = jnp.float32
     remat: bool = False
     scan_layers: bool = False
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    lora_targets: tuple[str, ...] = ALL_LORA_TARGETS
     name: str = "custom"
 
     def __post_init__(self):
@@ -76,6 +93,12 @@ class ModelConfig:
             if int(getattr(self, field)) <= 0:
                 raise ValueError(f"ModelConfig.{field} must be positive, got "
                                  f"{getattr(self, field)!r}")
+        if self.lora_rank < 0:
+            raise ValueError(f"ModelConfig.lora_rank must be >= 0, got {self.lora_rank!r}")
+        unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+        if unknown:
+            raise ValueError(f"ModelConfig.lora_targets: unknown name(s) {unknown}; valid: "
+                             f"{list(LORA_TARGETS)}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"ModelConfig.num_heads={self.num_heads} is not a multiple of "
                              f"num_kv_heads={self.num_kv_heads}")
@@ -90,6 +113,13 @@ class ModelConfig:
         block = attn + 3 * d * self.mlp_dim + 2 * d
         embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return embed + self.num_layers * block + d
+
+    @property
+    def lora_modules(self) -> frozenset[str]:
+        """Names of the projection modules that carry adapters (empty without LoRA)."""
+        if not self.lora_rank:
+            return frozenset()
+        return frozenset(LORA_TARGETS[t] for t in self.lora_targets)
 
     def flops_per_token(self, context_len: int = 0) -> float:
         """Forward FLOPs per token: 2 x (matmul params) + attention over `context_len` keys."""

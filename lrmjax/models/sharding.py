@@ -14,7 +14,7 @@ import jax
 from jax.sharding import Mesh
 
 from lrmjax import parallel
-from lrmjax.models import transformer
+from lrmjax.models import lora, transformer
 from lrmjax.models.presets import ModelConfig
 
 
@@ -50,3 +50,18 @@ def init_sharded_params(cfg: ModelConfig, key: jax.Array, mesh: Mesh,
     """
     shardings = param_shardings(cfg, mesh, rules)
     return jax.jit(lambda k: transformer.init_params(cfg, k), out_shardings=shardings)(key)
+
+
+def adapter_shardings(cfg: ModelConfig, mesh: Mesh, rules: Mapping[str, Any] | None = None
+                      ) -> Any:
+    """NamedShardings matching `lora.init_adapters(cfg)`: each adapter split like its kernel
+    on the kernel's axes, the rank axis replicated."""
+    return parallel.tree_shardings(lora.adapter_logical_axes(cfg), lora.adapter_shapes(cfg),
+                                   mesh, rules)
+
+
+def init_sharded_adapters(cfg: ModelConfig, key: jax.Array, mesh: Mesh,
+                          rules: Mapping[str, Any] | None = None) -> Any:
+    """Fresh LoRA adapters (`lora.init_adapters`) initialized directly into their shardings."""
+    return jax.jit(lambda k: lora.init_adapters(cfg, k),
+                   out_shardings=adapter_shardings(cfg, mesh, rules))(key)

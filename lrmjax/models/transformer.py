@@ -182,6 +182,20 @@ class RMSNorm(nn.Module):
         return (y * scale.astype(jnp.float32)).astype(self.cfg.dtype)
 
 
+def _contract(x: Array, w: Array, num_in: int) -> Array:
+    """x [..., *in] @ w [*in, *out] -> [..., *out] (the first `num_in` axes of w contract)."""
+    in_dims, out_dims = w.shape[:num_in], w.shape[num_in:]
+    if 1 in w.shape:
+        # A size-1 axis (e.g. one KV head, or LoRA rank 1) in these reshapes sends XLA's SPMD
+        # compile of the train step into an endless loop (jax 0.10, 8 CPU devices): einsum.
+        eq = "...{0},{0}{1}->...{1}".format("abcd"[:num_in], "efgh"[:len(out_dims)])
+        return jnp.einsum(eq, x, w)
+    lead = x.shape[:x.ndim - num_in]
+    x2 = x.reshape(math.prod(lead), math.prod(in_dims))
+    w2 = w.reshape(math.prod(in_dims), math.prod(out_dims))
+    return (x2 @ w2).reshape(*lead, *out_dims)
+
+
 class Projection(nn.Module):
     """A linear map whose kernel keeps named axes: [*in_dims, *out_dims].
 
@@ -190,6 +204,11 @@ class Projection(nn.Module):
     einsum with a 3-D kernel several times slower than the same GEMM, and a 3-D activation
     ([B, T, in] @ kernel) makes the backward's weight gradient (contracting B and T) fuse a
     slow strided transpose into the elementwise op before it.
+
+    LoRA (`lrmjax.models.lora`): when the module's name is in `cfg.lora_modules`, an init
+    with a "lora" RNG stream makes lora_a [*in_dims, r] (the kernel's init) and lora_b
+    [r, *out_dims] (zeros) in the "lora" collection, and a forward whose variables hold them
+    adds ((x @ a) * alpha / r) @ b in the compute dtype. Without them it is the plain map.
     """
 
     cfg: ModelConfig
@@ -202,25 +221,39 @@ class Projection(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        cfg = self.cfg
         init = nn.initializers.normal(stddev=1.0 / math.sqrt(self.fan_in))
         kernel = _param(self, "kernel", self.kernel_shape, self.kernel_axes, init)
-        in_dims, out_dims = self.kernel_shape[:self.num_in], self.kernel_shape[self.num_in:]
-        x, kernel = x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype)
-        if 1 in self.kernel_shape:
-            # A size-1 axis (e.g. one KV head) in these reshapes sends XLA's SPMD compile of
-            # the train step into an endless loop (jax 0.10, 8 CPU devices): use the einsum.
-            n_in, n_out = self.num_in, len(out_dims)
-            eq = "...{0},{0}{1}->...{1}".format("abcd"[:n_in], "efgh"[:n_out])
-            y = jnp.einsum(eq, x, kernel)
-        else:
-            lead = x.shape[:x.ndim - self.num_in]
-            x2 = x.reshape(math.prod(lead), math.prod(in_dims))
-            w2 = kernel.reshape(math.prod(in_dims), math.prod(out_dims))
-            y = (x2 @ w2).reshape(*lead, *out_dims)
+        x = x.astype(cfg.dtype)
+        y = _contract(x, kernel.astype(cfg.dtype), self.num_in)
         if self.bias_shape is not None:
             bias = _param(self, "bias", self.bias_shape, self.bias_axes, nn.initializers.zeros)
-            y = y + bias.astype(self.cfg.dtype)
+            y = y + bias.astype(cfg.dtype)
+        # Made by an init given a "lora" RNG stream (`lora.init_adapters`), so that a plain
+        # init of the params draws exactly the keys it draws without LoRA.
+        if self.name in cfg.lora_modules and (self.has_variable("lora", "lora_a") or (
+                self.is_initializing() and self.has_rng("lora"))):
+            a, b = self._adapters(init)
+            scale = cfg.lora_alpha / cfg.lora_rank
+            low = _contract(x, a.astype(cfg.dtype), self.num_in) * jnp.asarray(scale, cfg.dtype)
+            y = y + _contract(low, b.astype(cfg.dtype), 1)
         return y
+
+    def _adapters(self, init: Any) -> tuple[Array, Array]:
+        """(lora_a [*in_dims, r], lora_b [r, *out_dims]); the rank axis is replicated."""
+        r, n = self.cfg.lora_rank, self.num_in
+        in_dims, out_dims = self.kernel_shape[:n], self.kernel_shape[n:]
+        in_axes, out_axes = self.kernel_axes[:n], self.kernel_axes[n:]
+        dtype = self.cfg.param_dtype
+
+        def variable(name, shape, axes, fn):
+            boxed = nn.with_logical_partitioning(fn, axes)
+            return self.variable("lora", name,
+                                 lambda: boxed(self.make_rng("lora"), shape, dtype)).value
+
+        a = variable("lora_a", (*in_dims, r), (*in_axes, "lora_rank"), init)
+        b = variable("lora_b", (r, *out_dims), ("lora_rank", *out_axes), nn.initializers.zeros)
+        return a, b
 
 
 class Attention(nn.Module):
@@ -446,7 +479,8 @@ class Transformer(nn.Module):
         if cfg.scan_layers:
             # The whole cache rides in the carry (not scanned over as xs/ys, which would
             # re-stack a new [L, ...] buffer every call).
-            stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+            stack = nn.scan(block_cls, variable_axes={"params": 0, "lora": 0},
+                            split_rngs={"params": True, "lora": True},
                             in_axes=(nn.broadcast,) * 5, length=cfg.num_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
             kvs = None if cache is None else (cache.k, cache.v, jnp.zeros((), jnp.int32))
@@ -498,7 +532,8 @@ class Embed(nn.Module):
 
 def lm_head(cfg: ModelConfig, params: Any, hidden: Array) -> Array:
     """Logits [..., T, V] float32 from final normed hidden states [..., T, D]: lets callers
-    run the (large) vocabulary projection on only the positions they need."""
+    run the (large) vocabulary projection on only the positions they need. `params` is the
+    params tree (under LoRA the base's: the head has no adapters)."""
     if cfg.tie_embeddings:
         embed = Embed(cfg)
         logits = embed.apply({"params": params["embed"]}, hidden, method=embed.attend)

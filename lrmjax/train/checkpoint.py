@@ -156,6 +156,11 @@ class Checkpointer:
         tree = out["state"]
         return state.replace(**tree), dict(out["extras"])
 
+    def restore_extras(self, step: int) -> dict[str, Any]:
+        """The JSON extras of checkpoint `step` alone (no arrays are read)."""
+        out = self.manager.restore(step, args=ocp.args.Composite(extras=ocp.args.JsonRestore()))
+        return dict(out["extras"])
+
     def forget_best_after(self, step: int) -> None:
         """Deletes best checkpoints saved after `step`: a resume from `step` evaluates those
         steps again (and a save at a step that exists would fail)."""

@@ -23,6 +23,7 @@ import jax
 import ml_collections
 
 from lrmjax import parallel
+from lrmjax.models import lora
 from lrmjax.train import steps, update_batch
 from lrmjax.train.state import TrainState
 
@@ -109,11 +110,19 @@ class Programs:
       train_step: (state, minibatch) -> (state, metrics), jitted with explicit shardings.
       passes: the log-prob, value and advantage passes that build the update batch.
       state_sharding: the TrainState's shardings (the train step's in and out layout).
+      merge: under `model.lora.merge_for_sampling`, (base, adapters) -> merged params
+        (`lora.merge`, jitted into the base's shardings); else None.
     """
 
     train_step: Any
     passes: update_batch.Passes
     state_sharding: TrainState
+    merge: Any = None
+
+    def sampling_policy(self, state: TrainState) -> Any:
+        """The params the sampler runs: `state.policy`, or its merged weights (one merge per
+        call) under `model.lora.merge_for_sampling`."""
+        return state.policy if self.merge is None else self.merge(state.frozen, state.params)
 
 
 def compile_programs(cfg: ml_collections.ConfigDict, inp: Any, state: TrainState,
@@ -146,4 +155,8 @@ def compile_programs(cfg: ml_collections.ConfigDict, inp: Any, state: TrainState
         writer.write(first_step, {"perf/train_step_compile_s": seconds,
                                   **{f"perf/train_step_{k}_mib": v for k, v in memory.items()}},
                      phase="compile")
-    return Programs(train_step, passes, state_sh)
+    merge = None
+    if state.frozen is not None and cfg.model.lora.merge_for_sampling:
+        merge = jax.jit(functools.partial(lora.merge, cfg=inp.model_cfg),
+                        out_shardings=state_sh.frozen)
+    return Programs(train_step, passes, state_sh, merge)

@@ -81,6 +81,7 @@ class Inputs:
     # and the pool that steps the environments; None for single-turn runs.
     episode_sampler: EpisodeSampler | None = None
     env_pool: EnvPool | None = None
+    hf_path: str = ""  # the HF checkpoint the model was loaded from (resolved), or ''
 
     # ------------------------------------------------------------ sampling
     def play(self, params: Any, examples: Sequence[Example], sampling: SamplingParams,
@@ -306,7 +307,10 @@ def _model(cfg: ml_collections.ConfigDict, hf_path: str, tokenizer: Any, mesh: A
                                                dtype=jnp.dtype(cfg.model.dtype),
                                                param_dtype=jnp.dtype(cfg.model.param_dtype),
                                                mesh=mesh)
-        model_cfg = dataclasses.replace(model_cfg, remat=cfg.model.remat)
+        fields = config_lib.run_fields(cfg)
+        model_cfg = dataclasses.replace(model_cfg, remat=fields["remat"],
+                                        **{k: v for k, v in fields.items()
+                                           if k.startswith("lora_")})
         return model_cfg, params, True
     model_cfg = config_lib.model_config(cfg, tokenizer.vocab_size)
     params = sharding.init_sharded_params(model_cfg, jax.random.key(cfg.seed), mesh)
@@ -501,7 +505,8 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
                   eval_examples=list(eval_examples), pool=pool, task=task,
                   hf_exportable=exportable, train_sampling=sampling, prompt_len=prompt_len,
                   token_stats_fn=token_stats_fn, process_pools=process_pools,
-                  data_stats=data_stats, episode_sampler=episode_sampler, env_pool=env_pool)
+                  data_stats=data_stats, episode_sampler=episode_sampler, env_pool=env_pool,
+                  hf_path=hf_path)
 
 
 def _episodes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, tokenizer: Any,

@@ -238,14 +238,14 @@ def update_on_rollout(state: TrainState, key: Array, roll: Rollout, rewards: Arr
     on_policy = ppo_epochs == 1 and minibatches == 1
     batch = {"tokens": tokens, "mask": mask, "loss_mask": loss_mask,
              "sampler_logprobs": roll.logprobs,
-             "old_logprobs": roll.logprobs if on_policy else logprobs(state.params)}
+             "old_logprobs": roll.logprobs if on_policy else logprobs(state.policy)}
     token_rewards = values = None
     if ref_params is not None:
         batch["ref_logprobs"] = logprobs(ref_params)
         if algo.kl_mode == "reward":
             # As on the host: both sides of the KL from the trainer's forward, so it is exactly
             # 0 while the policy equals the reference.
-            old = logprobs(state.params) if on_policy else batch["old_logprobs"]
+            old = logprobs(state.policy) if on_policy else batch["old_logprobs"]
             token_rewards = kl_lib.kl_penalty_rewards(old, batch["ref_logprobs"], loss_mask,
                                                       state.kl_coef, algo.kl_estimator)
     if state.critic_tx is not None:
@@ -302,7 +302,7 @@ def rl_step(state: TrainState, key: Array, *, data: DeviceData, model_cfg: Model
     `steps.rl_train_step`) plus reward/mean, reward/std and response_length/mean.
     """
     roll, rewards = sample_and_score(
-        state.params, key, data=data, batch_prompts=batch_prompts, model_cfg=model_cfg,
+        state.policy, key, data=data, batch_prompts=batch_prompts, model_cfg=model_cfg,
         sampling=sampling, reward_fn=reward_fn, stop_ids=stop_ids, pad_id=pad_id)
     state, metrics = update_on_rollout(
         state, jax.random.fold_in(key, 2), roll, rewards, model_cfg=model_cfg, algo=algo,
@@ -406,7 +406,7 @@ def warm_start(state: TrainState, key: Array, *, demos: DeviceDemos, batch_size:
         state, i, _, _ = carry
         state, m = jax.lax.scan(step, state,
                                 jax.random.split(jax.random.fold_in(key, i), check_every))
-        return state, i + 1, accuracy_fn(state.params), m["sft/loss"][-1]
+        return state, i + 1, accuracy_fn(state.policy), m["sft/loss"][-1]
 
     nan = jnp.full((), jnp.nan, jnp.float32)
     state, i, accuracy, loss = jax.lax.while_loop(
@@ -457,7 +457,7 @@ def train(state: TrainState, key: Array, num_steps: int, *, eval_every: int = 0,
 
     def block(state, xs):
         block_keys, indices = xs
-        ev = {**eval_fn(state.params),
+        ev = {**eval_fn(state.policy),
               "eval/step": jnp.minimum(indices[0], num_steps).astype(jnp.int32)}
         state, metrics = jax.lax.scan(maybe_step, state, (block_keys, indices))
         return state, (metrics, ev)

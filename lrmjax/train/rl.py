@@ -45,6 +45,7 @@ from lrmjax.train import checkpoint as ckpt_lib
 from lrmjax.train import compilation, lifecycle, rollouts, update_batch
 from lrmjax.train import evaluate as eval_lib
 from lrmjax.train import metrics as metrics_lib
+from lrmjax.train import policy as policy_lib
 from lrmjax.train import sft as sft_lib
 from lrmjax.train.compilation import Programs
 from lrmjax.train.inputs import Inputs, build_inputs
@@ -87,9 +88,16 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, compiles: compilation.C
     run.log = writer.log
     ckpt = run.own(ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints, owner=True))
     latest = ckpt.latest_step()
-    sft_ckpt = run.own(sft_lib.checkpointer(workdir)) if latest is None and cfg.sft.steps else None
+    lora_on = policy_lib.lora_on(cfg)
+    # A LoRA resume reloads its base, the warm start's last params, from workdir/sft.
+    sft_ckpt = (run.own(sft_lib.checkpointer(workdir))
+                if (latest is None or lora_on) and cfg.sft.steps else None)
+    if latest is not None and sft_ckpt is not None and sft_ckpt.latest_step() is None:
+        raise FileNotFoundError(f"the LoRA base of {workdir} is its warm start, whose "
+                                f"checkpoint {sft_ckpt.manager.directory} is gone")
     # The logs go on from the step the run goes on from (rows after it are written again).
-    writer.resume(latest or 0, None if sft_ckpt is None else sft_ckpt.latest_step() or 0)
+    writer.resume(latest or 0,
+                  None if sft_ckpt is None or latest is not None else sft_ckpt.latest_step() or 0)
     if latest is None:  # what loading the data kept and dropped (bad rows, long prompts)
         writer.write(0, inp.data_stats, phase="data")
     if is_main:
@@ -115,11 +123,17 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, compiles: compilation.C
         critic_params = heads.init_from_policy(inp.model_cfg, state.params,
                                                jax.random.key(cfg.seed + 7))
     # The RL phase starts from fresh optimizer state (the SFT moments belong to another loss).
-    state = TrainState.create(state.params, tx, critic_params=critic_params,
-                              critic_tx=critic_tx, kl_coef=algo.kl_coef)
-    if algo.kl_mode != "none":
+    # Under LoRA the params so far become the frozen base and fresh adapters are trained.
+    create = dict(critic_params=critic_params, critic_tx=critic_tx, kl_coef=algo.kl_coef)
+    state = (policy_lib.lora_state(inp, state.params, tx, **create) if lora_on
+             else TrainState.create(state.params, tx, **create))
+    inp.init_params = None  # the state holds the policy now (a bf16 base frees the fp32 one)
+    extras["lora"] = policy_lib.lora_record(cfg, extras.get("sft", {}).get("steps"))
+    if algo.kl_mode != "none" and not lora_on:  # under LoRA the reference is the base
         ref_params = jax.tree.map(jnp.copy, state.params)  # the policy at RL start
     if latest is not None:
+        policy_lib.check_resume(ckpt.restore_extras(latest), cfg,
+                                extras.get("sft", {}).get("steps"), workdir)
         state, extras = ckpt.restore(latest, state)
         ckpt.forget_best_after(latest)
         if ref_params is not None:
@@ -132,12 +146,13 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, compiles: compilation.C
 
     # ---------------------------------------------------------------- compiled programs
     first = extras["rl_step"]
-    progs = compilation.compile_programs(cfg, inp, state, state_sh, ref_params, writer,
+    progs = compilation.compile_programs(cfg, inp, state, state_sh,
+                                         policy_lib.reference(cfg, state, ref_params), writer,
                                          ahead_of_time=first < cfg.train.steps,
                                          first_step=first)
     eval_key = jax.random.key(cfg.seed + 99)  # the same draws at every evaluation
     if first == 0:
-        extras["eval_before"] = run_eval(inp, state.params, eval_key, writer, 0)
+        extras["eval_before"] = run_eval(inp, progs.sampling_policy(state), eval_key, writer, 0)
 
     # ---------------------------------------------------------------- the RL loop
     base_key = jax.random.key(cfg.seed)
@@ -147,20 +162,21 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, compiles: compilation.C
             m: dict[str, float] = {}
             t_step, compiles_before = time.perf_counter(), compiles.count
             key = rollouts.fold_in(base_key, rl_step)
+            ref = policy_lib.reference(cfg, state, ref_params)  # this step's state's
             with _timed(m, "sample_and_reward"):
                 batch = rollouts.collect(
-                    inp, state.params, inp.data_iter, key, m,
+                    inp, progs.sampling_policy(state), inp.data_iter, key, m,
                     on_rollout=functools.partial(update_batch.early_rows, progs.passes,
-                                                 ref_params, inp.mesh))
+                                                 ref, inp.mesh))
             batch = observe(inp, batch, m, rl_step)
             with _timed(m, "prepare"):
-                data = prepare(inp, progs, state, ref_params, batch, key, m)
+                data = prepare(inp, progs, state, ref, batch, key, m)
             with _timed(m, "update"):
                 state, skipped = update(inp, progs, state, data, rl_step, m)
             consecutive_bad = consecutive_bad + skipped if skipped else 0
             m["timing_s/step"] = time.perf_counter() - t_step
             done = rl_step + 1
-            log_step(inp, writer, batch, data, m, done, ref_params is not None,
+            log_step(inp, writer, batch, data, m, done, ref is not None,
                      compiles.new_since(compiles_before), first_step=rl_step == first)
             if consecutive_bad >= cfg.train.max_nonfinite:
                 raise NonFiniteError(
@@ -169,13 +185,13 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, compiles: compilation.C
                     "or check the rewards (config 'train.max_nonfinite' sets the limit).")
             evaluated = None
             if (cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.train.steps:
-                evaluated = run_eval(inp, state.params, eval_key, writer, done)
+                evaluated = run_eval(inp, progs.sampling_policy(state), eval_key, writer, done)
             save(inp, ckpt, run, state, extras, done, evaluated)
 
     # ---------------------------------------------------------------- final eval and export
     last_eval = extras.get("eval", {})  # taken at the last step, or else taken again
     final = (last_eval["metrics"] if last_eval.get("step") == cfg.train.steps
-             else run_eval(inp, state.params, eval_key, writer, cfg.train.steps))
+             else run_eval(inp, progs.sampling_policy(state), eval_key, writer, cfg.train.steps))
     ckpt.close()
     if is_main:
         summary = {"before": extras.get("eval_before", {}), "after": final,
@@ -185,9 +201,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, compiles: compilation.C
         metrics_lib.plot_curves(os.path.join(workdir, "metrics.jsonl"),
                                 os.path.join(workdir, "curves.png"))
     if cfg.train.export_hf and inp.hf_exportable:
-        params_np = parallel.global_to_host(state.params)  # a collective: every host joins
-        if is_main:
-            inp.export(params_np, os.path.join(workdir, "hf_export"))
+        policy_lib.export(inp, state, workdir)  # a collective: every host joins
     writer.close()
     if jax.process_count() > 1:
         # No host leaves (and, on host 0, takes the coordination service down) while another
@@ -234,7 +248,8 @@ def prepare(inp: Inputs, progs: Programs, state: TrainState, ref_params: Any,
         process = rollouts.process_token_rewards(inp, batch, metrics)
         token_rewards = process if token_rewards is None else token_rewards + process
     if algo.needs_greedy_baseline:
-        baseline = rollouts.greedy_baseline(inp, state.params, batch, rollouts.fold_in(key, 10_000))
+        baseline = rollouts.greedy_baseline(inp, progs.sampling_policy(state), batch,
+                                            rollouts.fold_in(key, 10_000))
     if algo.overlong_filter:
         metrics["response_length/filtered"] = metrics["response_length/clip_ratio"]
     early = batch.early or update_batch.early_rows(progs.passes, ref_params, inp.mesh,

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from lrmjax import parallel
+from lrmjax.models import lora
 
 
 @flax.struct.dataclass
@@ -18,11 +19,14 @@ class TrainState:
 
     Attributes:
       step: optimizer steps taken (int32 scalar).
-      params: policy params.
+      params: the policy's trainable params: the whole params tree, or under LoRA the
+        adapters alone (gradients and optimizer state exist for these only).
       opt_state: the policy optimizer's state.
       critic_params / critic_opt_state: the value model (PPO, VAPO), or None.
       kl_coef: the current KL coefficient (a fixed value or the adaptive controller's).
       nonfinite: updates skipped because the loss or gradient was not finite (cumulative).
+      frozen: under LoRA the frozen base params (never optimized, not checkpointed: the run
+        reloads them from where they came from), else None. `policy` joins the two.
       tx / critic_tx: the optax transformations (static, not part of the pytree).
     """
 
@@ -33,18 +37,34 @@ class TrainState:
     critic_opt_state: Any
     kl_coef: jax.Array
     nonfinite: jax.Array
+    frozen: Any
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
     critic_tx: optax.GradientTransformation | None = flax.struct.field(pytree_node=False)
 
     @classmethod
     def create(cls, params: Any, tx: optax.GradientTransformation, *, critic_params: Any = None,
                critic_tx: optax.GradientTransformation | None = None,
-               kl_coef: float = 0.0) -> TrainState:
+               kl_coef: float = 0.0, frozen: Any = None) -> TrainState:
+        """A fresh state; under LoRA `params` are the adapters and `frozen` the base."""
         return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                    critic_params=critic_params,
                    critic_opt_state=None if critic_tx is None else critic_tx.init(critic_params),
                    kl_coef=jnp.asarray(kl_coef, jnp.float32),
-                   nonfinite=jnp.zeros((), jnp.int32), tx=tx, critic_tx=critic_tx)
+                   nonfinite=jnp.zeros((), jnp.int32), frozen=frozen, tx=tx,
+                   critic_tx=critic_tx)
+
+    @property
+    def policy(self) -> Any:
+        """The params every forward of the policy takes (sampler, log-prob passes,
+        evaluation): `policy_params(frozen, params)`."""
+        return policy_params(self.frozen, self.params)
+
+
+def policy_params(frozen: Any, trainable: Any) -> Any:
+    """The policy from its frozen and trainable parts: `lora.LoraParams(frozen, trainable)`
+    under LoRA (frozen not None), else the trainable tree itself. A loss differentiated with
+    respect to `trainable` alone never computes the base weights' gradients."""
+    return trainable if frozen is None else lora.LoraParams(frozen, trainable)
 
 
 def lr_schedule(lr: float, warmup_steps: int, total_steps: int, kind: str = "constant",

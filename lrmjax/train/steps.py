@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from lrmjax import parallel
-from lrmjax.models import heads
+from lrmjax.models import heads, lora
 from lrmjax.models.presets import ModelConfig
 from lrmjax.models.transformer import Transformer, positions_from_mask, tempered_lm_head
 from lrmjax.rl import losses
-from lrmjax.train.state import TrainState, guarded_update
+from lrmjax.train.state import TrainState, guarded_update, policy_params
 
 Array = jax.Array
 
@@ -41,7 +41,7 @@ def response_hidden(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Ar
     """
     if group_size > 1:
         return grouped_hidden(model_cfg, params, tokens, mask, prompt_len, group_size)
-    hidden, _ = Transformer(model_cfg).apply({"params": params}, tokens,
+    hidden, _ = Transformer(model_cfg).apply(lora.variables(params), tokens,
                                             positions_from_mask(mask), mask,
                                             return_hidden=True)
     return hidden[:, prompt_len - 1:-1]
@@ -53,7 +53,7 @@ def response_logits(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Ar
     temperature so the trainer's distribution is the one the sampler drew from."""
     hidden = response_hidden(model_cfg, params, tokens, mask, prompt_len, group_size)
     # `tempered_lm_head` divides the [.., D] hidden states rather than the logits by T.
-    return tempered_lm_head(model_cfg, params, hidden, temperature)
+    return tempered_lm_head(model_cfg, lora.base_params(params), hidden, temperature)
 
 
 def logits_chunk(num_tokens: int, vocab: int, budget_mb: float) -> int:
@@ -78,6 +78,7 @@ def head_logprobs(model_cfg: ModelConfig, params: Any, hidden: Array, targets: A
     are the one-pass ones. For Qwen2.5's 151,936-token vocabulary a 256 MB chunk is 441
     tokens; 8 x 4,096 positions would otherwise hold 20 GB of logits.
     """
+    params = lora.base_params(params)  # the head has no adapters
     lead, D = targets.shape, hidden.shape[-1]
     T = math.prod(lead)
     c = logits_chunk(T, model_cfg.vocab_size, budget_mb)
@@ -123,7 +124,7 @@ def grouped_hidden(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Arr
         return jnp.concatenate([x[:, 0, :P], x[:, :, P:L - 1].reshape(B, n * (R - 1))], axis=1)
 
     hidden, _ = Transformer(model_cfg, groups=(P, n)).apply(
-        {"params": params}, grouped(tokens), grouped(positions), grouped(mask),
+        lora.variables(params), grouped(tokens), grouped(positions), grouped(mask),
         return_hidden=True)
     D = hidden.shape[-1]
     last_prompt = jnp.repeat(hidden[:, P - 1:P], n, axis=0)            # predicts slot P
@@ -232,9 +233,11 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
                   ) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer step of the policy (and the critic, when there is one) on a minibatch.
 
-    Gradients are accumulated over `microbatches` slices with a `lax.scan`. The loss of each
-    slice is divided by the *whole minibatch's* aggregation denominator, so the accumulated
-    gradient equals the full-minibatch gradient for every aggregation mode. A non-finite loss
+    Gradients are taken with respect to `state.params` only (under LoRA the adapters: the
+    frozen base gets no gradient and no optimizer state) and accumulated over `microbatches`
+    slices with a `lax.scan`. The loss of each slice is divided by the *whole minibatch's*
+    aggregation denominator, so the accumulated gradient equals the full-minibatch gradient
+    for every aggregation mode. A non-finite loss
     or gradient leaves params and optimizer state unchanged and counts in `state.nonfinite`.
     With `on_policy` (one epoch, one minibatch: the params are the rollout params) the old
     logprobs are the current ones under stop_gradient, which saves a forward pass. With
@@ -249,7 +252,8 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
     micro = _split_micro(batch, microbatches)
     use_kl_loss = algo.kl_mode == "loss"
 
-    def actor_loss_fn(params, mb):
+    def actor_loss_fn(params, mb):  # params: the trainable ones (under LoRA the adapters)
+        params = policy_params(state.frozen, params)
         hidden = response_hidden(model_cfg, params, mb["tokens"], mb["mask"], prompt_len,
                                  group_size)
         logp, entropy = head_logprobs(model_cfg, params, hidden, mb["tokens"][:, prompt_len:],
@@ -330,8 +334,8 @@ def sft_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mod
 
     def loss_fn(params):
         logits, _ = Transformer(model_cfg).apply(
-            {"params": params}, batch["tokens"], positions_from_mask(batch["mask"]),
-            batch["mask"])
+            lora.variables(policy_params(state.frozen, params)), batch["tokens"],
+            positions_from_mask(batch["mask"]), batch["mask"])
         logp, _ = token_logprobs(logits[:, :-1], batch["tokens"][:, 1:])
         weights = batch["target_mask"][:, 1:]
         return -jnp.sum(logp * weights) / jnp.maximum(jnp.sum(weights), 1.0)

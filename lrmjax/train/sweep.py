@@ -81,7 +81,8 @@ def check(cfg: ml_collections.ConfigDict, name: str = "the config") -> None:
                      ("env.name", cfg.env.name != "none"),
                      ("data.curriculum", cfg.data.curriculum != "none"),
                      ("model.hf_path", bool(cfg.model.hf_path)),
-                     ("tokenizer.kind", cfg.tokenizer.kind != "char")):
+                     ("tokenizer.kind", cfg.tokenizer.kind != "char"),
+                     ("model.lora", cfg.model.lora.rank > 0)):
         if bad:
             problems.append(f"{key}={cfg[key.split('.')[0]][key.split('.')[1]]!r}")
     problems += [f"rl.{p}" for p in pure.unsupported(cfg.rl)]

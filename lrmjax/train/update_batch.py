@@ -153,7 +153,7 @@ def build(passes: Passes, state: TrainState, ref_params: Any, rows: dict[str, Ar
     batch = {"tokens": tokens, "mask": mask, "loss_mask": loss_mask,
              "sampler_logprobs": rows["sampler_logprobs"]}
     batch["old_logprobs"] = (rows["sampler_logprobs"] if passes.on_policy
-                             else passes.logprobs(state.params, tokens, mask))
+                             else passes.logprobs(state.policy, tokens, mask))
     token_rewards, values = rows.get("token_rewards"), None
     if ref_params is not None:
         batch["ref_logprobs"] = rows.get("ref_logprobs")
@@ -162,7 +162,7 @@ def build(passes: Passes, state: TrainState, ref_params: Any, rows: dict[str, Ar
         if passes.kl_rewards is not None:
             # The trainer's own log-probs, not the sampler's: both sides of the KL come from
             # one program, so it is exactly 0 while the policy equals the reference.
-            old = (passes.logprobs(state.params, tokens, mask) if passes.on_policy
+            old = (passes.logprobs(state.policy, tokens, mask) if passes.on_policy
                    else batch["old_logprobs"])
             kl_rewards = passes.kl_rewards(old, batch["ref_logprobs"], loss_mask,
                                            state.kl_coef)
