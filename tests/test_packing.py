@@ -26,6 +26,7 @@ CFG = presets.get("tiny", num_layers=2, hidden_size=32, num_heads=4, num_kv_head
                   head_dim=8, mlp_dim=64, vocab_size=40, max_seq_len=64)
 P, R, T = 6, 10, 24   # prompt and response slots; packed rows of 24 tokens
 N = 16                # sequences: 2 microbatches x 8 data shards
+N_UPDATE = 32         # sequences of the update tests: 14 rows of 16 tokens, 2 blocks of 8
 
 
 def _mask(n: int = N, seed: int = 0) -> np.ndarray:
@@ -49,9 +50,8 @@ def _params(seed: int = 0):
     return transformer.init_params(CFG, jax.random.key(seed))
 
 
-def _device_plan(mask, blocks=1, multiple=1):
-    return {k: jnp.asarray(v) for k, v in
-            packing.plan(mask, P, T, blocks, multiple).arrays().items()}
+def _device_plan(mask):
+    return {k: jnp.asarray(v) for k, v in packing.plan(mask, P, T).arrays().items()}
 
 
 # ------------------------------------------------------------------------------ the packer
@@ -78,51 +78,49 @@ def test_row_buckets_are_four_per_octave_in_multiples_of_the_divisor():
         assert got <= max(need * 1.25, need + 1), need
 
 
-@pytest.mark.parametrize("blocks,multiple", [(1, 1), (2, 8)])
-def test_plan_places_every_token_once_in_its_segment(blocks, multiple):
+@pytest.mark.parametrize("rows_per_block,multiple", [(0, 1), (0, 8), (2, 1)])
+def test_plan_places_every_token_once_in_its_segment(rows_per_block, multiple):
     """A numpy check of every array of the plan against the mask it packs."""
     mask = _mask()
     tokens = _tokens(mask)
-    pl = packing.plan(mask, P, T, blocks, multiple)
-    nb, L = N // blocks, P + R
-    rows = pl.rows
-    assert rows % multiple == 0 and pl.gather.shape == (blocks * rows, T)
+    flat = tokens.reshape(-1)
+    pl = packing.plan(mask, P, T, rows_per_block, multiple)
+    rows, blocks, L = pl.rows, pl.blocks, P + R
+    assert pl.gather.shape == pl.segments.shape == pl.positions.shape == (rows, blocks, T)
     assert pl.tokens == mask.sum() and pl.slots == blocks * rows * T
-    # At least the rows the tokens need, within a bucket of them.
-    assert rows >= -(-mask[:nb].sum() // T)
+    need = -(-mask.sum() // T)                      # rows the tokens need at the least
+    if rows_per_block:
+        assert rows == rows_per_block and blocks >= 2
+        assert (blocks - 1) * rows < 1.5 * need     # no block beyond those FFD fills
+    else:
+        assert blocks == 1 and rows % multiple == 0 and need <= rows
+    src = pl.gather.transpose(1, 0, 2)              # [blocks, rows, T]
+    seg = pl.segments.transpose(1, 0, 2)
+    pos = pl.positions.transpose(1, 0, 2)
+    # Every real token exactly once.
+    np.testing.assert_array_equal(np.sort(src[seg > 0]), np.flatnonzero(mask.reshape(-1)))
+    assert np.all(pos[seg == 0] == 0)
+    owner = {}                                      # sequence -> (block, flat slot of its start)
     for k in range(blocks):
-        seg = pl.segments[k * rows:(k + 1) * rows]
-        pos = pl.positions[k * rows:(k + 1) * rows]
-        src = pl.gather[k * rows:(k + 1) * rows]
-        flat = tokens[k * nb:(k + 1) * nb].reshape(-1)
-        real = np.flatnonzero(mask[k * nb:(k + 1) * nb].reshape(-1))
-        placed = np.sort(src[seg > 0])
-        np.testing.assert_array_equal(placed, real)          # every real token exactly once
-        assert np.all(pos[seg == 0] == 0)
         for r in range(rows):
-            ids = [s for s in np.unique(seg[r]) if s > 0]
-            for s in ids:
-                cols = np.flatnonzero(seg[r] == s)
+            for s_id in [s_ for s_ in np.unique(seg[k, r]) if s_ > 0]:
+                cols = np.flatnonzero(seg[k, r] == s_id)
                 assert np.all(np.diff(cols) == 1)              # one contiguous run
-                np.testing.assert_array_equal(pos[r, cols], np.arange(len(cols)))
-                seqs = np.unique(src[r, cols] // L)
+                np.testing.assert_array_equal(pos[k, r, cols], np.arange(len(cols)))
+                seqs = np.unique(src[k, r, cols] // L)
                 assert len(seqs) == 1                          # one sequence per segment
-                j = seqs[0]
-                np.testing.assert_array_equal(flat[src[r, cols]],
-                                              tokens[k * nb + j][mask[k * nb + j]])
-        # unpack: the slot before response token t in its segment, or out of range.
-        for j in range(nb):
-            i = k * nb + j
-            n_resp = mask[i, P:].sum()
-            for t in range(R):
-                u = pl.unpack[i, t]
-                if t >= n_resp:
-                    assert u == rows * T
-                    continue
-                r_, c = divmod(int(u), T)
-                assert seg[r_, c] > 0 and seg[r_, c + 1] == seg[r_, c]
-                assert flat[src[r_, c + 1]] == tokens[i, P + t]
-                assert src[r_, c + 1] == j * L + P + t
+                i = int(seqs[0])
+                np.testing.assert_array_equal(flat[src[k, r, cols]], tokens[i][mask[i]])
+                owner[i] = (k, r * T + cols[0])
+    assert sorted(owner) == [i for i in range(N) if mask[i].any()]
+    for i, (k, first) in owner.items():
+        p_i, r_i = mask[i, :P].sum(), mask[i, P:].sum()
+        block, start, length = pl.sequences[i]
+        assert (block, length) == (k, r_i)
+        assert start == first + p_i - 1               # the slot before the first response token
+        blk = src[block].reshape(-1)
+        for t in range(r_i):                          # ... and the one before each next token
+            assert blk[start + t + 1] == i * L + P + t
 
 
 def test_padded_slots_count_each_layout_by_hand():
@@ -149,6 +147,18 @@ def test_masks_the_packer_cannot_keep_are_refused():
 # ------------------------------------------------------------------------------ forwards
 
 
+def _own_forward(cfg, params, tokens, mask) -> np.ndarray:
+    """Logits [N, P+R, V] of each sequence alone: its real tokens at slots 0..n-1 of its own
+    row, positions 0..n-1 (what follows them in the row, a causal model never reads)."""
+    own = np.zeros_like(tokens)
+    for i in range(len(tokens)):
+        own[i, :mask[i].sum()] = tokens[i][mask[i]]
+    logits, _ = jax.jit(transformer.Transformer(cfg).apply)(
+        {"params": params}, own, np.broadcast_to(np.arange(own.shape[1]), own.shape),
+        np.ones(own.shape, bool))
+    return np.asarray(logits)
+
+
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_packed_logits_of_each_segment_equal_its_own_forward(scan_layers):
     cfg = dataclasses.replace(CFG, scan_layers=scan_layers)
@@ -156,19 +166,18 @@ def test_packed_logits_of_each_segment_equal_its_own_forward(scan_layers):
     mask = _mask(8)
     tokens = _tokens(mask)
     pl = packing.plan(mask, P, T)
-    packed = tokens.reshape(-1)[pl.gather]
+    gather, segments = pl.gather[:, 0], pl.segments[:, 0]       # the one block: [rows, T]
     logits, _ = transformer.Transformer(cfg).apply(
-        {"params": params}, jnp.asarray(packed), jnp.asarray(pl.positions),
-        jnp.asarray(pl.segments > 0), segment_ids=jnp.asarray(pl.segments))
+        {"params": params}, jnp.asarray(tokens.reshape(-1)[gather]),
+        jnp.asarray(pl.positions[:, 0]), jnp.asarray(segments > 0),
+        segment_ids=jnp.asarray(segments))
     logits = np.asarray(logits)
+    alone = _own_forward(cfg, params, tokens, mask)
     checked = 0
     for i in range(8):
-        seq = tokens[i][mask[i]]
-        alone, _ = transformer.Transformer(cfg).apply(
-            {"params": params}, jnp.asarray(seq[None]), jnp.arange(len(seq))[None],
-            jnp.ones((1, len(seq)), bool))
-        where = np.isin(pl.gather, i * (P + R) + np.flatnonzero(mask[i])) & (pl.segments > 0)
-        np.testing.assert_allclose(logits[where], np.asarray(alone)[0], rtol=1e-5, atol=1e-5)
+        where = np.isin(gather, i * (P + R) + np.flatnonzero(mask[i])) & (segments > 0)
+        np.testing.assert_allclose(logits[where], alone[i, :mask[i].sum()], rtol=1e-5,
+                                   atol=1e-5)
         checked += where.sum()
     assert checked == mask.sum()
 
@@ -215,21 +224,18 @@ def _np_log_softmax(x):
 
 def _alone_logprobs(params, tokens, mask) -> np.ndarray:
     """log p(response token) [N, R] from each sequence's own unpadded forward (0 off it)."""
+    logp = _np_log_softmax(_own_forward(CFG, params, tokens, mask))
     out = np.zeros((len(tokens), R))
     for i in range(len(tokens)):
         seq = tokens[i][mask[i]]
-        logits, _ = transformer.Transformer(CFG).apply(
-            {"params": params}, jnp.asarray(seq[None]), jnp.arange(len(seq))[None],
-            jnp.ones((1, len(seq)), bool))
-        logp = _np_log_softmax(logits[0])
         p, r = mask[i, :P].sum(), mask[i, P:].sum()
-        out[i, :r] = logp[p - 1 + np.arange(r), seq[p:]]
+        out[i, :r] = logp[i, p - 1 + np.arange(r), seq[p:]]
     return out
 
 
 @functools.cache
 def _update_batch():
-    mask = _mask(seed=3)
+    mask = _mask(N_UPDATE, seed=3)
     tokens = _tokens(mask, seed=4)
     resp = mask[:, P:].astype(np.float32)
     rng = np.random.default_rng(5)
@@ -259,12 +265,15 @@ def _train_step(mode: str, microbatches: int):
 
 
 def _run(mode, microbatches, shards, packed, critic=False):
-    """(metrics, accumulated actor gradient, critic gradient or None) of one train step."""
+    """(metrics, accumulated actor gradient, critic gradient or None) of one train step;
+    packed in blocks of `shards` rows of 16 tokens (several blocks: asserted)."""
     b = dict(_update_batch())
     if critic:
         b["old_values"] = b["returns"] = b["advantages"]
     if packed:
-        b["pack"] = packing.plan(b["mask"], P, T, microbatches, shards).arrays()
+        pl = packing.plan(b["mask"], P, P + R, shards, shards)
+        assert pl.blocks >= 2
+        b["pack"] = pl.arrays()
     kw = {}
     if critic:
         kw = dict(critic_params=heads.init_from_policy(CFG, _params(), jax.random.key(1)),
@@ -314,13 +323,16 @@ def _np_pg_loss(mode: str) -> float:
 @pytest.mark.parametrize("mode", sorted(aggregation.AGGREGATIONS))
 @pytest.mark.parametrize("microbatches,shards", [(1, 1), (2, 8)])
 def test_packed_update_equals_padded_for_every_aggregation(mode, microbatches, shards):
-    """Loss and gradient of the packed batch equal the padded batch's (1e-6 relative), with
-    2 microbatches over 8 data shards too; the loss is the numpy objective with the global
-    normalizer of the mode (Dr. GRPO: sequences x the configured constant)."""
+    """Loss and gradient of the packed batch (in several token-budget microbatches) equal
+    the padded batch's (1e-6 relative), one padded microbatch on one device and 2 over 8
+    data shards; the loss is the numpy objective with the global normalizer of the mode
+    (Dr. GRPO: sequences x the configured constant)."""
     m_pad, g_pad, _ = _run(mode, microbatches, shards, packed=False)
     m_pack, g_pack, _ = _run(mode, microbatches, shards, packed=True)
     assert float(m_pack["actor/skipped"]) == 0.0
-    for k in ("actor/loss", "actor/pg_loss", "actor/kl_loss", "actor/entropy"):
+    # Loss terms are sums over microbatches; diagnostics (entropy, clip fractions) are means
+    # over them, so they agree with one padded microbatch only.
+    for k in ("actor/loss", "actor/pg_loss", "actor/kl_loss"):
         assert float(m_pack[k]) == pytest.approx(float(m_pad[k]), rel=1e-6, abs=1e-7), k
     assert float(m_pack["actor/pg_loss"]) == pytest.approx(_np_pg_loss(mode), rel=1e-5)
     assert max(float(np.abs(x).max()) for x in jax.tree.leaves(g_pad)) > 1e-3

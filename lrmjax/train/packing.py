@@ -1,4 +1,4 @@
-"""Sequence packing: the update batch's sequences laid end to end in rows of a token budget.
+"""Sequence packing and token-budget microbatches.
 
 A padded batch holds each sequence in its own [P + R] row: a left-padded prompt and a
 right-padded response, so a long-tailed length distribution (reasoning responses: median a
@@ -9,26 +9,33 @@ segment, segments are placed by first-fit-decreasing on the host (`first_fit_dec
 attention stays within a segment (`Transformer(segment_ids=...)`) and positions restart at 0
 in each. Per-token outputs are gathered back to the padded [N, R] layout (`unpack`) before
 any loss, so every loss and aggregation mode sees exactly the arrays it sees unpacked, and
-its normalizer (token or sequence counts of the global minibatch, or Dr. GRPO's constant)
-is computed from the same masks: packed and padded updates agree to float rounding.
+its normalizer (token or sequence counts of the whole minibatch, or Dr. GRPO's constant) is
+computed from the same masks: packed and padded updates agree to float rounding.
 
 A plan (`plan`) is a few int32 arrays, built on the host from the [N, P+R] mask and sent
 with the batch:
 
-  gather    [blocks*rows, T]  flat index into its block's tokens [n_b * (P+R)]; 0 on padding
-  segments  [blocks*rows, T]  1, 2, ... per sequence within a row; 0 on padding
-  positions [blocks*rows, T]  RoPE position within the segment; 0 on padding
-  unpack    [N, R]            flat index into its block's outputs [rows * T] of the slot that
-                              predicts response token t (the previous token of its segment);
-                              rows * T (out of range: reads 0) where the response has none
+  gather    [rows, blocks, T]  flat index into the batch's tokens [N * (P+R)]; 0 on padding
+  segments  [rows, blocks, T]  1, 2, ... per sequence within a row; 0 on padding
+  positions [rows, blocks, T]  RoPE position within the segment; 0 on padding
+  sequences [N, 3]             per sequence: its block; the flat index, in its block's
+                               [rows, T] slots, of the slot that predicts its first response
+                               token; its number of response tokens
 
-The N sequences are cut into `blocks` consecutive blocks of n_b = N / blocks (the
-microbatches of a gradient-accumulation scan, whose [blocks*rows, ...] arrays split the same
-way as the [N, ...] ones), each packed into its own `rows` rows. `rows` is the most any block
-needs, rounded up to a bucket (`row_buckets`: multiples of the mesh's batch divisor, four
-sizes per octave), so a run compiles a handful of programs and wastes at most a quarter of a
-bucket's rows. Indices are global (the whole block), so a plan means the same on any mesh;
-only [rows, T] and [N, R] integers and per-token scalars cross devices, never hidden states.
+(rows first, so that the batch sharding splits every block's rows over the devices).
+
+Blocks are the update's microbatches, by tokens rather than by rows (token-budget
+microbatches): the rows, fullest first, are cut into blocks of `rows` rows, `micro_rows`
+holding as many token slots as a padded microbatch of the config (`train.microbatches`), so a
+microbatch never needs more memory than its padded counterpart and packing shrinks the
+*number* of microbatches (at most `train.microbatches`, one program per count used). Each
+block's loss is the whole minibatch's loss with the mask narrowed to the block's sequences
+(`micro_view`): every sequence falls in one block, so the blocks' losses and gradients sum to
+the minibatch's (the loss divides by the whole minibatch's normalizer). The log-prob passes
+run one block whose row count is bucketed (`row_buckets`: multiples of the mesh's batch
+divisor, four sizes per octave, at most a quarter of a bucket wasted), so a run compiles a
+handful of programs. Indices are global, so a plan means the same on any mesh; only integers
+and per-token scalars cross devices, never hidden states.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ Array = jax.Array
 
 # Row-count buckets per doubling (`length_buckets(per_octave=...)`).
 ROW_BUCKETS_PER_OCTAVE = 4
-PLAN_KEYS = ("gather", "segments", "positions", "unpack")
+PLAN_KEYS = ("gather", "segments", "positions", "sequences")
 
 
 # ------------------------------------------------------------------------------ host side
@@ -104,10 +111,19 @@ def first_fit_decreasing(lengths: np.ndarray, budget: int) -> tuple[np.ndarray, 
 
 
 def row_buckets(max_rows: int, multiple: int) -> tuple[int, ...]:
-    """Row counts a plan is padded to: `multiple` (the mesh's batch divisor) times
+    """Row counts a one-block plan is padded to: `multiple` (the mesh's batch divisor) times
     `length_buckets(ceil(max_rows / multiple), 1, ROW_BUCKETS_PER_OCTAVE)`."""
     top = -(-max_rows // multiple)
     return tuple(multiple * b for b in length_buckets(top, 1, ROW_BUCKETS_PER_OCTAVE))
+
+
+def micro_rows(num_seqs: int, seq_len: int, budget: int, microbatches: int,
+               multiple: int) -> int:
+    """Packed rows per update microbatch: the token slots of a padded microbatch
+    (num_seqs / microbatches rows of seq_len) in rows of `budget`, rounded down to a multiple
+    of the mesh's batch divisor (at least one row per shard)."""
+    rows = num_seqs // microbatches * seq_len // budget
+    return max(multiple, rows // multiple * multiple)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,66 +131,68 @@ class Plan:
     """A packing of N sequences (see the module docstring for the arrays).
 
     Attributes:
-      gather, segments, positions: [blocks * rows, T] int32.
-      unpack: [N, R] int32.
-      blocks, rows: microbatch blocks, and packed rows per block.
+      gather, segments, positions: [rows, blocks, T] int32.
+      sequences: [N, 3] int32 (block, first predicting slot, response tokens).
+      blocks, rows: blocks (update microbatches), and packed rows per block.
       tokens: real tokens placed (the prompt and response tokens of every sequence).
     """
 
     gather: np.ndarray
     segments: np.ndarray
     positions: np.ndarray
-    unpack: np.ndarray
+    sequences: np.ndarray
     blocks: int
     rows: int
     tokens: int
 
     @property
     def slots(self) -> int:
-        """Token slots the packed forward runs on: blocks * rows * T."""
+        """Token slots the packed forwards run on: blocks * rows * T."""
         return int(self.segments.size)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in PLAN_KEYS}
 
 
-def plan(mask: np.ndarray, prompt_len: int, budget: int, blocks: int = 1,
+def plan(mask: np.ndarray, prompt_len: int, budget: int, rows_per_block: int = 0,
          row_multiple: int = 1) -> Plan:
     """Packs the sequences of a [N, P+R] mask (prompts left padded, responses right padded)
-    into rows of `budget` tokens, block by block (`blocks` consecutive blocks of N / blocks
-    sequences), with the row count a bucket of `row_buckets(N / blocks, row_multiple)`."""
+    into rows of `budget` tokens by first-fit-decreasing. With `rows_per_block` the rows are
+    cut into as many blocks of that many rows as they need (the update's microbatches);
+    without, they form one block of a bucket of `row_buckets(N, row_multiple)` rows (the
+    log-prob and value passes)."""
     mask = np.asarray(mask, bool)
     N, L = mask.shape
-    P, R, T = prompt_len, L - prompt_len, budget
-    if N % blocks:
-        raise ValueError(f"{N} sequences do not split into {blocks} blocks")
-    nb = N // blocks
+    P, T = prompt_len, budget
     p, r = sequence_lengths(mask, P)
-    placed = [first_fit_decreasing((p + r)[k * nb:(k + 1) * nb], T) for k in range(blocks)]
-    rows = bucket(max(used for _, _, used in placed), row_buckets(nb, row_multiple))
-    gather = np.zeros((blocks, rows * T), np.int32)
-    segments = np.zeros((blocks, rows * T), np.int32)
-    positions = np.zeros((blocks, rows * T), np.int32)
-    unpack = np.full((N, R), rows * T, np.int32)
-    seg_in_row = np.zeros((blocks, rows), np.int32)
-    for k, (row, offset, _) in enumerate(placed):
-        for j in range(nb):
-            i = k * nb + j
-            n = int(p[i] + r[i])
-            if n == 0:
-                continue
-            start = int(row[j] * T + offset[j])
-            seg_in_row[k, row[j]] += 1
-            segments[k, start:start + n] = seg_in_row[k, row[j]]
-            positions[k, start:start + n] = np.arange(n)
-            # The prompt's real slots P-p .. P-1, then the response's P .. P+r-1.
-            gather[k, start:start + n] = j * L + np.concatenate(
-                [np.arange(P - p[i], P), P + np.arange(r[i])])
-            # Response token t is predicted by the segment's slot p + t - 1.
-            unpack[i, :r[i]] = start + p[i] - 1 + np.arange(r[i])
-    shape = (blocks * rows, T)
-    return Plan(gather.reshape(shape), segments.reshape(shape), positions.reshape(shape),
-                unpack, blocks, rows, int((p + r).sum()))
+    row, offset, used = first_fit_decreasing(p + r, T)
+    if rows_per_block:
+        rows, blocks = rows_per_block, max(1, -(-used // rows_per_block))
+    else:
+        rows, blocks = bucket(max(used, 1), row_buckets(N, row_multiple)), 1
+    gather = np.zeros(blocks * rows * T, np.int32)
+    segments = np.zeros(blocks * rows * T, np.int32)
+    positions = np.zeros(blocks * rows * T, np.int32)
+    sequences = np.zeros((N, 3), np.int32)
+    seg_in_row = np.zeros(blocks * rows, np.int32)
+    for i in range(N):
+        n = int(p[i] + r[i])
+        if n == 0:
+            continue
+        start = int(row[i] * T + offset[i])
+        seg_in_row[row[i]] += 1
+        segments[start:start + n] = seg_in_row[row[i]]
+        positions[start:start + n] = np.arange(n)
+        # The prompt's real slots P-p .. P-1, then the response's P .. P+r-1.
+        gather[start:start + n] = i * L + np.concatenate([np.arange(P - p[i], P),
+                                                          P + np.arange(r[i])])
+        # Response token t is predicted by the segment's slot p + t - 1.
+        sequences[i] = (row[i] // rows, start % (rows * T) + p[i] - 1, r[i])
+    def layout(x):  # block-major rows -> [rows, blocks, T]
+        return x.reshape(blocks, rows, T).transpose(1, 0, 2)
+
+    return Plan(layout(gather), layout(segments), layout(positions), sequences, blocks, rows,
+                int((p + r).sum()))
 
 
 def put(pl: Plan, mesh: Any) -> dict[str, Array]:
@@ -186,16 +204,20 @@ def put(pl: Plan, mesh: Any) -> dict[str, Array]:
     return {k: one(v) for k, v in pl.arrays().items()}
 
 
-def spec(num_seqs: int, seq_len: int, prompt_len: int, budget: int, blocks: int,
-         mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:
+def spec(num_seqs: int, budget: int, mesh: Any, rows_per_block: int = 0
+         ) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes of the largest plan of `num_seqs` sequences (every sequence in a row of its
-    own): what the train step is compiled for ahead of the loop, and its memory bound."""
-    rows = row_buckets(num_seqs // blocks, parallel.batch_divisor(mesh))[-1]
-    sh = parallel.batch_sharding(mesh, 2)
-    packed = jax.ShapeDtypeStruct((blocks * rows, budget), jnp.int32, sharding=sh)
+    own; `rows_per_block` as in `plan`): what a program is compiled for ahead of the loop,
+    and its memory bound."""
+    if rows_per_block:
+        rows, blocks = rows_per_block, -(-num_seqs // rows_per_block)
+    else:
+        rows, blocks = row_buckets(num_seqs, parallel.batch_divisor(mesh))[-1], 1
+    packed = jax.ShapeDtypeStruct((rows, blocks, budget), jnp.int32,
+                                  sharding=parallel.batch_sharding(mesh, 3))
     return {"gather": packed, "segments": packed, "positions": packed,
-            "unpack": jax.ShapeDtypeStruct((num_seqs, seq_len - prompt_len), jnp.int32,
-                                           sharding=sh)}
+            "sequences": jax.ShapeDtypeStruct((num_seqs, 3), jnp.int32,
+                                              sharding=parallel.batch_sharding(mesh, 2))}
 
 
 def padded_slots(mask: np.ndarray, prompt_len: int, group_size: int = 1) -> tuple[int, int]:
@@ -214,34 +236,63 @@ def padded_slots(mask: np.ndarray, prompt_len: int, group_size: int = 1) -> tupl
 # ------------------------------------------------------------------------------ device side
 
 
+def _rows(x: Array) -> Array:
+    """A one-block plan array, [rows, 1, T] (as planned) or [rows, T] (a `micro_slices`
+    slice), as [rows, T]."""
+    return x.reshape(x.shape[0], x.shape[-1])
+
+
 def packed_tokens(tokens: Array, pack: dict[str, Array]) -> Array:
-    """The packed rows [rows, T] of a block's tokens [n, P+R]."""
-    return jnp.take(tokens.reshape(-1), pack["gather"], axis=0)
+    """The packed rows [rows, T] of one block of the batch's tokens [N, P+R]."""
+    return jnp.take(tokens.reshape(-1), _rows(pack["gather"]), axis=0)
 
 
-def unpack(x: Array, pack: dict[str, Array]) -> Array:
-    """Per-slot outputs of the packed rows [rows, T] -> the padded [n, R] layout, 0 where
-    the response has no token (its gradient scatters back to the predicting slots)."""
-    return jnp.take(x.reshape(-1), pack["unpack"], axis=0, mode="fill", fill_value=0)
+def unpack(x: Array, pack: dict[str, Array], response_len: int) -> Array:
+    """Per-slot outputs of a block's packed rows [rows, T] -> the padded [N, R] layout of the
+    response tokens, 0 where a sequence has no token or lies in another block (its gradient
+    scatters back to the predicting slots). `pack["block"]` (default 0) picks the block."""
+    block, start, length = (pack["sequences"][:, k] for k in range(3))
+    t = jnp.arange(response_len)
+    here = (block == pack.get("block", 0))[:, None] & (t[None, :] < length[:, None])
+    index = jnp.where(here, start[:, None] + t[None, :], x.size)
+    return jnp.take(x.reshape(-1), index, axis=0, mode="fill", fill_value=0)
+
+
+def micro_slices(pack: dict[str, Array]) -> dict[str, Array]:
+    """What the update's microbatch scan runs over: each block's rows [blocks, rows, T] and
+    its index [blocks] (`micro_view` completes a block's batch)."""
+    out = {k: jnp.swapaxes(pack[k], 0, 1) for k in ("gather", "segments", "positions")}
+    return out | {"block": jnp.arange(pack["gather"].shape[1], dtype=jnp.int32)}
+
+
+def micro_view(batch: dict[str, Array], block: dict[str, Array]) -> dict[str, Array]:
+    """One block's microbatch: the whole minibatch `batch` ([N, ...] arrays) with its
+    loss_mask kept on the block's sequences only, and the block's plan as `pack` (a
+    `micro_slices` slice and the sequences)."""
+    pack = batch["pack"]
+    here = pack["sequences"][:, 0] == block["block"]
+    return {**batch, "loss_mask": jnp.where(here[:, None], batch["loss_mask"], 0.0),
+            "pack": {**block, "sequences": pack["sequences"]}}
 
 
 def packed_hidden(model_cfg: ModelConfig, params: Any, tokens: Array, pack: dict[str, Array]
                   ) -> tuple[Array, Array]:
-    """Final hidden states of the packed rows and the token each slot predicts (the next
-    slot's; meaningful where `unpack` reads it): ([rows, T, D], [rows, T] int32)."""
-    packed = packed_tokens(tokens, pack)
+    """Final hidden states of one block's packed rows and the token each slot predicts (the
+    next slot's; meaningful where `unpack` reads it): ([rows, T, D], [rows, T] int32)."""
+    packed, segments = packed_tokens(tokens, pack), _rows(pack["segments"])
     hidden, _ = Transformer(model_cfg).apply(
-        {"params": params}, packed, pack["positions"], pack["segments"] > 0,
-        return_hidden=True, segment_ids=pack["segments"])
+        {"params": params}, packed, _rows(pack["positions"]), segments > 0,
+        return_hidden=True, segment_ids=segments)
     targets = jnp.concatenate([packed[:, 1:], jnp.zeros_like(packed[:, :1])], axis=1)
     return hidden, targets
 
 
 def packed_values(model_cfg: ModelConfig, critic_params: Any, tokens: Array,
-                  pack: dict[str, Array]) -> Array:
+                  pack: dict[str, Array], response_len: int) -> Array:
     """Critic values V(s_t) of each response token [n, R] from the packed rows (the slot that
     predicts token t, as `steps.response_values` reads slot P+t-1)."""
+    segments = _rows(pack["segments"])
     values = heads.ScalarHeadModel(model_cfg).apply(
-        {"params": critic_params}, packed_tokens(tokens, pack), pack["positions"],
-        pack["segments"] > 0, segment_ids=pack["segments"])
-    return unpack(values, pack)
+        {"params": critic_params}, packed_tokens(tokens, pack), _rows(pack["positions"]),
+        segments > 0, segment_ids=segments)
+    return unpack(values, pack, response_len)

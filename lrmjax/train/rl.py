@@ -248,11 +248,11 @@ def prepare(inp: Inputs, progs: Programs, state: TrainState, ref_params: Any,
 def update(inp: Inputs, progs: Programs, state: TrainState, data: dict[str, jax.Array],
            rl_step: int, metrics: dict[str, float]) -> tuple[TrainState, int]:
     """`train.ppo_epochs` passes over `data` in `train.minibatches` shuffled minibatches,
-    each with its packing plan under `train.pack_tokens` (`packing.plan`, one block per
-    microbatch); the update metrics (means over minibatches) into `metrics` with
-    perf/padding_fraction (the share of the forwards' token slots that hold no token), and
-    the adaptive KL controller's step. Returns the state and how many updates were skipped
-    (non-finite)."""
+    each with its packing plan under `train.pack_tokens` (`packing.plan`: token-budget
+    microbatches of `packing.micro_rows` rows); the update metrics (means over minibatches)
+    into `metrics` with perf/padding_fraction (the share of the forwards' token slots that
+    hold no token), and the adaptive KL controller's step. Returns the state and how many
+    updates were skipped (non-finite)."""
     cfg, mesh = inp.cfg, inp.mesh
     rng = np.random.default_rng([cfg.seed, rl_step])
     num = data["tokens"].shape[0]  # global rows
@@ -261,6 +261,9 @@ def update(inp: Inputs, progs: Programs, state: TrainState, data: dict[str, jax.
     host_mask = parallel.global_to_host(data["mask"])
     prompt_len = data["tokens"].shape[1] - data["loss_mask"].shape[1]
     group = steps.shared_prompt_groups(cfg, mesh)[1]
+    pack_rows = cfg.train.pack_tokens and packing.micro_rows(
+        size, host_mask.shape[1], cfg.train.pack_tokens, cfg.train.microbatches,
+        parallel.batch_divisor(mesh))
     results, real, slots = [], 0, 0
     for _ in range(cfg.train.ppo_epochs):
         order = rng.permutation(num) if cfg.train.minibatches > 1 else np.arange(num)
@@ -272,7 +275,7 @@ def update(inp: Inputs, progs: Programs, state: TrainState, data: dict[str, jax.
                 for k, v in update_batch.take_rows(data, idx).items()}
             if cfg.train.pack_tokens:
                 plan = packing.plan(host_mask[rows], prompt_len, cfg.train.pack_tokens,
-                                    cfg.train.microbatches, parallel.batch_divisor(mesh))
+                                    pack_rows, parallel.batch_divisor(mesh))
                 mb = {**mb, "pack": packing.put(plan, mesh)}
                 real, slots = real + plan.tokens, slots + plan.slots
             else:

@@ -203,7 +203,8 @@ def response_head(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Arra
         hidden, targets = packing.packed_hidden(model_cfg, params, tokens, pack)
         logp, entropy = head_logprobs(model_cfg, params, hidden, targets, temperature,
                                       logits_chunk_mb)
-        return packing.unpack(logp, pack), packing.unpack(entropy, pack)
+        R = tokens.shape[1] - prompt_len
+        return packing.unpack(logp, pack, R), packing.unpack(entropy, pack, R)
     hidden = response_hidden(model_cfg, params, tokens, mask, prompt_len, group_size)
     return head_logprobs(model_cfg, params, hidden, tokens[:, prompt_len:], temperature,
                          logits_chunk_mb)
@@ -239,7 +240,8 @@ def response_values(critic_params: Any, tokens: Array, mask: Array,
     """Critic values V(s_t) for each response token [N, R] (same shift as the logits), from
     the packed rows of `pack` when given (`packing.packed_values`)."""
     if pack is not None:
-        return packing.packed_values(model_cfg, critic_params, tokens, pack)
+        return packing.packed_values(model_cfg, critic_params, tokens, pack,
+                                     tokens.shape[1] - prompt_len)
     values = heads.token_values(model_cfg, critic_params, tokens, mask)
     return values[:, prompt_len - 1:-1]
 
@@ -265,17 +267,21 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
     `group_size` n > 1 every microbatch holds whole groups of n rows sharing a prompt, and the
     policy runs each prompt once (`response_hidden`). The LM head runs in chunks when a
     microbatch's logits would exceed `logits_chunk_mb` (`head_logprobs`). With a packing
-    plan in `batch["pack"]` (`packing.plan` with one block per microbatch) the forwards run
-    on packed rows and the loss on the unpacked [N, R] outputs, so it is the padded loss.
+    plan in `batch["pack"]` (`packing.plan`) the microbatches are its blocks instead of
+    `microbatches` row slices, each the minibatch's loss narrowed to the block's sequences
+    (`packing.micro_view`): the forwards run on packed rows, the loss on the unpacked
+    [N, R] outputs, and the sum over blocks is the padded loss.
 
     Returns the new state and a flat dict of scalar metrics (verl-style names).
     """
     response_len = batch["loss_mask"].shape[1]
     denom = losses.loss_denominator(algo, batch["loss_mask"], response_len)
-    micro = _split_micro(batch, microbatches)
+    packed = "pack" in batch
+    micro = packing.micro_slices(batch["pack"]) if packed else _split_micro(batch, microbatches)
     use_kl_loss = algo.kl_mode == "loss"
 
     def actor_loss_fn(params, mb):
+        mb = packing.micro_view(batch, mb) if packed else mb
         logp, entropy = response_head(model_cfg, params, mb["tokens"], mb["mask"], prompt_len,
                                       temperature, group_size, logits_chunk_mb, mb.get("pack"))
         loss, metrics = losses.actor_loss(
@@ -315,6 +321,7 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
         token_count = jnp.sum(batch["loss_mask"])
 
         def critic_loss_fn(cparams, mb):
+            mb = packing.micro_view(batch, mb) if packed else mb
             values = response_values(cparams, mb["tokens"], mb["mask"], mb.get("pack"),
                                      model_cfg=model_cfg, prompt_len=prompt_len)
             return losses.critic_loss(algo, values=values, old_values=mb["old_values"],

@@ -27,8 +27,9 @@ Batch (`build`): tokens, mask, loss_mask, sampler_logprobs, and
   old_values [N, R]           with a critic
   advantages, returns [N, R]  `rl.advantages.compute_advantages`, float32, 0 off the mask
 
-The batch stays padded: with packing, `rl.update` adds each minibatch's own plan (one block
-per microbatch) as `pack`, and only the forwards run on packed rows (`lrmjax.train.packing`).
+The batch stays padded: with packing, `rl.update` adds each minibatch's own plan (its blocks
+are the microbatches) as `pack`, and only the forwards run on packed rows
+(`lrmjax.train.packing`).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def pass_plan(mask: Array, prompt_len: int, budget: int, mesh: Any) -> dict[str,
     """The packing plan of the log-prob and value passes over a step's [N, P+R] `mask` (a
     global array; every host plans the whole batch), on `mesh`."""
     host_mask = parallel.global_to_host(mask)
-    return packing.put(packing.plan(host_mask, prompt_len, budget, 1,
+    return packing.put(packing.plan(host_mask, prompt_len, budget, 0,
                                     parallel.batch_divisor(mesh)), mesh)
 
 
@@ -219,8 +220,7 @@ def row_spec(cfg: ml_collections.ConfigDict, prompt_len: int, mesh: Any, rows: i
     if cfg.rl.needs_greedy_baseline:
         out["baseline_rewards"] = like((rows,), jnp.float32)
     if cfg.train.pack_tokens:
-        out["pack"] = packing.spec(rows, prompt_len + R, prompt_len, cfg.train.pack_tokens, 1,
-                                   mesh)
+        out["pack"] = packing.spec(rows, cfg.train.pack_tokens, mesh)
     return out
 
 
@@ -240,7 +240,8 @@ def spec(cfg: ml_collections.ConfigDict, passes: Passes, state: TrainState, ref_
 
     out = jax.tree.map(minibatch, out)
     if cfg.train.pack_tokens:
-        tokens = out["tokens"]
-        out["pack"] = packing.spec(tokens.shape[0], tokens.shape[1], prompt_len,
-                                   cfg.train.pack_tokens, cfg.train.microbatches, mesh)
+        size, width = out["tokens"].shape
+        rows = packing.micro_rows(size, width, cfg.train.pack_tokens, cfg.train.microbatches,
+                                  parallel.batch_divisor(mesh))
+        out["pack"] = packing.spec(size, cfg.train.pack_tokens, mesh, rows)
     return out
