@@ -78,7 +78,7 @@ def test_row_buckets_are_four_per_octave_in_multiples_of_the_divisor():
         assert got <= max(need * 1.25, need + 1), need
 
 
-@pytest.mark.parametrize("rows_per_block,multiple", [(0, 1), (0, 8), (2, 1)])
+@pytest.mark.parametrize("rows_per_block,multiple", [(0, 1), (0, 8), (3, 1), (8, 8)])
 def test_plan_places_every_token_once_in_its_segment(rows_per_block, multiple):
     """A numpy check of every array of the plan against the mask it packs."""
     mask = _mask()
@@ -88,15 +88,19 @@ def test_plan_places_every_token_once_in_its_segment(rows_per_block, multiple):
     rows, blocks, L = pl.rows, pl.blocks, P + R
     assert pl.gather.shape == pl.segments.shape == pl.positions.shape == (rows, blocks, T)
     assert pl.tokens == mask.sum() and pl.slots == blocks * rows * T
-    need = -(-mask.sum() // T)                      # rows the tokens need at the least
-    if rows_per_block:
-        assert rows == rows_per_block and blocks >= 2
-        assert (blocks - 1) * rows < 1.5 * need     # no block beyond those FFD fills
-    else:
-        assert blocks == 1 and rows % multiple == 0 and need <= rows
     src = pl.gather.transpose(1, 0, 2)              # [blocks, rows, T]
     seg = pl.segments.transpose(1, 0, 2)
     pos = pl.positions.transpose(1, 0, 2)
+    used = seg.reshape(blocks * rows, T).any(1)
+    K = int(used.sum())                             # rows with tokens: the first K
+    assert used[:K].all() and K >= -(-mask.sum() // T)
+    assert rows % multiple == 0
+    if rows_per_block:                              # as few blocks as hold K rows, even
+        assert blocks == -(-K // rows_per_block) and rows <= rows_per_block
+        even = -(-K // blocks)
+        assert rows == -(-even // multiple) * multiple
+    else:
+        assert blocks == 1 and rows in packing.row_buckets(N, multiple)
     # Every real token exactly once.
     np.testing.assert_array_equal(np.sort(src[seg > 0]), np.flatnonzero(mask.reshape(-1)))
     assert np.all(pos[seg == 0] == 0)

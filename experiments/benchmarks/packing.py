@@ -14,9 +14,10 @@ loss, on-policy, token-mean, one AdamW step) runs on the same batch two ways:
 
 Both are compiled first (and run once); then --rounds rounds each time one update of each,
 padded first in even rounds and packed first in odd ones, so a slow phase of a shared
-machine hits both. Reported: the median of each, their ratio, the padding share of the
-token slots (perf/padding_fraction) and the packed rows. Without --platform gpu it runs on
-one CPU device.
+machine hits both. Reported: the median wall time of each and the median CPU time of the
+process (all threads: less sensitive to a busy neighbour than the wall time), their ratios,
+the padding share of the token slots (perf/padding_fraction) and the packed rows. Without
+--platform gpu it runs on one CPU device.
 """
 
 from __future__ import annotations
@@ -99,15 +100,15 @@ def main() -> None:
     padded = jax.device_put(batch)
     packed = jax.device_put({**batch, "pack": pl.arrays()})
 
-    states = {}
+    states: dict = {}
 
     def run(name, data):
         state = states.pop(name)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         state, m = step(state, data)
         loss = float(m["actor/loss"])            # waits for the step
         states[name] = state
-        return time.perf_counter() - t0, loss
+        return time.perf_counter() - t0, time.process_time() - c0, loss
 
     print(common.machine_summary())
     try:
@@ -121,25 +122,28 @@ def main() -> None:
           f"{np.percentile(r_len, 95):.0f}, max {r_len.max()}; {mask.sum():,} real tokens")
     print(f"padded: {N} rows x {L} slots in {micro} microbatches of {args.rows_per_micro}; "
           f"packed: {pl.blocks} microbatches of {pl.rows} rows x {L} tokens")
-    compile_s = {}
     for name, data in (("padded", padded), ("packed", packed)):
         states[name] = state_lib.TrainState.create(jax.tree.map(jnp.copy, params), tx)
-        t, loss = run(name, data)
-        compile_s[name] = t
+        t, _, loss = run(name, data)
         print(f"  {name}: first update (compile + run) {t:.1f} s, loss {loss:.6f}", flush=True)
-    times = {"padded": [], "packed": []}
+    wall, cpu = {"padded": [], "packed": []}, {"padded": [], "packed": []}
     for r in range(args.rounds):
         order = ("padded", "packed") if r % 2 == 0 else ("packed", "padded")
         for name in order:
-            times[name].append(run(name, padded if name == "padded" else packed)[0])
-        print(f"  round {r}: padded {times['padded'][-1]:.2f} s, packed "
-              f"{times['packed'][-1]:.2f} s", flush=True)
-    pad, pack = statistics.median(times["padded"]), statistics.median(times["packed"])
-    print("| layout | token slots | padding fraction | update s (median) |")
-    print("|---|---|---|---|")
-    print(f"| padded | {mask.size:,} | {padded_frac:.3f} | {pad:.2f} |")
-    print(f"| packed | {pl.slots:,} | {packed_frac:.3f} | {pack:.2f} |")
-    print(f"packed / padded update time: {pack / pad:.3f} (speedup {pad / pack:.2f}x)")
+            t, c, _ = run(name, padded if name == "padded" else packed)
+            wall[name].append(t)
+            cpu[name].append(c)
+        print(f"  round {r}: padded {wall['padded'][-1]:.2f} s ({cpu['padded'][-1]:.1f} CPU s),"
+              f" packed {wall['packed'][-1]:.2f} s ({cpu['packed'][-1]:.1f} CPU s)", flush=True)
+    med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in wall}
+    print("| layout | token slots | padding fraction | update s (median) | CPU s (median) |")
+    print("|---|---|---|---|---|")
+    print(f"| padded | {mask.size:,} | {padded_frac:.3f} | {med['padded'][0]:.2f} | "
+          f"{med['padded'][1]:.1f} |")
+    print(f"| packed | {pl.slots:,} | {packed_frac:.3f} | {med['packed'][0]:.2f} | "
+          f"{med['packed'][1]:.1f} |")
+    print(f"packed / padded update time: {med['packed'][0] / med['padded'][0]:.3f} wall, "
+          f"{med['packed'][1] / med['padded'][1]:.3f} CPU")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from lrmjax.models.transformer import Transformer, positions_from_mask
 
 
 class ScalarHeadModel(nn.Module):
-    """Trunk + linear head giving one scalar per token: [B, T] float32."""
+    """Trunk + linear head giving one scalar per token: [B, T] float32 (`segment_ids` for
+    packed rows, as in `Transformer`)."""
 
     cfg: ModelConfig
 

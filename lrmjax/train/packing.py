@@ -25,10 +25,11 @@ with the batch:
 (rows first, so that the batch sharding splits every block's rows over the devices).
 
 Blocks are the update's microbatches, by tokens rather than by rows (token-budget
-microbatches): the rows, fullest first, are cut into blocks of `rows` rows, `micro_rows`
-holding as many token slots as a padded microbatch of the config (`train.microbatches`), so a
-microbatch never needs more memory than its padded counterpart and packing shrinks the
-*number* of microbatches (at most `train.microbatches`, one program per count used). Each
+microbatches): the rows, fullest first, are cut into as few blocks of at most `micro_rows`
+rows as hold them (as many token slots as a padded microbatch of the config,
+`train.microbatches`), with the rows spread evenly over the blocks. A microbatch never needs
+more memory than its padded counterpart, packing shrinks the *number* of microbatches (at
+most `train.microbatches`), and a run compiles one program per (blocks, rows) it meets. Each
 block's loss is the whole minibatch's loss with the mask narrowed to the block's sequences
 (`micro_view`): every sequence falls in one block, so the blocks' losses and gradients sum to
 the minibatch's (the loss divides by the whole minibatch's normalizer). The log-prob passes
@@ -158,16 +159,21 @@ def plan(mask: np.ndarray, prompt_len: int, budget: int, rows_per_block: int = 0
          row_multiple: int = 1) -> Plan:
     """Packs the sequences of a [N, P+R] mask (prompts left padded, responses right padded)
     into rows of `budget` tokens by first-fit-decreasing. With `rows_per_block` the rows are
-    cut into as many blocks of that many rows as they need (the update's microbatches);
-    without, they form one block of a bucket of `row_buckets(N, row_multiple)` rows (the
-    log-prob and value passes)."""
+    cut into as few blocks of at most that many rows as hold them, with the same number of
+    rows each, a multiple of `row_multiple` (the update's microbatches); without, they form
+    one block of a bucket of `row_buckets(N, row_multiple)` rows (the log-prob and value
+    passes)."""
     mask = np.asarray(mask, bool)
     N, L = mask.shape
     P, T = prompt_len, budget
     p, r = sequence_lengths(mask, P)
     row, offset, used = first_fit_decreasing(p + r, T)
     if rows_per_block:
-        rows, blocks = rows_per_block, max(1, -(-used // rows_per_block))
+        # As few blocks as hold the rows, the rows spread evenly over them: fewer than
+        # `blocks` rows (plus the divisor's rounding) stay empty.
+        blocks = max(1, -(-used // rows_per_block))
+        rows = -(-max(used, 1) // blocks)
+        rows = -(-rows // row_multiple) * row_multiple
     else:
         rows, blocks = bucket(max(used, 1), row_buckets(N, row_multiple)), 1
     gather = np.zeros(blocks * rows * T, np.int32)
@@ -210,7 +216,9 @@ def spec(num_seqs: int, budget: int, mesh: Any, rows_per_block: int = 0
     own; `rows_per_block` as in `plan`): what a program is compiled for ahead of the loop,
     and its memory bound."""
     if rows_per_block:
-        rows, blocks = rows_per_block, -(-num_seqs // rows_per_block)
+        blocks = -(-num_seqs // rows_per_block)
+        rows = -(-num_seqs // blocks)
+        rows = -(-rows // parallel.batch_divisor(mesh)) * parallel.batch_divisor(mesh)
     else:
         rows, blocks = row_buckets(num_seqs, parallel.batch_divisor(mesh))[-1], 1
     packed = jax.ShapeDtypeStruct((rows, blocks, budget), jnp.int32,
