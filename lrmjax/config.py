@@ -173,6 +173,12 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     # Each group's prompt runs once, not n times, in the reference/old logprob passes and (with
     # one minibatch) the update: exact, and n-1 of n prompt token-passes fewer.
     c.train.shared_prompt_forward = True
+    # Sequence packing (lrmjax/train/packing.py): > 0 runs the log-prob, reference, value and
+    # update forwards on rows of this many tokens, each holding several whole sequences
+    # (prompt + response) end to end, instead of one padded [P + R] row per sequence. The
+    # losses are the padded ones (to float rounding); 0 = padded rows. At least
+    # sampling.max_prompt_len + sampling.max_new_tokens, so every sequence fits a row.
+    c.train.pack_tokens = 0
     c.train.max_refill_rounds = 4    # dynamic sampling: extra sampling rounds per step
     c.train.max_nonfinite = 5        # consecutive skipped (non-finite) updates before stopping
     c.train.log_every = 10

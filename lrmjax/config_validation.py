@@ -199,6 +199,7 @@ RANGES: dict[str, Range] = {
     "train.minibatches": _COUNT,
     "train.microbatches": _COUNT,
     "train.logits_chunk_mb": _NON_NEGATIVE,  # 0 = one pass
+    "train.pack_tokens": _NON_NEGATIVE,    # 0 = padded rows
     "train.max_refill_rounds": _NON_NEGATIVE,
     "train.max_nonfinite": _COUNT,
     "train.log_every": _COUNT,
@@ -524,6 +525,11 @@ def _check_sizes(cfg: ml_collections.ConfigDict, num_devices: int | None,
     if batch % per_update:
         raise ValueError(f"config 'train.batch_prompts' x 'sampling.n' = {batch} responses is not "
                          f"divisible by train.minibatches x train.microbatches = {per_update}")
+    longest = cfg.sampling.max_prompt_len + cfg.sampling.max_new_tokens
+    if 0 < cfg.train.pack_tokens < longest:
+        raise ValueError(f"config 'train.pack_tokens' = {cfg.train.pack_tokens} is shorter than "
+                         f"a whole sequence: sampling.max_prompt_len + sampling.max_new_tokens "
+                         f"= {longest}")
     if cfg.rl.adv_estimator not in _BATCH_LEVEL_ESTIMATORS and n < 2:
         raise ValueError(f"config 'sampling.n' = {n}: the {cfg.rl.adv_estimator!r} advantage "
                          "needs at least 2 responses per prompt")

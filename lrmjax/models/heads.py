@@ -18,15 +18,17 @@ from lrmjax.models.transformer import Transformer, positions_from_mask
 
 
 class ScalarHeadModel(nn.Module):
-    """Trunk + linear head giving one scalar per token: [B, T] float32."""
+    """Trunk + linear head giving one scalar per token: [B, T] float32 (`segment_ids` for
+    packed rows, as in `Transformer`)."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, positions: jax.Array, attention_mask: jax.Array
-                 ) -> jax.Array:
+    def __call__(self, tokens: jax.Array, positions: jax.Array, attention_mask: jax.Array,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
         hidden, _ = Transformer(self.cfg, name="trunk")(tokens, positions, attention_mask,
-                                                         return_hidden=True)
+                                                         return_hidden=True,
+                                                         segment_ids=segment_ids)
         head = nn.Dense(1, dtype=jnp.float32, param_dtype=self.cfg.param_dtype,
                         kernel_init=nn.initializers.zeros, name="head")
         return head(hidden.astype(jnp.float32))[..., 0]

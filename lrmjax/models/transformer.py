@@ -304,7 +304,10 @@ class Attention(nn.Module):
 def cached_attention(q: Array, k: Array, v: Array, kv_mask: Array, q_slots: Array, kv: Any,
                      index: Array, dtype: Any) -> tuple[Array, Any]:
     """Attention of q [B, T, H, d] over k/v [B, T, K, d], written first into the KV cache
-    `kv` when there is one (see `Attention`): -> (out [B, T, H, d], updated kv or None)."""
+    `kv` when there is one (see `Attention`): -> (out [B, T, H, d], updated kv or None).
+
+    kv_mask [B, S] is bool (True on real tokens), or, for packed rows without a cache, int
+    segment ids (0 on padding): a query then sees the earlier keys of its own segment."""
     B, T, H, d = q.shape
     K = k.shape[2]
     k = k.transpose(0, 2, 3, 1)  # [B, K, d, T]
@@ -329,7 +332,12 @@ def cached_attention(q: Array, k: Array, v: Array, kv_mask: Array, q_slots: Arra
 
     S = k.shape[-1]
     # [B, T, S]: a key is visible if it holds a real token and is not in the future.
-    visible = kv_mask[:, None, :] & (jnp.arange(S)[None, None, :] <= q_slots[None, :, None])
+    causal = jnp.arange(S)[None, None, :] <= q_slots[None, :, None]
+    if jnp.issubdtype(kv_mask.dtype, jnp.integer):  # segment ids of packed rows (no cache)
+        same = kv_mask[:, None, :] == kv_mask[:, :, None]
+        visible = same & (kv_mask[:, None, :] > 0) & causal
+    else:
+        visible = kv_mask[:, None, :] & causal
     q = q.reshape(B, T, K, H // K, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, d]
     scores = jnp.einsum("bkgtd,bkds->bkgts", q, k).astype(jnp.float32) / math.sqrt(d)
     scores = jnp.where(visible[:, None, None], scores, _NEG_INF)
@@ -439,8 +447,8 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: Array, positions: Array, attention_mask: Array,
-                 cache: KVCache | None = None, return_hidden: bool = False
-                 ) -> tuple[Array, KVCache | None]:
+                 cache: KVCache | None = None, return_hidden: bool = False,
+                 segment_ids: Array | None = None) -> tuple[Array, KVCache | None]:
         """Runs the model on T new tokens.
 
         Args:
@@ -449,6 +457,9 @@ class Transformer(nn.Module):
           attention_mask: [B, T] bool, True on real tokens.
           cache: a KVCache, or None for a full (training / scoring) forward pass.
           return_hidden: return the final normed hidden states [B, T, D] instead of logits.
+          segment_ids: [B, T] int32 for packed rows (no cache, no groups): several sequences
+            share a row, each a run of one id (0 on padding); a token attends only to the
+            earlier tokens of its own segment, and `positions` restart per segment.
 
         Returns:
           (logits [B, T, V] float32 or hidden [B, T, D], updated cache or None).
@@ -462,9 +473,13 @@ class Transformer(nn.Module):
 
         if self.groups is not None and cache is not None:
             raise ValueError("a grouped forward takes no KV cache")
+        if segment_ids is not None and (cache is not None or self.groups is not None):
+            raise ValueError("a packed forward (segment_ids) takes no KV cache and no groups")
         if cache is None:
             index = jnp.zeros((), jnp.int32)
-            kv_mask = attention_mask
+            # Integer segment ids stand in for the mask (`cached_attention` reads either).
+            kv_mask = (attention_mask if segment_ids is None
+                       else jnp.where(attention_mask, segment_ids.astype(jnp.int32), 0))
         else:
             index = cache.index
             kv_mask = jax.lax.dynamic_update_slice(cache.mask, attention_mask, (0, index))

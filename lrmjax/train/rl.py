@@ -42,7 +42,7 @@ from lrmjax import host, parallel
 from lrmjax.models import heads
 from lrmjax.rl import kl as kl_lib
 from lrmjax.train import checkpoint as ckpt_lib
-from lrmjax.train import compilation, lifecycle, rollouts, update_batch
+from lrmjax.train import compilation, lifecycle, packing, rollouts, steps, update_batch
 from lrmjax.train import evaluate as eval_lib
 from lrmjax.train import metrics as metrics_lib
 from lrmjax.train import policy as policy_lib
@@ -262,26 +262,45 @@ def prepare(inp: Inputs, progs: Programs, state: TrainState, ref_params: Any,
 
 def update(inp: Inputs, progs: Programs, state: TrainState, data: dict[str, jax.Array],
            rl_step: int, metrics: dict[str, float]) -> tuple[TrainState, int]:
-    """`train.ppo_epochs` passes over `data` in `train.minibatches` shuffled minibatches;
-    the update metrics (means over minibatches) into `metrics`, and the adaptive KL
-    controller's step. Returns the state and how many updates were skipped (non-finite)."""
+    """`train.ppo_epochs` passes over `data` in `train.minibatches` shuffled minibatches,
+    each with its packing plan under `train.pack_tokens` (`packing.plan`: token-budget
+    microbatches of `packing.micro_rows` rows); the update metrics (means over minibatches)
+    into `metrics` with perf/padding_fraction (the share of the forwards' token slots that
+    hold no token), and the adaptive KL controller's step. Returns the state and how many
+    updates were skipped (non-finite)."""
     cfg, mesh = inp.cfg, inp.mesh
     rng = np.random.default_rng([cfg.seed, rl_step])
     num = data["tokens"].shape[0]  # global rows
     size = num // cfg.train.minibatches
-    results = []
+    # The mask on the host (an input, ready: no wait on the passes) plans the packing.
+    host_mask = parallel.global_to_host(data["mask"])
+    prompt_len = data["tokens"].shape[1] - data["loss_mask"].shape[1]
+    group = steps.shared_prompt_groups(cfg, mesh)[1]
+    pack_rows = cfg.train.pack_tokens and packing.micro_rows(
+        size, host_mask.shape[1], cfg.train.pack_tokens, cfg.train.microbatches,
+        parallel.batch_divisor(mesh))
+    results, real, slots = [], 0, 0
     for _ in range(cfg.train.ppo_epochs):
         order = rng.permutation(num) if cfg.train.minibatches > 1 else np.arange(num)
         for i in range(cfg.train.minibatches):
-            idx = parallel.put(np.sort(order[i * size:(i + 1) * size]),
-                               parallel.replicated(mesh))
+            rows = np.sort(order[i * size:(i + 1) * size])
+            idx = parallel.put(rows, parallel.replicated(mesh))
             mb = data if cfg.train.minibatches == 1 else {
                 k: parallel.put(v, parallel.batch_sharding(mesh, v.ndim))
                 for k, v in update_batch.take_rows(data, idx).items()}
+            if cfg.train.pack_tokens:
+                plan = packing.plan(host_mask[rows], prompt_len, cfg.train.pack_tokens,
+                                    pack_rows, parallel.batch_divisor(mesh))
+                mb = {**mb, "pack": packing.put(plan, mesh)}
+                real, slots = real + plan.tokens, slots + plan.slots
+            else:
+                used, total = packing.padded_slots(host_mask[rows], prompt_len, group)
+                real, slots = real + used, slots + total
             state, um = progs.train_step(state, mb)
             results.append(um)
     results = jax.device_get(results)  # one host transfer per RL step
     metrics.update(jax.tree.map(lambda *xs: float(np.mean(xs)), *results))
+    metrics["perf/padding_fraction"] = 1.0 - real / max(slots, 1)
     algo = cfg.rl
     if algo.kl_mode != "none" and algo.kl_target is not None and "actor/kl_loss" in metrics:
         ctrl = kl_lib.update_kl_controller(

@@ -22,6 +22,7 @@ from lrmjax.models import heads, lora
 from lrmjax.models.presets import ModelConfig
 from lrmjax.models.transformer import Transformer, positions_from_mask, tempered_lm_head
 from lrmjax.rl import losses
+from lrmjax.train import packing
 from lrmjax.train.state import TrainState, guarded_update, policy_params
 
 Array = jax.Array
@@ -134,14 +135,15 @@ def grouped_hidden(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Arr
 
 def shared_prompt_groups(cfg: ml_collections.ConfigDict, mesh: Any) -> tuple[int, int]:
     """Group sizes for the shared-prompt forward (`steps.grouped_hidden`) of the logprob
-    passes and of the update: sampling.n when `train.shared_prompt_forward` is on, else 1.
+    passes and of the update: sampling.n when `train.shared_prompt_forward` is on (and
+    `train.pack_tokens` off: packed rows hold each sequence whole), else 1.
 
     The reference/old logprob passes see the whole step's batch, group-major as sampled. The
     update shares prompts only with one minibatch (several shuffle the rows apart), and each
     pass only when its prompts split evenly over the batch shards (each device then holds
     whole groups: no communication)."""
     n = cfg.sampling.n
-    if not cfg.train.shared_prompt_forward or n == 1:
+    if not cfg.train.shared_prompt_forward or n == 1 or cfg.train.pack_tokens:
         return 1, 1
     shards = parallel.batch_divisor(mesh)
     prompts = cfg.train.batch_prompts  # global
@@ -190,14 +192,33 @@ def _token_logprobs_bwd(res, grads):
 token_logprobs.defvjp(_token_logprobs_fwd, _token_logprobs_bwd)
 
 
-def response_logprobs(params: Any, tokens: Array, mask: Array, *, model_cfg: ModelConfig,
+def response_head(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Array,
+                  prompt_len: int, temperature: float = 1.0, group_size: int = 1,
+                  logits_chunk_mb: float = LOGITS_CHUNK_MB,
+                  pack: dict[str, Array] | None = None) -> tuple[Array, Array]:
+    """log p and entropy of each response token, two [N, R] float32: `response_hidden`
+    (`group_size` as there) then `head_logprobs`. With a packing plan `pack`
+    (`packing.plan`) the model and the head run on the packed rows and the outputs are
+    unpacked to [N, R] (0 where the response has no token)."""
+    if pack is not None:
+        hidden, targets = packing.packed_hidden(model_cfg, params, tokens, pack)
+        logp, entropy = head_logprobs(model_cfg, params, hidden, targets, temperature,
+                                      logits_chunk_mb)
+        R = tokens.shape[1] - prompt_len
+        return packing.unpack(logp, pack, R), packing.unpack(entropy, pack, R)
+    hidden = response_hidden(model_cfg, params, tokens, mask, prompt_len, group_size)
+    return head_logprobs(model_cfg, params, hidden, tokens[:, prompt_len:], temperature,
+                         logits_chunk_mb)
+
+
+def response_logprobs(params: Any, tokens: Array, mask: Array,
+                      pack: dict[str, Array] | None = None, *, model_cfg: ModelConfig,
                       prompt_len: int, temperature: float = 1.0, group_size: int = 1,
                       logits_chunk_mb: float = LOGITS_CHUNK_MB) -> Array:
     """Per-token logprobs of the responses [N, R] (old-policy or reference logprobs);
-    `group_size` as in `response_hidden`, the head in chunks as `head_logprobs`."""
-    hidden = response_hidden(model_cfg, params, tokens, mask, prompt_len, group_size)
-    return head_logprobs(model_cfg, params, hidden, tokens[:, prompt_len:], temperature,
-                         logits_chunk_mb)[0]
+    `group_size` and `pack` as in `response_head`, the head in chunks as `head_logprobs`."""
+    return response_head(model_cfg, params, tokens, mask, prompt_len, temperature, group_size,
+                         logits_chunk_mb, pack)[0]
 
 
 def response_token_stats(params: Any, tokens: Array, mask: Array, *, model_cfg: ModelConfig,
@@ -214,9 +235,14 @@ def response_token_stats(params: Any, tokens: Array, mask: Array, *, model_cfg: 
     return {"token_logprobs": logp, "token_entropies": entropy, "self_certainty": certainty}
 
 
-def response_values(critic_params: Any, tokens: Array, mask: Array, *, model_cfg: ModelConfig,
+def response_values(critic_params: Any, tokens: Array, mask: Array,
+                    pack: dict[str, Array] | None = None, *, model_cfg: ModelConfig,
                     prompt_len: int) -> Array:
-    """Critic values V(s_t) for each response token [N, R] (same shift as the logits)."""
+    """Critic values V(s_t) for each response token [N, R] (same shift as the logits), from
+    the packed rows of `pack` when given (`packing.packed_values`)."""
+    if pack is not None:
+        return packing.packed_values(model_cfg, critic_params, tokens, pack,
+                                     tokens.shape[1] - prompt_len)
     values = heads.token_values(model_cfg, critic_params, tokens, mask)
     return values[:, prompt_len - 1:-1]
 
@@ -243,21 +269,25 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
     logprobs are the current ones under stop_gradient, which saves a forward pass. With
     `group_size` n > 1 every microbatch holds whole groups of n rows sharing a prompt, and the
     policy runs each prompt once (`response_hidden`). The LM head runs in chunks when a
-    microbatch's logits would exceed `logits_chunk_mb` (`head_logprobs`).
+    microbatch's logits would exceed `logits_chunk_mb` (`head_logprobs`). With a packing
+    plan in `batch["pack"]` (`packing.plan`) the microbatches are its blocks instead of
+    `microbatches` row slices, each the minibatch's loss narrowed to the block's sequences
+    (`packing.micro_view`): the forwards run on packed rows, the loss on the unpacked
+    [N, R] outputs, and the sum over blocks is the padded loss.
 
     Returns the new state and a flat dict of scalar metrics (verl-style names).
     """
     response_len = batch["loss_mask"].shape[1]
     denom = losses.loss_denominator(algo, batch["loss_mask"], response_len)
-    micro = _split_micro(batch, microbatches)
+    packed = "pack" in batch
+    micro = packing.micro_slices(batch["pack"]) if packed else _split_micro(batch, microbatches)
     use_kl_loss = algo.kl_mode == "loss"
 
     def actor_loss_fn(params, mb):  # params: the trainable ones (under LoRA the adapters)
         params = policy_params(state.frozen, params)
-        hidden = response_hidden(model_cfg, params, mb["tokens"], mb["mask"], prompt_len,
-                                 group_size)
-        logp, entropy = head_logprobs(model_cfg, params, hidden, mb["tokens"][:, prompt_len:],
-                                      temperature, logits_chunk_mb)
+        mb = packing.micro_view(batch, mb) if packed else mb
+        logp, entropy = response_head(model_cfg, params, mb["tokens"], mb["mask"], prompt_len,
+                                      temperature, group_size, logits_chunk_mb, mb.get("pack"))
         loss, metrics = losses.actor_loss(
             algo, logprobs=logp,
             old_logprobs=jax.lax.stop_gradient(logp) if on_policy else mb["old_logprobs"],
@@ -295,8 +325,9 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
         token_count = jnp.sum(batch["loss_mask"])
 
         def critic_loss_fn(cparams, mb):
-            values = response_values(cparams, mb["tokens"], mb["mask"], model_cfg=model_cfg,
-                                     prompt_len=prompt_len)
+            mb = packing.micro_view(batch, mb) if packed else mb
+            values = response_values(cparams, mb["tokens"], mb["mask"], mb.get("pack"),
+                                     model_cfg=model_cfg, prompt_len=prompt_len)
             return losses.critic_loss(algo, values=values, old_values=mb["old_values"],
                                       returns=mb["returns"], response_mask=mb["loss_mask"],
                                       loss_denominator=token_count)

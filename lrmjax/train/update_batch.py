@@ -18,12 +18,18 @@ over the batch axes):
   baseline_rewards [N]        optional: the greedy response's reward (ReMax)
   ref_logprobs [N, R]         optional: the reference policy's log-probs, when they were
                               dispatched early (see `rl.train`); else `build` computes them
+  pack                        with `train.pack_tokens`: the packing plan of the passes
+                              (`packing.plan`, one block), from `early_rows`
 
 Batch (`build`): tokens, mask, loss_mask, sampler_logprobs, and
   old_logprobs [N, R]         the sampling policy's log-probs (on-policy: sampler_logprobs)
   ref_logprobs [N, R]         with a reference policy (any KL mode)
   old_values [N, R]           with a critic
   advantages, returns [N, R]  `rl.advantages.compute_advantages`, float32, 0 off the mask
+
+The batch stays padded: with packing, `rl.update` adds each minibatch's own plan (its blocks
+are the microbatches) as `pack`, and only the forwards run on packed rows
+(`lrmjax.train.packing`).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from lrmjax import parallel
 from lrmjax.models.presets import ModelConfig
 from lrmjax.rl import advantages as adv_lib
 from lrmjax.rl import kl as kl_lib
-from lrmjax.train import rollouts, steps
+from lrmjax.train import packing, rollouts, steps
 from lrmjax.train.state import TrainState
 
 Array = jax.Array
@@ -53,8 +59,10 @@ class Passes:
     """The jitted device passes that feed the update.
 
     Attributes:
-      logprobs: (params, tokens [N, L], mask) -> [N, R] float32 (`steps.response_logprobs`).
-      values: (critic_params, tokens, mask) -> [N, R] float32, or None without a critic.
+      logprobs: (params, tokens [N, L], mask, pack=None) -> [N, R] float32
+        (`steps.response_logprobs`).
+      values: (critic_params, tokens, mask, pack=None) -> [N, R] float32, or None without a
+        critic.
       advantages: `compute_advantages(algo, group_size=n)` with keyword inputs.
       kl_rewards: (logprobs, ref_logprobs, mask, kl_coef) -> [N, R] token rewards
         `-kl_coef * KL` (`kl.kl_penalty_rewards`) when `rl.kl_mode` is 'reward', else None.
@@ -62,6 +70,7 @@ class Passes:
       on_policy: one epoch and one minibatch: the old policy is the sampling policy.
       logprob_group: the shared-prompt group size of the log-prob passes (1 = off;
         `steps.shared_prompt_groups`).
+      pack_tokens: the packed row budget of the passes (`train.pack_tokens`; 0 = padded).
     """
 
     logprobs: Callable[..., Array]
@@ -71,6 +80,7 @@ class Passes:
     algo: ml_collections.ConfigDict
     on_policy: bool
     logprob_group: int
+    pack_tokens: int = 0
 
 
 def make_passes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, prompt_len: int,
@@ -92,7 +102,8 @@ def make_passes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, prompt_l
         kl_rewards = jax.jit(functools.partial(kl_lib.kl_penalty_rewards,
                                                estimator=cfg.rl.kl_estimator))
     on_policy = cfg.train.ppo_epochs == 1 and cfg.train.minibatches == 1
-    return Passes(logprobs, values, advantages, kl_rewards, cfg.rl, on_policy, logprob_group)
+    return Passes(logprobs, values, advantages, kl_rewards, cfg.rl, on_policy, logprob_group,
+                  cfg.train.pack_tokens)
 
 
 def device_rows(rollout: Any, rewards: np.ndarray, early: dict[str, Array], mesh: Any, *,
@@ -126,16 +137,29 @@ def token_arrays(rollout: Any, mesh: Any) -> dict[str, Array]:
             "mask": parallel.host_to_global(mask.astype(bool), mesh)}
 
 
+def pass_plan(mask: Array, prompt_len: int, budget: int, mesh: Any) -> dict[str, Array]:
+    """The packing plan of the log-prob and value passes over a step's [N, P+R] `mask` (a
+    global array; every host plans the whole batch), on `mesh`."""
+    host_mask = parallel.global_to_host(mask)
+    return packing.put(packing.plan(host_mask, prompt_len, budget, 0,
+                                    parallel.batch_divisor(mesh)), mesh)
+
+
 def early_rows(passes: Passes, ref_params: Any, mesh: Any, rollout: Any
                ) -> dict[str, Array]:
-    """`rollouts.collect`'s on_rollout: the rollout's tokens and mask on the mesh, and the
-    reference policy's log-probs of them dispatched at once, so they run on the devices while
-    the host decodes and scores the responses."""
+    """`rollouts.collect`'s on_rollout: the rollout's tokens and mask on the mesh (and their
+    packing plan with `train.pack_tokens`), and the reference policy's log-probs of them
+    dispatched at once, so they run on the devices while the host decodes and scores the
+    responses."""
     if passes.logprob_group > 1:
         rollouts.check_groups_share_prompts(rollout, passes.logprob_group)
     out = token_arrays(rollout, mesh)
+    if passes.pack_tokens:
+        out["pack"] = pass_plan(out["mask"], rollout.prompt_tokens.shape[1],
+                                passes.pack_tokens, mesh)
     if ref_params is not None:
-        out["ref_logprobs"] = passes.logprobs(ref_params, out["tokens"], out["mask"])
+        out["ref_logprobs"] = passes.logprobs(ref_params, out["tokens"], out["mask"],
+                                              out.get("pack"))
     return out
 
 
@@ -150,25 +174,26 @@ def build(passes: Passes, state: TrainState, ref_params: Any, rows: dict[str, Ar
     """The update batch of the module docstring from `rows` (device work only: jitted passes
     and elementwise ops, no host transfer)."""
     tokens, mask, loss_mask = rows["tokens"], rows["mask"], rows["loss_mask"]
+    pack = rows.get("pack")
     batch = {"tokens": tokens, "mask": mask, "loss_mask": loss_mask,
              "sampler_logprobs": rows["sampler_logprobs"]}
     batch["old_logprobs"] = (rows["sampler_logprobs"] if passes.on_policy
-                             else passes.logprobs(state.policy, tokens, mask))
+                             else passes.logprobs(state.policy, tokens, mask, pack))
     token_rewards, values = rows.get("token_rewards"), None
     if ref_params is not None:
         batch["ref_logprobs"] = rows.get("ref_logprobs")
         if batch["ref_logprobs"] is None:
-            batch["ref_logprobs"] = passes.logprobs(ref_params, tokens, mask)
+            batch["ref_logprobs"] = passes.logprobs(ref_params, tokens, mask, pack)
         if passes.kl_rewards is not None:
             # The trainer's own log-probs, not the sampler's: both sides of the KL come from
             # one program, so it is exactly 0 while the policy equals the reference.
-            old = (passes.logprobs(state.policy, tokens, mask) if passes.on_policy
+            old = (passes.logprobs(state.policy, tokens, mask, pack) if passes.on_policy
                    else batch["old_logprobs"])
             kl_rewards = passes.kl_rewards(old, batch["ref_logprobs"], loss_mask,
                                            state.kl_coef)
             token_rewards = kl_rewards if token_rewards is None else token_rewards + kl_rewards
     if passes.values is not None:
-        values = batch["old_values"] = passes.values(state.critic_params, tokens, mask)
+        values = batch["old_values"] = passes.values(state.critic_params, tokens, mask, pack)
     batch["advantages"], batch["returns"] = passes.advantages(
         rewards=rows["rewards"], response_mask=loss_mask, token_rewards=token_rewards,
         values=values, baseline_rewards=rows.get("baseline_rewards"))
@@ -194,6 +219,8 @@ def row_spec(cfg: ml_collections.ConfigDict, prompt_len: int, mesh: Any, rows: i
         out["token_rewards"] = like((rows, R), jnp.float32)
     if cfg.rl.needs_greedy_baseline:
         out["baseline_rewards"] = like((rows,), jnp.float32)
+    if cfg.train.pack_tokens:
+        out["pack"] = packing.spec(rows, cfg.train.pack_tokens, mesh)
     return out
 
 
@@ -201,7 +228,8 @@ def spec(cfg: ml_collections.ConfigDict, passes: Passes, state: TrainState, ref_
          prompt_len: int, mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """Shape, dtype and sharding of one `train_step` minibatch of config `cfg`: `build`,
     evaluated for shapes on a full step's rows (`row_spec`: dynamic sampling refills the
-    batch, so it is always full), split into `train.minibatches`."""
+    batch, so it is always full), split into `train.minibatches`; with packing, the largest
+    plan of a minibatch (`packing.spec`)."""
     rows = row_spec(cfg, prompt_len, mesh, cfg.train.batch_prompts * cfg.sampling.n)
     out = jax.eval_shape(functools.partial(build, passes), state, ref_params, rows)
 
@@ -210,4 +238,10 @@ def spec(cfg: ml_collections.ConfigDict, passes: Passes, state: TrainState, ref_
         return jax.ShapeDtypeStruct(shape, x.dtype,
                                     sharding=parallel.batch_sharding(mesh, len(shape)))
 
-    return jax.tree.map(minibatch, out)
+    out = jax.tree.map(minibatch, out)
+    if cfg.train.pack_tokens:
+        size, width = out["tokens"].shape
+        rows = packing.micro_rows(size, width, cfg.train.pack_tokens, cfg.train.microbatches,
+                                  parallel.batch_divisor(mesh))
+        out["pack"] = packing.spec(size, cfg.train.pack_tokens, mesh, rows)
+    return out
