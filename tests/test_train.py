@@ -214,7 +214,8 @@ def _run_cli(workdir: str, steps: int, variant: str = "single_turn") -> subproce
         stderr=subprocess.PIPE)
 
 
-@pytest.mark.parametrize("variant", ["single_turn", "episodes", "lora"])
+@pytest.mark.parametrize("variant", ["single_turn", "episodes",
+                                     pytest.param("lora", marks=pytest.mark.slow)])
 def test_resume_after_sigkill_is_exact(tmp_path, variant):
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     p = _run_cli(straight, 6, variant)
