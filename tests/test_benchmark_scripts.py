@@ -115,3 +115,14 @@ def test_tunix_workers_build_their_config_in_common():
     for name in ("vs_peers.py", "grpo_step_tunix.py"):
         text = (BENCH_DIR / name).read_text()
         assert "common.tunix_model_config(" in text and "ModelConfig(" not in text, name
+
+
+def test_packing_benchmark_draws_lengths_like_a_reasoning_run():
+    packing_bench = _bench_module("packing")
+    prompt, resp, P, R = packing_bench.lengths(np.random.default_rng(0), 100_000, 1.0)
+    assert (P, R) == (256, 4096)
+    assert np.median(resp) == pytest.approx(300, rel=0.02)
+    assert np.percentile(resp, 95) == pytest.approx(2000, rel=0.03)
+    assert resp.min() >= 1 and resp.max() == R and 64 <= prompt.min() and prompt.max() <= P
+    prompt, resp, P, R = packing_bench.lengths(np.random.default_rng(0), 1000, 1 / 16)
+    assert (P, R) == (16, 256) and resp.max() <= R

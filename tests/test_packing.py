@@ -148,6 +148,20 @@ def test_masks_the_packer_cannot_keep_are_refused():
         packing.plan(empty_prompt, P, T)
 
 
+def test_config_refuses_rows_shorter_than_a_sequence():
+    from lrmjax import config as config_lib
+
+    cfg = config_lib.base_config("grpo")
+    cfg.train.pack_tokens = cfg.sampling.max_prompt_len + cfg.sampling.max_new_tokens
+    config_lib.validate(cfg)
+    cfg.train.pack_tokens -= 1
+    with pytest.raises(ValueError, match="'train.pack_tokens' = 47 is shorter than a whole"):
+        config_lib.validate(cfg)
+    cfg.train.pack_tokens = -1
+    with pytest.raises(ValueError, match="'train.pack_tokens'"):
+        config_lib.validate(cfg)
+
+
 # ------------------------------------------------------------------------------ forwards
 
 
