@@ -21,7 +21,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,19 +29,10 @@ import time
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 
 SHAPES = {"demo": (32, 8), "small": (4, 4)}  # prompts, samples per prompt
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def host_step_seconds(prompts: int, n: int, steps: int) -> float:
@@ -98,7 +88,7 @@ def main() -> int:
         return TrainState.create(transformer.init_params(cfg, jax.random.key(seed)), tx)
 
     print(f"jax {jax.__version__}, {jax.device_count()} {jax.default_backend()} device(s), "
-          f"{cpu_name()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
+          f"{common.cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
           f"{args.steps} RL steps per run, fp32")
     print("| shape | S | one program (s) | one after another (s) | ratio | "
           "host trainer, one after another (s) |")
