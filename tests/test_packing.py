@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from train_helpers import read_metrics, small_config
 
 from lrmjax import parallel
 from lrmjax.models import heads, presets, transformer
@@ -20,7 +21,6 @@ from lrmjax.rl import aggregation, algorithms
 from lrmjax.tokenizers import length_buckets
 from lrmjax.train import packing, steps
 from lrmjax.train import state as state_lib
-from tests.train_helpers import read_metrics, small_config
 
 CFG = presets.get("tiny", num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2,
                   head_dim=8, mlp_dim=64, vocab_size=40, max_seq_len=64)
