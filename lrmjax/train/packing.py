@@ -228,16 +228,16 @@ def spec(num_seqs: int, budget: int, mesh: Any, rows_per_block: int = 0
                                               sharding=parallel.batch_sharding(mesh, 2))}
 
 
-def padded_slots(mask: np.ndarray, prompt_len: int, group_size: int = 1) -> tuple[int, int]:
-    """(real tokens, token slots) of a padded forward over a [N, P+R] mask: N * (P+R) slots,
-    or with the shared-prompt layout (`steps.grouped_hidden`, n = group_size, each prompt
-    once and each response but its last slot) N/n * (P + n * (R-1))."""
-    mask = np.asarray(mask, bool)
+def padded_slots(mask: Any, prompt_len: int, group_size: int = 1) -> tuple[Any, int]:
+    """(real tokens, token slots) of a padded forward over a [N, P+R] bool mask (numpy, or a
+    jax array: the count is then a device scalar): N * (P+R) slots, or with the shared-prompt
+    layout (`steps.grouped_hidden`, n = group_size, each prompt once and each response but its
+    last slot) N/n * (P + n * (R-1))."""
     N, L = mask.shape
     if group_size == 1:
-        return int(mask.sum()), N * L
-    prompts = int(mask[::group_size, :prompt_len].sum())
-    responses = int(mask[:, prompt_len:-1].sum())
+        return mask.sum(), N * L
+    prompts = mask[::group_size, :prompt_len].sum()
+    responses = mask[:, prompt_len:-1].sum()
     return prompts + responses, N // group_size * (prompt_len + group_size * (L - prompt_len - 1))
 
 

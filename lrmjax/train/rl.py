@@ -272,14 +272,14 @@ def update(inp: Inputs, progs: Programs, state: TrainState, data: dict[str, jax.
     rng = np.random.default_rng([cfg.seed, rl_step])
     num = data["tokens"].shape[0]  # global rows
     size = num // cfg.train.minibatches
-    # The mask on the host (an input, ready: no wait on the passes) plans the packing.
-    host_mask = parallel.global_to_host(data["mask"])
     prompt_len = data["tokens"].shape[1] - data["loss_mask"].shape[1]
     group = steps.shared_prompt_groups(cfg, mesh)[1]
-    pack_rows = cfg.train.pack_tokens and packing.micro_rows(
-        size, host_mask.shape[1], cfg.train.pack_tokens, cfg.train.microbatches,
-        parallel.batch_divisor(mesh))
-    results, real, slots = [], 0, 0
+    if cfg.train.pack_tokens:
+        # The mask on the host (an input, ready: no wait on the passes) plans the packing.
+        host_mask = parallel.global_to_host(data["mask"])
+        pack_rows = packing.micro_rows(size, host_mask.shape[1], cfg.train.pack_tokens,
+                                       cfg.train.microbatches, parallel.batch_divisor(mesh))
+    results, real, slots = [], [], 0
     for _ in range(cfg.train.ppo_epochs):
         order = rng.permutation(num) if cfg.train.minibatches > 1 else np.arange(num)
         for i in range(cfg.train.minibatches):
@@ -292,15 +292,15 @@ def update(inp: Inputs, progs: Programs, state: TrainState, data: dict[str, jax.
                 plan = packing.plan(host_mask[rows], prompt_len, cfg.train.pack_tokens,
                                     pack_rows, parallel.batch_divisor(mesh))
                 mb = {**mb, "pack": packing.put(plan, mesh)}
-                real, slots = real + plan.tokens, slots + plan.slots
-            else:
-                used, total = packing.padded_slots(host_mask[rows], prompt_len, group)
-                real, slots = real + used, slots + total
+                real, slots = real + [plan.tokens], slots + plan.slots
+            else:  # counted on the devices, fetched with the metrics
+                used, total = packing.padded_slots(mb["mask"], prompt_len, group)
+                real, slots = real + [used], slots + total
             state, um = progs.train_step(state, mb)
             results.append(um)
-    results = jax.device_get(results)  # one host transfer per RL step
+    results, real = jax.device_get((results, real))  # one host transfer per RL step
     metrics.update(jax.tree.map(lambda *xs: float(np.mean(xs)), *results))
-    metrics["perf/padding_fraction"] = 1.0 - real / max(slots, 1)
+    metrics["perf/padding_fraction"] = 1.0 - float(np.sum(real)) / max(slots, 1)
     algo = cfg.rl
     if algo.kl_mode != "none" and algo.kl_target is not None and "actor/kl_loss" in metrics:
         ctrl = kl_lib.update_kl_controller(
