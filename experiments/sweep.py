@@ -10,7 +10,7 @@ RL, held-out evaluations every `eval.every` steps) on the device-reward path
 (`lrmjax.train.sweep.Program`). Grid keys that vmap can carry (`sweep.TRACEABLE`: learning
 rates, KL coefficient, clip ratios, ...) and the seeds run as one jitted `vmap` of runs; any
 other grid key (an estimator, a batch size) gives one program per value. `--one-by-one` calls
-one compiled run once per run instead (on XLA:CPU the faster way: benchmarks/RESULTS.md).
+one compiled run once per run instead (as fast on 2 CPU cores: benchmarks/RESULTS.md).
 
 Writes to --out: `results.md` (per grid point, the final metrics' mean and 95 % t-interval over
 the seeds), `curves.png` (reward per step and held-out accuracy per evaluation, mean with the
@@ -141,7 +141,8 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="default: workdirs/sweep/<config name>")
     parser.add_argument("--one-by-one", action="store_true",
                         help="one compiled run called once per run instead of one vmapped "
-                             "program: faster on XLA:CPU (benchmarks/RESULTS.md)")
+                             "program: as fast on 2 CPU cores (benchmarks/RESULTS.md), one run "
+                             "in memory at a time")
     args = parser.parse_args()
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                           os.path.join(os.path.expanduser("~"), ".cache", "lrmjax", "xla"))

@@ -255,9 +255,9 @@ class Program:
                  compiled: Any = None, vmapped: bool = True
                  ) -> dict[str, dict[str, np.ndarray]]:
         """Runs i = 0..S-1 (seed `seeds[i]`, hyperparameters `hparams[k][i]`) as one program
-        (or, with `vmapped=False`, one program called once per run: on XLA:CPU the faster
-        way, see experiments/benchmarks/RESULTS.md); returns `run`'s output with a leading
-        run axis [S, ...], as numpy."""
+        (or, with `vmapped=False`, one compiled run called once per run: as fast on 2 CPU
+        cores, experiments/benchmarks/RESULTS.md, with one run in memory); returns `run`'s
+        output with a leading run axis [S, ...], as numpy."""
         hparams = {k: np.asarray(v, np.float32) for k, v in (hparams or {}).items()}
         seeds = np.asarray(seeds, np.int32)
         compiled = compiled or self.compile_many(len(seeds), sorted(hparams), vmapped)
