@@ -92,8 +92,9 @@ def table(points: list[dict], t_interval) -> str:
         cells = [str(p["point"].get(k, "")) for k in keys] + [str(len(p["runs"]))]
         for c in columns:
             mean, lo, hi = t_interval([r[c] for r in p["runs"]])
-            cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo)
-                         else f"{mean:.3f}")
+            f = ".0f" if c == "SFT steps" else ".3f"
+            cells.append(f"{mean:{f}} [{lo:{f}}, {hi:{f}}]" if np.isfinite(lo)
+                         else f"{mean:{f}}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
