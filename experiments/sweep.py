@@ -9,7 +9,8 @@ one is refused, naming what stops it). Every run is the config's whole experimen
 RL, held-out evaluations every `eval.every` steps) on the device-reward path
 (`lrmjax.train.sweep.Program`). Grid keys that vmap can carry (`sweep.TRACEABLE`: learning
 rates, KL coefficient, clip ratios, ...) and the seeds run as one jitted `vmap` of runs; any
-other grid key (an estimator, a batch size) gives one program per value.
+other grid key (an estimator, a batch size) gives one program per value. `--one-by-one` calls
+one compiled run once per run instead (as fast on 2 CPU cores: benchmarks/RESULTS.md).
 
 Writes to --out: `results.md` (per grid point, the final metrics' mean and 95 % t-interval over
 the seeds), `curves.png` (reward per step and held-out accuracy per evaluation, mean with the
@@ -91,8 +92,9 @@ def table(points: list[dict], t_interval) -> str:
         cells = [str(p["point"].get(k, "")) for k in keys] + [str(len(p["runs"]))]
         for c in columns:
             mean, lo, hi = t_interval([r[c] for r in p["runs"]])
-            cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo)
-                         else f"{mean:.3f}")
+            f = ".0f" if c == "SFT steps" else ".3f"
+            cells.append(f"{mean:{f}} [{lo:{f}}, {hi:{f}}]" if np.isfinite(lo)
+                         else f"{mean:{f}}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -138,6 +140,10 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (repeatable)")
     parser.add_argument("--out", default=None, help="default: workdirs/sweep/<config name>")
+    parser.add_argument("--one-by-one", action="store_true",
+                        help="one compiled run called once per run instead of one vmapped "
+                             "program: as fast on 2 CPU cores (benchmarks/RESULTS.md), one run "
+                             "in memory at a time")
     args = parser.parse_args()
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                           os.path.join(os.path.expanduser("~"), ".cache", "lrmjax", "xla"))
@@ -179,11 +185,13 @@ def main() -> int:
         runs = [(tp, s) for tp in traced_points for s in seeds]
         hparams = {k: [float(tp[k]) for tp, _ in runs] for k in traced}
         t0 = time.time()
-        compiled = program.compile_many(len(runs), sorted(hparams))
+        vmapped = not args.one_by_one
+        compiled = program.compile_many(len(runs), sorted(hparams), vmapped)
         t1 = time.time()
-        out = program.run_many([s for _, s in runs], hparams, compiled)
+        out = program.run_many([s for _, s in runs], hparams, compiled, vmapped)
         t2 = time.time()
-        print(f"{name} {fixed or ''}: {len(runs)} runs in one program, compiled in "
+        how = "in one program" if vmapped else "one by one"
+        print(f"{name} {fixed or ''}: {len(runs)} runs {how}, compiled in "
               f"{t1 - t0:.0f} s, ran in {t2 - t1:.0f} s", flush=True)
         for j, tp in enumerate(traced_points):
             idx = list(range(j * len(seeds), (j + 1) * len(seeds)))

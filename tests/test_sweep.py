@@ -265,22 +265,63 @@ def test_a_config_without_a_device_reward_is_refused_naming_it():
         sweep.check(cfg, "arith_dapo")
 
 
+def test_vmapped_runs_over_seeds_learning_rates_and_clip_ratios_equal_the_runs_one_by_one():
+    """pure.train with the sweep's traced hyperparameters (the lr in the optimizer state, a
+    clip ratio as a knob) and evaluations inside the scan: 2 seeds x 2 learning rates."""
+    examples = _examples(64)
+    data = pure.DeviceData.from_examples(TOK, examples, P, lambda a: (np.zeros((len(a), 1)),
+                                                                      np.ones((len(a), 1))))
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=4, n=2)
+    common = dict(model_cfg=CFG, stop_ids=(TOK.eos_id,), pad_id=TOK.pad_id, reward_fn=has_digit)
+    evaluate = functools.partial(pure.evaluate, data=data.padded(8), max_new_tokens=4, k=0,
+                                 temperature=1.0, batch_size=8, **common)
+    tx = sweep.optimizer(1.0, warmup_steps=0, total_steps=3, grad_clip=1.0)
+
+    def run(seed, lr, clip):
+        state = TrainState.create(transformer.init_params(CFG, jax.random.key(seed)), tx)
+        state = state.replace(opt_state=sweep.set_learning_rate(state.opt_state, lr))
+        _, metrics, evals = pure.train(
+            state, jax.random.key(seed + 10), 3, eval_every=2,
+            eval_fn=lambda p: evaluate(p, jax.random.key(0)), data=data,
+            algo=algorithms.get("grpo", kl_mode="none"), sampling=sampling, batch_prompts=4,
+            knobs={"clip_ratio_high": clip}, **common)
+        return metrics, evals
+
+    seeds = jnp.asarray([0, 1, 0, 1])
+    lrs = jnp.asarray([1e-3, 1e-3, 3e-2, 3e-2])
+    clips = jnp.asarray([0.2, 0.2, 0.3, 0.3])
+    together = jax.jit(jax.vmap(run))(seeds, lrs, clips)
+    one = jax.jit(run)
+    for i in range(4):
+        alone = one(seeds[i], lrs[i], clips[i])
+        for part in range(2):
+            for name, value in alone[part].items():
+                np.testing.assert_allclose(np.asarray(together[part][name][i]), value,
+                                           rtol=1e-4, atol=1e-5, err_msg=f"{name} run {i}")
+    train, evals = together
+    assert train["reward/mean"].mean() > 0
+    for a, b in ((0, 1), (0, 2)):  # seeds differ, and learning rates
+        assert not np.allclose(train["actor/grad_norm"][a, 1:], train["actor/grad_norm"][b, 1:],
+                               rtol=1e-3, atol=0)
+    assert evals["eval/step"][0].tolist() == [0, 2, 3]
+
+
+@pytest.mark.slow
 def test_a_vmapped_sweep_equals_the_same_runs_one_by_one(monkeypatch):
     monkeypatch.setitem(sweep.DEVICE_REWARDS, "arithmetic",
                         sweep.DeviceRewardSpec(has_digit, sweep.DEVICE_REWARDS[
                             "arithmetic"].encode_answers))
     program = sweep.Program(_sweep_config(), "test")
     runs = [(seed, lr) for lr in (1e-3, 1e-2) for seed in (0, 1)]
-    together = program.run_many([s for s, _ in runs], {"optim.lr": [lr for _, lr in runs]})
-    alone_fn = jax.jit(program.run)
-    for i, (seed, lr) in enumerate(runs):
-        alone = jax.device_get(alone_fn(program.arrays, jnp.int32(seed),
-                                        {"optim.lr": jnp.float32(lr)}))
-        for part in ("train", "eval", "sft"):
-            assert alone[part], part
-            for name, value in alone[part].items():
-                np.testing.assert_allclose(together[part][name][i], value, rtol=1e-4,
-                                           atol=1e-5, err_msg=f"{part} {name} run {i}")
+    seeds, lrs = [s for s, _ in runs], {"optim.lr": [lr for _, lr in runs]}
+    together = program.run_many(seeds, lrs)
+    alone = program.run_many(seeds, lrs, vmapped=False)  # one compiled run, called 4 times
+    for part in ("train", "eval", "sft"):
+        assert alone[part], part
+        for name, value in alone[part].items():
+            assert value.shape[0] == 4, name
+            np.testing.assert_allclose(together[part][name], value, rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{part} {name}")
     train = together["train"]
     assert train["reward/mean"].mean() > 0 and train["actor/kl_loss"][:, -1].min() > 0
     # The runs differ: seeds (run 0 vs 1) and learning rates (run 0 vs 2, same seed).

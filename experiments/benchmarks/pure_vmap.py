@@ -19,6 +19,9 @@ import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from lrmjax import host  # noqa: E402
+
+host.retain_freed_memory()  # the trainer's malloc settings (lrmjax/host.py), before JAX starts
 
 
 def main() -> int:

@@ -31,6 +31,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+from lrmjax import host  # noqa: E402
+
+# The host trainer's malloc settings (lrmjax/host.py; a tenth of a step here), before JAX's
+# backend starts: without them the pure path is timed at a handicap.
+host.retain_freed_memory()
 
 SHAPES = {"demo": (32, 8), "small": (4, 4)}  # prompts, samples per prompt
 
@@ -63,6 +68,8 @@ def main() -> int:
     p.add_argument("--shapes", default="demo,small")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--host", action="store_true", help="also time the host trainer")
+    p.add_argument("--per-step", type=int, default=0, metavar="ROUNDS",
+                   help="compare one step of the pure path and of the host trainer instead")
     args = p.parse_args()
 
     import jax
@@ -90,6 +97,8 @@ def main() -> int:
     print(f"jax {jax.__version__}, {jax.device_count()} {jax.default_backend()} device(s), "
           f"{common.cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
           f"{args.steps} RL steps per run, fp32")
+    if args.per_step:
+        return per_step(args.per_step, data, cfg, init, tok)
     print("| shape | S | one program (s) | one after another (s) | ratio | "
           "host trainer, one after another (s) |")
     print("|---|---|---|---|---|---|")
@@ -123,6 +132,48 @@ def main() -> int:
             host_cell = f"{host * count:.2f}" if host is not None else "-"
             print(f"| {shape} ({prompts}x{n}) | {count} | {together:.2f} | {sequential:.2f} | "
                   f"{sequential / together:.2f}x | {host_cell} |", flush=True)
+    return 0
+
+
+def per_step(rounds: int, data, cfg, init, tok) -> int:
+    """The --per-step comparison (module docstring)."""
+    import jax
+    import numpy as np
+
+    from lrmjax.data.tasks import arithmetic_device
+    from lrmjax.rl import algorithms
+    from lrmjax.sampling import SamplingParams
+    from lrmjax.train import pure
+
+    def step_fn(shared):
+        return jax.jit(functools.partial(
+            pure.rl_step, data=data, model_cfg=cfg, shared_prompt=shared,
+            algo=algorithms.get("grpo", kl_mode="none", kl_coef=0.0), batch_prompts=32,
+            sampling=SamplingParams(temperature=1.0, max_new_tokens=6, n=8),
+            reward_fn=arithmetic_device.arithmetic_device_reward, stop_ids=(tok.eos_id,),
+            pad_id=tok.pad_id))
+
+    def median_step(fn, calls=30):
+        state, _ = fn(init(0), jax.random.key(0))
+        times = []
+        for i in range(calls):
+            t0 = time.perf_counter()
+            state, _ = fn(state, jax.random.key(i + 1))
+            jax.block_until_ready(state)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    fns = {"pure, shared prompt": step_fn(True), "pure, no shared prompt": step_fn(False)}
+    results: dict[str, list[float]] = {}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            results.setdefault(name, []).append(median_step(fn))
+        results.setdefault("host trainer", []).append(host_step_seconds(32, 8, 32))
+        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in results.items())
+              + f" (load {os.getloadavg()[0]:.1f})", flush=True)
+    print("| path | s per step (median of the rounds' medians) |\n|---|---|")
+    for name, values in results.items():
+        print(f"| {name} | {np.median(values):.3f} |")
     return 0
 
 

@@ -242,21 +242,32 @@ class Program:
         return {"train": metrics, "eval": evals, "sft": sft_summary}
 
     # ------------------------------------------------------------ many runs, one program
-    def compile_many(self, runs: int, hparam_names: Sequence[str]) -> Any:
-        """The compiled program of `runs` vmapped runs varying `hparam_names`."""
-        fn = jax.jit(jax.vmap(self.run, in_axes=(None, 0, 0)))
-        seeds = jax.ShapeDtypeStruct((runs,), jnp.int32)
-        hp = {k: jax.ShapeDtypeStruct((runs,), jnp.float32) for k in hparam_names}
+    def compile_many(self, runs: int, hparam_names: Sequence[str], vmapped: bool = True
+                     ) -> Any:
+        """The compiled program of `runs` vmapped runs varying `hparam_names`; with
+        `vmapped=False` the one-run program (`run_many` then calls it once per run)."""
+        batch = (runs,) if vmapped else ()
+        fn = jax.jit(jax.vmap(self.run, in_axes=(None, 0, 0)) if vmapped else self.run)
+        seeds = jax.ShapeDtypeStruct(batch, jnp.int32)
+        hp = {k: jax.ShapeDtypeStruct(batch, jnp.float32) for k in hparam_names}
         return fn.lower(self.arrays, seeds, hp).compile()
 
     def run_many(self, seeds: Sequence[int], hparams: Mapping[str, Sequence[float]] | None = None,
-                 compiled: Any = None) -> dict[str, dict[str, np.ndarray]]:
-        """Runs i = 0..S-1 (seed `seeds[i]`, hyperparameters `hparams[k][i]`) as one program;
-        returns `run`'s output with a leading run axis [S, ...], as numpy."""
-        hparams = {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()}
-        seeds = jnp.asarray(seeds, jnp.int32)
-        compiled = compiled or self.compile_many(len(seeds), sorted(hparams))
-        return jax.device_get(compiled(self.arrays, seeds, hparams))
+                 compiled: Any = None, vmapped: bool = True
+                 ) -> dict[str, dict[str, np.ndarray]]:
+        """Runs i = 0..S-1 (seed `seeds[i]`, hyperparameters `hparams[k][i]`) as one program
+        (or, with `vmapped=False`, one compiled run called once per run: as fast on 2 CPU
+        cores, experiments/benchmarks/RESULTS.md, with one run in memory); returns `run`'s
+        output with a leading run axis [S, ...], as numpy."""
+        hparams = {k: np.asarray(v, np.float32) for k, v in (hparams or {}).items()}
+        seeds = np.asarray(seeds, np.int32)
+        compiled = compiled or self.compile_many(len(seeds), sorted(hparams), vmapped)
+        if vmapped:
+            return jax.device_get(compiled(self.arrays, seeds, hparams))
+        outs = [jax.device_get(compiled(self.arrays, seeds[i],
+                                        {k: v[i] for k, v in hparams.items()}))
+                for i in range(len(seeds))]
+        return jax.tree.map(lambda *xs: np.stack(xs), *outs)
 
 
 def _examples(cfg: ml_collections.ConfigDict, tokenizer: Any) -> tuple[list, list]:
