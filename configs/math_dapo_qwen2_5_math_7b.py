@@ -24,7 +24,7 @@ def get_config(arg: str | None = None):
     c = config_lib.base_config("dapo")
     c.model.preset = ""                    # set model.hf_path to a local checkpoint
     c.model.dtype = "bfloat16"
-    c.model.remat = True
+    c.model.remat = "full"
     c.tokenizer.kind = "hf"
     c.tokenizer.chat_template = True
     c.data.source = "math_jsonl"
@@ -55,7 +55,7 @@ def get_config(arg: str | None = None):
     if arg == "runlocal":
         c.model.hf_path = "tiny-random:qwen2"
         c.model.dtype = "float32"
-        c.model.remat = False
+        c.model.remat = "none"
         c.data.path = f"{FIXTURES_DIR}/math_sample.jsonl"
         c.data.eval_path = f"{FIXTURES_DIR}/math_sample.jsonl"
         c.reward.num_workers = 0

@@ -31,7 +31,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.model.hf_path = ""             # a local HF checkpoint dir; overrides `preset` when set
     c.model.dtype = "float32"        # compute dtype (bfloat16 on accelerators)
     c.model.param_dtype = "float32"
-    c.model.remat = False
+    # What each block keeps for the backward pass (the rest is recomputed): a name in
+    # lrmjax.models.transformer.REMAT_POLICIES ('none', 'full', 'save_dots', ...).
+    c.model.remat = "none"
     c.model.scan_layers = False
     # ModelConfig fields to replace in the preset, e.g. {'num_layers': 2}. vocab_size -1 means
     # "the tokenizer's vocabulary size".

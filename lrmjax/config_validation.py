@@ -21,7 +21,7 @@ from typing import Any
 
 import ml_collections
 
-from lrmjax.models import presets
+from lrmjax.models import presets, transformer
 from lrmjax.rl import algorithms
 
 _TYPES = {"float32", "bfloat16", "float16"}
@@ -409,6 +409,9 @@ def _check_choices(cfg: ml_collections.ConfigDict) -> None:
         if cfg.model[key] not in _TYPES:
             raise ValueError(f"config 'model.{key}' must be one of {sorted(_TYPES)}, got "
                              f"{cfg.model[key]!r}")
+    if cfg.model.remat not in transformer.REMAT_POLICIES:
+        raise ValueError(f"config 'model.remat' must be one of {sorted(transformer.REMAT_POLICIES)}"
+                         f", got {cfg.model.remat!r}")
     if cfg.tokenizer.kind not in ("char", "hf"):
         raise ValueError(f"config 'tokenizer.kind' must be 'char' or 'hf', got "
                          f"{cfg.tokenizer.kind!r}")

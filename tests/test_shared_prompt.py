@@ -53,7 +53,7 @@ def _full_forward_logprobs(cfg, params, tokens, mask):
                      for i in range(tokens.shape[0])])
 
 
-@pytest.mark.parametrize("scan,remat", [(False, False), (True, True)])
+@pytest.mark.parametrize("scan,remat", [(False, "none"), (True, "full")])
 def test_grouped_logprobs_match_one_full_forward_per_row(scan, remat):
     cfg = dataclasses.replace(CFG, scan_layers=scan, remat=remat)
     params = transformer.init_params(cfg, jax.random.key(1))
