@@ -303,7 +303,8 @@ class EpisodeSampler(Sampler):
 
         cache_key = (name, tuple(sig(x) for x in jax.tree.leaves(args)))
         if cache_key not in self._compiled:
-            self._compiled[cache_key] = jax.jit(fn).lower(*args).compile()
+            self._compiled[cache_key] = jax.jit(parallel.in_mesh(fn, self.mesh)).lower(
+                *args).compile()
             self.num_compilations += 1
         return self._compiled[cache_key](*args)
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
+from lrmjax import parallel
 from lrmjax.models.presets import ModelConfig
 
 Array = jax.Array
@@ -401,6 +402,8 @@ class Block(nn.Module):
     def __call__(self, carry, sin, cos, kv_mask, q_slots, index):
         cfg = self.cfg
         x, kv = carry
+        # Each device keeps its rows (FSDP gathers the params, not the activations).
+        x = parallel.constrain(x, ("act_batch", "act_len", "act_embed"))
         h, kv = Attention(cfg, self.groups, name="attn")(
             RMSNorm(cfg, cfg.hidden_size, name="attn_norm")(x), sin, cos, kv_mask, q_slots,
             kv, index)

@@ -490,9 +490,9 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     episode_sampler, env_pool = _episodes(cfg, model_cfg, tokenizer, prompt_len, mesh)
     token_stats_fn = None
     if set(fns) & TOKEN_STAT_REWARDS:
-        token_stats_fn = jax.jit(functools.partial(
+        token_stats_fn = jax.jit(parallel.in_mesh(functools.partial(
             steps.response_token_stats, model_cfg=model_cfg, prompt_len=prompt_len,
-            temperature=sampling.score_temperature))
+            temperature=sampling.score_temperature), mesh))
     log.info("model %s: %s params", model_cfg.name,
              f"{transformer.count_params(params):,}")
     return Inputs(cfg=cfg, mesh=mesh, tokenizer=tokenizer, model_cfg=model_cfg,

@@ -220,9 +220,23 @@ def response_values(critic_params: Any, tokens: Array, mask: Array, *, model_cfg
     return values[:, prompt_len - 1:-1]
 
 
-def _split_micro(batch: dict[str, Array], microbatches: int) -> dict[str, Array]:
-    return jax.tree.map(lambda x: x.reshape(microbatches, x.shape[0] // microbatches,
-                                            *x.shape[1:]), batch)
+def split_microbatches(batch: dict[str, Array], microbatches: int, group_size: int = 1
+                       ) -> dict[str, Array]:
+    """[N, ...] -> [M, N/M, ...]: microbatch j holds the groups of `group_size` consecutive
+    rows whose index is j modulo M (rows j, j+M, ... when group_size is 1).
+
+    Strided, not contiguous: the batch is sharded in contiguous blocks of rows, one per
+    device, and a stride keeps every microbatch spread over all of them (each device keeps
+    its own rows; no communication). Contiguous slices put a microbatch on 1/M of the
+    devices, so XLA gathered each one onto more devices and the train step computed (and
+    held the activations of) each device's rows several times over.
+    """
+    def split(x):
+        N, g = x.shape[0], group_size
+        x = x.reshape(N // (microbatches * g), microbatches, g, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1).reshape(microbatches, N // microbatches, *x.shape[3:])
+
+    return jax.tree.map(split, batch)
 
 
 def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: ModelConfig,
@@ -232,7 +246,8 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
                   ) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer step of the policy (and the critic, when there is one) on a minibatch.
 
-    Gradients are accumulated over `microbatches` slices with a `lax.scan`. The loss of each
+    Gradients are accumulated over `microbatches` slices (`split_microbatches`: strided, so
+    each stays spread over the devices) with a `lax.scan`. The loss of each
     slice is divided by the *whole minibatch's* aggregation denominator, so the accumulated
     gradient equals the full-minibatch gradient for every aggregation mode. A non-finite loss
     or gradient leaves params and optimizer state unchanged and counts in `state.nonfinite`.
@@ -246,7 +261,7 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
     """
     response_len = batch["loss_mask"].shape[1]
     denom = losses.loss_denominator(algo, batch["loss_mask"], response_len)
-    micro = _split_micro(batch, microbatches)
+    micro = split_microbatches(batch, microbatches, group_size)
     use_kl_loss = algo.kl_mode == "loss"
 
     def actor_loss_fn(params, mb):
