@@ -25,6 +25,9 @@ def get_config(arg: str | None = None):
     c.model.preset = ""                    # set model.hf_path to a local checkpoint
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
+    # Layers in one scanned block: compile time flat in depth, and each layer's activations
+    # freed before the next (memory_plan.py; RESULTS.md "Memory plan").
+    c.model.scan_layers = True
     c.tokenizer.kind = "hf"
     c.tokenizer.chat_template = True
     c.data.source = "math_jsonl"

@@ -305,7 +305,7 @@ def _model(cfg: ml_collections.ConfigDict, hf_path: str, tokenizer: Any, mesh: A
         model_cfg, params = hf.load_pretrained(hf_path,
                                                dtype=jnp.dtype(cfg.model.dtype),
                                                param_dtype=jnp.dtype(cfg.model.param_dtype),
-                                               mesh=mesh)
+                                               mesh=mesh, scan_layers=cfg.model.scan_layers)
         model_cfg = dataclasses.replace(model_cfg, remat=cfg.model.remat)
         return model_cfg, params, True
     model_cfg = config_lib.model_config(cfg, tokenizer.vocab_size)
