@@ -155,6 +155,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.train.ppo_epochs = 1
     c.train.minibatches = 1          # optimizer steps per epoch
     c.train.microbatches = 1         # gradient accumulation inside one optimizer step
+    # The log-prob and value passes run over a step's rows in this many slices, one after
+    # another (each split over the devices), so they hold 1/k of the rows' activations.
+    c.train.logprob_microbatches = 1
     # The update and log-prob passes run the LM head in chunks of tokens when a pass's fp32
     # logits would exceed this many MB, so [tokens, vocab] logits never exist in full
     # (steps.head_logprobs; 0 = never chunk). Small vocabularies never reach it.

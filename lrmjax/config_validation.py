@@ -194,6 +194,7 @@ RANGES: dict[str, Range] = {
     "train.ppo_epochs": _COUNT,
     "train.minibatches": _COUNT,
     "train.microbatches": _COUNT,
+    "train.logprob_microbatches": _COUNT,
     "train.logits_chunk_mb": _NON_NEGATIVE,  # 0 = one pass
     "train.max_refill_rounds": _NON_NEGATIVE,
     "train.max_nonfinite": _COUNT,
@@ -518,6 +519,11 @@ def _check_sizes(cfg: ml_collections.ConfigDict, num_devices: int | None,
                              f"over the {shards} batch shards of mesh "
                              f"{dict(zip(parallel.MESH_AXES, dims, strict=True))} "
                              "(config 'train.batch_prompts')")
+        chunks = cfg.train.logprob_microbatches
+        if batch % (chunks * shards):
+            raise ValueError(f"config 'train.logprob_microbatches' = {chunks}: the "
+                             f"{batch} responses of a step do not split into {chunks} "
+                             f"slices over the {shards} batch shards")
     hosts = num_processes or (max(cfg.mesh.num_processes, 1) if cfg.mesh.distributed else 1)
     for key in ("train.batch_prompts", "sft.batch_size", "sft.eval_size", "eval.size",
                 "eval.batch_size"):

@@ -138,6 +138,17 @@ def test_batch_not_divisible_by_mesh_batch_shards():
         config_lib.validate(cfg, 8)
 
 
+def test_logprob_slices_must_divide_over_mesh():
+    cfg = config_lib.base_config()
+    cfg.train.batch_prompts, cfg.sampling.n = 4, 4   # 16 responses
+    cfg.train.logprob_microbatches = 2               # slices of 8: fine on 8 devices
+    config_lib.validate(cfg, 8)
+    cfg.train.logprob_microbatches = 4               # slices of 4: not on 8 shards
+    with pytest.raises(ValueError, match=r"'train\.logprob_microbatches' = 4"):
+        config_lib.validate(cfg, 8)
+    config_lib.validate(cfg, 4)
+
+
 def test_microbatch_must_divide_over_mesh():
     cfg = config_lib.base_config()
     cfg.train.batch_prompts, cfg.sampling.n = 4, 4   # 16 responses

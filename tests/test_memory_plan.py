@@ -133,6 +133,12 @@ def test_microbatches_and_activations_stay_split_over_the_devices(mp, plan):
     assert plan[2].programs["train"].temporaries < 1.3 * data.programs["train"].temporaries
 
 
+def test_logprob_slices_lower_the_log_prob_pass_temporaries(mp, plan):
+    _, _, sliced = _plan(mp, ("logprobs",), train__logprob_microbatches=4)
+    temps = sliced.programs["logprobs"].temporaries
+    assert temps < 0.5 * plan[2].programs["logprobs"].temporaries
+
+
 def test_resolve_model_maps_the_real_configs_to_presets(mp):
     for name, preset in mp.CHECKPOINT_PRESETS.items():
         path = str(ROOT / "configs" / f"{name}.py")

@@ -65,6 +65,20 @@ def test_grouped_logprobs_match_one_full_forward_per_row(scan, remat):
                                np.where(resp_mask, want, 0), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("group,chunks", [(1, 2), (1, 8), (N_PER, 2), (N_PER, 4)])
+def test_logprobs_in_row_chunks_match_one_full_forward_per_row(group, chunks):
+    # train.logprob_microbatches: the rows run in slices (strided, whole groups together)
+    # and come back in their own order.
+    params = transformer.init_params(CFG, jax.random.key(1))
+    tokens, mask, resp_mask = _batch()
+    got = steps.response_logprobs(params, jnp.asarray(tokens), jnp.asarray(mask),
+                                  model_cfg=CFG, prompt_len=P, group_size=group,
+                                  row_chunks=chunks)
+    want = _full_forward_logprobs(CFG, params, tokens, mask)
+    np.testing.assert_allclose(np.where(resp_mask, np.asarray(got), 0),
+                               np.where(resp_mask, want, 0), rtol=1e-5, atol=1e-5)
+
+
 def _numpy_attention(q, k, v, visible):
     """Reference softmax attention in float64: q [T, H, d], k/v [T, K, d], visible [T, T]
     -> [T, H, d]; query head h reads KV head h // (H / K)."""

@@ -386,8 +386,20 @@ def test_microbatches_take_rows_from_every_device_block(microbatches, group):
                                                 group)["r"])
     assert micro.shape == (microbatches, 64 // microbatches)
     assert sorted(micro.ravel().tolist()) == rows.tolist()
+    np.testing.assert_array_equal(steps.merge_microbatches(micro, group), rows)
     for mb in micro:
         assert (np.bincount(mb // 8, minlength=8) == 8 // microbatches).all()
         groups = mb.reshape(-1, group)
         assert (groups == groups[:, :1] + np.arange(group)).all()
         assert (groups[:, 0] % group == 0).all()
+
+
+def test_values_in_row_chunks_equal_one_pass():
+    b = _critic_batch()
+    critic = heads.init_from_policy(CFG, _params(), jax.random.key(3))
+    critic["head"]["kernel"] = jnp.ones_like(critic["head"]["kernel"])  # nonzero values
+    args = (critic, jnp.asarray(b["tokens"]), jnp.asarray(b["mask"]))
+    one = steps.response_values(*args, model_cfg=CFG, prompt_len=P)
+    two = steps.response_values(*args, model_cfg=CFG, prompt_len=P, row_chunks=2)
+    assert float(jnp.abs(one).max()) > 0
+    np.testing.assert_allclose(np.asarray(two), np.asarray(one), rtol=1e-6, atol=1e-6)

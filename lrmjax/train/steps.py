@@ -135,16 +135,17 @@ def shared_prompt_groups(cfg: ml_collections.ConfigDict, mesh: Any) -> tuple[int
     """Group sizes for the shared-prompt forward (`steps.grouped_hidden`) of the logprob
     passes and of the update: sampling.n when `train.shared_prompt_forward` is on, else 1.
 
-    The reference/old logprob passes see the whole step's batch, group-major as sampled. The
-    update shares prompts only with one minibatch (several shuffle the rows apart), and each
-    pass only when its prompts split evenly over the batch shards (each device then holds
-    whole groups: no communication)."""
+    The reference/old logprob passes see the whole step's batch, group-major as sampled, in
+    `train.logprob_microbatches` slices (`in_row_chunks`). The update shares prompts only
+    with one minibatch (several shuffle the rows apart), and each
+    pass only when its prompts (of a slice) split evenly over the batch shards (each device
+    then holds whole groups: no communication)."""
     n = cfg.sampling.n
     if not cfg.train.shared_prompt_forward or n == 1:
         return 1, 1
     shards = parallel.batch_divisor(mesh)
     prompts = cfg.train.batch_prompts  # global
-    logprob = n if prompts % shards == 0 else 1
+    logprob = n if prompts % (shards * cfg.train.logprob_microbatches) == 0 else 1
     per_micro, rest = divmod(prompts, cfg.train.microbatches)
     update = (n if cfg.train.minibatches == 1 and rest == 0 and per_micro % shards == 0
               else 1)
@@ -191,12 +192,29 @@ token_logprobs.defvjp(_token_logprobs_fwd, _token_logprobs_bwd)
 
 def response_logprobs(params: Any, tokens: Array, mask: Array, *, model_cfg: ModelConfig,
                       prompt_len: int, temperature: float = 1.0, group_size: int = 1,
-                      logits_chunk_mb: float = LOGITS_CHUNK_MB) -> Array:
+                      logits_chunk_mb: float = LOGITS_CHUNK_MB, row_chunks: int = 1) -> Array:
     """Per-token logprobs of the responses [N, R] (old-policy or reference logprobs);
-    `group_size` as in `response_hidden`, the head in chunks as `head_logprobs`."""
-    hidden = response_hidden(model_cfg, params, tokens, mask, prompt_len, group_size)
-    return head_logprobs(model_cfg, params, hidden, tokens[:, prompt_len:], temperature,
-                         logits_chunk_mb)[0]
+    `group_size` as in `response_hidden`, the head in chunks as `head_logprobs`, the rows in
+    `row_chunks` chunks as `in_row_chunks`."""
+    def one(tokens, mask):
+        hidden = response_hidden(model_cfg, params, tokens, mask, prompt_len, group_size)
+        return head_logprobs(model_cfg, params, hidden, tokens[:, prompt_len:], temperature,
+                             logits_chunk_mb)[0]
+
+    return in_row_chunks(one, tokens, mask, row_chunks, group_size)
+
+
+def in_row_chunks(fn: Any, tokens: Array, mask: Array, chunks: int, group_size: int = 1
+                  ) -> Array:
+    """`fn(tokens, mask) -> [N, ...]` run on `chunks` slices of the rows one after another
+    (a `lax.map` over `split_microbatches`), its results put back in row order: a forward
+    pass then holds the activations of N / chunks rows at a time, each slice still split
+    over the devices. Whole groups of `group_size` rows stay together."""
+    if chunks == 1:
+        return fn(tokens, mask)
+    parts = split_microbatches({"tokens": tokens, "mask": mask}, chunks, group_size)
+    out = jax.lax.map(lambda p: fn(p["tokens"], p["mask"]), parts)     # [chunks, N/chunks, ...]
+    return merge_microbatches(out, group_size)
 
 
 def response_token_stats(params: Any, tokens: Array, mask: Array, *, model_cfg: ModelConfig,
@@ -214,10 +232,13 @@ def response_token_stats(params: Any, tokens: Array, mask: Array, *, model_cfg: 
 
 
 def response_values(critic_params: Any, tokens: Array, mask: Array, *, model_cfg: ModelConfig,
-                    prompt_len: int) -> Array:
-    """Critic values V(s_t) for each response token [N, R] (same shift as the logits)."""
-    values = heads.token_values(model_cfg, critic_params, tokens, mask)
-    return values[:, prompt_len - 1:-1]
+                    prompt_len: int, row_chunks: int = 1) -> Array:
+    """Critic values V(s_t) for each response token [N, R] (same shift as the logits), the
+    rows in `row_chunks` chunks (`in_row_chunks`)."""
+    def one(tokens, mask):
+        return heads.token_values(model_cfg, critic_params, tokens, mask)[:, prompt_len - 1:-1]
+
+    return in_row_chunks(one, tokens, mask, row_chunks)
 
 
 def split_microbatches(batch: dict[str, Array], microbatches: int, group_size: int = 1
@@ -237,6 +258,13 @@ def split_microbatches(batch: dict[str, Array], microbatches: int, group_size: i
         return jnp.swapaxes(x, 0, 1).reshape(microbatches, N // microbatches, *x.shape[3:])
 
     return jax.tree.map(split, batch)
+
+
+def merge_microbatches(x: Array, group_size: int = 1) -> Array:
+    """The inverse of `split_microbatches` for one array: [M, N/M, ...] -> [N, ...]."""
+    M, per = x.shape[:2]
+    x = x.reshape(M, per // group_size, group_size, *x.shape[2:])
+    return jnp.swapaxes(x, 0, 1).reshape(M * per, *x.shape[3:])
 
 
 def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: ModelConfig,
