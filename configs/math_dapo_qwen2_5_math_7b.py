@@ -10,6 +10,9 @@ no KL).
     python -m lrmjax.main --config configs/math_dapo_qwen2_5_math_7b.py:runlocal --workdir /tmp/m
 
 Data files are MATH JSONL ({"problem", "solution" with a final \\boxed{}}).
+
+Sized for 16 H100s or more, fsdp over all of them (RESULTS.md "Memory plan", from
+experiments/benchmarks/memory_plan.py): a step samples 4,096 rows of 512 + 3,072 slots at once.
 """
 
 from lrmjax import config as config_lib
@@ -46,6 +49,7 @@ def get_config(arg: str | None = None):
     c.train.batch_prompts = 256
     c.train.minibatches = 16
     c.train.microbatches = 4
+    c.train.logprob_microbatches = 16      # all 4,096 rows' activations at once: 600+ GiB
     c.train.max_refill_rounds = 3
     c.train.steps = 1000
     c.train.checkpoint_every = 50
@@ -69,6 +73,7 @@ def get_config(arg: str | None = None):
         c.train.batch_prompts = 4
         c.train.minibatches = 2
         c.train.microbatches = 1
+        c.train.logprob_microbatches = 1
         c.train.max_refill_rounds = 1
         c.train.steps = 2
         c.eval.size = 4

@@ -320,7 +320,8 @@ def build_plan(cfg: Any, model_cfg: Any, programs: tuple[str, ...] = PROGRAMS,
     minibatch = rows // cfg.train.minibatches
     shapes = {"params": transformer.count_params(params), "devices": jax.device_count(),
               "mesh": dict(mesh.shape), "rows": rows, "sampler_rows": prompts * s.n,
-              "prompt_len": P, "response_len": R, "minibatch": minibatch,
+              "prompt_len": P, "response_len": s.max_new_tokens, "sampler_slots": P + R,
+              "minibatch": minibatch,
               "microbatch": minibatch // cfg.train.microbatches, "sampler_note": sampler_note}
     return Plan(resident, out, kv_cache, shapes)
 
@@ -378,13 +379,14 @@ def advice(plan: Plan, cfg: Any, model_cfg: Any, capacity_gib: float) -> str:
 def report(plan: Plan, cfg: Any, model_cfg: Any, config: str) -> str:
     """The plan as markdown: header, resident state, programs, phases against each device,
     what would make it fit, and the caveat."""
+    import numpy as np
+
     sh, m = plan.shapes, plan.shapes["mesh"]
     lines = [
         f"### {config}: {model_cfg.name}, {sh['params']:,} params, {sh['devices']} devices",
         "",
         f"mesh data={m['data']} fsdp={m['fsdp']} tensor={m['tensor']}; compute "
-        f"{model_cfg.dtype.__name__ if hasattr(model_cfg.dtype, '__name__') else model_cfg.dtype}"
-        f", params {getattr(model_cfg.param_dtype, '__name__', model_cfg.param_dtype)}, "
+        f"{np.dtype(model_cfg.dtype).name}, params {np.dtype(model_cfg.param_dtype).name}, "
         f"remat {model_cfg.remat}, scan_layers {model_cfg.scan_layers}. A step: "
         f"{cfg.train.batch_prompts} prompts x {cfg.sampling.n} = {sh['rows']} rows of "
         f"{sh['prompt_len']} + {sh['response_len']} slots; the update: "
@@ -401,8 +403,12 @@ def report(plan: Plan, cfg: Any, model_cfg: Any, config: str) -> str:
               f"{_gib(r['critic'])} | {_gib(plan.resident_total)} |", "",
               "| program | compile s | arguments | outputs | temporaries | aliased | peak | "
               "beyond the state |", "|---|---|---|---|---|---|---|---|"]
-    names = {"sampler": f"sampler (KV cache {_gib(plan.kv_cache)})",
-             "logprobs": f"log-prob pass ({sh['rows']} rows)", "values": "value pass",
+    names = {"sampler": f"sampler ({sh['sampler_rows']} rows x {sh['sampler_slots']} slots, "
+                        f"KV cache {_gib(plan.kv_cache)})",
+             "logprobs": f"log-prob pass ({sh['rows']} rows"
+                         + (f" in {cfg.train.logprob_microbatches} slices)"
+                            if cfg.train.logprob_microbatches > 1 else ")"),
+             "values": "value pass",
              "train": f"train step ({sh['minibatch']} rows)"}
     for name, p in plan.programs.items():
         lines.append(f"| {names[name]} | {p.seconds:.0f} | {_gib(p.arguments)} | "
