@@ -118,6 +118,32 @@ def test_report_says_what_fits_and_the_caveat(mp, plan):
     assert mp.advice(p, cfg, model_cfg, capacity_gib=1000) == ""
 
 
+def test_advice_scales_the_largest_phase(mp):
+    # Math-DAPO-7B-like numbers on 8 devices: 10 GiB of state, a sampler needing 128 GiB
+    # more. More devices divide both (2x: 69 of the 72 usable GiB of an H100); a quarter of
+    # the rows divides only the sampler's part (32 GiB + 10 GiB).
+    G = 2**30
+    cfg = _cfg(train__batch_prompts=256, sampling__n=16)
+    program = lambda extra: mp.Program(0.0, 0, 0, extra, 0, extra)  # noqa: E731
+    shapes = {"mesh": {"data": 1, "fsdp": 8, "tensor": 1}, "devices": 8, "rows": 4096,
+              "minibatch": 256}
+    plan = mp.Plan({"params": 10 * G}, {"sampler": program(128 * G),
+                                         "logprobs": program(40 * G),
+                                         "train": program(50 * G)}, 0, shapes)
+    model_cfg = config_lib.model_config(cfg, 512)
+    assert mp.advice(plan, cfg, model_cfg, 80) == (
+        "2x the devices (16, mesh.fsdp=16) or train.batch_prompts=64 (1/4 of the rows)")
+    assert mp.advice(plan, cfg, model_cfg, 160) == ""
+    # The update largest: more microbatches (or remat, when off).
+    plan.programs["sampler"] = program(10 * G)
+    assert mp.advice(plan, cfg, model_cfg, 40).endswith("train.microbatches=8")
+    model_cfg = config_lib.model_config(_cfg(model__remat="none"), 512)
+    assert mp.advice(plan, cfg, model_cfg, 40).endswith("model.remat=full")
+    # The log-prob pass largest: more slices.
+    plan.programs["logprobs"] = program(100 * G)
+    assert mp.advice(plan, cfg, model_cfg, 80).endswith("train.logprob_microbatches=2")
+
+
 def test_remat_full_lowers_the_train_step_temporaries(mp, plan):
     _, _, none = _plan(mp, ("train",), model__remat="none")
     assert plan[2].programs["train"].temporaries < 0.6 * none.programs["train"].temporaries

@@ -336,44 +336,41 @@ def _pow2_at_least(x: float) -> int:
 
 
 def advice(plan: Plan, cfg: Any, model_cfg: Any, capacity_gib: float) -> str:
-    """What would make the step fit a device of `capacity_gib` ('' when it fits): an
-    estimate from how each part scales (the state with the devices it is sharded over,
-    a phase's extra with the rows each device holds), to be checked by running the plan
-    again with the setting."""
+    """What would make the step fit a device of `capacity_gib` ('' when it fits): estimates
+    from how the parts scale (more devices divide both the state and the rows each device
+    holds; the settings below divide only the largest phase's activations), to be checked by
+    running the plan again with the setting."""
     usable = HEADROOM * capacity_gib * GIB
     phases = plan.phases()
-    if max(phases.values()) <= usable:
+    worst = max(phases, key=lambda k: phases[k])
+    if phases[worst] <= usable:
         return ""
-    mesh, tips = plan.shapes["mesh"], []
-    state = plan.resident_total
-    grow = 1
+    mesh, state = plan.shapes["mesh"], plan.resident_total
+    devices = _pow2_at_least(phases[worst] / usable)
+    tips = [f"{devices}x the devices ({plan.shapes['devices'] * devices}, mesh.fsdp="
+            f"{mesh['fsdp'] * devices})"]
     if state > usable / 2:
-        # Params, moments and the reference copy shard over fsdp x tensor: spread them until
-        # they take at most half the device.
-        grow = _pow2_at_least(state / (usable / 2))
-        tips.append(f"{grow}x the devices for the state (mesh.fsdp={mesh['fsdp'] * grow}, "
-                    f"{plan.shapes['devices'] * grow} devices)")
-        tips.append("LoRA (model.lora.rank: no gradient or optimizer state for the base)"
-                    if "lora" in cfg.model else
-                    "or LoRA (not in this build): no gradient or optimizer state for the base")
-    room = usable - state / grow
-    worst = max(phases, key=lambda k: phases[k] - plan.resident_total)
-    extra = (phases[worst] - plan.resident_total) / grow
-    if extra > room:
-        f = _pow2_at_least(extra / max(room, 1.0)) if room > 0 else None
-        rows = {"sample": "sampler", "prepare": "log-prob pass", "update": "train step"}[worst]
-        if worst == "update" and model_cfg.remat == "none":
-            tips.append("model.remat=full (the train step's activations)")
-        elif worst == "update" and f:
-            micro = cfg.train.microbatches * f
-            tips.append(f"train.microbatches={micro} ({plan.shapes['minibatch'] // micro} rows "
-                        "per microbatch; must stay a multiple of the batch shards)")
-        elif f:
-            tips.append(f"1/{f} of the rows per device in the {rows} (train.batch_prompts="
-                        f"{cfg.train.batch_prompts // f}, or {f}x the devices)")
-        else:
-            tips.append(f"the state leaves no room for the {rows}: more devices first")
-    return "; ".join(tips)
+        tips.append("LoRA (model.lora.rank)" if "lora" in cfg.model else
+                    "LoRA once it exists (no gradient or optimizer state for the base)")
+    room = usable - state
+    if room <= 0:
+        return "; ".join(tips) + " (the state alone does not fit)"
+    f = _pow2_at_least((phases[worst] - state) / room)
+    shards = mesh["data"] * mesh["fsdp"]
+    rows = plan.shapes["rows"]
+    if worst == "update" and model_cfg.remat == "none":
+        tips.append("model.remat=full")
+    elif worst == "update":
+        micro = cfg.train.microbatches * f
+        if plan.shapes["minibatch"] % (micro * shards) == 0:
+            tips.append(f"train.microbatches={micro}")
+    elif worst == "prepare":
+        k = cfg.train.logprob_microbatches * f
+        if rows % (k * shards) == 0:
+            tips.append(f"train.logprob_microbatches={k}")
+    if len(tips) == 1 or worst == "sample":
+        tips.append(f"train.batch_prompts={cfg.train.batch_prompts // f} (1/{f} of the rows)")
+    return " or ".join(tips)
 
 
 def report(plan: Plan, cfg: Any, model_cfg: Any, config: str) -> str:
