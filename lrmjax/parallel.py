@@ -128,8 +128,8 @@ def constrain(x: jax.Array, logical: Sequence[str | None],
               rules: Mapping[str, Any] | None = None) -> jax.Array:
     """`x` constrained to the sharding its logical axis names map to on the mesh in use while
     it is traced (`in_mesh`); unchanged when there is none (a single device, a test calling
-    a model directly). A name whose mesh axes do not divide its
-    dimension leaves that dimension replicated, as for params (`logical_to_spec`).
+    a model directly). A name whose mesh axes do not divide its dimension leaves that
+    dimension replicated, as for params (`logical_to_spec`).
 
     Activations need this where XLA's sharding propagation would otherwise follow the
     params: with FSDP the params are split over 'embed', and unconstrained it splits the

@@ -39,6 +39,21 @@ import sys
 import time
 from typing import Any
 
+# Importing jax starts no backend: `main` still sets the faked device count before the first
+# call that does.
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lrmjax import config as config_lib
+from lrmjax import envs as envs_lib
+from lrmjax import parallel
+from lrmjax.models import heads, hf, presets, sharding, transformer
+from lrmjax.sampling import Sampler, SamplingParams
+from lrmjax.tokenizers import bucket
+from lrmjax.train import compilation, rl, update_batch
+from lrmjax.train import state as state_lib
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
@@ -62,8 +77,6 @@ PROGRAMS = ("sampler", "logprobs", "train")
 def load_config(spec: str, sets: list[str]) -> Any:
     """The config of `path[:arg]` with `--set key=value` overrides applied (unknown keys and
     malformed settings raise ValueError naming them)."""
-    from lrmjax import config as config_lib
-
     path, _, arg = spec.partition(":")
     cfg = config_lib.from_file(path, arg or None)
     for item in sets:
@@ -79,20 +92,13 @@ def resolve_model(cfg: Any, config_path: str, preset: str | None = None) -> tupl
     the checkpoint's config.json when `model.hf_path` exists here, else `model.preset`, else
     CHECKPOINT_PRESETS. The vocabulary is the checkpoint's (the embedding's rows), not the
     tokenizer's."""
-    import dataclasses as dc
-
-    import jax.numpy as jnp
-
-    from lrmjax import config as config_lib
-    from lrmjax.models import hf, presets
-
     cfg = cfg.copy_and_resolve_references()
     hf_dir = pathlib.Path(cfg.model.hf_path) if cfg.model.hf_path else None
     if preset is None and hf_dir is not None and (hf_dir / "config.json").exists():
         model_cfg = hf.read_config(hf_dir, dtype=jnp.dtype(cfg.model.dtype),
                                    param_dtype=jnp.dtype(cfg.model.param_dtype))
-        model_cfg = dc.replace(model_cfg, remat=cfg.model.remat,
-                               scan_layers=cfg.model.scan_layers)
+        model_cfg = dataclasses.replace(model_cfg, remat=cfg.model.remat,
+                                        scan_layers=cfg.model.scan_layers)
         return cfg, model_cfg
     name = preset or cfg.model.preset or CHECKPOINT_PRESETS.get(
         pathlib.Path(config_path.partition(":")[0]).stem)
@@ -170,8 +176,6 @@ class Plan:
 def tree_bytes(tree: Any) -> int:
     """Bytes per device of a tree of arrays / ShapeDtypeStructs that carry shardings (a leaf
     without one counts whole)."""
-    import jax
-
     total = 0
     for x in jax.tree.leaves(tree):
         sharding = getattr(x, "sharding", None)
@@ -181,8 +185,6 @@ def tree_bytes(tree: Any) -> int:
 
 
 def _with_shardings(shapes: Any, shardings: Any) -> Any:
-    import jax
-
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                         shapes, shardings)
 
@@ -192,12 +194,6 @@ def state_shapes(cfg: Any, model_cfg: Any, mesh: Any) -> tuple[Any, Any, Any]:
     trainer's shardings: params from the logical-axis rules, the state built as `rl.train`
     builds it (`rl.optimizers`, `TrainState.create`, a critic from the policy) and sharded
     as `state.place_state` shards it."""
-    import jax
-
-    from lrmjax.models import heads, sharding, transformer
-    from lrmjax.train import rl
-    from lrmjax.train import state as state_lib
-
     if "lora" in cfg.model and cfg.model.lora.rank > 0:
         # LoRA changes which params train and hold optimizer state; its state builder enters
         # here once the trainer has one.
@@ -238,8 +234,6 @@ def sampler_length(cfg: Any) -> tuple[int, str]:
     a note saying which."""
     if cfg.env.name == "none":
         return cfg.sampling.max_new_tokens, ""
-    from lrmjax import envs as envs_lib
-
     turns = envs_lib.make_env(cfg.env.name, **cfg.env.kwargs.to_dict()).max_turns
     turn = cfg.env.turn_tokens or cfg.sampling.max_new_tokens
     slots = turns * turn + (turns - 1) * cfg.env.observation_tokens
@@ -253,16 +247,6 @@ def build_plan(cfg: Any, model_cfg: Any, programs: tuple[str, ...] = PROGRAMS,
     """Compiles `programs` of config `cfg` (with `model.preset` resolved, see
     `resolve_model`) on a mesh over all of jax's devices, one at a time, and returns their
     per-device memory. `log` gets a line per compiled program."""
-    import jax
-    import jax.numpy as jnp
-
-    from lrmjax import config as config_lib
-    from lrmjax import parallel
-    from lrmjax.models import transformer
-    from lrmjax.sampling import Sampler, SamplingParams
-    from lrmjax.tokenizers import bucket
-    from lrmjax.train import compilation, update_batch
-
     config_lib.validate(cfg, jax.device_count(), jax.process_count())
     unknown = set(programs) - set(PROGRAMS)
     if unknown:
@@ -328,7 +312,7 @@ def build_plan(cfg: Any, model_cfg: Any, programs: tuple[str, ...] = PROGRAMS,
 
 # ------------------------------------------------------------------------------ the report
 def _gib(b: float) -> str:
-    return f"{b / GIB:.1f}"
+    return f"{b / GIB:.1f}" if b >= GIB else f"{b / GIB:.3f}"
 
 
 def _pow2_at_least(x: float) -> int:
@@ -376,8 +360,6 @@ def advice(plan: Plan, cfg: Any, model_cfg: Any, capacity_gib: float) -> str:
 def report(plan: Plan, cfg: Any, model_cfg: Any, config: str) -> str:
     """The plan as markdown: header, resident state, programs, phases against each device,
     what would make it fit, and the caveat."""
-    import numpy as np
-
     sh, m = plan.shapes, plan.shapes["mesh"]
     lines = [
         f"### {config}: {model_cfg.name}, {sh['params']:,} params, {sh['devices']} devices",
@@ -448,13 +430,10 @@ def main() -> None:
     p.add_argument("--programs", default=",".join(PROGRAMS),
                    help=f"which to compile, of {PROGRAMS}")
     args = p.parse_args()
-    cfg = load_config(args.config, args.set)  # imports jax, but starts no backend
-    n = device_count(cfg, args.devices)
-    import jax
-
+    cfg = load_config(args.config, args.set)
     # Before the first backend call: faked CPU devices shaped like the target mesh.
     jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", n)
+    jax.config.update("jax_num_cpu_devices", device_count(cfg, args.devices))
     cfg, model_cfg = resolve_model(cfg, args.config, args.preset)
     print(common.machine_summary())
     t0 = time.perf_counter()
