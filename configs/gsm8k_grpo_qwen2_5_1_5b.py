@@ -9,6 +9,9 @@
 
 Data files are GSM8K JSONL ({"question", "answer": "... #### 42"}). The reward is answer
 equivalence through math-verify on the last \\boxed{} (or `#### n`) of the response.
+
+Fits one host of 8 H100s, or 8 TPU v5e or v5p chips, fsdp over all of them (RESULTS.md
+"Memory plan", from experiments/benchmarks/memory_plan.py).
 """
 
 from lrmjax import config as config_lib
