@@ -9,6 +9,9 @@
 
 Data files are GSM8K JSONL ({"question", "answer": "... #### 42"}). The reward is answer
 equivalence through math-verify on the last \\boxed{} (or `#### n`) of the response.
+
+Fits one host of 8 H100s, or 8 TPU v5e or v5p chips, fsdp over all of them (RESULTS.md
+"Memory plan", from experiments/benchmarks/memory_plan.py).
 """
 
 from lrmjax import config as config_lib
@@ -22,7 +25,10 @@ def get_config(arg: str | None = None):
     c = config_lib.base_config("grpo")
     c.model.preset = ""                    # set model.hf_path to a local checkpoint
     c.model.dtype = "bfloat16"
-    c.model.remat = True
+    c.model.remat = "full"
+    # Layers in one scanned block: compile time flat in depth, and each layer's activations
+    # freed before the next (memory_plan.py; RESULTS.md "Memory plan").
+    c.model.scan_layers = True
     c.tokenizer.kind = "hf"
     c.tokenizer.chat_template = True
     c.data.source = "gsm8k_jsonl"
@@ -53,7 +59,7 @@ def get_config(arg: str | None = None):
     if arg == "runlocal":
         c.model.hf_path = "tiny-random:qwen2"
         c.model.dtype = "float32"
-        c.model.remat = False
+        c.model.remat = "none"
         c.data.path = f"{FIXTURES_DIR}/gsm8k_sample.jsonl"
         c.data.eval_path = f"{FIXTURES_DIR}/gsm8k_sample.jsonl"
         c.reward.num_workers = 0

@@ -10,6 +10,9 @@ no KL).
     python -m lrmjax.main --config configs/math_dapo_qwen2_5_math_7b.py:runlocal --workdir /tmp/m
 
 Data files are MATH JSONL ({"problem", "solution" with a final \\boxed{}}).
+
+Sized for 16 H100s or more, fsdp over all of them (RESULTS.md "Memory plan", from
+experiments/benchmarks/memory_plan.py): a step samples 4,096 rows of 512 + 3,072 slots at once.
 """
 
 from lrmjax import config as config_lib
@@ -24,7 +27,10 @@ def get_config(arg: str | None = None):
     c = config_lib.base_config("dapo")
     c.model.preset = ""                    # set model.hf_path to a local checkpoint
     c.model.dtype = "bfloat16"
-    c.model.remat = True
+    c.model.remat = "full"
+    # Layers in one scanned block: compile time flat in depth, and each layer's activations
+    # freed before the next (memory_plan.py; RESULTS.md "Memory plan").
+    c.model.scan_layers = True
     c.tokenizer.kind = "hf"
     c.tokenizer.chat_template = True
     c.data.source = "math_jsonl"
@@ -43,6 +49,7 @@ def get_config(arg: str | None = None):
     c.train.batch_prompts = 256
     c.train.minibatches = 16
     c.train.microbatches = 4
+    c.train.logprob_microbatches = 16      # all 4,096 rows' activations at once: 600+ GiB
     c.train.max_refill_rounds = 3
     c.train.steps = 1000
     c.train.checkpoint_every = 50
@@ -55,7 +62,7 @@ def get_config(arg: str | None = None):
     if arg == "runlocal":
         c.model.hf_path = "tiny-random:qwen2"
         c.model.dtype = "float32"
-        c.model.remat = False
+        c.model.remat = "none"
         c.data.path = f"{FIXTURES_DIR}/math_sample.jsonl"
         c.data.eval_path = f"{FIXTURES_DIR}/math_sample.jsonl"
         c.reward.num_workers = 0
@@ -66,6 +73,7 @@ def get_config(arg: str | None = None):
         c.train.batch_prompts = 4
         c.train.minibatches = 2
         c.train.microbatches = 1
+        c.train.logprob_microbatches = 1
         c.train.max_refill_rounds = 1
         c.train.steps = 2
         c.eval.size = 4

@@ -24,7 +24,10 @@ def get_config(arg: str | None = None):
     c = config_lib.base_config("grpo")
     c.model.preset = ""                    # set model.hf_path to a local checkpoint
     c.model.dtype = "bfloat16"
-    c.model.remat = True
+    c.model.remat = "full"
+    # Layers in one scanned block: compile time flat in depth, and each layer's activations
+    # freed before the next (memory_plan.py; RESULTS.md "Memory plan").
+    c.model.scan_layers = True
     c.tokenizer.kind = "hf"
     c.tokenizer.chat_template = True
     c.data.task = "corpus_qa"
@@ -55,7 +58,7 @@ def get_config(arg: str | None = None):
     if arg == "runlocal":
         c.model.hf_path = "tiny-random:qwen2"
         c.model.dtype = "float32"
-        c.model.remat = False
+        c.model.remat = "none"
         # The tiny checkpoint's ChatML template: Qwen2.5's tool system prompt does not fit
         # the tiny model (see tool_math_qwen2_5_1_5b.py).
         c.env.chat_template = ""

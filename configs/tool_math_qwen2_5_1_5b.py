@@ -26,7 +26,10 @@ def get_config(arg: str | None = None):
     c = config_lib.base_config("grpo")
     c.model.preset = ""                    # set model.hf_path to a local checkpoint
     c.model.dtype = "bfloat16"
-    c.model.remat = True
+    c.model.remat = "full"
+    # Layers in one scanned block: compile time flat in depth, and each layer's activations
+    # freed before the next (memory_plan.py; RESULTS.md "Memory plan").
+    c.model.scan_layers = True
     c.tokenizer.kind = "hf"
     c.tokenizer.chat_template = True
     c.data.source = "gsm8k_jsonl"
@@ -62,7 +65,7 @@ def get_config(arg: str | None = None):
     if arg == "runlocal":
         c.model.hf_path = "tiny-random:qwen2"
         c.model.dtype = "float32"
-        c.model.remat = False
+        c.model.remat = "none"
         c.data.path = f"{FIXTURES_DIR}/gsm8k_sample.jsonl"
         c.data.eval_path = f"{FIXTURES_DIR}/gsm8k_sample.jsonl"
         c.env.kwargs = {"tools": ("python",), "fmt": "qwen", "max_turns": 2, "max_calls": 1,

@@ -31,7 +31,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.model.hf_path = ""             # a local HF checkpoint dir; overrides `preset` when set
     c.model.dtype = "float32"        # compute dtype (bfloat16 on accelerators)
     c.model.param_dtype = "float32"
-    c.model.remat = False
+    # What each block keeps for the backward pass (the rest is recomputed): a name in
+    # lrmjax.models.transformer.REMAT_POLICIES ('none', 'full', 'save_dots', ...).
+    c.model.remat = "none"
     c.model.scan_layers = False
     # ModelConfig fields to replace in the preset, e.g. {'num_layers': 2}. vocab_size -1 means
     # "the tokenizer's vocabulary size".
@@ -166,6 +168,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.train.ppo_epochs = 1
     c.train.minibatches = 1          # optimizer steps per epoch
     c.train.microbatches = 1         # gradient accumulation inside one optimizer step
+    # The log-prob and value passes run over a step's rows in this many slices, one after
+    # another (each split over the devices), so they hold 1/k of the rows' activations.
+    c.train.logprob_microbatches = 1
     # The update and log-prob passes run the LM head in chunks of tokens when a pass's fp32
     # logits would exceed this many MB, so [tokens, vocab] logits never exist in full
     # (steps.head_logprobs; 0 = never chunk). Small vocabularies never reach it.

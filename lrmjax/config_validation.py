@@ -21,7 +21,7 @@ from typing import Any
 
 import ml_collections
 
-from lrmjax.models import presets
+from lrmjax.models import presets, transformer
 from lrmjax.rl import algorithms
 
 _TYPES = {"float32", "bfloat16", "float16"}
@@ -198,6 +198,7 @@ RANGES: dict[str, Range] = {
     "train.ppo_epochs": _COUNT,
     "train.minibatches": _COUNT,
     "train.microbatches": _COUNT,
+    "train.logprob_microbatches": _COUNT,
     "train.logits_chunk_mb": _NON_NEGATIVE,  # 0 = one pass
     "train.pack_tokens": _NON_NEGATIVE,    # 0 = padded rows
     "train.max_refill_rounds": _NON_NEGATIVE,
@@ -434,6 +435,9 @@ def _check_choices(cfg: ml_collections.ConfigDict) -> None:
         if cfg.model[key] not in _TYPES:
             raise ValueError(f"config 'model.{key}' must be one of {sorted(_TYPES)}, got "
                              f"{cfg.model[key]!r}")
+    if cfg.model.remat not in transformer.REMAT_POLICIES:
+        raise ValueError(f"config 'model.remat' must be one of {sorted(transformer.REMAT_POLICIES)}"
+                         f", got {cfg.model.remat!r}")
     if cfg.tokenizer.kind not in ("char", "hf"):
         raise ValueError(f"config 'tokenizer.kind' must be 'char' or 'hf', got "
                          f"{cfg.tokenizer.kind!r}")
@@ -545,6 +549,11 @@ def _check_sizes(cfg: ml_collections.ConfigDict, num_devices: int | None,
                              f"over the {shards} batch shards of mesh "
                              f"{dict(zip(parallel.MESH_AXES, dims, strict=True))} "
                              "(config 'train.batch_prompts')")
+        chunks = cfg.train.logprob_microbatches
+        if batch % (chunks * shards):
+            raise ValueError(f"config 'train.logprob_microbatches' = {chunks}: the "
+                             f"{batch} responses of a step do not split into {chunks} "
+                             f"slices over the {shards} batch shards")
     hosts = num_processes or (max(cfg.mesh.num_processes, 1) if cfg.mesh.distributed else 1)
     for key in ("train.batch_prompts", "sft.batch_size", "sft.eval_size", "eval.size",
                 "eval.batch_size"):

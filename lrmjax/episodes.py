@@ -318,7 +318,8 @@ class EpisodeSampler(Sampler):
 
         cache_key = (name, tuple(sig(x) for x in jax.tree.leaves(args)))
         if cache_key not in self._compiled:
-            jitted = jax.jit(fn, donate_argnums=() if donate is None else (donate,))
+            jitted = jax.jit(parallel.in_mesh(fn, self.mesh),
+                             donate_argnums=() if donate is None else (donate,))
             self._compiled[cache_key] = jitted.lower(*args).compile()
             self.num_compilations += 1
         return self._compiled[cache_key](*args)

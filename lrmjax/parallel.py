@@ -125,6 +125,39 @@ def tree_shardings(logical_tree: Any, shape_tree: Any, mesh: Mesh,
         logical_tree, shape_tree, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
+def constrain(x: jax.Array, logical: Sequence[str | None],
+              rules: Mapping[str, Any] | None = None) -> jax.Array:
+    """`x` constrained to the sharding its logical axis names map to on the mesh in use while
+    it is traced (`in_mesh`); unchanged when there is none (a single device, a test calling
+    a model directly). A name whose mesh axes do not divide its dimension leaves that
+    dimension replicated, as for params (`logical_to_spec`).
+
+    Activations need this where XLA's sharding propagation would otherwise follow the
+    params: with FSDP the params are split over 'embed', and unconstrained it splits the
+    hidden states over 'embed' too and replicates the batch on every device.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical, x.shape, mesh, rules))
+
+
+def in_mesh(fn: Callable[..., Any], mesh: Mesh | None) -> Callable[..., Any]:
+    """`fn` traced with `mesh` in use (`jax.sharding.use_abstract_mesh`), so that the
+    activation constraints of `constrain` apply inside it: wrap a step function in it before
+    `jax.jit`. None leaves `fn` as it is."""
+    if mesh is None:
+        return fn
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    # jax names the program after the function ("jit(rl_train_step)"), also through a partial.
+    wrapped.__name__ = getattr(fn, "__name__", None) or getattr(fn, "func", fn).__name__
+    return wrapped
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Mapping[str, Any] | None = None
                    ) -> NamedSharding:
     """Sharding of a batch-major array: leading dim over the batch axes, rest replicated."""

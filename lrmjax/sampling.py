@@ -564,7 +564,7 @@ class Sampler:
             args = (parallel.host_to_global(padded, self.mesh),
                     parallel.host_to_global(padded_mask, self.mesh),
                     parallel.put(key, parallel.replicated(self.mesh)))
-        out = self._program(params, args, sampling)(params, *args)
+        out = self.program(params, args, sampling)(params, *args)
         keep = B * sampling.n
         # Host p's prompts are the p-th block of the global batch, and so are its n responses
         # each (rows are prompt-major): gather, then keep this host's rows.
@@ -579,9 +579,11 @@ class Sampler:
             logprobs=out.logprobs, lengths=out.lengths, finish_reason=out.finish_reason,
             group_ids=out.group_ids - out.group_ids[0])
 
-    def _program(self, params: Any, args: tuple[Array, ...], sampling: SamplingParams):
-        """The compiled program for these shapes, shardings and sampling params (AOT, so a
-        layout this cache key misses fails loudly instead of silently recompiling)."""
+    def program(self, params: Any, args: tuple[Array, ...], sampling: SamplingParams):
+        """The compiled `generate` for these shapes, shardings and sampling params (AOT, so a
+        layout this cache key misses fails loudly instead of silently recompiling). `params`
+        and `args` (prompt tokens [B, P], prompt mask [B, P], key) may be arrays or
+        ShapeDtypeStructs with shardings (experiments/benchmarks/memory_plan.py)."""
         def sig(x):
             return (x.shape, str(x.dtype), getattr(x, "sharding", None))
 
@@ -589,9 +591,9 @@ class Sampler:
                      tuple(sig(x) for x in jax.tree.leaves(params)),
                      tuple(sig(x) for x in args))
         if cache_key not in self._compiled:
-            fn = jax.jit(functools.partial(generate, cfg=self.cfg, sampling=sampling,
-                                           stop_ids=self.stop_ids, pad_id=self.pad_id,
-                                           stop_check_every=self.stop_check_every))
+            fn = jax.jit(parallel.in_mesh(functools.partial(
+                generate, cfg=self.cfg, sampling=sampling, stop_ids=self.stop_ids,
+                pad_id=self.pad_id, stop_check_every=self.stop_check_every), self.mesh))
             self._compiled[cache_key] = fn.lower(params, *args).compile()
             self.num_compilations += 1
         return self._compiled[cache_key]

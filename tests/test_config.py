@@ -138,6 +138,17 @@ def test_batch_not_divisible_by_mesh_batch_shards():
         config_lib.validate(cfg, 8)
 
 
+def test_logprob_slices_must_divide_over_mesh():
+    cfg = config_lib.base_config()
+    cfg.train.batch_prompts, cfg.sampling.n = 4, 4   # 16 responses
+    cfg.train.logprob_microbatches = 2               # slices of 8: fine on 8 devices
+    config_lib.validate(cfg, 8)
+    cfg.train.logprob_microbatches = 4               # slices of 4: not on 8 shards
+    with pytest.raises(ValueError, match=r"'train\.logprob_microbatches' = 4"):
+        config_lib.validate(cfg, 8)
+    config_lib.validate(cfg, 4)
+
+
 def test_microbatch_must_divide_over_mesh():
     cfg = config_lib.base_config()
     cfg.train.batch_prompts, cfg.sampling.n = 4, 4   # 16 responses
@@ -196,7 +207,7 @@ def test_unknown_model_override_field():
 
 @pytest.mark.parametrize("path, value", [
     ("tokenizer.kind", "bpe"), ("data.source", "csv"), ("data.curriculum", "random"),
-    ("optim.schedule", "linear")])
+    ("optim.schedule", "linear"), ("model.remat", "everything")])
 def test_bad_choice_names_key(path, value):
     cfg = config_lib.base_config()
     group, key = path.split(".")
@@ -288,10 +299,10 @@ def test_model_config_fills_vocab_and_overrides():
     assert mc.dtype == jnp.float32 and mc.param_dtype == jnp.float32
     cfg.model.overrides.vocab_size = 40
     cfg.model.dtype = "bfloat16"
-    cfg.model.remat = True
+    cfg.model.remat = "save_qkv_proj"
     mc = config_lib.model_config(cfg, 77)
     assert mc.vocab_size == 40                   # an explicit vocab wins
-    assert mc.dtype == jnp.bfloat16 and mc.remat
+    assert mc.dtype == jnp.bfloat16 and mc.remat == "save_qkv_proj"
     assert cfg.model.overrides.vocab_size == 40  # the config itself is not changed
 
 

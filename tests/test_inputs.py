@@ -96,3 +96,18 @@ def test_response_budget_of_a_checkpoint_is_checked_before_its_weights_load(tmp_
                                          r"checkpoint .*tiny_hf_qwen2: max_seq_len 512 - "
                                          r"'sampling\.max_prompt_len' 32 leaves 480 tokens"):
         inputs.build_inputs(cfg, str(tmp_path))
+
+
+def test_a_checkpoint_loads_with_the_configured_remat_and_scan_layers(tmp_path):
+    from lrmjax import parallel
+    from lrmjax.models import tiny_hf
+
+    cfg = small_config()
+    cfg.model.hf_path, cfg.tokenizer.kind = "tiny-random:qwen2", "hf"
+    cfg.model.scan_layers, cfg.model.remat = True, "save_qkv_proj"
+    path = tiny_hf.resolve(cfg.model.hf_path, str(tmp_path))
+    tokenizer = inputs._tokenizer(cfg, path)
+    model_cfg, params, _ = inputs._model(cfg, path, tokenizer, parallel.make_mesh())
+    assert model_cfg.scan_layers and model_cfg.remat == "save_qkv_proj"
+    # Layers stacked on a leading axis of num_layers.
+    assert params["layers"]["mlp"]["up_proj"]["kernel"].shape[0] == model_cfg.num_layers

@@ -53,7 +53,7 @@ def _full_forward_logprobs(cfg, params, tokens, mask):
                      for i in range(tokens.shape[0])])
 
 
-@pytest.mark.parametrize("scan,remat", [(False, False), (True, True)])
+@pytest.mark.parametrize("scan,remat", [(False, "none"), (True, "full")])
 def test_grouped_logprobs_match_one_full_forward_per_row(scan, remat):
     cfg = dataclasses.replace(CFG, scan_layers=scan, remat=remat)
     params = transformer.init_params(cfg, jax.random.key(1))
@@ -61,6 +61,20 @@ def test_grouped_logprobs_match_one_full_forward_per_row(scan, remat):
     got = steps.response_logprobs(params, jnp.asarray(tokens), jnp.asarray(mask),
                                   model_cfg=cfg, prompt_len=P, group_size=N_PER)
     want = _full_forward_logprobs(cfg, params, tokens, mask)
+    np.testing.assert_allclose(np.where(resp_mask, np.asarray(got), 0),
+                               np.where(resp_mask, want, 0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("group,chunks", [(1, 2), (1, 8), (N_PER, 2), (N_PER, 4)])
+def test_logprobs_in_row_chunks_match_one_full_forward_per_row(group, chunks):
+    # train.logprob_microbatches: the rows run in slices (strided, whole groups together)
+    # and come back in their own order.
+    params = transformer.init_params(CFG, jax.random.key(1))
+    tokens, mask, resp_mask = _batch()
+    got = steps.response_logprobs(params, jnp.asarray(tokens), jnp.asarray(mask),
+                                  model_cfg=CFG, prompt_len=P, group_size=group,
+                                  row_chunks=chunks)
+    want = _full_forward_logprobs(CFG, params, tokens, mask)
     np.testing.assert_allclose(np.where(resp_mask, np.asarray(got), 0),
                                np.where(resp_mask, want, 0), rtol=1e-5, atol=1e-5)
 

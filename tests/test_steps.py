@@ -19,8 +19,9 @@ from lrmjax.train import steps
 CFG = presets.get("tiny", num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1,
                   head_dim=16, mlp_dim=64, vocab_size=32, max_seq_len=32)
 P, R = 4, 5
-# Left-padded prompts and right-padded responses of different lengths; the two halves of the
-# batch (the two microbatches) hold different numbers of response tokens (4+1 vs 5+3).
+# Left-padded prompts and right-padded responses of different lengths; the two microbatches
+# (rows 0, 2 and rows 1, 3: `steps.split_microbatches`) hold different numbers of response
+# tokens (4+5 vs 1+3).
 PROMPT_LEN = np.array([4, 2, 3, 1])
 RESP_LEN = np.array([4, 1, 5, 3])
 
@@ -373,3 +374,32 @@ def test_chunked_head_keeps_qwen_sized_logits_out_of_memory():
 
     assert temp_bytes(0) > 20 * 10**9
     assert temp_bytes(256) < 2 * 10**9
+
+
+@pytest.mark.parametrize("microbatches, group", [(4, 1), (2, 4), (1, 2)])
+def test_microbatches_take_rows_from_every_device_block(microbatches, group):
+    # 64 rows sharded over 8 devices in contiguous blocks of 8: each microbatch takes the
+    # same number of rows from every block (so it stays split over all the devices), whole
+    # groups of `group` consecutive rows, and every row exactly once.
+    rows = np.arange(64)
+    micro = np.asarray(steps.split_microbatches({"r": jnp.asarray(rows)}, microbatches,
+                                                group)["r"])
+    assert micro.shape == (microbatches, 64 // microbatches)
+    assert sorted(micro.ravel().tolist()) == rows.tolist()
+    np.testing.assert_array_equal(steps.merge_microbatches(micro, group), rows)
+    for mb in micro:
+        assert (np.bincount(mb // 8, minlength=8) == 8 // microbatches).all()
+        groups = mb.reshape(-1, group)
+        assert (groups == groups[:, :1] + np.arange(group)).all()
+        assert (groups[:, 0] % group == 0).all()
+
+
+def test_values_in_row_chunks_equal_one_pass():
+    b = _critic_batch()
+    critic = heads.init_from_policy(CFG, _params(), jax.random.key(3))
+    critic["head"]["kernel"] = jnp.ones_like(critic["head"]["kernel"])  # nonzero values
+    args = (critic, jnp.asarray(b["tokens"]), jnp.asarray(b["mask"]))
+    one = steps.response_values(*args, model_cfg=CFG, prompt_len=P)
+    two = steps.response_values(*args, model_cfg=CFG, prompt_len=P, row_chunks=2)
+    assert float(jnp.abs(one).max()) > 0
+    np.testing.assert_allclose(np.asarray(two), np.asarray(one), rtol=1e-6, atol=1e-6)

@@ -103,7 +103,7 @@ def test_left_padding_does_not_change_logits(variant):
 def test_scan_layers_and_remat_match_unrolled():
     cfg = VARIANTS["qwen2"]
     params = _init(cfg)
-    scan_cfg = dataclasses.replace(cfg, scan_layers=True, remat=True)
+    scan_cfg = dataclasses.replace(cfg, scan_layers=True, remat="full")
     stacked = transformer.stack_layers(params, cfg.num_layers)
     assert jax.tree.structure(stacked) == jax.tree.structure(
         transformer.param_shapes(scan_cfg))
@@ -124,6 +124,37 @@ def test_scan_layers_and_remat_match_unrolled():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=3e-4),
                  g_scan, g_ref)
     assert transformer.unstack_layers(stacked, cfg.num_layers).keys() == params.keys()
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_every_remat_policy_gives_the_loss_and_gradient_of_none(scan):
+    # Remat changes what the backward keeps, never what it computes: in fp32 every policy's
+    # loss and gradient equal the plain backward's up to summation order.
+    cfg = dataclasses.replace(VARIANTS["qwen2"], scan_layers=scan)
+    params = _random_params(VARIANTS["qwen2"])
+    if scan:
+        params = transformer.stack_layers(params, cfg.num_layers)
+    tokens, mask = _batch(cfg)
+
+    def loss(c):
+        def fn(p):
+            logp = jax.nn.log_softmax(_forward(c, p, tokens, mask)[:, :-1], axis=-1)
+            picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+            return -jnp.sum(jnp.where(mask[:, 1:], picked, 0.0)) / jnp.sum(mask[:, 1:])
+        return jax.jit(jax.value_and_grad(fn))
+
+    ref_loss, ref_grad = loss(cfg)(params)
+    for name in transformer.REMAT_POLICIES:
+        value, grad = loss(dataclasses.replace(cfg, remat=name))(params)
+        np.testing.assert_allclose(value, ref_loss, rtol=1e-6, err_msg=name)
+        jax.tree.map(lambda a, b, name=name: np.testing.assert_allclose(
+            a, b, rtol=1e-5, atol=1e-6, err_msg=name), grad, ref_grad)
+
+
+def test_unknown_remat_policy_raises():
+    cfg = dataclasses.replace(VARIANTS["qwen2"], remat="most")
+    with pytest.raises(ValueError, match="'most' is not a remat policy"):
+        transformer.param_shapes(cfg)
 
 
 # ---------------------------------------------------------------------------- numpy references

@@ -31,6 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+
 from lrmjax import host  # noqa: E402
 
 # The host trainer's malloc settings (lrmjax/host.py; a tenth of a step here), before JAX's

@@ -52,7 +52,9 @@ class ModelConfig:
       tie_embeddings: the LM head reuses the embedding table.
       dtype: compute dtype of activations and matmuls.
       param_dtype: storage dtype of the params.
-      remat: rematerialize each block in the backward pass (saves activation memory).
+      remat: what each block keeps for the backward pass, a name in
+        `transformer.REMAT_POLICIES`: 'none' (everything), 'full' (only its input; the rest
+        is recomputed), 'save_dots', 'save_dots_no_batch', 'save_qkv_proj'.
       scan_layers: run the blocks with `nn.scan` (params stacked on a leading layer axis;
         compiles once per block instead of once per layer).
       lora_rank: rank r of the LoRA adapters (Hu et al. 2021, "LoRA: Low-Rank Adaptation of
@@ -80,7 +82,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    remat: bool = False
+    remat: str = "none"
     scan_layers: bool = False
     lora_rank: int = 0
     lora_alpha: float = 32.0

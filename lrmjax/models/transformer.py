@@ -29,11 +29,28 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
+from lrmjax import parallel
 from lrmjax.models.presets import ModelConfig
 
 Array = jax.Array
 _NEG_INF = -1e30  # finite, so fully masked rows (left padding) give no NaNs
+
+# Remat policies by name (config 'model.remat'): what a block keeps from its forward pass for
+# the backward; the rest is recomputed from the block's input. 'none' keeps everything (no
+# remat); 'full' keeps only the block's input; 'save_dots' keeps every matmul output (the
+# attention scores included); 'save_dots_no_batch' the projections' matmuls but not the
+# attention's batched ones (whose [T, S] scores dominate at long lengths); 'save_qkv_proj'
+# only the q/k/v projections (tagged with `checkpoint_name` in `Attention`).
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_saveable,
+    "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names("q_proj", "k_proj",
+                                                                   "v_proj"),
+}
 
 
 @flax.struct.dataclass
@@ -286,8 +303,10 @@ class Attention(nn.Module):
                               (heads, d) if bias else None, (axis, "head_dim") if bias else None,
                               fan_in=D, name=name)(x)
 
-        q, k, v = proj("q_proj", H, "heads"), proj("k_proj", K, "kv_heads"), proj(
-            "v_proj", K, "kv_heads")
+        # Named so that a remat policy can keep them (REMAT_POLICIES['save_qkv_proj']).
+        q = checkpoint_name(proj("q_proj", H, "heads"), "q_proj")
+        k = checkpoint_name(proj("k_proj", K, "kv_heads"), "k_proj")
+        v = checkpoint_name(proj("v_proj", K, "kv_heads"), "v_proj")
         if cfg.qk_norm:
             q = RMSNorm(cfg, d, "head_dim", name="q_norm")(q)
             k = RMSNorm(cfg, d, "head_dim", name="k_norm")(k)
@@ -424,6 +443,8 @@ class Block(nn.Module):
     def __call__(self, carry, sin, cos, kv_mask, q_slots, index):
         cfg = self.cfg
         x, kv = carry
+        # Each device keeps its rows (FSDP gathers the params, not the activations).
+        x = parallel.constrain(x, ("act_batch", "act_len", "act_embed"))
         h, kv = Attention(cfg, self.groups, name="attn")(
             RMSNorm(cfg, cfg.hidden_size, name="attn_norm")(x), sin, cos, kv_mask, q_slots,
             kv, index)
@@ -488,9 +509,13 @@ class Transformer(nn.Module):
                                  f"{cfg.scan_layers}: build it with init_cache(cfg, ...)")
         q_slots = index + jnp.arange(T)
 
+        if cfg.remat not in REMAT_POLICIES:
+            raise ValueError(f"ModelConfig.remat {cfg.remat!r} is not a remat policy; valid: "
+                             f"{sorted(REMAT_POLICIES)}")
         block_cls = Block
-        if cfg.remat:
-            block_cls = nn.remat(Block, prevent_cse=not cfg.scan_layers)
+        if cfg.remat != "none":
+            block_cls = nn.remat(Block, prevent_cse=not cfg.scan_layers,
+                                 policy=REMAT_POLICIES[cfg.remat])
         if cfg.scan_layers:
             # The whole cache rides in the carry (not scanned over as xs/ys, which would
             # re-stack a new [L, ...] buffer every call).

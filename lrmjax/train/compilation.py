@@ -6,8 +6,8 @@ train step, the sampler, a stray `jnp` call on the host. The RL loop compiles it
 the loop and then expects no compiles after its first step; a compile there means a new
 shape, dtype or sharding reached a jitted function, which the loop reports by name.
 
-`compile_programs` builds what the RL loop runs on the devices (`Programs`) and compiles the
-train step ahead of the loop, logging its memory.
+`compile_programs` builds what the RL loop runs on the devices (`Programs`, jitted by
+`jit_programs`) and compiles the train step ahead of the loop, logging its memory.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import ml_collections
 
 from lrmjax import parallel
 from lrmjax.models import lora
+from lrmjax.models.presets import ModelConfig
 from lrmjax.train import steps, update_batch
 from lrmjax.train.state import TrainState
 
@@ -125,26 +126,37 @@ class Programs:
         return state.policy if self.merge is None else self.merge(state.frozen, state.params)
 
 
+def jit_programs(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, prompt_len: int,
+                 temperature: float, mesh: Any, state_sh: TrainState
+                 ) -> tuple[update_batch.Passes, Any]:
+    """The batch passes and the jitted train step of config `cfg` (nothing compiled yet):
+    what the loop runs, and what `experiments/benchmarks/memory_plan.py` compiles from
+    shapes. `temperature` is the one log-probs are scored under
+    (`SamplingParams.score_temperature`)."""
+    logprob_group, update_group = steps.shared_prompt_groups(cfg, mesh)
+    passes = update_batch.make_passes(cfg, model_cfg, prompt_len, temperature, logprob_group,
+                                      mesh)
+    # Explicit in/out shardings keep the state in one layout across steps (so neither the
+    # step nor the sampler, which reads the same params, ever recompiles for a new layout).
+    train_step = jax.jit(parallel.in_mesh(
+        functools.partial(steps.rl_train_step, model_cfg=model_cfg, algo=cfg.rl,
+                          prompt_len=prompt_len, temperature=temperature,
+                          microbatches=cfg.train.microbatches, on_policy=passes.on_policy,
+                          group_size=update_group,
+                          logits_chunk_mb=cfg.train.logits_chunk_mb), mesh),
+        in_shardings=(state_sh, parallel.batch_sharding(mesh)),
+        out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,))
+    return passes, train_step
+
+
 def compile_programs(cfg: ml_collections.ConfigDict, inp: Any, state: TrainState,
                      state_sh: TrainState, ref_params: Any, writer: Any, *,
                      ahead_of_time: bool, first_step: int) -> Programs:
     """Jits the train step and the batch passes. With `ahead_of_time`, compiles the train
     step now, for the batch `update_batch.spec` describes, and logs its memory: an
     out-of-memory shows before any sampling, and the loop's calls hit this executable."""
-    logprob_group, update_group = steps.shared_prompt_groups(cfg, inp.mesh)
-    temperature = inp.train_sampling.score_temperature
-    passes = update_batch.make_passes(cfg, inp.model_cfg, inp.prompt_len, temperature,
-                                      logprob_group)
-    # Explicit in/out shardings keep the state in one layout across steps (so neither the
-    # step nor the sampler, which reads the same params, ever recompiles for a new layout).
-    train_step = jax.jit(
-        functools.partial(steps.rl_train_step, model_cfg=inp.model_cfg, algo=cfg.rl,
-                          prompt_len=inp.prompt_len, temperature=temperature,
-                          microbatches=cfg.train.microbatches, on_policy=passes.on_policy,
-                          group_size=update_group,
-                          logits_chunk_mb=cfg.train.logits_chunk_mb),
-        in_shardings=(state_sh, parallel.batch_sharding(inp.mesh)),
-        out_shardings=(state_sh, parallel.replicated(inp.mesh)), donate_argnums=(0,))
+    passes, train_step = jit_programs(cfg, inp.model_cfg, inp.prompt_len,
+                                      inp.train_sampling.score_temperature, inp.mesh, state_sh)
     if ahead_of_time:
         spec = update_batch.spec(cfg, passes, state, ref_params, inp.prompt_len, inp.mesh)
         t0 = time.perf_counter()

@@ -306,7 +306,7 @@ def _model(cfg: ml_collections.ConfigDict, hf_path: str, tokenizer: Any, mesh: A
         model_cfg, params = hf.load_pretrained(hf_path,
                                                dtype=jnp.dtype(cfg.model.dtype),
                                                param_dtype=jnp.dtype(cfg.model.param_dtype),
-                                               mesh=mesh)
+                                               mesh=mesh, scan_layers=cfg.model.scan_layers)
         fields = config_lib.run_fields(cfg)
         model_cfg = dataclasses.replace(model_cfg, remat=fields["remat"],
                                         **{k: v for k, v in fields.items()
@@ -494,9 +494,9 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     episode_sampler, env_pool = _episodes(cfg, model_cfg, tokenizer, prompt_len, mesh)
     token_stats_fn = None
     if set(fns) & TOKEN_STAT_REWARDS:
-        token_stats_fn = jax.jit(functools.partial(
+        token_stats_fn = jax.jit(parallel.in_mesh(functools.partial(
             steps.response_token_stats, model_cfg=model_cfg, prompt_len=prompt_len,
-            temperature=sampling.score_temperature))
+            temperature=sampling.score_temperature), mesh))
     log.info("model %s: %s params", model_cfg.name,
              f"{transformer.count_params(params):,}")
     return Inputs(cfg=cfg, mesh=mesh, tokenizer=tokenizer, model_cfg=model_cfg,

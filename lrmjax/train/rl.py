@@ -57,6 +57,22 @@ class NonFiniteError(RuntimeError):
     """Raised after too many consecutive updates with a non-finite loss or gradient."""
 
 
+def optimizers(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
+    """The policy's optimizer and the critic's (None without a critic) of config `cfg`: AdamW
+    on the configured schedule over every update of the run."""
+    total_updates = cfg.train.steps * cfg.train.ppo_epochs * cfg.train.minibatches
+    tx = adamw(lr_schedule(cfg.optim.lr, cfg.optim.warmup_steps, total_updates,
+                           cfg.optim.schedule, cfg.optim.min_lr_ratio),
+               b1=cfg.optim.b1, b2=cfg.optim.b2, eps=cfg.optim.eps,
+               weight_decay=cfg.optim.weight_decay, grad_clip=cfg.optim.grad_clip)
+    critic_tx = None
+    if cfg.rl.use_critic:
+        critic_tx = adamw(lr_schedule(cfg.optim.critic_lr, cfg.optim.critic_warmup_steps,
+                                      total_updates, "constant"),
+                          grad_clip=cfg.optim.grad_clip)
+    return tx, critic_tx
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs (or resumes) the experiment `cfg` in `workdir`. Returns the final eval metrics.
 
@@ -105,16 +121,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, compiles: compilation.C
             f.write(cfg.to_json_best_effort(indent=2))
 
     # ---------------------------------------------------------------- state: warm start or resume
-    total_updates = cfg.train.steps * cfg.train.ppo_epochs * cfg.train.minibatches
-    tx = adamw(lr_schedule(cfg.optim.lr, cfg.optim.warmup_steps, total_updates,
-                           cfg.optim.schedule, cfg.optim.min_lr_ratio),
-               b1=cfg.optim.b1, b2=cfg.optim.b2, eps=cfg.optim.eps,
-               weight_decay=cfg.optim.weight_decay, grad_clip=cfg.optim.grad_clip)
-    critic_tx = critic_params = ref_params = None
-    if algo.use_critic:
-        critic_tx = adamw(lr_schedule(cfg.optim.critic_lr, cfg.optim.critic_warmup_steps,
-                                      total_updates, "constant"),
-                          grad_clip=cfg.optim.grad_clip)
+    tx, critic_tx = optimizers(cfg)
+    critic_params = ref_params = None
     state = TrainState.create(inp.init_params, tx, kl_coef=algo.kl_coef)
     extras: dict[str, Any] = {"phase": "sft" if cfg.sft.steps > 0 else "rl", "rl_step": 0}
     if sft_ckpt is not None:

@@ -46,7 +46,8 @@ def warm_start(inp: Inputs, state: TrainState, writer: Any, ckpt: ckpt_lib.Check
                grad_clip=cfg.optim.grad_clip)
     # Every leaf in a NamedSharding on the mesh: a restored state comes back in these.
     state, _ = place_state(TrainState.create(state.params, tx), inp.mesh)
-    step_fn = jax.jit(functools.partial(steps.sft_train_step, model_cfg=inp.model_cfg),
+    step_fn = jax.jit(parallel.in_mesh(functools.partial(steps.sft_train_step,
+                                                         model_cfg=inp.model_cfg), inp.mesh),
                       donate_argnums=(0,))
     # A separate shuffle of the training prompts (seeded apart from the RL iterator's); each
     # host reads its block of every global batch.

@@ -115,3 +115,26 @@ def place_state(state: TrainState, mesh: Any) -> tuple[TrainState, TrainState]:
         lambda x: x.sharding if isinstance(x.sharding, jax.sharding.NamedSharding) else rep,
         state)
     return parallel.put(state, shardings), shardings
+
+
+def state_shardings(state: TrainState, params: Any, mesh: Any) -> TrainState:
+    """The shardings `place_state` gives `state`, from shapes alone: `state` may hold
+    ShapeDtypeStructs (from `jax.eval_shape`) and `params` is the policy's params as arrays or
+    ShapeDtypeStructs that carry their shardings.
+
+    A leaf takes the sharding of the param whose path ends its own path and whose shape is
+    its shape (the param itself, an optimizer moment of it, a critic trunk's copy of it);
+    every other leaf (counters, scalars, a value head) is replicated.
+    """
+    by_path = {tuple(map(str, path)): x for path, x in jax.tree_util.tree_leaves_with_path(params)}
+    rep = parallel.replicated(mesh)
+
+    def one(path: Any, x: Any) -> Any:
+        keys = tuple(map(str, path))
+        for start in range(len(keys)):
+            p = by_path.get(keys[start:])
+            if p is not None and p.shape == x.shape:
+                return p.sharding
+        return rep
+
+    return jax.tree_util.tree_map_with_path(one, state)

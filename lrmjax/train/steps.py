@@ -138,16 +138,17 @@ def shared_prompt_groups(cfg: ml_collections.ConfigDict, mesh: Any) -> tuple[int
     passes and of the update: sampling.n when `train.shared_prompt_forward` is on (and
     `train.pack_tokens` off: packed rows hold each sequence whole), else 1.
 
-    The reference/old logprob passes see the whole step's batch, group-major as sampled. The
-    update shares prompts only with one minibatch (several shuffle the rows apart), and each
-    pass only when its prompts split evenly over the batch shards (each device then holds
-    whole groups: no communication)."""
+    The reference/old logprob passes see the whole step's batch, group-major as sampled, in
+    `train.logprob_microbatches` slices (`in_row_chunks`). The update shares prompts only
+    with one minibatch (several shuffle the rows apart), and each
+    pass only when its prompts (of a slice) split evenly over the batch shards (each device
+    then holds whole groups: no communication)."""
     n = cfg.sampling.n
     if not cfg.train.shared_prompt_forward or n == 1 or cfg.train.pack_tokens:
         return 1, 1
     shards = parallel.batch_divisor(mesh)
     prompts = cfg.train.batch_prompts  # global
-    logprob = n if prompts % shards == 0 else 1
+    logprob = n if prompts % (shards * cfg.train.logprob_microbatches) == 0 else 1
     per_micro, rest = divmod(prompts, cfg.train.microbatches)
     update = (n if cfg.train.minibatches == 1 and rest == 0 and per_micro % shards == 0
               else 1)
@@ -214,11 +215,32 @@ def response_head(model_cfg: ModelConfig, params: Any, tokens: Array, mask: Arra
 def response_logprobs(params: Any, tokens: Array, mask: Array,
                       pack: dict[str, Array] | None = None, *, model_cfg: ModelConfig,
                       prompt_len: int, temperature: float = 1.0, group_size: int = 1,
-                      logits_chunk_mb: float = LOGITS_CHUNK_MB) -> Array:
+                      logits_chunk_mb: float = LOGITS_CHUNK_MB, row_chunks: int = 1) -> Array:
     """Per-token logprobs of the responses [N, R] (old-policy or reference logprobs);
-    `group_size` and `pack` as in `response_head`, the head in chunks as `head_logprobs`."""
-    return response_head(model_cfg, params, tokens, mask, prompt_len, temperature, group_size,
-                         logits_chunk_mb, pack)[0]
+    `group_size` and `pack` as in `response_head`, the head in chunks as `head_logprobs`, the
+    rows (unpacked) in `row_chunks` chunks as `in_row_chunks`."""
+    if pack is not None:  # the packing plan already bounds the rows a forward holds
+        return response_head(model_cfg, params, tokens, mask, prompt_len, temperature,
+                             group_size, logits_chunk_mb, pack)[0]
+
+    def one(tokens, mask):
+        return response_head(model_cfg, params, tokens, mask, prompt_len, temperature,
+                             group_size, logits_chunk_mb)[0]
+
+    return in_row_chunks(one, tokens, mask, row_chunks, group_size)
+
+
+def in_row_chunks(fn: Any, tokens: Array, mask: Array, chunks: int, group_size: int = 1
+                  ) -> Array:
+    """`fn(tokens, mask) -> [N, ...]` run on `chunks` slices of the rows one after another
+    (a `lax.map` over `split_microbatches`), its results put back in row order: a forward
+    pass then holds the activations of N / chunks rows at a time, each slice still split
+    over the devices. Whole groups of `group_size` rows stay together."""
+    if chunks == 1:
+        return fn(tokens, mask)
+    parts = split_microbatches({"tokens": tokens, "mask": mask}, chunks, group_size)
+    out = jax.lax.map(lambda p: fn(p["tokens"], p["mask"]), parts)     # [chunks, N/chunks, ...]
+    return merge_microbatches(out, group_size)
 
 
 def response_token_stats(params: Any, tokens: Array, mask: Array, *, model_cfg: ModelConfig,
@@ -237,19 +259,44 @@ def response_token_stats(params: Any, tokens: Array, mask: Array, *, model_cfg: 
 
 def response_values(critic_params: Any, tokens: Array, mask: Array,
                     pack: dict[str, Array] | None = None, *, model_cfg: ModelConfig,
-                    prompt_len: int) -> Array:
+                    prompt_len: int, row_chunks: int = 1) -> Array:
     """Critic values V(s_t) for each response token [N, R] (same shift as the logits), from
-    the packed rows of `pack` when given (`packing.packed_values`)."""
+    the packed rows of `pack` when given (`packing.packed_values`), else the rows in
+    `row_chunks` chunks (`in_row_chunks`)."""
     if pack is not None:
         return packing.packed_values(model_cfg, critic_params, tokens, pack,
                                      tokens.shape[1] - prompt_len)
-    values = heads.token_values(model_cfg, critic_params, tokens, mask)
-    return values[:, prompt_len - 1:-1]
+
+    def one(tokens, mask):
+        return heads.token_values(model_cfg, critic_params, tokens, mask)[:, prompt_len - 1:-1]
+
+    return in_row_chunks(one, tokens, mask, row_chunks)
 
 
-def _split_micro(batch: dict[str, Array], microbatches: int) -> dict[str, Array]:
-    return jax.tree.map(lambda x: x.reshape(microbatches, x.shape[0] // microbatches,
-                                            *x.shape[1:]), batch)
+def split_microbatches(batch: dict[str, Array], microbatches: int, group_size: int = 1
+                       ) -> dict[str, Array]:
+    """[N, ...] -> [M, N/M, ...]: microbatch j holds the groups of `group_size` consecutive
+    rows whose index is j modulo M (rows j, j+M, ... when group_size is 1).
+
+    Strided, not contiguous: the batch is sharded in contiguous blocks of rows, one per
+    device, and a stride keeps every microbatch spread over all of them (each device keeps
+    its own rows; no communication). Contiguous slices put a microbatch on 1/M of the
+    devices, so XLA gathered each one onto more devices and the train step computed (and
+    held the activations of) each device's rows several times over.
+    """
+    def split(x):
+        N, g = x.shape[0], group_size
+        x = x.reshape(N // (microbatches * g), microbatches, g, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1).reshape(microbatches, N // microbatches, *x.shape[3:])
+
+    return jax.tree.map(split, batch)
+
+
+def merge_microbatches(x: Array, group_size: int = 1) -> Array:
+    """The inverse of `split_microbatches` for one array: [M, N/M, ...] -> [N, ...]."""
+    M, per = x.shape[:2]
+    x = x.reshape(M, per // group_size, group_size, *x.shape[2:])
+    return jnp.swapaxes(x, 0, 1).reshape(M * per, *x.shape[3:])
 
 
 def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: ModelConfig,
@@ -261,9 +308,10 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
 
     Gradients are taken with respect to `state.params` only (under LoRA the adapters: the
     frozen base gets no gradient and no optimizer state) and accumulated over `microbatches`
-    slices with a `lax.scan`. The loss of each slice is divided by the *whole minibatch's*
-    aggregation denominator, so the accumulated gradient equals the full-minibatch gradient
-    for every aggregation mode. A non-finite loss
+    slices (`split_microbatches`: strided, so each stays spread over the devices; with
+    packing, the plan's blocks) with a `lax.scan`. The loss of each slice is divided by the
+    *whole minibatch's* aggregation denominator, so the accumulated gradient equals the
+    full-minibatch gradient for every aggregation mode. A non-finite loss
     or gradient leaves params and optimizer state unchanged and counts in `state.nonfinite`.
     With `on_policy` (one epoch, one minibatch: the params are the rollout params) the old
     logprobs are the current ones under stop_gradient, which saves a forward pass. With
@@ -280,7 +328,8 @@ def rl_train_step(state: TrainState, batch: dict[str, Array], *, model_cfg: Mode
     response_len = batch["loss_mask"].shape[1]
     denom = losses.loss_denominator(algo, batch["loss_mask"], response_len)
     packed = "pack" in batch
-    micro = packing.micro_slices(batch["pack"]) if packed else _split_micro(batch, microbatches)
+    micro = (packing.micro_slices(batch["pack"]) if packed
+             else split_microbatches(batch, microbatches, group_size))
     use_kl_loss = algo.kl_mode == "loss"
 
     def actor_loss_fn(params, mb):  # params: the trainable ones (under LoRA the adapters)

@@ -84,17 +84,20 @@ class Passes:
 
 
 def make_passes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, prompt_len: int,
-                temperature: float, logprob_group: int) -> Passes:
+                temperature: float, logprob_group: int, mesh: Any = None) -> Passes:
     """The passes of config `cfg`; `logprob_group` is the shared-prompt group size of the
-    log-prob passes (`steps.shared_prompt_groups`)."""
-    logprobs = jax.jit(functools.partial(steps.response_logprobs, model_cfg=model_cfg,
-                                         prompt_len=prompt_len, temperature=temperature,
-                                         group_size=logprob_group,
-                                         logits_chunk_mb=cfg.train.logits_chunk_mb))
+    log-prob passes (`steps.shared_prompt_groups`); the model passes are traced on `mesh`
+    (`parallel.in_mesh`: the activations stay split over the batch)."""
+    chunks = cfg.train.logprob_microbatches
+    logprobs = jax.jit(parallel.in_mesh(functools.partial(
+        steps.response_logprobs, model_cfg=model_cfg, prompt_len=prompt_len,
+        temperature=temperature, group_size=logprob_group,
+        logits_chunk_mb=cfg.train.logits_chunk_mb, row_chunks=chunks), mesh))
     values = None
     if cfg.rl.use_critic:
-        values = jax.jit(functools.partial(steps.response_values, model_cfg=model_cfg,
-                                           prompt_len=prompt_len))
+        values = jax.jit(parallel.in_mesh(functools.partial(
+            steps.response_values, model_cfg=model_cfg, prompt_len=prompt_len,
+            row_chunks=chunks), mesh))
     advantages = jax.jit(functools.partial(adv_lib.compute_advantages, cfg.rl,
                                            group_size=cfg.sampling.n))
     kl_rewards = None
