@@ -112,7 +112,6 @@ def test_report_says_what_fits_and_the_caveat(mp, plan):
     text = mp.report(p, cfg, model_cfg, "test.py")
     assert "| the step |" in text and "fits" in text
     assert "approximates an accelerator's" in text
-    assert "LoRA: n/a (no LoRA in this build)" in text
     # A device too small for this step gets advice; one large enough gets none.
     assert mp.advice(p, cfg, model_cfg, capacity_gib=p.resident_total / 2**30) != ""
     assert mp.advice(p, cfg, model_cfg, capacity_gib=1000) == ""
@@ -174,4 +173,31 @@ def test_resolve_model_maps_the_real_configs_to_presets(mp):
     with pytest.raises(ValueError, match="--preset"):
         mp.resolve_model(_cfg(model__preset=""), "nowhere.py")
     with pytest.raises(ValueError, match="Unknown config key"):
-        mp.load_config(str(ROOT / "configs" / "arith_grpo.py"), ["model.lora.rank=8"])
+        mp.load_config(str(ROOT / "configs" / "arith_grpo.py"), ["model.lora.rnak=8"])
+    cfg = mp.load_config(str(ROOT / "configs" / "arith_grpo.py"), ["model.lora.rank=8"])
+    assert cfg.model.lora.rank == 8
+
+
+def test_lora_plan_holds_the_adapters_state_and_a_bf16_base(mp, plan):
+    cfg, m, full = plan
+    _, lm, p = _plan(mp, model__lora__rank=4, model__lora__base_dtype="bfloat16")
+    # By hand: rank-4 A [in, 4] and B [4, out] on q, k, v, o, gate, up, down of every layer.
+    h, q, kv, f = m.hidden_size, m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim, m.mlp_dim
+    per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + f) + (f + h)
+    assert p.shapes["trained"] == m.num_layers * 4 * per_layer
+    assert p.shapes["params"] == full.shapes["params"]
+    # The base in bf16 (half of the fp32 params per device) plus fp32 adapters; the reference
+    # is the base itself (KL is on: no copy); AdamW's moments only for the adapters.
+    adapters = p.resident["params"] - full.resident["params"] // 2
+    assert 0 < adapters <= p.shapes["trained"] * 4
+    assert p.resident["ref_params"] == 0 and full.resident["ref_params"] > 0
+    assert 2 * adapters <= p.resident["opt_state"] <= 2 * adapters + 64
+    assert set(p.programs) == {"sampler", "logprobs", "train"}
+    assert p.phases()["update"] < full.phases()["update"]
+    text = mp.report(p, *_plan_cfgs(mp, model__lora__rank=4, model__lora__base_dtype="bfloat16"),
+                     "test.py")
+    assert f"{p.shapes['trained']:,} adapter params trained" in text and "bfloat16" in text
+
+
+def _plan_cfgs(mp, **sets):
+    return mp.resolve_model(_cfg(**sets), "test.py")

@@ -48,7 +48,7 @@ import numpy as np
 from lrmjax import config as config_lib
 from lrmjax import envs as envs_lib
 from lrmjax import parallel
-from lrmjax.models import heads, hf, presets, sharding, transformer
+from lrmjax.models import heads, hf, lora, presets, sharding, transformer
 from lrmjax.sampling import Sampler, SamplingParams
 from lrmjax.tokenizers import bucket
 from lrmjax.train import compilation, rl, update_batch
@@ -97,9 +97,9 @@ def resolve_model(cfg: Any, config_path: str, preset: str | None = None) -> tupl
     if preset is None and hf_dir is not None and (hf_dir / "config.json").exists():
         model_cfg = hf.read_config(hf_dir, dtype=jnp.dtype(cfg.model.dtype),
                                    param_dtype=jnp.dtype(cfg.model.param_dtype))
-        model_cfg = dataclasses.replace(model_cfg, remat=cfg.model.remat,
-                                        scan_layers=cfg.model.scan_layers)
-        return cfg, model_cfg
+        fields = {k: v for k, v in config_lib.run_fields(cfg).items()
+                  if k not in ("dtype", "param_dtype")}
+        return cfg, dataclasses.replace(model_cfg, **fields)
     name = preset or cfg.model.preset or CHECKPOINT_PRESETS.get(
         pathlib.Path(config_path.partition(":")[0]).stem)
     if not name:
@@ -190,29 +190,42 @@ def _with_shardings(shapes: Any, shardings: Any) -> Any:
 
 
 def state_shapes(cfg: Any, model_cfg: Any, mesh: Any) -> tuple[Any, Any, Any]:
-    """(params, TrainState, reference params or None) as ShapeDtypeStructs with the
+    """(the policy, TrainState, reference params or None) as ShapeDtypeStructs with the
     trainer's shardings: params from the logical-axis rules, the state built as `rl.train`
-    builds it (`rl.optimizers`, `TrainState.create`, a critic from the policy) and sharded
-    as `state.place_state` shards it."""
-    if "lora" in cfg.model and cfg.model.lora.rank > 0:
-        # LoRA changes which params train and hold optimizer state; its state builder enters
-        # here once the trainer has one.
-        raise NotImplementedError("memory_plan: LoRA's train state is not wired in yet")
-    params = _with_shardings(transformer.param_shapes(model_cfg),
-                             sharding.param_shardings(model_cfg, mesh))
+    builds it (`rl.optimizers`, `TrainState.create`, a critic from the policy; under LoRA
+    `policy.lora_state`: adapters trained, the base frozen in `model.lora.base_dtype` and the
+    reference) and sharded as `state.place_state` shards it. The policy is what the sampler
+    and the log-prob pass run: the params, or under LoRA `lora.LoraParams(base, adapters)`."""
+    full = _with_shardings(transformer.param_shapes(model_cfg),
+                           sharding.param_shardings(model_cfg, mesh))
     tx, critic_tx = rl.optimizers(cfg)
+    lora_on = cfg.model.lora.rank > 0
+    frozen = adapters = None
+    if lora_on:
+        dtype = jnp.dtype(cfg.model.lora.base_dtype or model_cfg.param_dtype)
+        frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype,
+                                                             sharding=x.sharding), full)
+        adapters = _with_shardings(lora.adapter_shapes(model_cfg),
+                                   sharding.adapter_shardings(model_cfg, mesh))
 
-    def create(p):
+    def create(p, base, full):
         critic = None
-        if critic_tx is not None:
-            critic = heads.init_from_policy(model_cfg, p, jax.random.key(0))
+        if critic_tx is not None:  # from the full policy at RL start, as rl.train does
+            critic = heads.init_from_policy(model_cfg, full, jax.random.key(0))
         return state_lib.TrainState.create(p, tx, critic_params=critic, critic_tx=critic_tx,
-                                           kl_coef=cfg.rl.kl_coef)
+                                           kl_coef=cfg.rl.kl_coef, frozen=base)
 
-    state = jax.eval_shape(create, params)
-    state = _with_shardings(state, state_lib.state_shardings(state, params, mesh))
-    ref_params = params if cfg.rl.kl_mode != "none" else None
-    return params, state, ref_params
+    state = jax.eval_shape(create, adapters if lora_on else full, frozen, full)
+    shardings = state_lib.state_shardings(state, full, mesh)
+    if lora_on:  # the adapters and their moments take the adapters' shardings
+        by_adapters = state_lib.state_shardings(state, adapters, mesh)
+        shardings = shardings.replace(params=by_adapters.params,
+                                      opt_state=by_adapters.opt_state)
+    state = _with_shardings(state, shardings)
+    if cfg.rl.kl_mode == "none":
+        return state.policy, state, None
+    # Under LoRA the reference is the frozen base itself (no copy); else a copy of the params.
+    return state.policy, state, state.frozen if lora_on else full
 
 
 def _compile(lowered: Any) -> tuple[Any, float]:
@@ -256,7 +269,8 @@ def build_plan(cfg: Any, model_cfg: Any, programs: tuple[str, ...] = PROGRAMS,
     params, state, ref_params = state_shapes(cfg, model_cfg, mesh)
     params_b, state_b = tree_bytes(params), tree_bytes(state)
     resident = {"params": params_b, "opt_state": tree_bytes(state.opt_state),
-                "ref_params": tree_bytes(ref_params) if ref_params is not None else 0,
+                "ref_params": (tree_bytes(ref_params) if ref_params is not None
+                               and state.frozen is None else 0),
                 "critic": tree_bytes((state.critic_params, state.critic_opt_state))}
     s = cfg.sampling
     R, sampler_note = sampler_length(cfg)
@@ -302,7 +316,9 @@ def build_plan(cfg: Any, model_cfg: Any, programs: tuple[str, ...] = PROGRAMS,
         out["train"] = _program(compiled, sec, state_b)
         done("train")
     minibatch = rows // cfg.train.minibatches
-    shapes = {"params": transformer.count_params(params), "devices": jax.device_count(),
+    lora_on = state.frozen is not None
+    shapes = {"params": transformer.count_params(state.frozen if lora_on else params),
+              "trained": transformer.count_params(state.params), "devices": jax.device_count(),
               "mesh": dict(mesh.shape), "rows": rows, "sampler_rows": prompts * s.n,
               "prompt_len": P, "response_len": s.max_new_tokens, "sampler_slots": P + R,
               "minibatch": minibatch,
@@ -334,8 +350,9 @@ def advice(plan: Plan, cfg: Any, model_cfg: Any, capacity_gib: float) -> str:
     tips = [f"{devices}x the devices ({plan.shapes['devices'] * devices}, mesh.fsdp="
             f"{mesh['fsdp'] * devices})"]
     if state > usable / 2:
-        tips.append("LoRA (model.lora.rank)" if "lora" in cfg.model else
-                    "LoRA once it exists (no gradient or optimizer state for the base)")
+        if cfg.model.lora.rank == 0:
+            tips.append("LoRA (model.lora.rank=32, model.lora.base_dtype=bfloat16: no "
+                        "gradient, optimizer state or reference copy for the base)")
     room = usable - state
     if room <= 0:
         return "; ".join(tips) + " (the state alone does not fit)"
@@ -370,7 +387,11 @@ def report(plan: Plan, cfg: Any, model_cfg: Any, config: str) -> str:
         f"{cfg.train.batch_prompts} prompts x {cfg.sampling.n} = {sh['rows']} rows of "
         f"{sh['prompt_len']} + {sh['response_len']} slots; the update: "
         f"{cfg.train.minibatches} minibatch(es) of {sh['minibatch']} rows, each in "
-        f"{cfg.train.microbatches} microbatch(es) of {sh['microbatch']}.",
+        f"{cfg.train.microbatches} microbatch(es) of {sh['microbatch']}."
+        + (f" LoRA rank {cfg.model.lora.rank} on {', '.join(cfg.model.lora.targets)}: "
+           f"{sh['trained']:,} adapter params trained ({sh['trained'] / sh['params']:.2%}), "
+           f"the base frozen in {np.dtype(cfg.model.lora.base_dtype or model_cfg.param_dtype).name}"
+           " (it is also the reference)." if cfg.model.lora.rank else ""),
         ""]
     if sh["sampler_note"]:
         lines += [f"Sampler: {sh['sampler_note']}.", ""]
@@ -410,8 +431,6 @@ def report(plan: Plan, cfg: Any, model_cfg: Any, config: str) -> str:
     if tips:
         lines += ["", "To fit (estimates; check with --set): "
                   + "; ".join(f"**{h}**: {t}" for h, t in tips) + "."]
-    if "lora" not in cfg.model:
-        lines += ["", "LoRA: n/a (no LoRA in this build)."]
     lines += ["", "XLA:CPU's buffer assignment approximates an accelerator's: fusion, "
               "scheduling, collectives and attention kernels differ on GPU/TPU, and the "
               "runtime's own workspace is not counted; 'fits' means at most "

@@ -230,15 +230,26 @@ def spec(num_seqs: int, budget: int, mesh: Any, rows_per_block: int = 0
 
 def padded_slots(mask: Any, prompt_len: int, group_size: int = 1) -> tuple[Any, int]:
     """(real tokens, token slots) of a padded forward over a [N, P+R] bool mask (numpy, or a
-    jax array: the count is then a device scalar): N * (P+R) slots, or with the shared-prompt
-    layout (`steps.grouped_hidden`, n = group_size, each prompt once and each response but its
-    last slot) N/n * (P + n * (R-1))."""
+    jax array: the count is then a device scalar from one jitted program, so the RL loop's
+    transfer guard sees no host copy): N * (P+R) slots, or with the shared-prompt layout
+    (`steps.grouped_hidden`, n = group_size, each prompt once and each response but its last
+    slot) N/n * (P + n * (R-1))."""
     N, L = mask.shape
+    slots = N * L if group_size == 1 else N // group_size * (
+        prompt_len + group_size * (L - prompt_len - 1))
+    if isinstance(mask, jax.Array):
+        return _real_tokens_jit(mask, prompt_len, group_size), slots
+    return int(_real_tokens(np.asarray(mask), prompt_len, group_size)), slots
+
+
+def _real_tokens(mask: Any, prompt_len: int, group_size: int) -> Any:
+    """The real tokens `padded_slots` counts (numpy or traced jax, the same arithmetic)."""
     if group_size == 1:
-        return mask.sum(), N * L
-    prompts = mask[::group_size, :prompt_len].sum()
-    responses = mask[:, prompt_len:-1].sum()
-    return prompts + responses, N // group_size * (prompt_len + group_size * (L - prompt_len - 1))
+        return mask.sum()
+    return mask[::group_size, :prompt_len].sum() + mask[:, prompt_len:-1].sum()
+
+
+_real_tokens_jit = jax.jit(_real_tokens, static_argnums=(1, 2))
 
 
 # ------------------------------------------------------------------------------ device side
