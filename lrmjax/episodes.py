@@ -342,27 +342,12 @@ class EpisodeSampler(Sampler):
         if P == 0 or B == 0 or (mask.sum(-1) == 0).any():
             raise ValueError("EpisodeSampler.run needs B >= 1 non-empty prompts")
         limit = min(self.cfg.max_seq_len - self.slots, self.prompt_buckets[-1])
-        longest = int(mask.sum(-1).max())
+        padded, padded_mask = self._padded_prompts(
+            tokens, mask, limit, f"model max_seq_len {self.cfg.max_seq_len} - episode slots "
+            f"{self.slots} (max_turns * turn_cap + (max_turns-1) * observation_cap)",
+            "EpisodeSampler.run")
+        rows, width = padded.shape
         hosts = jax.process_count()
-        if hosts > 1:
-            # Every host runs the same programs: agree on the prompt width and batch size.
-            sizes = parallel.global_to_host(np.array([[B, longest]], np.int64))
-            if (sizes[:, 0] != B).any():
-                raise ValueError(f"EpisodeSampler.run got different batch sizes per host "
-                                 f"{sizes[:, 0].tolist()}; every host must pass as many prompts")
-            longest = int(sizes[:, 1].max())
-        if longest > limit:
-            raise ValueError(f"prompt of {longest} tokens is longer than the limit {limit} = "
-                             f"model max_seq_len {self.cfg.max_seq_len} - episode slots "
-                             f"{self.slots} (max_turns * turn_cap + (max_turns-1) * "
-                             f"observation_cap)")
-        width = min(bucket(longest, self.prompt_buckets), limit)
-        rows = bucket(B * hosts, self.batch_buckets) // hosts  # this host's rows
-        padded = np.full((rows, width), self.pad_id, np.int32)
-        padded_mask = np.zeros((rows, width), bool)
-        take = min(width, P)
-        padded[:B, width - take:] = tokens[:, P - take:]
-        padded_mask[:B, width - take:] = mask[:, P - take:]
         N = rows * n
         tail_width = self.stop_sequences.shape[1]
         state = self._compiled_call(

@@ -528,36 +528,15 @@ class Sampler:
         if (np.diff(mask.astype(np.int8), axis=-1) < 0).any():
             raise ValueError("prompt_mask must be left padded (pads first, then tokens)")
         R = sampling.max_new_tokens
-        longest = int(lengths.max())
         hosts = jax.process_count()
         if hosts > 1 and self.mesh is None:
             raise ValueError("a multi-host Sampler needs the global mesh (Sampler(mesh=...))")
-        if hosts > 1:
-            # Every host runs the same program: agree on the prompt width and batch size.
-            sizes = parallel.global_to_host(np.array([[B, longest]], np.int64))
-            if (sizes[:, 0] != B).any():
-                raise ValueError(f"Sampler.generate got different batch sizes per host "
-                                 f"{sizes[:, 0].tolist()}; every host must pass as many prompts")
-            longest = int(sizes[:, 1].max())
         limit = min(self.cfg.max_seq_len - R, self.prompt_buckets[-1])
-        if longest > limit:
-            raise ValueError(
-                f"prompt of {longest} tokens is longer than the limit {limit} = min(model "
-                f"max_seq_len {self.cfg.max_seq_len} - max_new_tokens {R}, largest prompt "
-                f"bucket {self.prompt_buckets[-1]})")
-        width = min(bucket(longest, self.prompt_buckets), limit)
-        if B * hosts > self.batch_buckets[-1]:
-            raise ValueError(f"batch of {B * hosts} prompts exceeds the largest batch bucket "
-                             f"{self.batch_buckets[-1]}")
-        rows = bucket(B * hosts, self.batch_buckets) // hosts  # this host's rows
-
-        # Re-pad: keep the last `width` columns (all real tokens are there), add dummy rows
-        # (empty prompts, which `generate` treats as already finished).
-        padded = np.full((rows, width), self.pad_id, np.int32)
-        padded_mask = np.zeros((rows, width), bool)
-        take = min(width, P)
-        padded[:B, width - take:] = tokens[:, P - take:]
-        padded_mask[:B, width - take:] = mask[:, P - take:]
+        padded, padded_mask = self._padded_prompts(
+            tokens, mask, limit, f"min(model max_seq_len {self.cfg.max_seq_len} - "
+            f"max_new_tokens {R}, largest prompt bucket {self.prompt_buckets[-1]})",
+            "Sampler.generate")
+        rows = padded.shape[0]
         if self.mesh is None:
             args = (jnp.asarray(padded), jnp.asarray(padded_mask), key)
         else:
@@ -578,6 +557,39 @@ class Sampler:
             response_tokens=out.response_tokens, response_mask=out.response_mask,
             logprobs=out.logprobs, lengths=out.lengths, finish_reason=out.finish_reason,
             group_ids=out.group_ids - out.group_ids[0])
+
+    def _padded_prompts(self, tokens: np.ndarray, mask: np.ndarray, limit: int,
+                        limit_note: str, caller: str) -> tuple[np.ndarray, np.ndarray]:
+        """This host's B left-padded prompts [B, P] re-padded to [rows, width] for the
+        programs: width the prompt bucket of the longest prompt (at most `limit`, which
+        `limit_note` explains in the error), rows this host's share of the batch bucket of
+        B x hosts, the extra rows empty (already finished). With several hosts they first
+        agree (one allgather) on the longest prompt and check they hold as many prompts, so
+        every host runs the same programs. Keeps the last `width` columns, where every real
+        token is."""
+        B, P = tokens.shape
+        longest = int(mask.sum(-1).max())
+        hosts = jax.process_count()
+        if hosts > 1:
+            sizes = parallel.global_to_host(np.array([[B, longest]], np.int64))
+            if (sizes[:, 0] != B).any():
+                raise ValueError(f"{caller} got different batch sizes per host "
+                                 f"{sizes[:, 0].tolist()}; every host must pass as many prompts")
+            longest = int(sizes[:, 1].max())
+        if longest > limit:
+            raise ValueError(f"prompt of {longest} tokens is longer than the limit {limit} = "
+                             f"{limit_note}")
+        if B * hosts > self.batch_buckets[-1]:
+            raise ValueError(f"batch of {B * hosts} prompts exceeds the largest batch bucket "
+                             f"{self.batch_buckets[-1]}")
+        width = min(bucket(longest, self.prompt_buckets), limit)
+        rows = bucket(B * hosts, self.batch_buckets) // hosts  # this host's rows
+        padded = np.full((rows, width), self.pad_id, np.int32)
+        padded_mask = np.zeros((rows, width), bool)
+        take = min(width, P)
+        padded[:B, width - take:] = tokens[:, P - take:]
+        padded_mask[:B, width - take:] = mask[:, P - take:]
+        return padded, padded_mask
 
     def program(self, params: Any, args: tuple[Array, ...], sampling: SamplingParams):
         """The compiled `generate` for these shapes, shardings and sampling params (AOT, so a
