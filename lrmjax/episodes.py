@@ -300,13 +300,11 @@ class EpisodeSampler(Sampler):
 
     def _fetch(self, state: EpisodeState, fields: Sequence[str]) -> dict[str, np.ndarray]:
         """This host's rows of the state's per-row arrays `fields` (all rows, one host), and
-        `index`, the cache's next free slot."""
+        `index`, the cache's next free slot: read from this host's own devices."""
         out = {f: getattr(state, f) for f in fields} | {"index": state.cache.index}
         if jax.process_count() == 1:
             return jax.device_get(out)
-        out = parallel.global_to_host(out)  # every host's rows; this host keeps its block
-        rows = parallel.host_row_block(self.mesh, out[fields[0]].shape[0])
-        return {k: v if k == "index" else v[rows] for k, v in out.items()}
+        return parallel.host_rows(out, self.mesh)
 
     def _compiled_call(self, name: str, fn: Callable[..., Any], *args: Any,
                        donate: int | None = None) -> Any:

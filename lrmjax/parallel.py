@@ -265,6 +265,35 @@ def global_to_host(tree: Any) -> Any:
 
 
 @explicit_transfer
+def host_rows(tree: Any, mesh: Mesh) -> Any:
+    """This process's rows of each global array in `tree`, as numpy: for an array split over
+    the batch axes (rows on axis 0 only), the p-th block of its rows (`host_row_block`),
+    copied from the shards on this host's own devices (no communication, where
+    `global_to_host` allgathers every host's rows); a replicated array (a scalar) whole."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+
+    def one(x: jax.Array) -> np.ndarray:
+        if x.sharding.is_fully_replicated:
+            return np.asarray(x.addressable_shards[0].data)
+        by_start: dict[int, Any] = {}
+        for shard in x.addressable_shards:  # a replica (e.g. over 'tensor') counted once
+            if any(i != slice(None) and (i.start or 0, i.stop) != (0, d)
+                   for i, d in zip(shard.index[1:], x.shape[1:], strict=True)):
+                raise ValueError(f"host_rows: an array of shape {x.shape} is split past its "
+                                 "rows; use global_to_host")
+            by_start.setdefault(shard.index[0].start or 0, shard.data)
+        rows = host_row_block(mesh, x.shape[0])
+        out = np.concatenate([np.asarray(by_start[k]) for k in sorted(by_start)])
+        if out.shape[0] != rows.stop - rows.start:
+            raise ValueError(f"host_rows: this host's shards hold {out.shape[0]} rows of "
+                             f"{x.shape[0]}, not its block {rows.start}:{rows.stop}")
+        return out
+
+    return jax.tree.map(one, tree)
+
+
+@explicit_transfer
 def every_host(value: Any) -> list[Any]:
     """The JSON-serializable `value` of every host, in process order, on every host (a
     collective: every host calls it). One host: [value]."""
