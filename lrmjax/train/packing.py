@@ -234,11 +234,21 @@ def padded_slots(mask: Any, prompt_len: int, group_size: int = 1) -> tuple[Any, 
     layout (`steps.grouped_hidden`, n = group_size, each prompt once and each response but its
     last slot) N/n * (P + n * (R-1))."""
     N, L = mask.shape
+    total = N * L if group_size == 1 else N // group_size * (prompt_len
+                                                             + group_size * (L - prompt_len - 1))
+    # A jax array is counted in one jitted program: sliced eagerly, each slice's start indices
+    # would be a host-to-device copy, which the RL loop's transfer guard refuses.
+    count = _real_slots_device if isinstance(mask, jax.Array) else _real_slots
+    return count(mask, prompt_len, group_size), total
+
+
+def _real_slots(mask: Any, prompt_len: int, group_size: int) -> Any:
     if group_size == 1:
-        return mask.sum(), N * L
-    prompts = mask[::group_size, :prompt_len].sum()
-    responses = mask[:, prompt_len:-1].sum()
-    return prompts + responses, N // group_size * (prompt_len + group_size * (L - prompt_len - 1))
+        return mask.sum()
+    return mask[::group_size, :prompt_len].sum() + mask[:, prompt_len:-1].sum()
+
+
+_real_slots_device = jax.jit(_real_slots, static_argnums=(1, 2))
 
 
 # ------------------------------------------------------------------------------ device side
