@@ -78,3 +78,94 @@ def test_write_makes_the_three_files(tmp_path):
     runs = json.loads((tmp_path / "runs.json").read_text())["points"]
     assert runs[0]["runs"][1]["held-out greedy pass@1"] == 0.5
     assert runs[0]["curves"]["train"]["reward/mean"][0] == [0.1, 0.2, 0.3]
+
+
+def _smoke(module, tmp_path, *extra):
+    """Runs `module.main` with --smoke into tmp_path; returns (results.md rows, runs.json)."""
+    assert module.main(["--smoke", "--out", str(tmp_path), *extra]) == 0
+    text = (tmp_path / "results.md").read_text()
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    return rows, json.loads((tmp_path / "runs.json").read_text())
+
+
+def _cells_ok(rows, columns):
+    header = rows[0]
+    assert header[-len(columns):][:-1] == list(columns)[:-1], header
+    for row in rows[1:]:
+        assert len(row) == len(header), row
+
+
+@pytest.mark.slow
+def test_algorithms_smoke(tmp_path):
+    from experiments.repro import algorithms
+
+    rows, runs = _smoke(algorithms, tmp_path, "--algorithms", "grpo,ppo")
+    _cells_ok(rows, algorithms.COLUMNS)
+    assert [r[0].strip("| ") for r in rows[1:]] == ["GRPO", "PPO (critic)"]
+    assert [len(p["runs"]) for p in runs["points"]] == [2, 2]
+    with pytest.raises(ValueError, match="--algorithms"):
+        algorithms.main(["--smoke", "--algorithms", "nope"])
+
+
+@pytest.mark.slow
+def test_entropy_smoke(tmp_path):
+    from experiments.repro import entropy
+
+    rows, runs = _smoke(entropy, tmp_path)
+    _cells_ok(rows, entropy.COLUMNS)
+    assert len(rows) == 4  # header + GRPO, unclipped, KL-Cov
+    assert len(runs["fits"]) == 3 and len(runs["pooled_fit"]) == 3
+
+
+@pytest.mark.slow
+def test_spurious_rewards_smoke(tmp_path):
+    from experiments.repro import spurious_rewards
+
+    rows, runs = _smoke(spurious_rewards, tmp_path)
+    _cells_ok(rows, spurious_rewards.COLUMNS)
+    assert len(rows) == 4
+    random_clip = runs["points"][1]["curves"]["train"]
+    assert "reward/verified_mean" in random_clip
+
+
+@pytest.mark.slow
+def test_pass_at_k_smoke(tmp_path):
+    from experiments.repro import pass_at_k
+
+    rows, runs = _smoke(pass_at_k, tmp_path, "--samples", "4")
+    assert rows[0] == ["| model", "seeds", "pass@1", "pass@4", "prompts solved (any of n) |"]
+    assert runs["ks"] == [1, 2, 4]
+    assert len(rows) == 3 + 2  # header + base + RL, then the paired table's header + row
+    assert rows[3] == rows[0] and rows[4][0] == "| RL - base (paired by seed)"
+    with pytest.raises(ValueError, match="--samples"):
+        pass_at_k.main(["--smoke", "--samples", "3"])
+
+
+def test_the_unbiased_pass_at_k_curve():
+    from experiments.repro import pass_at_k
+
+    # n = 4 samples, c = 1 correct: pass@1 = 1/4, pass@2 = 1 - C(3,2)/C(4,2) = 1/2, pass@4 = 1;
+    # c = 0: all 0. Mean over the two prompts.
+    np.testing.assert_allclose(pass_at_k.pass_curve(np.array([1, 0]), 4, [1, 2, 4]),
+                               [0.125, 0.25, 0.5])
+
+
+def test_the_entropy_fit_recovers_known_coefficients():
+    from experiments.repro import entropy
+
+    h = np.linspace(0.1, 1.5, 12)
+    a, b, r2 = entropy.fit(h, -0.2 * np.exp(h) + 0.9)
+    assert (a, b, r2) == pytest.approx((0.2, 0.9, 1.0), abs=1e-6)
+    noisy = -0.2 * np.exp(h) + 0.9 + np.where(np.arange(12) % 2, 0.01, -0.01)
+    r = noisy - noisy.mean()
+    # R^2 against a 0.02-wide alternating residual: at least 1 - 12 * 0.01^2 / sum(r^2).
+    assert entropy.fit(h, noisy)[2] >= 1 - 12 * 1e-4 / np.sum(r ** 2) - 1e-9
+
+
+def test_samples_to_threshold():
+    from experiments.repro import algorithms
+
+    steps = np.array([0, 10, 20])
+    assert algorithms.samples_to_threshold(np.array([0.3, 0.55, 0.6]), steps, 128, 0.5) == 1280
+    assert np.isnan(algorithms.samples_to_threshold(np.array([0.3, 0.4, 0.4]), steps, 128, 0.5))

@@ -48,11 +48,8 @@ ALGORITHMS = (("GRPO", "grpo", {}),
               ("PPO (critic)", "ppo", {}))
 SMOKE_ALGORITHMS = ("grpo", "gspo", "ppo")
 
-# The shrunk experiment (on top of configs/arith_grpo.py): 16 prompts x 8 responses per step.
-SETTING = {"train.steps": 60, "train.batch_prompts": 16, "sampling.n": 8,
-           "train.minibatches": 2, "optim.warmup_steps": 5, "optim.critic_lr": 1e-3,
-           "optim.critic_warmup_steps": 5, "data.train_size": 5000, "eval.size": 256,
-           "eval.batch_size": 256, "eval.every": 10, "sft.eval_size": 256}
+# The shrunk experiment: the reproductions' miniature arithmetic setting.
+SETTING = dict(common.ARITH)
 # Held-out greedy pass@1 that counts as "reached" (fixed before any run: about halfway from
 # the warm start's 0.35 to the 0.7-0.9 the 400-step demo reaches).
 THRESHOLD = 0.5

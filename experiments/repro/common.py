@@ -116,6 +116,15 @@ def setup() -> None:
 
 # ------------------------------------------------------------------ configs and runs
 
+# The miniature arithmetic experiment the reproductions share, on top of configs/arith_grpo.py
+# (3-digit addition, the 2-layer CPU-tiny model, SFT warm start to ~35 % held-out greedy
+# accuracy): 16 prompts x 8 responses per step, two minibatches per batch (so the second
+# optimizer step is off-policy and ratio clipping acts), a 256-prompt held-out set.
+ARITH = {"train.steps": 60, "train.batch_prompts": 16, "sampling.n": 8, "train.minibatches": 2,
+         "optim.warmup_steps": 5, "optim.critic_lr": 1e-3, "optim.critic_warmup_steps": 5,
+         "data.train_size": 5000, "eval.size": 256, "eval.batch_size": 256, "eval.every": 10,
+         "sft.eval_size": 256}
+
 # Microscopic shapes for --smoke: a 1-layer width-32 model, a few steps, a handful of prompts.
 SMOKE = {"model.overrides.num_layers": 1, "model.overrides.hidden_size": 32,
          "model.overrides.mlp_dim": 64, "model.overrides.num_heads": 2,
@@ -167,16 +176,24 @@ def warm_starts(prog: Any, seeds: Sequence[int]) -> tuple[Any, dict[str, np.ndar
 
 
 def rl_runs(prog: Any, params: Any, seeds: Sequence[int],
-            hparams: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
+            hparams: Mapping[str, Sequence[float]] | None = None, keep_params: bool = False
+            ) -> dict[str, Any]:
     """`Program.rl` of run i from params[i] (leading axis [S]) with seed seeds[i] and
     hyperparameters hparams[k][i] (`sweep.TRACEABLE`), vmapped in one program; as numpy
-    {'train': [S, steps], 'eval': [S, evaluations]}."""
+    {'train': [S, steps], 'eval': [S, evaluations]} and, with `keep_params`, 'params': the
+    policies after RL [S, ...], left on device."""
+    import functools
+
     import jax
     import jax.numpy as jnp
 
     hp = {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()}
-    fn = jax.jit(jax.vmap(prog.rl, in_axes=(None, 0, 0, 0)))
-    return jax.device_get(fn(prog.arrays, params, jnp.asarray(seeds, jnp.int32), hp))
+    fn = jax.jit(jax.vmap(functools.partial(prog.rl, keep_params=keep_params),
+                          in_axes=(None, 0, 0, 0)))
+    out = fn(prog.arrays, params, jnp.asarray(seeds, jnp.int32), hp)
+    kept = out.pop("params", None)
+    out = jax.device_get(out)
+    return {**out, "params": kept} if keep_params else out
 
 
 def run(cfg: Any, seeds: Sequence[int], hparams: Mapping[str, Sequence[float]] | None = None,
@@ -224,7 +241,7 @@ def point(label: Mapping[str, Any], out: Mapping[str, Any], seeds: Sequence[int]
     return {"point": dict(label), "seeds": list(seeds), "runs": runs, "curves": curves}
 
 
-def _cell(values: Sequence[float], t_interval: Callable, fmt: str) -> str:
+def cell(values: Sequence[float], t_interval: Callable, fmt: str) -> str:
     """mean [low, high] over the finite values; '(k/n)' when only k of n runs have one (e.g.
     a threshold some runs never reach)."""
     x = np.asarray(values, np.float64)
@@ -249,42 +266,64 @@ def table(points: Sequence[Mapping[str, Any]], t_interval: Callable,
         cells = [str(p["point"].get(k, "")) for k in keys] + [str(len(p["runs"]))]
         for c in columns:
             fmt = ".0f" if c in INTEGER_COLUMNS else ".3f"
-            cells.append(_cell([r.get(c, np.nan) for r in p["runs"]], t_interval, fmt))
+            cells.append(cell([r.get(c, np.nan) for r in p["runs"]], t_interval, fmt))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(points: Sequence[Mapping[str, Any]], t_interval: Callable, path: str,
-         panels: Sequence[tuple[str, str, str]] = PANELS, xlabel: str = "RL step") -> None:
-    """One panel per (where, metric, title) of `panels` that the points have: the mean over
-    seeds of each point with its t-interval as a band; train curves against the step, eval
-    curves against eval/step."""
+def label(p: Mapping[str, Any]) -> str:
+    """A point's legend label: its values ('algorithm' and 'run' bare, others key=value)."""
+    return ", ".join(f"{v}" if k in ("algorithm", "run") else f"{k}={v}"
+                     for k, v in p["point"].items()) or "config"
+
+
+def draw(ax: Any, points: Sequence[Mapping[str, Any]], t_interval: Callable, where: str,
+         key: str, title: str, xlabel: str = "RL step") -> None:
+    """On matplotlib axes `ax`: curve `key` of `where` ('train' against the step, 'eval'
+    against eval/step), the mean over seeds of each point with its t-interval as a band."""
+    for p in points:
+        ys = np.asarray(p["curves"][where][key], np.float64)  # [seeds, points]
+        xs = (np.arange(1, ys.shape[1] + 1) if where == "train"
+              else np.asarray(p["curves"]["eval"]["eval/step"])[0])
+        stats = np.array([t_interval(ys[:, j]) for j in range(ys.shape[1])])
+        (line,) = ax.plot(xs, stats[:, 0], label=label(p), lw=1.2)
+        if ys.shape[0] > 1:
+            ax.fill_between(xs, stats[:, 1], stats[:, 2], color=line.get_color(), alpha=0.15)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+
+
+def figure(n: int) -> tuple[Any, Any]:
+    """A matplotlib figure of n panels in a row (Agg backend): (fig, axes [n])."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [p for p in panels if p[1] in points[0]["curves"].get(p[0], {})]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3), squeeze=False)
-    for ax, (where, key, title) in zip(axes[0], panels, strict=True):
-        for p in points:
-            ys = np.asarray(p["curves"][where][key], np.float64)  # [seeds, points]
-            xs = (np.arange(1, ys.shape[1] + 1) if where == "train"
-                  else np.asarray(p["curves"]["eval"]["eval/step"])[0])
-            stats = np.array([t_interval(ys[:, j]) for j in range(ys.shape[1])])
-            label = ", ".join(f"{v}" if k in ("algorithm", "run") else f"{k}={v}"
-                              for k, v in p["point"].items()) or "config"
-            (line,) = ax.plot(xs, stats[:, 0], label=label, lw=1.2)
-            if ys.shape[0] > 1:
-                ax.fill_between(xs, stats[:, 1], stats[:, 2], color=line.get_color(), alpha=0.15)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel(xlabel, fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=6)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.3), squeeze=False)
+    return fig, axes[0]
+
+
+def save(fig: Any, path: str) -> None:
+    """Saves `fig` small (80 dpi PNG) and closes it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def plot(points: Sequence[Mapping[str, Any]], t_interval: Callable, path: str,
+         panels: Sequence[tuple[str, str, str]] = PANELS, xlabel: str = "RL step") -> None:
+    """One panel per (where, metric, title) of `panels` that the points have (`draw`)."""
+    panels = [p for p in panels if p[1] in points[0]["curves"].get(p[0], {})]
+    fig, axes = figure(len(panels))
+    for ax, (where, key, title) in zip(axes, panels, strict=True):
+        draw(ax, points, t_interval, where, key, title, xlabel)
+    axes[-1].legend(fontsize=6)
+    save(fig, path)
 
 
 def command(args: argparse.Namespace) -> str:

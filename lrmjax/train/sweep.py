@@ -225,13 +225,14 @@ class Program:
         return state.params, sft_summary
 
     def rl(self, arrays: Mapping[str, Any], params: Any, seed: jax.Array,
-           hparams: Mapping[str, jax.Array]) -> dict[str, dict[str, jax.Array]]:
+           hparams: Mapping[str, jax.Array], keep_params: bool = False
+           ) -> dict[str, Any]:
         """`train.steps` RL steps from `params` (e.g. `warm_start`'s, possibly another
         program's: experiments give several algorithms the same warm start) with held-out
         evaluations before, every `eval.every` steps and after. Pure, like `run`.
 
         Returns {'train': each RL step metric [steps], 'eval': each evaluation metric
-        [evaluations]}.
+        [evaluations]} and, with `keep_params`, 'params': the policy after RL.
         """
         cfg, model_cfg, hp = self.cfg, self.model_cfg, self._check_hparams(hparams)
         o, algo, t = cfg.optim, cfg.rl, cfg.train
@@ -257,7 +258,7 @@ class Program:
                  if k.startswith("rl.") and k != "rl.kl_coef"}
         eval_key = jax.random.key(seed + 99)  # the same draws at every evaluation (as rl.py)
         evaluate = self._evaluate()
-        _, metrics, evals = pure.train(
+        state, metrics, evals = pure.train(
             state, jax.random.fold_in(jax.random.key(seed), 1), t.steps,
             eval_every=cfg.eval.every,
             eval_fn=lambda p: evaluate(p, eval_key, data=arrays["eval"], k=cfg.eval.k),
@@ -265,8 +266,10 @@ class Program:
             batch_prompts=t.batch_prompts, reward_fn=self.reward_fn, stop_ids=self.stop_ids,
             pad_id=self.tokenizer.pad_id, ref_params=ref_params, knobs=knobs,
             ppo_epochs=t.ppo_epochs, minibatches=t.minibatches, microbatches=t.microbatches,
-            shared_prompt=t.shared_prompt_forward, logits_chunk_mb=t.logits_chunk_mb)
-        return {"train": metrics, "eval": evals}
+            shared_prompt=t.shared_prompt_forward, logits_chunk_mb=t.logits_chunk_mb,
+            random_reward=cfg.reward.random_p)
+        return {"train": metrics, "eval": evals, **({"params": state.policy} if keep_params
+                                                     else {})}
 
     # ------------------------------------------------------------ many runs, one program
     def compile_many(self, runs: int, hparam_names: Sequence[str], vmapped: bool = True
