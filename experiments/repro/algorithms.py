@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     per_step = cfg.train.batch_prompts * cfg.sampling.n
 
     base = common.program(cfg, "arith_grpo")
-    params, sft = common.warm_starts(base, args.seeds)
+    params, sft = common.warm_starts(base, args.seeds, cache=not args.smoke)
     print(f"warm starts: {sft['sft/steps'].tolist()} steps, greedy "
           f"{np.round(sft['sft/eval_greedy_pass@1'], 3).tolist()} "
           f"({time.time() - started:.0f} s)", flush=True)

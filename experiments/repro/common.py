@@ -164,15 +164,48 @@ def program(cfg: Any, name: str = "the config") -> Any:
     return sweep.Program(cfg, name)
 
 
-def warm_starts(prog: Any, seeds: Sequence[int]) -> tuple[Any, dict[str, np.ndarray]]:
-    """Each seed's initial params and supervised warm start (`Program.warm_start`), vmapped
-    in one program: (params with a leading seed axis [S, ...] on device, summary [S])."""
+def warm_starts(prog: Any, seeds: Sequence[int], cache: bool = True
+                ) -> tuple[Any, dict[str, np.ndarray]]:
+    """Each seed's initial params and supervised warm start (`Program.warm_start`): (params
+    with a leading seed axis [S, ...], summary {sft/...: [S]}).
+
+    One compiled warm start called once per seed, not a vmap: the warm start stops at a target
+    accuracy, and a vmapped `while_loop` would run every seed as long as the slowest. With
+    `cache`, each seed's result is kept in workdirs/repro_cache/ under a hash of everything the
+    warm start reads (the config less its RL, training and reward groups), so the scripts of
+    `make repro` share their warm starts (the same values as recomputing them: it is
+    deterministic).
+    """
+    import hashlib
+    import pickle
+
     import jax
     import jax.numpy as jnp
 
-    fn = jax.jit(jax.vmap(lambda a, s: prog.warm_start(a, s, {}), in_axes=(None, 0)))
-    params, summary = fn(prog.arrays, jnp.asarray(seeds, jnp.int32))
-    return params, jax.device_get(summary)
+    c = prog.cfg.to_dict()
+    for group in ("rl", "train", "reward", "algorithm"):
+        c.pop(group, None)
+    c["optim"] = {"grad_clip": c["optim"]["grad_clip"]}
+    digest = hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()
+    folder = os.path.join(REPO, "workdirs", "repro_cache")
+    fn = None
+    results = []
+    for seed in seeds:
+        path = os.path.join(folder, f"warm_{digest[:16]}_{seed}.pkl")
+        if cache and os.path.exists(path):
+            with open(path, "rb") as f:
+                results.append(pickle.load(f))
+            continue
+        fn = fn or jax.jit(lambda a, s: prog.warm_start(a, s, {}))
+        result = jax.device_get(fn(prog.arrays, jnp.asarray(seed, jnp.int32)))
+        if cache:
+            os.makedirs(folder, exist_ok=True)
+            with open(path + ".tmp", "wb") as f:
+                pickle.dump(result, f)
+            os.replace(path + ".tmp", path)
+        results.append(result)
+    params, summary = jax.tree.map(lambda *xs: np.stack(xs), *results)
+    return jax.tree.map(jnp.asarray, params), summary
 
 
 def rl_runs(prog: Any, params: Any, seeds: Sequence[int],

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                         {**SETTING, **(common.SMOKE if args.smoke else {})})
     seeds = args.seeds
     base = common.program(cfg, "arith_grpo")
-    params, sft = common.warm_starts(base, seeds)
+    params, sft = common.warm_starts(base, seeds, cache=not args.smoke)
     print(f"warm starts done ({time.time() - started:.0f} s)", flush=True)
     grpo = {**common.rl_runs(base, params, seeds), "sft": sft}
     print(f"GRPO done ({time.time() - started:.0f} s)", flush=True)

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     chunk = min(CHUNK, prompts)
     seeds = args.seeds
     prog = common.program(cfg, "arith_grpo")
-    params, sft = common.warm_starts(prog, seeds)
+    params, sft = common.warm_starts(prog, seeds, cache=not args.smoke)
     print(f"warm starts done ({time.time() - started:.0f} s)", flush=True)
     out = {**common.rl_runs(prog, params, seeds, keep_params=True), "sft": sft}
     print(f"RL done ({time.time() - started:.0f} s)", flush=True)

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                         {**SETTING, **(common.SMOKE if args.smoke else {})})
     seeds, n = args.seeds, len(args.seeds)
     base = common.program(cfg, "arith_grpo")
-    params, sft = common.warm_starts(base, seeds)
+    params, sft = common.warm_starts(base, seeds, cache=not args.smoke)
     print(f"warm starts done ({time.time() - started:.0f} s)", flush=True)
     true = common.rl_runs(base, params, seeds)
     # The true reward's accuracy on the training batches is its reward.
