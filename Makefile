@@ -30,12 +30,13 @@ demo: $(STAMP)
 config-results: $(STAMP)
 	$(PY) experiments/config_results.py --write-readme
 
-# Every reproduction (experiments/repro/*.py, experiments/README.md "Reproductions") in full, one
+# Every reproduction (experiments/repro/*.py but the helpers common.py and host_runs.py;
+# experiments/README.md "Reproductions") in full, one
 # after another, each writing experiments/repro/results/<topic>/; prints each one's time and
 # the total.
 repro: $(STAMP)
 	@start=$$(date +%s); status=0; \
-	for script in $$(ls experiments/repro/*.py | grep -v '/common\.py$$'); do \
+	for script in $$(ls experiments/repro/*.py | grep -v -E '/(common|host_runs)\.py$$'); do \
 	  t0=$$(date +%s); echo "== $$script"; \
 	  $(PY) $$script || status=1; \
 	  echo "== $$script: $$(( $$(date +%s) - t0 )) s"; \
