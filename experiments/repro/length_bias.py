@@ -11,11 +11,11 @@ sums token losses over a constant (`seq-mean-token-sum-norm`: the response budge
 the group's std from the advantage, and its wrong responses do not grow.
 
 Setting: the host trainer (`lrmjax.train.rl.train`) on `scratchpad_arithmetic`
-(`lrmjax/data/tasks/scratchpad.py`): 3-digit addition answered after a scratchpad of free
+(`lrmjax/data/tasks/scratchpad.py`): 2-digit addition answered after a scratchpad of free
 length and a `#`; the verifier reads only the answer, so length earns nothing. `make demo`'s
 model and recipe otherwise (`configs/arith_grpo.py`: CPU-tiny 2-layer model warm-started by SFT
-to about 35 % held-out accuracy on demonstrations whose filler is 0-12 characters, 32 prompts x
-8 responses per step, constant learning rate after warm-up, no KL), response budget 24 tokens.
+to about 35 % held-out accuracy on demonstrations whose filler is 0-6 characters, 32 prompts x
+8 responses per step, constant learning rate after warm-up, no KL), response budget 16 tokens.
 The two arms differ only in the RL knobs of the Dr. GRPO preset (`rl.adv_estimator`,
 `rl.norm_adv_by_std`, `rl.loss_agg_mode`) and share each seed's warm start. Lengths are in
 tokens (one per character, EOS included), measured on the training samples of every step by
@@ -42,11 +42,14 @@ from experiments.repro import common, host_runs  # noqa: E402
 TOPIC = "length_bias"
 CONFIG = "arith_grpo"
 DIAG = "length_by_outcome"
-TASK = {"data.task": "scratchpad_arithmetic", "data.task_kwargs.max_pad": 12,
-        "sampling.max_new_tokens": 24, "reward.fns.task": 1.0, f"reward.fns.{DIAG}": 0.0,
+# 2-digit sums (3-digit ones with a scratchpad need twice the warm start on 2 CPU cores),
+# demonstrations with 0-6 filler characters, a 16-token budget: room to grow past them.
+TASK = {"data.task": "scratchpad_arithmetic", "data.task_kwargs.digits": 2,
+        "data.task_kwargs.min_digits": 2, "data.task_kwargs.max_pad": 6,
+        "sampling.max_new_tokens": 16, "reward.fns.task": 1.0, f"reward.fns.{DIAG}": 0.0,
         "train.checkpoint_every": 10**6, "train.rollout_log_every": 10**6}
-FULL = {**TASK, "optim.schedule": "constant", "train.steps": 150, "eval.every": 25,
-        "eval.size": 300, "eval.k": 0}
+FULL = {**TASK, "optim.schedule": "constant", "train.steps": 100, "eval.every": 25,
+        "eval.size": 200, "eval.k": 0}
 SMOKE = {**host_runs.SMOKE, **TASK, "eval.every": 2}
 ARMS = {"GRPO": {},
         "Dr. GRPO": {"rl.adv_estimator": "dr_grpo", "rl.norm_adv_by_std": False,
