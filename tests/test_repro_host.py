@@ -98,3 +98,14 @@ def test_smoke(script, tmp_path):
         points = json.load(f)["points"]
     assert len(points) == 2 and all(len(p["runs"]) == 1 for p in points)
     assert "| run | seeds |" in (tmp_path / "results.md").read_text()
+
+
+def test_paired_differences_are_t_intervals_of_per_seed_differences():
+    a = {"point": {"run": "A"}, "seeds": [0, 1, 2], "runs": [{"x": 1.0}, {"x": 2.0}, {"x": 3.0}]}
+    b = {"point": {"run": "B"}, "seeds": [0, 1, 2], "runs": [{"x": 2.0}, {"x": 4.0}, {"x": 3.0}]}
+    # Differences 1, 2, 0: mean 1, s = 1, half-width t_{0.975,2} / sqrt(3) = 4.3027 / 1.7321.
+    half = 4.302652729911275 / np.sqrt(3)
+    assert host_runs.paired([a, b], ("x",)) == (
+        f"- x, B - A, paired by seed: 1.000 [{1 - half:.3f}, {1 + half:.3f}]")
+    with pytest.raises(ValueError, match="seeds differ"):
+        host_runs.paired([a, {**b, "seeds": [0, 1, 3]}], ("x",))

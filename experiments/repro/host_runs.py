@@ -151,3 +151,22 @@ SMOKE = {"model.overrides.num_layers": 1, "model.overrides.hidden_size": 32,
          "data.train_size": 200, "data.eval_size": 16, "train.steps": 3, "sft.steps": 4,
          "sft.eval_every": 2, "sft.eval_size": 8, "eval.every": 0, "eval.size": 8,
          "eval.k": 0}
+
+
+def paired(points: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    """Markdown lines: for each of `columns`, the second point's value minus the first's, paired
+    by seed (arms of one seed share the warm start, so the pair removes its variation), as the
+    mean [95 % t-interval] over seeds. The points must list the same seeds in the same order."""
+    from experiments.repro import common
+    from lrmjax.train.sweep import t_interval
+
+    a, b = points
+    if a["seeds"] != b["seeds"]:
+        raise ValueError(f"paired: seeds differ: {a['seeds']} vs {b['seeds']}")
+    name = f"{b['point']['run']} - {a['point']['run']}"
+    lines = []
+    for column in columns:
+        diffs = [rb[column] - ra[column] for ra, rb in zip(a["runs"], b["runs"], strict=True)]
+        lines.append(f"- {column}, {name}, paired by seed: "
+                     f"{common.cell(diffs, t_interval, '.3f')}")
+    return "\n".join(lines)

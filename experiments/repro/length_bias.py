@@ -185,7 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{WINDOW} RL steps; change = last - first.")
     walls = "; ".join(f"seed {s}: " + ", ".join(f"{records[a, s]['wall_s']:.0f} s" for a in ARMS)
                       for s in args.seeds)
-    extra = f"Wall time of each run ({first}, the shared warm start included; {second}): {walls}."
+    extra = ("Differences between the arms, paired by seed (both start from the seed's warm "
+             "start):\n\n" + host_runs.paired(points, (
+                 "wrong length change", "right length change",
+                 f"wrong length, last {WINDOW} steps", "held-out greedy pass@1 after"))
+             + f"\n\nWall time of each run ({first}, the shared warm start included; {second}): "
+             f"{walls}.")
     text = common.write(args, "Dr. GRPO's length bias: lengths of wrong and right responses",
                         points, intro=intro, extra_md=extra, started=started,
                         figure=lambda path: figure(points, path))
