@@ -28,6 +28,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,8 +100,10 @@ def run_metrics(record: dict[str, Any]) -> dict[str, float]:
     acc = host_runs.series(record["eval"], "eval/greedy_pass@1")[1]
     row = {}
     for kind in ("wrong", "right"):
-        first, last = (float(np.nanmean(per_step[kind][s])) for s in
-                       (slice(None, WINDOW), slice(-WINDOW, None)))
+        with warnings.catch_warnings():  # a window without such responses is NaN, and says so
+            warnings.simplefilter("ignore", RuntimeWarning)
+            first, last = (float(np.nanmean(per_step[kind][s])) for s in
+                           (slice(None, WINDOW), slice(-WINDOW, None)))
         row[f"{kind} length, first {WINDOW} steps"] = first
         row[f"{kind} length, last {WINDOW} steps"] = last
         row[f"{kind} length change"] = last - first
@@ -129,8 +132,10 @@ def figure(points: list[dict[str, Any]], path: str) -> None:
             ys = np.asarray(p["curves"]["train"][kind], np.float64)  # [seeds, steps]
             window = min(WINDOW, ys.shape[1])  # a smoke run has fewer steps
             kernel = np.ones(window) / window
-            smooth = np.array([np.convolve(np.nan_to_num(y, nan=np.nanmean(y)), kernel,
-                                           mode="valid") for y in ys])
+            with warnings.catch_warnings():  # a run without such responses: NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                smooth = np.array([np.convolve(np.nan_to_num(y, nan=np.nanmean(y)), kernel,
+                                               mode="valid") for y in ys])
             xs = np.arange(window, ys.shape[1] + 1)
             stats = np.array([t_interval(smooth[:, j]) for j in range(smooth.shape[1])])
             (line,) = ax.plot(xs, stats[:, 0], label=p["point"]["run"], lw=1.2)
