@@ -359,6 +359,11 @@ def plot(points: Sequence[Mapping[str, Any]], t_interval: Callable, path: str,
     save(fig, path)
 
 
+def rounded(values: Any, digits: int = 3) -> str:
+    """'[0.363, 0.434]': an array's values rounded for a sentence."""
+    return "[" + ", ".join(f"{float(x):.{digits}f}" for x in np.ravel(values)) + "]"
+
+
 def command(args: argparse.Namespace) -> str:
     """The command line that reproduces `args` (as given, relative to the repo)."""
     return " ".join([f"python experiments/repro/{args.topic}.py", *args.argv]).strip()
