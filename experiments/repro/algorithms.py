@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     base = common.program(cfg, "arith_grpo")
     params, sft = common.warm_starts(base, args.seeds, cache=not args.smoke)
     print(f"warm starts: {sft['sft/steps'].tolist()} steps, greedy "
-          f"{np.round(sft['sft/eval_greedy_pass@1'], 3).tolist()} "
+          f"{common.rounded(sft['sft/eval_greedy_pass@1'])} "
           f"({time.time() - started:.0f} s)", flush=True)
     points = []
     for name in names:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                         greedy, ev["eval/step"][i], per_step, THRESHOLD)}
 
         points.append(common.point({"algorithm": label}, out, args.seeds, extra=extra))
-        print(f"{label}: greedy {np.round(ev['eval/greedy_pass@1'][:, -1], 3).tolist()} "
+        print(f"{label}: greedy {common.rounded(ev['eval/greedy_pass@1'][:, -1])} "
               f"({time.time() - t0:.0f} s)", flush=True)
 
     c = cfg
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         f"evaluated every {c.eval.every} steps; device-reward path, one program per "
         "algorithm (seeds vmapped). Each seed's warm start (SFT to "
         f"{c.sft.target_accuracy} held-out greedy accuracy: "
-        f"{np.round(sft['sft/eval_greedy_pass@1'], 3).tolist()} after "
+        f"{common.rounded(sft['sft/eval_greedy_pass@1'])} after "
         f"{sft['sft/steps'].tolist()} steps) is shared by all algorithms. DAPO* = DAPO's "
         "clip-higher and token-mean loss without dynamic sampling or the overlong penalty. "
         f"The samples column counts runs reaching {THRESHOLD} as (k/n) when some do not.")

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         f"minibatches per batch, lr {c.optim.lr}, held-out sampled pass@1 on {c.eval.size} "
         f"prompts every {c.eval.every} steps; device-reward path. Warm starts (shared by the "
         f"three runs of a seed): {sft['sft/steps'].tolist()} SFT steps to held-out greedy "
-        f"{np.round(sft['sft/eval_greedy_pass@1'], 3).tolist()}. Fit columns (GRPO rows "
+        f"{common.rounded(sft['sft/eval_greedy_pass@1'])}. Fit columns (GRPO rows "
         "only): R = -a exp(H) + b per run over its evaluations.")
     extra_md = (f"Pooled fit over the GRPO runs' {h_all.size} (H, R) points: a = "
                 f"{pooled[0]:.4f}, b = {pooled[1]:.4f}, R^2 = {pooled[2]:.3f}; the fit's "

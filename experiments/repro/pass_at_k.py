@@ -152,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     intro = (
         f"Setting: 3-digit addition, 2-layer width-128 model; base = the SFT warm start "
         f"({sft['sft/steps'].tolist()} steps, held-out greedy "
-        f"{np.round(sft['sft/eval_greedy_pass@1'], 3).tolist()}), RL = it after "
+        f"{common.rounded(sft['sft/eval_greedy_pass@1'])}), RL = it after "
         f"{c.train.steps} GRPO steps of {c.train.batch_prompts} prompts x {c.sampling.n} "
         f"responses ({c.train.minibatches} minibatches, lr {c.optim.lr}; held-out greedy "
-        f"after RL {np.round(out['eval']['eval/greedy_pass@1'][:, -1], 3).tolist()}); "
+        f"after RL {common.rounded(out['eval']['eval/greedy_pass@1'][:, -1])}); "
         f"n = {n} samples at temperature {c.sampling.temperature} per prompt on the first "
         f"{prompts} held-out prompts; device-reward path.")
     from lrmjax.train.sweep import t_interval

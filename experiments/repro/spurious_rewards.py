@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{c.train.steps} RL steps, {c.train.minibatches} minibatches per batch, lr "
         f"{c.optim.lr}, {c.eval.size} held-out prompts; device-reward path. Warm starts "
         f"(shared by the three runs of a seed): {sft['sft/steps'].tolist()} SFT steps to "
-        f"held-out greedy {np.round(sft['sft/eval_greedy_pass@1'], 3).tolist()}. Gains are "
+        f"held-out greedy {common.rounded(sft['sft/eval_greedy_pass@1'])}. Gains are "
         "after RL minus before (the warm start); the clipped fraction is the share of tokens "
         "whose gradient the clip removed (pg_clipfrac), averaged over minibatches and steps.")
     text = common.write(args, "Finding 6: spurious (random) rewards and clipping", points,

@@ -12,7 +12,8 @@ optimizer, `train.steps` RL steps with evaluations before, every `eval.every` st
 What differs from the host run: the prompt pool is drawn once (with the config's seed) and
 shared by every run, which draws its own batches from it; batches are drawn without
 replacement per step rather than by epoch; evaluations give greedy pass@1, sampled pass@1 and
-pass@k but not maj@k.
+pass@k but not maj@k. `Program.run` is `warm_start` then `rl`; experiments that give several
+programs (algorithms) the same warm start call the two apart (experiments/repro/common.py).
 
 Hyperparameters that vmap can carry are scalars that enter the program as arithmetic
 (`TRACEABLE`): learning rates (an `optax.inject_hyperparams` optimizer, `optimizer`), the KL
