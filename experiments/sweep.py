@@ -31,22 +31,9 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Final metrics in the table: (column, where: 'eval' last row, 'before' first eval row, 'sft'
-# summary, 'train' mean of the last 10 steps), metric key.
-FINAL = (("held-out greedy pass@1", "eval", "eval/greedy_pass@1"),
-         ("held-out sampled pass@1", "eval", "eval/pass@1"),
-         ("greedy pass@1 before RL", "before", "eval/greedy_pass@1"),
-         ("train reward (last 10 steps)", "train", "reward/mean"),
-         ("SFT steps", "sft", "sft/steps"))
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-7' -> [0..7]; '0,2,5' -> [0, 2, 5]; '1-3,7' -> [1, 2, 3, 7]."""
-    out = []
-    for part in text.split(","):
-        lo, dash, hi = part.partition("-")
-        out += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
-    return out
+sys.path.insert(0, REPO)
+# The table, the curves and the final metrics are those of the reproductions (one copy).
+from experiments.repro.common import final_metrics, parse_seeds, plot, table  # noqa: E402
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -65,70 +52,6 @@ def parse_grid(items: list[str]) -> dict[str, list]:
                 parsed.append(v)
         grid[key] = parsed
     return grid
-
-
-def final_metrics(out: dict, i: int) -> dict[str, float]:
-    """Run i's values of the FINAL columns."""
-    row = {}
-    for column, where, key in FINAL:
-        if where == "eval" and key in out["eval"]:
-            row[column] = float(out["eval"][key][i, -1])
-        elif where == "before" and key in out["eval"]:
-            row[column] = float(out["eval"][key][i, 0])
-        elif where == "train":
-            row[column] = float(np.mean(out["train"][key][i, -10:]))
-        elif where == "sft" and key in out["sft"]:
-            row[column] = float(out["sft"][key][i])
-    return row
-
-
-def table(points: list[dict], t_interval) -> str:
-    """Markdown: one row per grid point, each FINAL column as mean [low, high]."""
-    columns = [c for c, _, _ in FINAL if any(c in r for p in points for r in p["runs"])]
-    keys = sorted({k for p in points for k in p["point"]})
-    lines = ["| " + " | ".join(keys + ["seeds"] + columns) + " |",
-             "|" + "---|" * (len(keys) + 1 + len(columns))]
-    for p in points:
-        cells = [str(p["point"].get(k, "")) for k in keys] + [str(len(p["runs"]))]
-        for c in columns:
-            mean, lo, hi = t_interval([r[c] for r in p["runs"]])
-            f = ".0f" if c == "SFT steps" else ".3f"
-            cells.append(f"{mean:{f}} [{lo:{f}}, {hi:{f}}]" if np.isfinite(lo)
-                         else f"{mean:{f}}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot(points: list[dict], t_interval, path: str) -> None:
-    """Reward per RL step and held-out greedy / sampled pass@1 per evaluation: the mean over
-    seeds of each grid point with its t-interval as a band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [("train", "reward/mean", "train reward"),
-              ("eval", "eval/greedy_pass@1", "held-out greedy pass@1"),
-              ("eval", "eval/pass@1", "held-out sampled pass@1")]
-    panels = [p for p in panels if p[1] in points[0]["curves"][p[0]]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
-    for ax, (where, key, title) in zip(axes[0], panels, strict=True):
-        for p in points:
-            ys = np.asarray(p["curves"][where][key])  # [seeds, points]
-            xs = (np.arange(1, ys.shape[1] + 1) if where == "train"
-                  else np.asarray(p["curves"]["eval"]["eval/step"])[0])
-            stats = np.array([t_interval(ys[:, j]) for j in range(ys.shape[1])])
-            label = ", ".join(f"{k}={v}" for k, v in p["point"].items()) or "config"
-            (line,) = ax.plot(xs, stats[:, 0], label=label)
-            if ys.shape[0] > 1:
-                ax.fill_between(xs, stats[:, 1], stats[:, 2], color=line.get_color(), alpha=0.2)
-        ax.set_title(title)
-        ax.set_xlabel("RL step")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main() -> int:
@@ -197,7 +120,7 @@ def main() -> int:
             idx = list(range(j * len(seeds), (j + 1) * len(seeds)))
             curves = {where: {k: np.asarray(v)[idx].tolist() for k, v in out[where].items()}
                       for where in ("train", "eval")}
-            points.append({"point": {**fixed, **tp}, "seeds": seeds,
+            points.append({"point": dict(sorted({**fixed, **tp}.items())), "seeds": seeds,
                            "runs": [final_metrics(out, i) for i in idx], "curves": curves,
                            "seconds": {"compile": t1 - t0, "run": t2 - t1}})
 

@@ -139,6 +139,10 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     # A control experiment: permute the rewards across the batch before computing advantages,
     # so they carry no information about the responses (learning should then stall).
     c.reward.shuffle_control = False
+    # A spurious-reward control (Shao et al. 2025, arXiv:2506.10947): with p > 0 every response
+    # is rewarded 1 with probability p, independently of what it says (the verifier's score is
+    # still logged). The device-reward path only (lrmjax.train.sweep, experiments/sweep.py).
+    c.reward.random_p = 0.0
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-6

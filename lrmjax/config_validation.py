@@ -176,6 +176,7 @@ RANGES: dict[str, Range] = {
     "reward.num_workers": _NON_NEGATIVE,   # 0 = in-process
     "reward.timeout_s": _POSITIVE,
     "reward.max_failing_calls": _NON_NEGATIVE,  # 0 = never stop
+    "reward.random_p": _FRACTION,  # 0 = off
     "optim.lr": _RATE,
     "optim.warmup_steps": _NON_NEGATIVE,
     "optim.min_lr_ratio": _FRACTION,

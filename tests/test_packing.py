@@ -134,6 +134,12 @@ def test_padded_slots_count_each_layout_by_hand():
     # Shared prompts: each group's prompt once (2 + 3 tokens) and each response but its last
     # slot (2 + 1 + 2 + 0 tokens): 2 groups x (3 + 2 x 2) slots.
     assert packing.padded_slots(mask, 3, group_size=2) == (10, 14)
+    # A device mask (the RL loop's, under its transfer guard) gives the same counts.
+    device_mask = jax.device_put(mask)
+    with jax.transfer_guard("disallow"):
+        used, total = packing.padded_slots(device_mask, 3, group_size=2)
+        used1, total1 = packing.padded_slots(device_mask, 3)
+    assert (int(used), total, int(used1), total1) == (10, 14, 16, 24)
 
 
 def test_masks_the_packer_cannot_keep_are_refused():

@@ -98,3 +98,32 @@ def test_a_kl_mode_without_reference_params_and_host_only_knobs_are_refused():
     kwargs["algo"] = algorithms.get("dapo")
     with pytest.raises(ValueError, match="dynamic_sampling"):
         pure.rl_step(init(0), jax.random.key(0), **kwargs)
+
+
+def test_random_rewards_ignore_the_responses_and_log_the_verifier():
+    """reward.random_p: Bernoulli(p) rewards whatever the responses say; the verifier's mean
+    is still logged (reward/verified_mean)."""
+    kwargs, init = _setup(starts_with_7)
+    run = jax.jit(functools.partial(pure.train, num_steps=30, random_reward=0.25, **kwargs))
+    _, metrics, _ = run(init(0), jax.random.key(1))
+    rewards = np.asarray(metrics["reward/mean"])
+    # 30 steps x 32 responses of Bernoulli(0.25): sd of the mean 0.014.
+    assert abs(rewards.mean() - 0.25) < 0.05
+    verified = np.asarray(metrics["reward/verified_mean"])
+    assert verified.shape == (30,) and not np.allclose(verified, rewards)
+    _, plain, _ = jax.jit(functools.partial(pure.train, num_steps=2, **kwargs))(
+        init(0), jax.random.key(1))
+    assert "reward/verified_mean" not in plain
+
+
+def test_random_p_is_validated_and_refused_by_the_host_trainer(tmp_path):
+    from lrmjax import config as config_lib
+    from lrmjax.train import rl
+
+    cfg = config_lib.base_config("grpo")
+    cfg.reward.random_p = 1.5
+    with pytest.raises(ValueError, match="reward.random_p"):
+        config_lib.validate(cfg)
+    cfg.reward.random_p = 0.5
+    with pytest.raises(ValueError, match="reward.random_p"):
+        rl.train(cfg, str(tmp_path))

@@ -21,6 +21,17 @@ def test_majority_vote_groups_and_equivalence():
     assert res.components["majority_share"] == [0.5] * 4 + [0.5, 0.5] + [0.0, 0.0]
 
 
+def test_majority_vote_exact_votes_on_whole_stripped_texts():
+    completions = [" 975", "975\n", "0975", "",      # group 0: '975' wins; '' does not vote
+                   "12", "21", "21", "12",          # group 1: tie 2-2, first seen wins
+                   "", " "]                          # group 2: no votes
+    groups = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    res = get("majority_vote_exact")(["q"] * 10, completions, [{"group_id": g} for g in groups])
+    assert res.scores == [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    assert res.components["majority_share"] == [0.5] * 8 + [0.0, 0.0]
+    # '0975' is its own answer here, where math-verify would read 975 as the same number.
+
+
 def test_majority_vote_needs_group_id():
     with pytest.raises(KeyError, match="row 1 has no metadata\\['group_id'\\]"):
         get("majority_vote")(["q", "q"], ["\\boxed{1}"] * 2, [{"group_id": 0}, {}])

@@ -28,7 +28,7 @@ from lrmjax.tokenizers import CharTokenizer
 
 def test_registry_unknown_name_lists_valid():
     names = ["arithmetic", "corpus_qa", "countdown", "guess_number", "reasoning_gym",
-             "tool_arithmetic"]
+             "scratchpad_arithmetic", "tool_arithmetic"]
     with pytest.raises(ValueError, match=".*".join(names)):
         get_task("no_such_task")
     assert set(TASKS) == set(names)
@@ -38,6 +38,7 @@ def test_registry_unknown_name_lists_valid():
     ("arithmetic", {"digits": 3, "ops": ["+", "*"]}),
     ("countdown", {"num_numbers": 3}),
     ("reasoning_gym", {"name": "chain_sum", "size": 20, "seed": 3}),
+    ("scratchpad_arithmetic", {"digits": 3, "max_pad": 5, "reverse_answer": True}),
 ])
 def test_generation_is_deterministic(name, kwargs):
     task = get_task(name, **kwargs)

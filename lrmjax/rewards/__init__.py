@@ -2,9 +2,9 @@
 
 Importing this package imports every reward module that registers names, which fills the
 registry in :mod:`lrmjax.rewards.base` (one module-level dict). Registered names: ``math``,
-``format``, ``format_lenient``, ``code``, ``majority_vote``, ``self_certainty``,
-``neg_entropy``, ``mean_logprob``, and ``task`` (the verifier of the procedural task that made
-the prompt).
+``format``, ``format_lenient``, ``code``, ``majority_vote``, ``majority_vote_exact``,
+``self_certainty``, ``neg_entropy``, ``mean_logprob``, and ``task`` (the verifier of the
+procedural task that made the prompt).
 Process (step-level) rewards have their own registry in :mod:`lrmjax.rewards.process`
 (``arithmetic_digits``).
 

@@ -7,6 +7,9 @@
   math-verify equivalence (greedy: each answer joins the first cluster whose representative
   it equals), so "1/2" and "0.5" vote together. Ties go to the cluster seen first; a group
   with no extractable answer scores 0. Group-level: it must see the whole group at once.
+* ``majority_vote_exact`` — the same vote where a response's answer is its whole text, stripped
+  (procedural tasks whose responses are bare canonical answers, e.g. arithmetic's digits, which
+  carry no \\boxed{} or answer tag to extract), clustered by exact string equality.
 * ``self_certainty`` — INTUITOR (Zhao et al., 2025, "Learning to Reason without External
   Rewards", Eq. 3): mean over response tokens of KL(U || p_i), where U is uniform over the
   vocabulary of size V and p_i the policy's next-token distribution:
@@ -23,6 +26,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -60,9 +64,24 @@ def majority_vote_reward(prompts: list[str], completions: list[str], metadata: l
     same value for every row of a group; 0 if the group has no answers).
     """
     check_batch(prompts, completions, metadata)
-    n = len(completions)
+    return _majority(metadata, [extract_answer(c) for c in completions], is_equivalent)
+
+
+@register("majority_vote_exact")
+def majority_vote_exact_reward(prompts: list[str], completions: list[str],
+                               metadata: list[dict]) -> RewardResult:
+    """``majority_vote`` with each response's stripped text as its answer (an empty response
+    does not vote) and exact equality as the clustering rule."""
+    check_batch(prompts, completions, metadata)
+    return _majority(metadata, [c.strip() or None for c in completions], str.__eq__)
+
+
+def _majority(metadata: list[dict], answers: list[str | None],
+              same: Callable[[str, str], bool]) -> RewardResult:
+    """The vote of both majority rewards over `answers` [N] (None: no vote), clustered
+    greedily with `same`."""
+    n = len(answers)
     scores, share = [0.0] * n, [0.0] * n
-    answers = [extract_answer(c) for c in completions]
     for rows in _group_rows(metadata).values():
         reps: list[str] = []  # one representative answer per cluster
         members: list[list[int]] = []
@@ -70,7 +89,7 @@ def majority_vote_reward(prompts: list[str], completions: list[str], metadata: l
             if answers[i] is None:
                 continue
             for k, rep in enumerate(reps):
-                if is_equivalent(rep, answers[i]):
+                if same(rep, answers[i]):
                     members[k].append(i)
                     break
             else:
@@ -87,6 +106,7 @@ def majority_vote_reward(prompts: list[str], completions: list[str], metadata: l
 
 
 majority_vote_reward.group_level = True  # type: ignore[attr-defined]
+majority_vote_exact_reward.group_level = True  # type: ignore[attr-defined]
 
 
 def _token_values(meta: dict, key: str, row: int, reward: str) -> np.ndarray:

@@ -294,9 +294,13 @@ def rl_step(state: TrainState, key: Array, *, data: DeviceData, model_cfg: Model
             reward_fn: DeviceReward, stop_ids: tuple[int, ...], pad_id: int,
             ref_params: Any = None, knobs: Mapping[str, Array] | None = None,
             ppo_epochs: int = 1, minibatches: int = 1, microbatches: int = 1,
-            shared_prompt: bool = True, logits_chunk_mb: float = steps.LOGITS_CHUNK_MB
-            ) -> tuple[TrainState, dict[str, Array]]:
+            shared_prompt: bool = True, logits_chunk_mb: float = steps.LOGITS_CHUNK_MB,
+            random_reward: float = 0.0) -> tuple[TrainState, dict[str, Array]]:
     """One RL step, pure: `sample_and_score`, then `update_on_rollout`.
+
+    With `random_reward` p > 0 (config 'reward.random_p') the update sees Bernoulli(p) rewards
+    drawn independently of the responses instead of the verifier's (a spurious-reward control,
+    arXiv:2506.10947); reward/verified_mean then logs the verifier's mean.
 
     Returns the new state and scalar metrics: the update's (verl names, as in
     `steps.rl_train_step`) plus reward/mean, reward/std and response_length/mean.
@@ -304,6 +308,10 @@ def rl_step(state: TrainState, key: Array, *, data: DeviceData, model_cfg: Model
     roll, rewards = sample_and_score(
         state.policy, key, data=data, batch_prompts=batch_prompts, model_cfg=model_cfg,
         sampling=sampling, reward_fn=reward_fn, stop_ids=stop_ids, pad_id=pad_id)
+    verified = rewards
+    if random_reward > 0:
+        rewards = jax.random.bernoulli(jax.random.fold_in(key, 3), random_reward,
+                                       rewards.shape).astype(jnp.float32)
     state, metrics = update_on_rollout(
         state, jax.random.fold_in(key, 2), roll, rewards, model_cfg=model_cfg, algo=algo,
         sampling=sampling, ref_params=ref_params, knobs=knobs, ppo_epochs=ppo_epochs,
@@ -311,6 +319,8 @@ def rl_step(state: TrainState, key: Array, *, data: DeviceData, model_cfg: Model
         logits_chunk_mb=logits_chunk_mb)
     metrics.update({"reward/mean": jnp.mean(rewards), "reward/std": jnp.std(rewards),
                     "response_length/mean": jnp.mean(roll.lengths.astype(jnp.float32))})
+    if random_reward > 0:
+        metrics["reward/verified_mean"] = jnp.mean(verified)
     return state, metrics
 
 

@@ -84,6 +84,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
 def _train(cfg: ml_collections.ConfigDict, workdir: str, compiles: compilation.CompileCounter,
            run: lifecycle.Run) -> dict[str, float]:
+    if cfg.reward.random_p > 0:
+        raise ValueError("reward.random_p > 0 (random rewards) runs on the device-reward path "
+                         "only: experiments/sweep.py or lrmjax.train.sweep.Program")
     # ---------------------------------------------------------------- mesh and inputs
     host.tune_malloc(cfg)  # before the backend starts, if it has not yet (lrmjax/host.py)
     if cfg.mesh.distributed and not jax.distributed.is_initialized():

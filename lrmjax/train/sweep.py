@@ -12,7 +12,8 @@ optimizer, `train.steps` RL steps with evaluations before, every `eval.every` st
 What differs from the host run: the prompt pool is drawn once (with the config's seed) and
 shared by every run, which draws its own batches from it; batches are drawn without
 replacement per step rather than by epoch; evaluations give greedy pass@1, sampled pass@1 and
-pass@k but not maj@k.
+pass@k but not maj@k. `Program.run` is `warm_start` then `rl`; experiments that give several
+programs (algorithms) the same warm start call the two apart (experiments/repro/common.py).
 
 Hyperparameters that vmap can carry are scalars that enter the program as arithmetic
 (`TRACEABLE`): learning rates (an `optax.inject_hyperparams` optimizer, `optimizer`), the KL
@@ -170,46 +171,73 @@ class Program:
     def run(self, arrays: Mapping[str, Any], seed: jax.Array,
             hparams: Mapping[str, jax.Array]) -> dict[str, dict[str, jax.Array]]:
         """One whole run for `seed` (int32 scalar) with the `TRACEABLE` hyperparameters in
-        `hparams` (float32 scalars; the rest from the config). Pure: vmap it over (seed,
-        hparams) with `arrays` shared.
+        `hparams` (float32 scalars; the rest from the config): `warm_start`, then `rl`. Pure:
+        vmap it over (seed, hparams) with `arrays` shared.
 
         Returns {'train': each RL step metric [steps], 'eval': each evaluation metric
         [evaluations] (the first after the warm start, before RL), 'sft': the warm start's
         summary (sft/steps, sft/eval_greedy_pass@1, sft/loss; {} without one)}.
         """
-        cfg, model_cfg = self.cfg, self.model_cfg
+        params, sft_summary = self.warm_start(arrays, seed, hparams)
+        return {**self.rl(arrays, params, seed, hparams), "sft": sft_summary}
+
+    def _check_hparams(self, hparams: Mapping[str, jax.Array]) -> Callable[[str], Any]:
         bad = sorted(set(hparams) - TRACEABLE)
         if bad:
             raise ValueError(f"{bad} cannot vary inside one program; traceable: "
                              f"{sorted(TRACEABLE)}")
 
         def hp(key):
-            return hparams.get(key, cfg[key.split(".")[0]][key.split(".")[1]])
+            return hparams.get(key, self.cfg[key.split(".")[0]][key.split(".")[1]])
 
-        o = cfg.optim
-        adam = dict(b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
-        evaluate = functools.partial(
-            pure.evaluate, model_cfg=model_cfg, max_new_tokens=cfg.sampling.max_new_tokens,
+        return hp
+
+    def _evaluate(self) -> Callable[..., dict[str, jax.Array]]:
+        cfg = self.cfg
+        return functools.partial(
+            pure.evaluate, model_cfg=self.model_cfg, max_new_tokens=cfg.sampling.max_new_tokens,
             temperature=cfg.eval.temperature, batch_size=cfg.eval.batch_size,
             reward_fn=self.reward_fn, stop_ids=self.stop_ids, pad_id=self.tokenizer.pad_id)
-        params = transformer.init_params(model_cfg, jax.random.key(seed))
-        sft_summary = {}
-        if cfg.sft.steps > 0:
-            s = cfg.sft
-            tx = optimizer(s.lr, warmup_steps=s.warmup_steps, total_steps=s.steps,
-                           grad_clip=o.grad_clip)
-            state = TrainState.create(params, tx)
-            state = state.replace(opt_state=set_learning_rate(state.opt_state, hp("sft.lr")))
-            check_key = jax.random.key(0)  # as the host's check (`sft._greedy_accuracy`)
-            state, sft_summary = pure.warm_start(
-                state, jax.random.key(seed + 1), demos=arrays["demos"],
-                batch_size=s.batch_size, model_cfg=model_cfg, max_steps=s.steps,
-                check_every=s.eval_every, target_accuracy=s.target_accuracy,
-                accuracy_fn=lambda p: evaluate(p, check_key, data=arrays["sft_eval"], k=0)[
-                    "eval/greedy_pass@1"])
-            params = state.params
 
-        algo, t = cfg.rl, cfg.train
+    def warm_start(self, arrays: Mapping[str, Any], seed: jax.Array,
+                   hparams: Mapping[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
+        """A run's initial params from `seed` and its supervised warm start to
+        `sft.target_accuracy` (none when sft.steps = 0). Pure, like `run`.
+
+        Returns (params, the warm start's summary: sft/steps, sft/eval_greedy_pass@1, sft/loss;
+        {} without one).
+        """
+        cfg, hp = self.cfg, self._check_hparams(hparams)
+        params = transformer.init_params(self.model_cfg, jax.random.key(seed))
+        if cfg.sft.steps <= 0:
+            return params, {}
+        s, evaluate = cfg.sft, self._evaluate()
+        tx = optimizer(s.lr, warmup_steps=s.warmup_steps, total_steps=s.steps,
+                       grad_clip=cfg.optim.grad_clip)
+        state = TrainState.create(params, tx)
+        state = state.replace(opt_state=set_learning_rate(state.opt_state, hp("sft.lr")))
+        check_key = jax.random.key(0)  # as the host's check (`sft._greedy_accuracy`)
+        state, sft_summary = pure.warm_start(
+            state, jax.random.key(seed + 1), demos=arrays["demos"],
+            batch_size=s.batch_size, model_cfg=self.model_cfg, max_steps=s.steps,
+            check_every=s.eval_every, target_accuracy=s.target_accuracy,
+            accuracy_fn=lambda p: evaluate(p, check_key, data=arrays["sft_eval"], k=0)[
+                "eval/greedy_pass@1"])
+        return state.params, sft_summary
+
+    def rl(self, arrays: Mapping[str, Any], params: Any, seed: jax.Array,
+           hparams: Mapping[str, jax.Array], keep_params: bool = False
+           ) -> dict[str, Any]:
+        """`train.steps` RL steps from `params` (e.g. `warm_start`'s, possibly another
+        program's: experiments give several algorithms the same warm start) with held-out
+        evaluations before, every `eval.every` steps and after. Pure, like `run`.
+
+        Returns {'train': each RL step metric [steps], 'eval': each evaluation metric
+        [evaluations]} and, with `keep_params`, 'params': the policy after RL.
+        """
+        cfg, model_cfg, hp = self.cfg, self.model_cfg, self._check_hparams(hparams)
+        o, algo, t = cfg.optim, cfg.rl, cfg.train
+        adam = dict(b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
         total = t.steps * t.ppo_epochs * t.minibatches
         tx = optimizer(o.lr, warmup_steps=o.warmup_steps, total_steps=total,
                        schedule=o.schedule, min_lr_ratio=o.min_lr_ratio,
@@ -230,7 +258,8 @@ class Program:
         knobs = {k[len("rl."):]: v for k, v in hparams.items()
                  if k.startswith("rl.") and k != "rl.kl_coef"}
         eval_key = jax.random.key(seed + 99)  # the same draws at every evaluation (as rl.py)
-        _, metrics, evals = pure.train(
+        evaluate = self._evaluate()
+        state, metrics, evals = pure.train(
             state, jax.random.fold_in(jax.random.key(seed), 1), t.steps,
             eval_every=cfg.eval.every,
             eval_fn=lambda p: evaluate(p, eval_key, data=arrays["eval"], k=cfg.eval.k),
@@ -238,8 +267,10 @@ class Program:
             batch_prompts=t.batch_prompts, reward_fn=self.reward_fn, stop_ids=self.stop_ids,
             pad_id=self.tokenizer.pad_id, ref_params=ref_params, knobs=knobs,
             ppo_epochs=t.ppo_epochs, minibatches=t.minibatches, microbatches=t.microbatches,
-            shared_prompt=t.shared_prompt_forward, logits_chunk_mb=t.logits_chunk_mb)
-        return {"train": metrics, "eval": evals, "sft": sft_summary}
+            shared_prompt=t.shared_prompt_forward, logits_chunk_mb=t.logits_chunk_mb,
+            random_reward=cfg.reward.random_p)
+        return {"train": metrics, "eval": evals, **({"params": state.policy} if keep_params
+                                                     else {})}
 
     # ------------------------------------------------------------ many runs, one program
     def compile_many(self, runs: int, hparam_names: Sequence[str], vmapped: bool = True

@@ -22,6 +22,7 @@ from lrmjax.data.tasks.corpus_qa import CorpusQATask
 from lrmjax.data.tasks.countdown import CountdownTask, evaluate_expression
 from lrmjax.data.tasks.guess import GuessNumberTask
 from lrmjax.data.tasks.reasoning_gym import ReasoningGymTask, available_datasets
+from lrmjax.data.tasks.scratchpad import ScratchpadArithmeticTask
 from lrmjax.data.tasks.tool_arithmetic import ToolArithmeticTask
 
 TASKS: dict[str, type[Task]] = {
@@ -30,6 +31,7 @@ TASKS: dict[str, type[Task]] = {
     "countdown": CountdownTask,
     "guess_number": GuessNumberTask,
     "reasoning_gym": ReasoningGymTask,
+    "scratchpad_arithmetic": ScratchpadArithmeticTask,
     "tool_arithmetic": ToolArithmeticTask,
 }
 
@@ -61,7 +63,8 @@ def verify_example(example: Example, completion: str) -> float:
 
 
 __all__ = [
-    "TASKS", "ArithmeticTask", "CountdownTask", "Example", "ReasoningGymTask", "Task",
+    "TASKS", "ArithmeticTask", "CountdownTask", "Example", "ReasoningGymTask",
+    "ScratchpadArithmeticTask", "Task",
     "available_datasets", "evaluate_expression", "extract_answer_tag", "get_task", "last_line",
     "task_for_example", "verify_example",
 ]
