@@ -24,9 +24,10 @@ def _batches(seed: int = 0) -> list[dict[str, np.ndarray]]:
     out = []
     for _ in range(STEPS):
         a, b = rng.integers(0, 100, BATCH), rng.integers(0, 100, BATCH)
-        prompts = [tok.encode(f"{x}+{y}=") for x, y in zip(a, b)]
-        answers = [tok.encode(str(x + y), add_eos=True) for x, y in zip(a, b)]
-        tokens, mask = left_pad([p + t for p, t in zip(prompts, answers)], tok.pad_id, 12)
+        prompts = [tok.encode(f"{x}+{y}=") for x, y in zip(a, b, strict=True)]
+        answers = [tok.encode(str(x + y), add_eos=True) for x, y in zip(a, b, strict=True)]
+        rows = [p + t for p, t in zip(prompts, answers, strict=True)]
+        tokens, mask = left_pad(rows, tok.pad_id, 12)
         target = np.zeros(tokens.shape, np.float32)
         for i, t in enumerate(answers):
             target[i, tokens.shape[1] - len(t):] = 1.0
