@@ -96,7 +96,6 @@ def _cells_ok(rows, columns):
         assert len(row) == len(header), row
 
 
-@pytest.mark.slow
 def test_algorithms_smoke(tmp_path):
     from experiments.repro import algorithms
 
@@ -108,7 +107,6 @@ def test_algorithms_smoke(tmp_path):
         algorithms.main(["--smoke", "--algorithms", "nope"])
 
 
-@pytest.mark.slow
 def test_entropy_smoke(tmp_path):
     from experiments.repro import entropy
 
@@ -118,7 +116,6 @@ def test_entropy_smoke(tmp_path):
     assert len(runs["fits"]) == 3 and len(runs["pooled_fit"]) == 3
 
 
-@pytest.mark.slow
 def test_spurious_rewards_smoke(tmp_path):
     from experiments.repro import spurious_rewards
 
@@ -129,7 +126,6 @@ def test_spurious_rewards_smoke(tmp_path):
     assert "reward/verified_mean" in random_clip
 
 
-@pytest.mark.slow
 def test_pass_at_k_smoke(tmp_path):
     from experiments.repro import pass_at_k
 

@@ -1,7 +1,7 @@
 """Tests for the host-trainer reproductions (experiments/repro/dynamic_sampling.py, ttrl.py,
 length_bias.py and their helper host_runs.py): the arithmetic each table is drawn from, by hand,
-and each script's --smoke run (slow: a host-trainer run costs its compiles: 6-9 s a script
-with XLA's persistent cache warm, 50-110 s cold on 2 loaded cores)."""
+and each script's --smoke run (9-17 s each on 2 cores: a host-trainer run costs its
+compiles)."""
 
 import json
 import os
@@ -89,7 +89,6 @@ def test_host_runs_reject_bad_keys_and_unshareable_warm_starts(tmp_path):
         host_runs.run(cfg, str(tmp_path / "new"), warm_start_from=str(other))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("script", [dynamic_sampling, ttrl, length_bias])
 def test_smoke(script, tmp_path):
     assert script.main(["--smoke", "--seeds", "0", "--out", str(tmp_path)]) == 0
