@@ -318,10 +318,22 @@ def draw(ax: Any, points: Sequence[Mapping[str, Any]], t_interval: Callable, whe
         ys = np.asarray(p["curves"][where][key], np.float64)  # [seeds, points]
         xs = (np.arange(1, ys.shape[1] + 1) if where == "train"
               else np.asarray(p["curves"]["eval"]["eval/step"])[0])
-        stats = np.array([t_interval(ys[:, j]) for j in range(ys.shape[1])])
-        (line,) = ax.plot(xs, stats[:, 0], label=label(p), lw=1.2)
-        if ys.shape[0] > 1:
-            ax.fill_between(xs, stats[:, 1], stats[:, 2], color=line.get_color(), alpha=0.15)
+        band(ax, xs, ys, label(p), t_interval)
+    style(ax, title, xlabel)
+
+
+def band(ax: Any, xs: Any, ys: Any, name: str, t_interval: Callable) -> None:
+    """The mean over seeds of `ys` [seeds, points] against `xs` [points], labelled `name`,
+    with its t-interval as a band (none for one seed)."""
+    ys = np.asarray(ys, np.float64)
+    stats = np.array([t_interval(ys[:, j]) for j in range(ys.shape[1])])
+    (line,) = ax.plot(xs, stats[:, 0], label=name, lw=1.2)
+    if ys.shape[0] > 1:
+        ax.fill_between(xs, stats[:, 1], stats[:, 2], color=line.get_color(), alpha=0.15)
+
+
+def style(ax: Any, title: str, xlabel: str = "RL step") -> None:
+    """The panels' common look: small title and labels, a light grid."""
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.tick_params(labelsize=7)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -88,42 +87,28 @@ def eval_samples(cfg: Any, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarr
 def figure(points: list[dict[str, Any]], path: str) -> None:
     """Accuracy against samples (the runs interpolated onto a common grid up to the budget
     every run reached), accuracy against steps, samples per step; mean and t-interval bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from lrmjax.train.sweep import t_interval
 
-    def band(ax, xs, ys, label):
-        stats = np.array([t_interval(ys[:, j]) for j in range(ys.shape[1])])
-        (line,) = ax.plot(xs, stats[:, 0], label=label, lw=1.2)
-        if ys.shape[0] > 1:
-            ax.fill_between(xs, stats[:, 1], stats[:, 2], color=line.get_color(), alpha=0.15)
-
-    fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.3))
+    fig, axes = common.figure(3)
     budget = min(s[-1] for p in points for s in p["curves"]["eval"]["samples"])
     grid = np.linspace(0, budget, 41)
     for p in points:
-        label = p["point"]["run"]
+        name = p["point"]["run"]
         xs = [np.asarray(s) for s in p["curves"]["eval"]["samples"]]
         ys = [np.asarray(a) for a in p["curves"]["eval"][ACC]]
-        band(axes[0], grid / 1000,
-             np.array([np.interp(grid, x, y) for x, y in zip(xs, ys, strict=True)]), label)
-        band(axes[1], np.asarray(p["curves"]["eval"]["eval/step"][0]), np.array(ys), label)
+        common.band(axes[0], grid / 1000,
+                    np.array([np.interp(grid, x, y) for x, y in zip(xs, ys, strict=True)]),
+                    name, t_interval)
+        common.band(axes[1], np.asarray(p["curves"]["eval"]["eval/step"][0]), np.array(ys),
+                    name, t_interval)
         per_step = np.asarray(p["curves"]["train"]["samples_per_step"])
-        band(axes[2], np.arange(1, per_step.shape[1] + 1), per_step, label)
+        common.band(axes[2], np.arange(1, per_step.shape[1] + 1), per_step, name, t_interval)
     titles = ("held-out greedy pass@1", "held-out greedy pass@1", "samples generated per step")
     xlabels = ("samples generated (thousands)", "RL step", "RL step")
     for ax, title, xlabel in zip(axes, titles, xlabels, strict=True):
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel(xlabel, fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
+        common.style(ax, title, xlabel)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    common.save(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,19 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfgs = {(arm, seed): host_runs.make_config(CONFIG, arm_sets(arm, args.smoke), seed,
                                                "runlocal" if args.smoke else None)
             for arm in ("off", "on") for seed in args.seeds}
-    host_runs.prepare(cfgs["off", args.seeds[0]])
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix=f"repro_{TOPIC}_") as tmp:
-        for seed in args.seeds:
-            off = os.path.join(tmp, f"off_seed{seed}")
-            records["off", seed] = host_runs.run(cfgs["off", seed], off)
-            records["on", seed] = host_runs.run(cfgs["on", seed], os.path.join(
-                tmp, f"on_seed{seed}"), warm_start_from=off)
-            for arm in ("off", "on"):
-                r = records[arm, seed]
-                print(f"seed {seed} {LABELS[arm]}: held-out greedy pass@1 "
-                      f"{r['eval'][0][ACC]:.3f} -> {r['eval'][-1][ACC]:.3f} "
-                      f"in {r['wall_s']:.0f} s", flush=True)
+    def report(arm, seed, r):
+        print(f"seed {seed} {LABELS[arm]}: held-out greedy pass@1 {r['eval'][0][ACC]:.3f} -> "
+              f"{r['eval'][-1][ACC]:.3f} in {r['wall_s']:.0f} s", flush=True)
+
+    records = host_runs.run_arms(cfgs, ("off", "on"), args.seeds, TOPIC, report)
     # The sample budget every run reached; equal steps = the filtering arm's last step.
     trace = {key: eval_samples(cfgs[key], r) for key, r in records.items()}
     budget = min(s[-1] for s, _ in trace.values())

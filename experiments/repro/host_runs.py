@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -101,6 +102,27 @@ def run(cfg: ml_collections.ConfigDict, workdir: str,
     record = read(workdir)
     record["wall_s"] = time.perf_counter() - t0
     return record
+
+
+def run_arms(cfgs: Mapping[tuple[str, int], ml_collections.ConfigDict], arms: Sequence[str],
+             seeds: Sequence[int], topic: str,
+             report: Callable[[str, int, dict[str, Any]], None] | None = None
+             ) -> dict[tuple[str, int], dict[str, Any]]:
+    """Runs config `cfgs[arm, seed]` for every seed and arm, one after another in temporary
+    workdirs: per seed the first arm trains the warm start and the others reuse it (`run`'s
+    `warm_start_from`), so the arms' differences are paired by seed. `report(arm, seed,
+    record)` is called after each run (for progress lines). Returns {(arm, seed): record}."""
+    prepare(cfgs[arms[0], seeds[0]])
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix=f"repro_{topic}_") as tmp:
+        for seed in seeds:
+            first = os.path.join(tmp, f"arm0_seed{seed}")
+            for i, arm in enumerate(arms):
+                records[arm, seed] = run(cfgs[arm, seed], os.path.join(
+                    tmp, f"arm{i}_seed{seed}"), warm_start_from=first if i else None)
+                if report is not None:
+                    report(arm, seed, records[arm, seed])
+    return records
 
 
 def read(workdir: str) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -117,14 +116,9 @@ def figure(points: list[dict[str, Any]], path: str) -> None:
     """Mean length of wrong and of right training responses, and training accuracy, per RL
     step (a `WINDOW`-step running mean of each run, then the mean over seeds with its
     t-interval as a band)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from lrmjax.train.sweep import t_interval
 
-    fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.3))
+    fig, axes = common.figure(3)
     titles = {"wrong": "length of wrong responses (tokens)",
               "right": "length of right responses (tokens)", "accuracy": "train accuracy"}
     for p in points:
@@ -136,19 +130,11 @@ def figure(points: list[dict[str, Any]], path: str) -> None:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 smooth = np.array([np.convolve(np.nan_to_num(y, nan=np.nanmean(y)), kernel,
                                                mode="valid") for y in ys])
-            xs = np.arange(window, ys.shape[1] + 1)
-            stats = np.array([t_interval(smooth[:, j]) for j in range(smooth.shape[1])])
-            (line,) = ax.plot(xs, stats[:, 0], label=p["point"]["run"], lw=1.2)
-            if ys.shape[0] > 1:
-                ax.fill_between(xs, stats[:, 1], stats[:, 2], color=line.get_color(), alpha=0.15)
-            ax.set_title(titles[kind], fontsize=9)
-            ax.set_xlabel("RL step", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.grid(alpha=0.3)
+            common.band(ax, np.arange(window, ys.shape[1] + 1), smooth, p["point"]["run"],
+                        t_interval)
+            common.style(ax, titles[kind])
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    common.save(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,20 +146,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                "runlocal" if args.smoke else None)
             for arm, sets in ARMS.items() for seed in args.seeds}
     first, second = ARMS
-    host_runs.prepare(cfgs[first, args.seeds[0]])
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix=f"repro_{TOPIC}_") as tmp:
-        for seed in args.seeds:
-            for i, arm in enumerate(ARMS):
-                records[arm, seed] = host_runs.run(
-                    cfgs[arm, seed], os.path.join(tmp, f"arm{i}_seed{seed}"),
-                    warm_start_from=os.path.join(tmp, f"arm0_seed{seed}") if i else None)
-                m = run_metrics(records[arm, seed])
-                print(f"seed {seed} {arm}: wrong length {m['wrong length, first 10 steps']:.1f}"
-                      f" -> {m['wrong length, last 10 steps']:.1f}, right length "
-                      f"{m['right length, first 10 steps']:.1f} -> "
-                      f"{m['right length, last 10 steps']:.1f} tokens in "
-                      f"{records[arm, seed]['wall_s']:.0f} s", flush=True)
+    def report(arm, seed, r):
+        m = run_metrics(r)
+        print(f"seed {seed} {arm}: wrong length {m['wrong length, first 10 steps']:.1f} -> "
+              f"{m['wrong length, last 10 steps']:.1f}, right length "
+              f"{m['right length, first 10 steps']:.1f} -> "
+              f"{m['right length, last 10 steps']:.1f} tokens in {r['wall_s']:.0f} s",
+              flush=True)
+
+    records = host_runs.run_arms(cfgs, tuple(ARMS), args.seeds, TOPIC, report)
     points = []
     for arm in ARMS:
         recs = [records[arm, s] for s in args.seeds]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -129,20 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                "runlocal" if args.smoke else None)
             for arm, reward in ARMS.items() for seed in args.seeds}
     first, second = ARMS
-    host_runs.prepare(cfgs[first, args.seeds[0]])
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix=f"repro_{TOPIC}_") as tmp:
-        for seed in args.seeds:
-            for arm in ARMS:
-                workdir = os.path.join(tmp, f"{ARMS[arm]}_seed{seed}")
-                records[arm, seed] = host_runs.run(
-                    cfgs[arm, seed], workdir, warm_start_from=None if arm == first else
-                    os.path.join(tmp, f"{ARMS[first]}_seed{seed}"))
-                r = records[arm, seed]
-                print(f"seed {seed} {arm}: held-out greedy pass@1 "
-                      f"{r['eval'][0]['eval/greedy_pass@1']:.3f} -> "
-                      f"{r['eval'][-1]['eval/greedy_pass@1']:.3f} in {r['wall_s']:.0f} s",
-                      flush=True)
+    def report(arm, seed, r):
+        print(f"seed {seed} {arm}: held-out greedy pass@1 "
+              f"{r['eval'][0]['eval/greedy_pass@1']:.3f} -> "
+              f"{r['eval'][-1]['eval/greedy_pass@1']:.3f} in {r['wall_s']:.0f} s", flush=True)
+
+    records = host_runs.run_arms(cfgs, tuple(ARMS), args.seeds, TOPIC, report)
     k = cfgs[first, args.seeds[0]].eval.k
     panels = tuple((w, key.replace(f"@{K}", f"@{k}"), t.replace(f"@{K}", f"@{k}"))
                    for w, key, t in PANELS)
