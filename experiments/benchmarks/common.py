@@ -126,6 +126,28 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / t / 1e9
 
 
+def demo_device_setup() -> tuple[Any, Any, Any, Any]:
+    """The `make demo` experiment on the device-reward path (`lrmjax.train.pure`), as
+    sweep.py and pure_vmap.py time it: (char tokenizer, the demo's 2-layer model config,
+    `pure.DeviceData` of 4,096 3-digit sums with answers reversed, the demo's AdamW with its
+    cosine schedule)."""
+    import numpy as np
+
+    from lrmjax.data.tasks import arithmetic, arithmetic_device
+    from lrmjax.models import presets
+    from lrmjax.tokenizers import CharTokenizer
+    from lrmjax.train import pure
+    from lrmjax.train.state import adamw, lr_schedule
+
+    tok = CharTokenizer()
+    cfg = presets.get("tiny", vocab_size=tok.vocab_size, num_layers=2, max_seq_len=64)
+    task = arithmetic.ArithmeticTask(digits=3, min_digits=3, reverse_answer=True)
+    data = pure.DeviceData.from_examples(tok, task.sample(np.random.default_rng(0), 4096), 10,
+                                         arithmetic_device.encode_answers)
+    tx = adamw(lr_schedule(3e-4, 20, 400, "cosine", 0.0), grad_clip=1.0)
+    return tok, cfg, data, tx
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo ("unknown CPU" where there is none)."""
     try:

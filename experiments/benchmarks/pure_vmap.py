@@ -19,6 +19,9 @@ import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
 from lrmjax import host  # noqa: E402
 
 host.retain_freed_memory()  # the trainer's malloc settings (lrmjax/host.py), before JAX starts
@@ -32,22 +35,15 @@ def main() -> int:
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
-    from lrmjax.data.tasks import arithmetic, arithmetic_device
-    from lrmjax.models import presets, transformer
+    from lrmjax.data.tasks import arithmetic_device
+    from lrmjax.models import transformer
     from lrmjax.rl import algorithms
     from lrmjax.sampling import SamplingParams
-    from lrmjax.tokenizers import CharTokenizer
     from lrmjax.train import pure
-    from lrmjax.train.state import TrainState, adamw, lr_schedule
+    from lrmjax.train.state import TrainState
 
-    tok = CharTokenizer()
-    cfg = presets.get("tiny", vocab_size=tok.vocab_size, num_layers=2, max_seq_len=64)
-    task = arithmetic.ArithmeticTask(digits=3, min_digits=3, reverse_answer=True)
-    data = pure.DeviceData.from_examples(tok, task.sample(np.random.default_rng(0), 4096), 10,
-                                         arithmetic_device.encode_answers)
-    tx = adamw(lr_schedule(3e-4, 20, 400, "cosine", 0.0), grad_clip=1.0)
+    tok, cfg, data, tx = common.demo_device_setup()
     run = functools.partial(
         pure.train, num_steps=args.steps, data=data, model_cfg=cfg,
         algo=algorithms.get("grpo", kl_mode="none", kl_coef=0.0), batch_prompts=32,

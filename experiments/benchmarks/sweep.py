@@ -75,22 +75,15 @@ def main() -> int:
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
-    from lrmjax.data.tasks import arithmetic, arithmetic_device
-    from lrmjax.models import presets, transformer
+    from lrmjax.data.tasks import arithmetic_device
+    from lrmjax.models import transformer
     from lrmjax.rl import algorithms
     from lrmjax.sampling import SamplingParams
-    from lrmjax.tokenizers import CharTokenizer
     from lrmjax.train import pure
-    from lrmjax.train.state import TrainState, adamw, lr_schedule
+    from lrmjax.train.state import TrainState
 
-    tok = CharTokenizer()
-    cfg = presets.get("tiny", vocab_size=tok.vocab_size, num_layers=2, max_seq_len=64)
-    task = arithmetic.ArithmeticTask(digits=3, min_digits=3, reverse_answer=True)
-    data = pure.DeviceData.from_examples(tok, task.sample(np.random.default_rng(0), 4096), 10,
-                                         arithmetic_device.encode_answers)
-    tx = adamw(lr_schedule(3e-4, 20, 400, "cosine", 0.0), grad_clip=1.0)
+    tok, cfg, data, tx = common.demo_device_setup()
 
     def init(seed):
         return TrainState.create(transformer.init_params(cfg, jax.random.key(seed)), tx)
