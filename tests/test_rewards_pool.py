@@ -301,10 +301,19 @@ def test_workers_die_with_a_sigkilled_parent(tmp_path):
     assert pids and left == []
 
 
+def _terminal_sigint():
+    """In the child before exec: SIGINT as a shell leaves it (default action, unblocked), so
+    the script's Python installs its KeyboardInterrupt handler whatever state the test
+    process (an xdist worker, after other tests) was left in."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_stops_the_trainer_not_its_workers(tmp_path):
     """Ctrl-C sends SIGINT to the whole process group: the parent handles it (here: closes
     the pool and exits), and no worker prints a KeyboardInterrupt traceback."""
     proc = _python_script(tmp_path, """
+        import signal
         import time
 
         from lrmjax.rewards import RewardPool
@@ -313,13 +322,17 @@ def test_ctrl_c_stops_the_trainer_not_its_workers(tmp_path):
             with RewardPool("format", num_workers=1) as pool:
                 pool.score(["p"], ["x"], [{}])
                 try:
-                    print("ready", flush=True)
+                    # What the script inherited (a shell gives the default handler, nothing
+                    # blocked): printed so that a hang below can be told apart from it.
+                    print("ready", signal.getsignal(signal.SIGINT),
+                          sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), flush=True)
                     time.sleep(60)
                 except KeyboardInterrupt:
                     pass
                 pool.score(["p"], ["x"], [{}])  # the workers are still there
-        """, start_new_session=True)
-    assert proc.stdout.readline() == "ready\n"
+        """, start_new_session=True, preexec_fn=_terminal_sigint)
+    ready = proc.stdout.readline()
+    assert ready.startswith("ready <built-in function default_int_handler> []"), ready
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
