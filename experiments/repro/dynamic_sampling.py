@@ -157,10 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"pass@1; 'at {budget / 1000:.1f}k samples' interpolates each run's evaluations at "
              "the largest sample budget every run reached; 'groups dropped' is the share of "
              "sampled groups dynamic sampling dropped (zero reward variance).")
-    walls = "; ".join(f"seed {s}: " + ", ".join(f"{records[a, s]['wall_s']:.0f} s"
-                                                 for a in ("off", "on")) for s in args.seeds)
-    extra = ("Wall time of each run (no filtering, the shared warm start included; dynamic "
-             f"sampling): {walls}.")
+    extra = host_runs.wall_times(records, ("off", "on"), args.seeds,
+                                 ("no filtering", "dynamic sampling"))
     text = common.write(args, "DAPO dynamic sampling: accuracy against generated samples",
                         points, intro=intro, extra_md=extra, started=started,
                         figure=lambda path: figure(points, path))

@@ -125,6 +125,18 @@ def run_arms(cfgs: Mapping[tuple[str, int], ml_collections.ConfigDict], arms: Se
     return records
 
 
+def wall_times(records: Mapping[tuple[str, int], dict[str, Any]], arms: Sequence[str],
+               seeds: Sequence[int], names: Sequence[str] | None = None) -> str:
+    """The results' sentence of each run's wall time, per seed in the order of `arms`
+    (`run_arms`: the first arm's time includes the shared warm start); `names` the arms as
+    the sentence calls them (default: `arms`)."""
+    names = list(names or arms)
+    walls = "; ".join(f"seed {s}: " + ", ".join(f"{records[a, s]['wall_s']:.0f} s" for a in arms)
+                      for s in seeds)
+    return (f"Wall time of each run ({names[0]}, the shared warm start included; "
+            f"{', '.join(names[1:])}): {walls}.")
+
+
 def read(workdir: str) -> dict[str, Any]:
     """A run's metrics from `workdir/metrics.jsonl`: {'rl': [row per RL step], 'eval': [row
     per held-out evaluation, step 0 first], 'sft': the warm start's summary or {}}; each row a

@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfgs = {(arm, seed): host_runs.make_config(CONFIG, {**base, **sets}, seed,
                                                "runlocal" if args.smoke else None)
             for arm, sets in ARMS.items() for seed in args.seeds}
-    first, second = ARMS
+    second = list(ARMS)[1]
     def report(arm, seed, r):
         m = run_metrics(r)
         print(f"seed {seed} {arm}: wrong length {m['wrong length, first 10 steps']:.1f} -> "
@@ -169,14 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
              + "; Dr. GRPO adds " + ", ".join(f"`{k}={v}`" for k, v in ARMS[second].items())
              + f". Lengths in tokens, means over the training responses of the first and last "
              f"{WINDOW} RL steps; change = last - first.")
-    walls = "; ".join(f"seed {s}: " + ", ".join(f"{records[a, s]['wall_s']:.0f} s" for a in ARMS)
-                      for s in args.seeds)
     extra = ("Differences between the arms, paired by seed (both start from the seed's warm "
              "start):\n\n" + host_runs.paired(points, (
                  "wrong length change", "right length change",
                  f"wrong length, last {WINDOW} steps", "held-out greedy pass@1 after"))
-             + f"\n\nWall time of each run ({first}, the shared warm start included; {second}): "
-             f"{walls}.")
+             + "\n\n" + host_runs.wall_times(records, tuple(ARMS), args.seeds))
     text = common.write(args, "Dr. GRPO's length bias: lengths of wrong and right responses",
                         points, intro=intro, extra_md=extra, started=started,
                         figure=lambda path: figure(points, path))

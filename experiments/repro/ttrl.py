@@ -156,9 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              "Label accuracy: share of training groups whose majority answer is right; reward "
              "accuracy: share of training responses whose majority reward equals the true one "
              "(both measured in both arms, rewarded in neither).")
-    walls = "; ".join(f"seed {s}: " + ", ".join(f"{records[a, s]['wall_s']:.0f} s" for a in ARMS)
-                      for s in args.seeds)
-    extra = f"Wall time of each run ({first}, the shared warm start included; {second}): {walls}."
+    extra = host_runs.wall_times(records, tuple(ARMS), args.seeds)
     text = common.write(args, "TTRL: majority-vote reward without labels vs the true reward",
                         points, intro=intro, extra_md=extra, started=started, panels=panels)
     print(text)
