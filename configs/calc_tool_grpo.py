@@ -6,8 +6,9 @@ Each episode may call the `calculator` (one operation per call) before answering
 "347*58*21=" needs two calls, the second using the first's result (data task
 `tool_arithmetic`, environment `tools`, compact tool-call format for a character model). The
 warm start imitates tool-use demonstrations (trained on the model's segments only) until it
-solves about a third of the held-out problems; GRPO then rewards exact products. The same
-config with `--config.env.kwargs.max_turns=1` is the control without the tool.
+solves about a third of the held-out problems; GRPO, with DAPO's dynamic sampling, then rewards
+exact products. The same config with `--config.env.kwargs.max_turns=1` is the control without
+the tool.
 """
 
 from lrmjax import config as config_lib
@@ -36,8 +37,8 @@ def get_config(arg: str | None = None):
     c.train.rollout_log_every = 25
     # DAPO's dynamic sampling: a group whose 8 episodes all fail (or all succeed) has zero
     # advantage; refilling the batch with groups that differ raised seed 1's gain from the
-    # same warm start from +14.5 to +19 points at 300 steps, for about 1.7 sampling rounds a
-    # step. 2e-4 with a 30-step warmup: 3e-4 without the refill broke seed 1's operand copying
+    # same warm start from +14.5 to +19 points at 300 steps, for about 1.7 extra sampling rounds
+    # a step. 2e-4 with a 30-step warmup: 3e-4 without the refill broke seed 1's operand copying
     # early on, and with it rose less (HISTORY.md, "calc_tool_grpo seed 1").
     c.rl.dynamic_sampling = True
     c.train.max_refill_rounds = 2            # at most 3 sampling calls a step

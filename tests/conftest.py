@@ -1,6 +1,9 @@
 """Test setup: fake 8 CPU devices before jax is imported anywhere."""
 
 import os
+import signal
+
+import pytest
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -19,10 +22,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # Ctrl-C must keep working in the process that ran a test: a library path that left SIGINT
 # ignored or blocked would leave a notebook user's Ctrl-C after `train()` doing nothing (and
 # every child process started later inherits an ignored SIGINT). Fails the test that changed it.
-
-import signal  # noqa: E402
-
-import pytest  # noqa: E402
 
 
 def _sigint_state() -> tuple:
