@@ -1,14 +1,20 @@
 """Evaluate a run's latest checkpoint on its held-out set, optionally under changed settings.
 
     python experiments/evaluate_checkpoint.py --config configs/calc_tool_grpo.py \
-        --workdir /tmp/calc_tool [--set env.kwargs.max_turns=1] [--best] [--out eval.json]
+        --workdir /tmp/calc_tool [--set env.kwargs.max_turns=1] [--best | --warm-start] \
+        [--out eval.json] [--transcripts greedy.jsonl]
 
 The config builds the data, tokenizer, sampler and environments as the run did; `--set
 key=value` changes a setting first (the same literal syntax as `--config.key=value`), e.g.
 `env.kwargs.max_turns=1` takes the calculator away from a model trained with it: the control
 that shows the tool is what it learned to use. Prints the metrics of `evaluate_run` (greedy
-pass@1, sampled pass@1 and pass@k, ...) as JSON. Reads the checkpoints without taking the
-workdir's lock (a run may be writing next to it).
+pass@1, sampled pass@1 and pass@k, ...) as JSON. `--warm-start` evaluates the policy RL
+started from (the warm start's last params, `workdir/sft`) instead of the latest checkpoint.
+`--transcripts F` also writes one JSON line per held-out example, in the held-out set's order:
+its prompt, answer, greedy transcript (a multi-turn episode whole, tool results included) and
+score, to read what the model gets wrong (`experiments/calc_tool_failures.py` sorts
+`calc_tool_grpo`'s). Reads the checkpoints without taking the workdir's lock (a run may be
+writing next to it).
 """
 
 from __future__ import annotations
@@ -26,8 +32,13 @@ def main() -> None:
     p.add_argument("--config", required=True, help="configs/X.py[:arg], as the run used it")
     p.add_argument("--workdir", required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--best", action="store_true", help="the best checkpoint, not the latest")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--best", action="store_true", help="the best checkpoint, not the latest")
+    which.add_argument("--warm-start", action="store_true",
+                       help="the warm start's last params (workdir/sft), where RL started")
     p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.add_argument("--transcripts", metavar="FILE",
+                   help="also write each held-out example's greedy transcript (JSON lines)")
     args = p.parse_args()
     sys.path.insert(0, REPO)
     from lrmjax import config as config_lib
@@ -44,13 +55,17 @@ def main() -> None:
     host.prepare(cfg)
     import jax
 
+    from lrmjax.sampling import SamplingParams
     from lrmjax.train import evaluate, inputs, policy
 
     inp = inputs.build_inputs(cfg, args.workdir)
     try:
         # Under LoRA the checkpoint holds the adapters; the base is reloaded as the run did.
-        params = policy.restore(inp, args.workdir, best=args.best)
+        params = policy.restore(inp, args.workdir, best=args.best, warm_start=args.warm_start)
         metrics = evaluate.evaluate_run(inp, params, jax.random.key(cfg.seed + 1))
+        if args.transcripts:
+            write_transcripts(inp, params, args.transcripts, SamplingParams(
+                temperature=0.0, max_new_tokens=cfg.sampling.max_new_tokens))
     finally:
         inp.close()
     text = json.dumps(metrics, indent=1, sort_keys=True)
@@ -58,6 +73,29 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             f.write(text + "\n")
+
+
+def write_transcripts(inp, params, path: str, greedy) -> None:
+    """One JSON line per held-out example: prompt, answer, greedy transcript, score."""
+    import jax
+
+    if jax.process_count() > 1:
+        raise SystemExit("--transcripts: run on one host (each host would play every example)")
+    examples = inp.eval_examples
+    rows = []
+    for start in range(0, len(examples), inp.cfg.eval.batch_size):
+        chunk = examples[start:start + inp.cfg.eval.batch_size]
+        played = inp.play(params, chunk, greedy, jax.random.key(0))
+        # An episode's transcript keeps every turn's stop and the tool results; a single-turn
+        # response is its scored text.
+        texts = (played.texts if played.book is None else
+                 inp.decode(played.rollout, skip_special=False))
+        scores = inp.score_texts(chunk, played.texts)
+        rows += [{"prompt": ex.prompt, "answer": ex.answer, "transcript": text,
+                  "score": float(score)}
+                 for ex, text, score in zip(chunk, texts, scores, strict=True)]
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 if __name__ == "__main__":

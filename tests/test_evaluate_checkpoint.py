@@ -38,3 +38,40 @@ def test_evaluates_a_run_as_the_run_did(tmp_path, lora):
                           "--config", config, "--workdir", workdir, "--set", "no_such.key=1"],
                          cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "no_such" in bad.stderr
+    no_warm_start = subprocess.run([sys.executable, f"{REPO}/experiments/evaluate_checkpoint.py",
+                                    "--config", config, "--workdir", workdir, "--warm-start",
+                                    "--set", "sft.steps=0"],
+                                   cwd=REPO, env=env, capture_output=True, text=True)
+    assert no_warm_start.returncode != 0 and "sft.steps" in no_warm_start.stderr
+
+
+def test_warm_start_and_transcripts_of_an_episode_run(tmp_path):
+    """`--warm-start` evaluates the policy RL started from (the run's step-0 evaluation), and
+    `--transcripts` writes every held-out episode whole, scored as the evaluation scored it."""
+    workdir = str(tmp_path / "run")
+    config = f"{REPO}/configs/calc_tool_grpo.py:runlocal"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-m", "lrmjax.main", f"--config={config}",
+                    f"--workdir={workdir}", "--config.eval.every=2"], cwd=REPO, env=env,
+                   check=True, capture_output=True)
+    with open(f"{workdir}/metrics.jsonl") as f:
+        evals = [r for r in map(json.loads, f) if r.get("phase") == "eval"]
+    first, last = evals[0], evals[-1]
+    assert first["step"] == 0 and last["step"] == 2
+    for flag, row in (("--warm-start", first), (None, last)):
+        out, transcripts = str(tmp_path / "eval.json"), str(tmp_path / "greedy.jsonl")
+        subprocess.run([sys.executable, f"{REPO}/experiments/evaluate_checkpoint.py",
+                        "--config", config, "--workdir", workdir, "--out", out,
+                        "--set", "eval.k=0", "--transcripts", transcripts,
+                        *([flag] if flag else [])],
+                       cwd=REPO, env=env, check=True, capture_output=True)
+        with open(out) as f:
+            metrics = json.load(f)
+        assert metrics["eval/greedy_pass@1"] == row["eval/greedy_pass@1"], flag
+        assert metrics["eval/mean_response_length"] == row["eval/mean_response_length"], flag
+        with open(transcripts) as f:
+            rows = [json.loads(line) for line in f]
+        assert len(rows) == 8  # eval.size of :runlocal
+        assert all(r["prompt"].endswith("=") and r["answer"].isdigit() for r in rows)
+        assert sum(r["score"] for r in rows) / len(rows) == metrics["eval/greedy_pass@1"]
+

@@ -114,10 +114,23 @@ def export(inp: Any, state: TrainState, workdir: str) -> None:
                                  base_model=inp.hf_path)
 
 
-def restore(inp: Any, workdir: str, best: bool = False) -> Any:
+def restore(inp: Any, workdir: str, best: bool = False, warm_start: bool = False) -> Any:
     """The policy of a run's latest (or best) checkpoint, in `inp`'s shardings, for
     evaluation: its params, or under LoRA `lora.LoraParams` of the base (`inp.init_params`,
-    or the warm start's params in `workdir/sft`) and the checkpoint's adapters."""
+    or the warm start's params in `workdir/sft`) and the checkpoint's adapters.
+
+    `warm_start=True`: the policy the RL phase started from instead, the warm start's last
+    params (under LoRA with fresh adapters, B = 0, as at RL step 0); ValueError if the config
+    has no warm start (`sft.steps` 0)."""
+    if warm_start:
+        if not inp.cfg.sft.steps:
+            raise ValueError("this run has no warm start to evaluate (config 'sft.steps' is 0)")
+        params = _warm_start_params(inp, workdir)
+        if not lora_on(inp.cfg):
+            return params
+        adapters = sharding.init_sharded_adapters(
+            inp.model_cfg, jax.random.key(inp.cfg.seed + ADAPTER_SEED_OFFSET), inp.mesh)
+        return lora.LoraParams(params, adapters)
     ckpt = ckpt_lib.Checkpointer(workdir)
     try:
         params = ckpt.restore_params(best=best)
@@ -125,13 +138,16 @@ def restore(inp: Any, workdir: str, best: bool = False) -> Any:
         ckpt.close()
     if not lora_on(inp.cfg):
         return parallel.put(params, jax.tree.map(lambda x: x.sharding, inp.init_params))
-    base = inp.init_params
-    if inp.cfg.sft.steps:
-        sft = ckpt_lib.Checkpointer(workdir, keep=1, best_metric=None, name="sft")
-        try:
-            base = parallel.put(sft.restore_params(),
-                                jax.tree.map(lambda x: x.sharding, inp.init_params))
-        finally:
-            sft.close()
+    base = _warm_start_params(inp, workdir) if inp.cfg.sft.steps else inp.init_params
     adapters = parallel.put(params, sharding.adapter_shardings(inp.model_cfg, inp.mesh))
     return lora.LoraParams(base, adapters)
+
+
+def _warm_start_params(inp: Any, workdir: str) -> Any:
+    """The warm start's last params (`workdir/sft`) in `inp.init_params`' shardings."""
+    sft = ckpt_lib.Checkpointer(workdir, keep=1, best_metric=None, name="sft")
+    try:
+        return parallel.put(sft.restore_params(),
+                            jax.tree.map(lambda x: x.sharding, inp.init_params))
+    finally:
+        sft.close()

@@ -1,0 +1,58 @@
+"""experiments/calc_tool_failures.py: each episode sorted by its first departure from the
+demonstrated one, on transcripts written by hand."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "experiments"))
+import calc_tool_failures as ctf  # noqa: E402
+
+# 347*58 = 20126, 20126*21 = 422646
+CASES = [
+    ("347*58*21=", "<calculator>347*58</calculator>=20126\n"
+                   "<calculator>20126*21</calculator>=422646\n422646<eos>", 1.0, "solved"),
+    ("347*58*21=", "422646<eos>", 0.0, "no_call"),
+    ("347*58*21=", "<calculator>347*5x8</calculator>=error: malformed\n1<eos>", 0.0,
+     "malformed_call"),
+    ("347*58*21=", "<calculator>347*85</calculator>=29495\n"
+                   "<calculator>29495*21</calculator>=619395\n619395<eos>", 0.0,
+     "operand_from_prompt"),
+    ("347*58*21=", "<calculator>344*58</calculator>=19952\n"
+                   "<calculator>19952*21</calculator>=418992\n418992<eos>", 0.0,
+     "operand_from_prompt"),
+    ("347*58*21=", "<calculator>347*58</calculator>=20126\n"
+                   "<calculator>20126*12</calculator>=241512\n241512<eos>", 0.0,
+     "operand_from_prompt"),
+    ("347*58*21=", "<calculator>347*58</calculator>=20126\n"
+                   "<calculator>20162*21</calculator>=423402\n423402<eos>", 0.0,
+     "operand_from_result"),
+    ("347*58*21=", "<calculator>347*58</calculator>=20126\n20126<eos>", 0.0, "too_few_calls"),
+    ("347*58=", "<calculator>347*58</calculator>=20126\n"
+                "<calculator>20126*1</calculator>=20126\n20126<eos>", 0.0, "extra_call"),
+    ("347*58*21=", "<calculator>347*58</calculator>=20126\n"
+                   "<calculator>20126*21</calculator>=422646\n422664<eos>", 0.0,
+     "answer_from_result"),
+    ("347*58=", "<calculator>347*58</calculator>=20126\n", 0.0, "unfinished"),
+    ("347*58=", "<calculator>347*58</calculator>=20126\n20126 done<eos>", 0.0,
+     "answer_from_result"),
+    # The demonstrated episode, scored 0 anyway (e.g. by another verifier): not a copy error.
+    ("347*58=", "<calculator>347*58</calculator>=20126\n20126<eos>", 0.0, "other"),
+]
+
+
+@pytest.mark.parametrize("prompt,transcript,score,category", CASES,
+                         ids=[f"{i}-{c[3]}" for i, c in enumerate(CASES)])
+def test_classify(prompt, transcript, score, category):
+    assert ctf.classify(prompt, transcript, score) == category
+
+
+def test_summarize_counts_and_factors():
+    rows = [{"prompt": p, "transcript": t, "score": s} for p, t, s, _ in CASES]
+    counts, by_factors, examples = ctf.summarize(rows)
+    assert sum(counts.values()) == len(CASES)
+    assert counts["operand_from_prompt"] == 3 and counts["solved"] == 1
+    assert by_factors == {2: (0, 4), 3: (1, 9)}
+    assert [r["transcript"] for r in examples["no_call"]] == ["422646<eos>"]
