@@ -55,6 +55,8 @@ def main() -> None:
     host.prepare(cfg)
     import jax
 
+    if args.transcripts and jax.process_count() > 1:
+        p.error("--transcripts: run on one host (each host would play every example)")
     from lrmjax.sampling import SamplingParams
     from lrmjax.train import evaluate, inputs, policy
 
@@ -79,8 +81,6 @@ def write_transcripts(inp, params, path: str, greedy) -> None:
     """One JSON line per held-out example: prompt, answer, greedy transcript, score."""
     import jax
 
-    if jax.process_count() > 1:
-        raise SystemExit("--transcripts: run on one host (each host would play every example)")
     examples = inp.eval_examples
     rows = []
     for start in range(0, len(examples), inp.cfg.eval.batch_size):
