@@ -78,12 +78,22 @@ def lora_state(inp: Any, base: Any, tx: optax.GradientTransformation, **create: 
                ) -> TrainState:
     """A fresh LoRA state on `base` (the policy's params at RL start, which it keeps in
     `model.lora.base_dtype`): adapters with B = 0, so the policy starts as the base."""
+    return TrainState.create(fresh_adapters(inp), tx, frozen=lora_base(inp, base), **create)
+
+
+def lora_base(inp: Any, base: Any) -> Any:
+    """`base` as the LoRA policy keeps it: in `model.lora.base_dtype` when that is set."""
     dtype = inp.cfg.model.lora.base_dtype
     if dtype and jnp.dtype(dtype) != jnp.dtype(inp.model_cfg.param_dtype):
-        base = jax.tree.map(lambda x: x.astype(dtype), base)
-    adapters = sharding.init_sharded_adapters(
+        return jax.tree.map(lambda x: x.astype(dtype), base)
+    return base
+
+
+def fresh_adapters(inp: Any) -> Any:
+    """The run's initial adapters (B = 0: the policy starts as the base), in their
+    shardings."""
+    return sharding.init_sharded_adapters(
         inp.model_cfg, jax.random.key(inp.cfg.seed + ADAPTER_SEED_OFFSET), inp.mesh)
-    return TrainState.create(adapters, tx, frozen=base, **create)
 
 
 def reference(cfg: ml_collections.ConfigDict, state: TrainState, ref_params: Any) -> Any:
@@ -117,7 +127,8 @@ def export(inp: Any, state: TrainState, workdir: str) -> None:
 def restore(inp: Any, workdir: str, best: bool = False, warm_start: bool = False) -> Any:
     """The policy of a run's latest (or best) checkpoint, in `inp`'s shardings, for
     evaluation: its params, or under LoRA `lora.LoraParams` of the base (`inp.init_params`,
-    or the warm start's params in `workdir/sft`) and the checkpoint's adapters.
+    or the warm start's params in `workdir/sft`, in `model.lora.base_dtype` as the run kept
+    it) and the checkpoint's adapters.
 
     `warm_start=True`: the policy the RL phase started from instead, the warm start's last
     params (under LoRA with fresh adapters, B = 0, as at RL step 0); ValueError if the config
@@ -128,9 +139,7 @@ def restore(inp: Any, workdir: str, best: bool = False, warm_start: bool = False
         params = _warm_start_params(inp, workdir)
         if not lora_on(inp.cfg):
             return params
-        adapters = sharding.init_sharded_adapters(
-            inp.model_cfg, jax.random.key(inp.cfg.seed + ADAPTER_SEED_OFFSET), inp.mesh)
-        return lora.LoraParams(params, adapters)
+        return lora.LoraParams(lora_base(inp, params), fresh_adapters(inp))
     ckpt = ckpt_lib.Checkpointer(workdir)
     try:
         params = ckpt.restore_params(best=best)
@@ -140,7 +149,7 @@ def restore(inp: Any, workdir: str, best: bool = False, warm_start: bool = False
         return parallel.put(params, jax.tree.map(lambda x: x.sharding, inp.init_params))
     base = _warm_start_params(inp, workdir) if inp.cfg.sft.steps else inp.init_params
     adapters = parallel.put(params, sharding.adapter_shardings(inp.model_cfg, inp.mesh))
-    return lora.LoraParams(base, adapters)
+    return lora.LoraParams(lora_base(inp, base), adapters)
 
 
 def _warm_start_params(inp: Any, workdir: str) -> Any:
