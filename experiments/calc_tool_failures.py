@@ -72,8 +72,7 @@ def classify(prompt: str, transcript: str, score: float) -> str:
         previous = result[1:]
     if len(calls) < len(expected):
         return "too_few_calls"
-    after = CALL.split(transcript)[-1]
-    answer = SPECIAL.sub("", after).strip().split("\n")[-1] if after.strip() else ""
+    answer = SPECIAL.sub("", CALL.split(transcript)[-1]).strip().split("\n")[-1]
     if not answer:
         return "unfinished"
     if answer != previous:
