@@ -56,3 +56,41 @@ def test_summarize_counts_and_factors():
     assert counts["operand_from_prompt"] == 3 and counts["solved"] == 1
     assert by_factors == {2: (0, 4), 3: (1, 9)}
     assert [r["transcript"] for r in examples["no_call"]] == ["422646<eos>"]
+
+
+@pytest.mark.parametrize("prompt,transcript,want", [
+    # The demonstrated episode: every copy right.
+    ("347*58*21=", "<calculator>347*58</calculator>=20126\n"
+                   "<calculator>20126*21</calculator>=422646\n422646<eos>",
+     [("prompt", 3, True), ("prompt", 2, True), ("result", 5, True), ("prompt", 2, True),
+      ("answer", 6, True)]),
+    # A wrong first operand; the second call copies that call's (wrong) result right, the
+    # answer misses the last result.
+    ("347*58*21=", "<calculator>344*58</calculator>=19952\n"
+                   "<calculator>19952*21</calculator>=418992\n418929<eos>",
+     [("prompt", 3, False), ("prompt", 2, True), ("result", 5, True), ("prompt", 2, True),
+      ("answer", 6, False)]),
+    # A miscopied result, then a miscopied right operand; no answer line: no answer copy.
+    ("347*58*21=", "<calculator>347*58</calculator>=20126\n"
+                   "<calculator>20162*12</calculator>=241944\n",
+     [("prompt", 3, True), ("prompt", 2, True), ("result", 5, False), ("prompt", 2, False)]),
+    # A malformed call ends the judging; answering without a call copies nothing.
+    ("347*58=", "<calculator>347+58</calculator>=405\n405<eos>", []),
+    ("347*58=", "20126<eos>", []),
+    # An error result leaves the answer unjudged.
+    ("347*58=", "<calculator>347*5x8</calculator>=error: malformed\n1<eos>",
+     [("prompt", 3, True), ("prompt", 2, False)]),
+])
+def test_copies(prompt, transcript, want):
+    assert ctf.copies(prompt, transcript) == want
+
+
+def test_copy_misses_by_digits():
+    rows = [{"prompt": "66*70=", "transcript": "<calculator>66*70</calculator>=4620\n4046<eos>",
+             "score": 0.0},
+            {"prompt": "69*83=", "transcript": "<calculator>69*83</calculator>=5727\n5727<eos>",
+             "score": 1.0},
+            {"prompt": "533*88=",
+             "transcript": "<calculator>533*88</calculator>=46904\n46604<eos>", "score": 0.0}]
+    assert ctf.copy_misses(rows) == {"prompt": {2: (0, 5), 3: (0, 1)},
+                                     "answer": {4: (1, 2), 5: (1, 1)}}
