@@ -41,6 +41,10 @@ def test_evaluates_a_run_as_the_run_did(tmp_path, lora):
                           "--config", config, "--workdir", workdir, "--set", "no_such.key=1"],
                          cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "no_such" in bad.stderr
+    one = subprocess.run([sys.executable, f"{REPO}/experiments/evaluate_checkpoint.py",
+                          "--config", config, "--workdir", workdir, "--groups", "1"],
+                         cwd=REPO, env=env, capture_output=True, text=True)
+    assert one.returncode != 0 and "a group needs at least 2 episodes" in one.stderr
     no_warm_start = subprocess.run([sys.executable, f"{REPO}/experiments/evaluate_checkpoint.py",
                                     "--config", config, "--workdir", workdir, "--warm-start",
                                     "--set", "sft.steps=0"],
@@ -50,7 +54,8 @@ def test_evaluates_a_run_as_the_run_did(tmp_path, lora):
 
 def test_warm_start_and_transcripts_of_an_episode_run(tmp_path):
     """`--warm-start` evaluates the policy RL started from (the run's step-0 evaluation), and
-    `--transcripts` writes every held-out episode whole, scored as the evaluation scored it."""
+    `--transcripts` writes every held-out episode whole, scored as the evaluation scored it, and
+    `--groups` sorts every held-out prompt by its greedy and sampled outcomes."""
     workdir = str(tmp_path / "run")
     config = f"{REPO}/configs/calc_tool_grpo.py:runlocal"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -65,7 +70,7 @@ def test_warm_start_and_transcripts_of_an_episode_run(tmp_path):
         out, transcripts = str(tmp_path / "eval.json"), str(tmp_path / "greedy.jsonl")
         subprocess.run([sys.executable, f"{REPO}/experiments/evaluate_checkpoint.py",
                         "--config", config, "--workdir", workdir, "--out", out,
-                        "--set", "eval.k=0", "--transcripts", transcripts,
+                        "--set", "eval.k=0", "--transcripts", transcripts, "--groups", "3",
                         *([flag] if flag else [])],
                        cwd=REPO, env=env, check=True, capture_output=True)
         with open(out) as f:
@@ -77,4 +82,9 @@ def test_warm_start_and_transcripts_of_an_episode_run(tmp_path):
         assert len(rows) == 8  # eval.size of :runlocal
         assert all(r["prompt"].endswith("=") and r["answer"].isdigit() for r in rows)
         assert sum(r["score"] for r in rows) / len(rows) == metrics["eval/greedy_pass@1"]
+        groups = {k: v for k, v in metrics.items() if k.startswith("groups/")}
+        assert len(groups) == 6 and sum(groups.values()) == pytest.approx(1.0)
+        assert all(v * 8 == round(v * 8) for v in groups.values())  # shares of 8 prompts
+        solved = sum(v for k, v in groups.items() if k.startswith("groups/solved_"))
+        assert solved == pytest.approx(metrics["eval/greedy_pass@1"])
 
