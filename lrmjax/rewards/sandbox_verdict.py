@@ -26,6 +26,7 @@ import ast
 import dataclasses
 import json
 import math
+import threading
 from typing import Any
 
 ACCEPTED = ("only assertions of the form `assert name(<literals>) == <literal>` are accepted "
@@ -63,10 +64,18 @@ def _call(node: ast.expr, source: str) -> tuple[str, tuple, dict] | None:
     return node.func.id, args, kwargs
 
 
+# CPython 3.11 keeps the AST constructor's recursion depth in per-interpreter state, so two
+# threads parsing at once can fail with "SystemError: AST constructor recursion depth mismatch"
+# (python/cpython#106905): seen when `sandbox.run_tests` ran from several threads at once.
+_PARSE_LOCK = threading.Lock()
+
+
 def parse_test(source: str) -> tuple[Check, ...]:
-    """Test source -> its checks; raises ValueError (naming the statement) on any other shape."""
+    """Test source -> its checks; raises ValueError (naming the statement) on any other shape.
+    Safe to call from several threads."""
     try:
-        tree = ast.parse(source)
+        with _PARSE_LOCK:
+            tree = ast.parse(source)
     except (SyntaxError, ValueError) as e:
         raise ValueError(f"not valid Python ({e}); " + ACCEPTED) from None
     checks = []
