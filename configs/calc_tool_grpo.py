@@ -5,10 +5,11 @@
 Each episode may call the `calculator` (one operation per call) before answering:
 "347*58*21=" needs two calls, the second using the first's result (data task
 `tool_arithmetic`, environment `tools`, compact tool-call format for a character model). The
-warm start imitates tool-use demonstrations (trained on the model's segments only) until it
-solves about a third of the held-out problems; GRPO, with DAPO's dynamic sampling and episodes
-sampled at temperature 0.5, then rewards exact products. The same config with
-`--config.env.kwargs.max_turns=1` is the control without the tool.
+warm start imitates tool-use demonstrations (trained on the model's segments only, three in
+four of them two-call episodes) until it solves about a third of the held-out problems; GRPO,
+with DAPO's dynamic sampling and episodes sampled at temperature 0.5, then rewards exact
+products. The same config with `--config.env.kwargs.max_turns=1` is the control without the
+tool.
 """
 
 from lrmjax import config as config_lib
@@ -59,6 +60,14 @@ def get_config(arg: str | None = None):
     c.rl.kl_mode = "none"
     c.rl.kl_coef = 0.0
     c.sft.steps = 2000
+    # Three in four demonstrations are two-call episodes (the task and the held-out set keep
+    # half). What RL cannot teach is a copy the warm start gets wrong in every sampled episode:
+    # seed 1's warm start copied a 3-digit third factor into the second call wrong in 37 of
+    # 46 held-out episodes even after RL, and such prompts' groups all fail. Demonstrations
+    # weighted to that call leave the warm start's misses where episodes differ, which RL
+    # mends: from warm starts so made, seed 1 rose +25.0 and seed 3 +21.0, against +22.0 and
+    # +11.0 (HISTORY.md, "calc_tool_grpo: what RL cannot mend").
+    c.sft.task_kwargs = {"three_factor_share": 0.75}
     c.sft.batch_size = 32
     c.sft.lr = 1e-3
     # Checked often: held-out accuracy can jump 0.2 -> 0.5 within 25 steps, which left seed 2

@@ -165,6 +165,9 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     c.sft.eval_every = 50
     c.sft.target_accuracy = 1.0      # stop once held-out greedy accuracy reaches this
     c.sft.eval_size = 200            # held-out examples checked every sft.eval_every steps
+    # Demonstrations from the procedural task with these kwargs over data.task_kwargs (a pool
+    # of its own, held-out prompts removed); {} = the RL train set's. data.source 'task' only.
+    c.sft.task_kwargs = ml_collections.ConfigDict()
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 100

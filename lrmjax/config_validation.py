@@ -38,7 +38,7 @@ _OWN_MODEL_KEYS = {"dtype": "model.dtype", "param_dtype": "model.param_dtype",
 # Groups whose keys are free-form: model overrides (checked against ModelConfig), the reward
 # weights (checked against the reward registry), task kwargs (checked by the task).
 FREE_FORM_GROUPS = frozenset({"model.overrides", "reward.fns", "reward.process_fns",
-                              "data.task_kwargs", "env.kwargs",
+                              "data.task_kwargs", "sft.task_kwargs", "env.kwargs",
                               "data.mixture", "data.eval_sets"})
 
 
@@ -465,6 +465,11 @@ def _check_data(cfg: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config 'data.task': unknown task {d.task!r}; valid: "
                              f"{sorted(tasks_lib.TASKS)}")
         tasks.append(("data.task_kwargs", d.task, d.task_kwargs.to_dict()))
+        if cfg.sft.task_kwargs:
+            tasks.append(("sft.task_kwargs", d.task, warm_start_task_kwargs(cfg)))
+    elif cfg.sft.task_kwargs:
+        raise ValueError(f"config 'sft.task_kwargs' needs data.source 'task' (a procedural "
+                         f"task to draw demonstrations from), got {d.source!r}")
     if d.source == "task_mixture":  # raises naming the bad entry
         tasks += [(f"data.mixture.{label}", name, kwargs)
                   for label, name, _, kwargs in mixture_components(d.mixture)]
@@ -475,6 +480,12 @@ def _check_data(cfg: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config '{where}' (task {name!r}): {e}") from e
     if d.eval_sets:
         eval_set_entries(d)  # raises naming the bad entry
+
+
+def warm_start_task_kwargs(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The kwargs of the task the warm start's demonstrations come from: 'data.task_kwargs'
+    with 'sft.task_kwargs' over them."""
+    return {**cfg.data.task_kwargs.to_dict(), **cfg.sft.task_kwargs.to_dict()}
 
 
 def longest_answer(cfg: ml_collections.ConfigDict) -> tuple[int, str] | None:

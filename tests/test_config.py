@@ -544,6 +544,21 @@ def test_task_kwargs_are_checked_by_building_the_task():
         config_lib.validate(mixed)
 
 
+def test_sft_task_kwargs_are_checked_over_the_data_task_kwargs():
+    cfg = config_lib.base_config()
+    cfg.data.task, cfg.data.task_kwargs = "tool_arithmetic", {"max_factors": 2}
+    cfg.sft.task_kwargs = {"max_factors": 3, "three_factor_share": 0.75}
+    config_lib.validate(cfg)                      # 3 over 2: the share applies
+    cfg.sft.task_kwargs = {"three_factor_share": 0.75}
+    with pytest.raises(ValueError, match=r"config 'sft\.task_kwargs' \(task 'tool_arithmetic'\)"
+                                         r": .*applies only with max_factors=3"):
+        config_lib.validate(cfg)                  # max_factors=2 from data.task_kwargs
+    cfg = config_lib.from_file("configs/gsm8k_grpo_qwen2_5_1_5b.py", "runlocal")
+    cfg.sft.task_kwargs = {"digits": 3}
+    with pytest.raises(ValueError, match=r"'sft\.task_kwargs' needs data\.source 'task'"):
+        config_lib.validate(cfg)
+
+
 def test_jsonl_sources_are_the_dataset_registry_kinds():
     from lrmjax.config_validation import JSONL_SOURCES
     from lrmjax.data import datasets

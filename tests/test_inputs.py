@@ -111,3 +111,34 @@ def test_a_checkpoint_loads_with_the_configured_remat_and_scan_layers(tmp_path):
     assert model_cfg.scan_layers and model_cfg.remat == "save_qkv_proj"
     # Layers stacked on a leading axis of num_layers.
     assert params["layers"]["mlp"]["up_proj"]["kernel"].shape[0] == model_cfg.num_layers
+
+
+def test_warm_start_pool_draws_demonstrations_from_the_task_with_sft_task_kwargs(tmp_path):
+    cfg = small_config()
+    cfg.data.task, cfg.data.task_kwargs = "tool_arithmetic", {"digits": 3, "max_factors": 3}
+    cfg.data.train_size, cfg.eval.size = 300, 40
+    cfg.sampling.max_prompt_len = 16
+    cfg.sft.steps, cfg.sft.batch_size, cfg.sft.eval_size = 10, 8, 8
+    train = [Example(prompt="1*2=", answer="2")]
+    held_out = inputs._examples(cfg, str(tmp_path))[1]
+    assert inputs.warm_start_pool(cfg, TOK, train, held_out) is train   # no sft.task_kwargs
+
+    cfg.sft.task_kwargs = {"three_factor_share": 1.0}
+    pool = inputs.warm_start_pool(cfg, TOK, train, held_out)
+    assert len(pool) == 80                  # sft.steps x sft.batch_size: all the warm start uses
+    assert all(len(ex.metadata["factors"]) == 3 for ex in pool)
+    assert all(ex.metadata["task_kwargs"]["three_factor_share"] == 1.0 for ex in pool)
+    assert pool == inputs.warm_start_pool(cfg, TOK, train, held_out)   # deterministic
+    # A held-out prompt is never a demonstration: the pool drawn with those prompts held out
+    # loses exactly the ones it shares with them.
+    again = inputs.warm_start_pool(cfg, TOK, train, pool[:5])
+    assert len(again) == 75 and not {ex.prompt for ex in again} & {ex.prompt for ex in pool[:5]}
+
+    inp = inputs.build_inputs(cfg, str(tmp_path))
+    assert [ex.prompt for ex in inp.sft_source] == [
+        ex.prompt for ex in inputs.warm_start_pool(cfg, TOK, inp.train_source,
+                                                   inp.eval_examples)]
+    assert inp.data_stats["data/warm_start_prompts"] == len(inp.sft_source)
+    # The RL train set and held-out set keep the task's own kwargs (half three-factor).
+    assert {len(inp.train_source[i].metadata["factors"])
+            for i in range(len(inp.train_source))} == {2, 3}

@@ -83,3 +83,30 @@ def test_difficulty_and_arguments():
     for bad in [dict(digits=1), dict(digits=7), dict(max_factors=4)]:
         with pytest.raises(ValueError, match="ToolArithmeticTask"):
             ToolArithmeticTask(**bad)
+
+
+def test_three_factor_share():
+    import numpy as np
+
+    def share(task, n=4000):
+        return np.mean([len(task.example(seed).metadata["factors"]) == 3 for seed in range(n)])
+
+    # The default draws what the task drew before the share was a setting: a problem has
+    # three factors iff its seed's first uniform is >= 0.5 (recomputed here with numpy).
+    half = ToolArithmeticTask(digits=3, max_factors=3)
+    for seed in range(200):
+        three = np.random.default_rng(seed).random() >= 0.5
+        assert (len(half.example(seed).metadata["factors"]) == 3) == three
+    assert ToolArithmeticTask(3, 3, three_factor_share=0.5).example(11) == half.example(11)
+    # Binomial(4000, p): 5 standard deviations are under 0.04.
+    assert abs(share(ToolArithmeticTask(3, 3, three_factor_share=0.75)) - 0.75) < 0.04
+    assert share(ToolArithmeticTask(3, 3, three_factor_share=1.0), 300) == 1.0
+    assert share(ToolArithmeticTask(3, 3, three_factor_share=0.0), 300) == 0.0
+    weighted = ToolArithmeticTask(3, 3, three_factor_share=0.75)
+    assert weighted.config == {"digits": 3, "max_factors": 3, "three_factor_share": 0.75}
+    assert weighted.with_difficulty(2).config == {"digits": 3, "max_factors": 2}
+    assert weighted.with_difficulty(3).three_factor_share == 0.75
+    for bad in [dict(three_factor_share=1.5), dict(three_factor_share=-0.1),
+                dict(three_factor_share=True), dict(max_factors=2, three_factor_share=0.75)]:
+        with pytest.raises(ValueError, match="three_factor_share"):
+            ToolArithmeticTask(**{"digits": 3, "max_factors": 3, **bad})

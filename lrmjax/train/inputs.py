@@ -82,6 +82,8 @@ class Inputs:
     episode_sampler: EpisodeSampler | None = None
     env_pool: EnvPool | None = None
     hf_path: str = ""  # the HF checkpoint the model was loaded from (resolved), or ''
+    # The warm start's examples (`warm_start_pool`); None without a warm start.
+    sft_source: Any = None
 
     # ------------------------------------------------------------ sampling
     def play(self, params: Any, examples: Sequence[Example], sampling: SamplingParams,
@@ -423,6 +425,23 @@ def fitting_prompts(cfg: ml_collections.ConfigDict, tokenizer: Any, source: Any,
     return datasets.SubsetSource(source, keep, name), dropped
 
 
+def warm_start_pool(cfg: ml_collections.ConfigDict, tokenizer: Any, train: Any,
+                    held_out: Sequence[Example]) -> Any:
+    """The examples the warm start imitates: `train` itself, or with 'sft.task_kwargs' a pool
+    of its own from the procedural task with those kwargs over 'data.task_kwargs' (seeded apart
+    from the RL train set, as many examples as the warm start can use, held-out prompts
+    removed, over-long prompts dropped)."""
+    if not cfg.sft.task_kwargs:
+        return train
+    d, s = cfg.data, cfg.sft
+    task = tasks_lib.get_task(d.task, **config_validation.warm_start_task_kwargs(cfg))
+    pool = task.sample(np.random.default_rng([cfg.seed, 2]),
+                       min(d.train_size, s.steps * s.batch_size))
+    seen = {ex.prompt for ex in held_out}
+    pool = [ex for ex in pool if ex.prompt not in seen]
+    return fitting_prompts(cfg, tokenizer, pool, "warm-start")[0]
+
+
 def _fit_data(cfg: ml_collections.ConfigDict, tokenizer: Any, train: Any,
               held_out: list[Example]) -> tuple[Any, list[Example], dict[str, float]]:
     """The train source and held-out examples without over-long prompts
@@ -466,6 +485,12 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
         lambda: _examples(cfg, workdir), "datasets")
     train_source, eval_examples, data_stats = _fit_data(cfg, tokenizer, train_source,
                                                         list(eval_examples))
+    sft_source = (warm_start_pool(cfg, tokenizer, train_source, eval_examples)
+                  if cfg.sft.steps > 0 else None)
+    if sft_source is not None and sft_source is not train_source:
+        data_stats["data/warm_start_prompts"] = float(len(sft_source))
+        log.info("data: warm_start_prompts=%d (sft.task_kwargs %s)", len(sft_source),
+                 cfg.sft.task_kwargs.to_dict())
 
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
     per_host = cfg.train.batch_prompts // jax.process_count()
@@ -506,7 +531,7 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
                   hf_exportable=exportable, train_sampling=sampling, prompt_len=prompt_len,
                   token_stats_fn=token_stats_fn, process_pools=process_pools,
                   data_stats=data_stats, episode_sampler=episode_sampler, env_pool=env_pool,
-                  hf_path=hf_path)
+                  hf_path=hf_path, sft_source=sft_source)
 
 
 def _episodes(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, tokenizer: Any,

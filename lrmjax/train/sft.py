@@ -49,10 +49,11 @@ def warm_start(inp: Inputs, state: TrainState, writer: Any, ckpt: ckpt_lib.Check
     step_fn = jax.jit(parallel.in_mesh(functools.partial(steps.sft_train_step,
                                                          model_cfg=inp.model_cfg), inp.mesh),
                       donate_argnums=(0,))
-    # A separate shuffle of the training prompts (seeded apart from the RL iterator's); each
-    # host reads its block of every global batch.
+    # A shuffle of the warm start's examples (`Inputs.sft_source`: the training prompts unless
+    # config 'sft.task_kwargs' gives a pool of its own), seeded apart from the RL iterator's;
+    # each host reads its block of every global batch.
     hosts = jax.process_count()
-    data = iter(datasets.PromptDataset(inp.train_source, s.batch_size // hosts,
+    data = iter(datasets.PromptDataset(inp.sft_source, s.batch_size // hosts,
                                        seed=cfg.seed + 1, shard_index=jax.process_index(),
                                        shard_count=hosts))
     summary = {"steps": 0, "eval_greedy_pass@1": float("nan"), "seconds": 0.0}

@@ -159,7 +159,8 @@ class Program:
                   "eval": device_data(held_out).padded(batch)}
         if cfg.sft.steps > 0:
             arrays["sft_eval"] = device_data(held_out[:cfg.sft.eval_size]).padded(batch)
-            demos = inputs_lib.demonstration_arrays(cfg, self.tokenizer, P, train)
+            pool = inputs_lib.warm_start_pool(cfg, self.tokenizer, train, held_out)
+            demos = inputs_lib.demonstration_arrays(cfg, self.tokenizer, P, pool)
             arrays["demos"] = pure.DeviceDemos(**{k: jnp.asarray(v) for k, v in demos.items()})
         self.arrays = arrays
         s = cfg.sampling

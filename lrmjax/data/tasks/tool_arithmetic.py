@@ -27,34 +27,49 @@ class ToolArithmeticTask(Task):
 
     Args:
       digits: factors have 2..`digits` digits.
-      max_factors: 2 or 3; with 3, half the problems have three factors.
+      max_factors: 2 or 3; with 3, `three_factor_share` of the problems have three factors.
+      three_factor_share: the share of three-factor problems when `max_factors` is 3 (a
+        warm start's demonstrations can weight the two-call episodes: `sft.task_kwargs`).
     """
 
     name = "tool_arithmetic"
 
-    def __init__(self, digits: int = 3, max_factors: int = 3):
+    def __init__(self, digits: int = 3, max_factors: int = 3, three_factor_share: float = 0.5):
         if not 2 <= digits <= 6 or max_factors not in (2, 3):
             raise ValueError(f"ToolArithmeticTask: need 2 <= digits <= 6 and max_factors in "
                              f"(2, 3), got {digits}, {max_factors}")
+        if isinstance(three_factor_share, bool) or not 0.0 <= three_factor_share <= 1.0:
+            raise ValueError(f"ToolArithmeticTask: three_factor_share must be in [0, 1], got "
+                             f"{three_factor_share!r}")
+        if max_factors == 2 and three_factor_share != 0.5:
+            raise ValueError("ToolArithmeticTask: three_factor_share applies only with "
+                             "max_factors=3")
         self.digits, self.max_factors = int(digits), int(max_factors)
+        self.three_factor_share = float(three_factor_share)
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"digits": self.digits, "max_factors": self.max_factors}
+        out = {"digits": self.digits, "max_factors": self.max_factors}
+        if self.three_factor_share != 0.5:
+            out["three_factor_share"] = self.three_factor_share
+        return out
 
     @property
     def difficulty(self) -> int:
         return self.max_factors
 
     def with_difficulty(self, difficulty: int) -> ToolArithmeticTask:
-        return ToolArithmeticTask(self.digits, difficulty)
+        return ToolArithmeticTask(self.digits, difficulty,
+                                  self.three_factor_share if difficulty == 3 else 0.5)
 
     def max_answer_chars(self) -> int:
         return self.max_factors * self.digits
 
     def example(self, seed: int) -> Example:
         rng = np.random.default_rng(seed)
-        k = 2 if self.max_factors == 2 or rng.random() < 0.5 else 3
+        # One draw decides (none with max_factors=2): at the default share the examples of
+        # every seed are those of the task before the share was a setting.
+        k = 2 if self.max_factors == 2 or rng.random() < 1.0 - self.three_factor_share else 3
         factors = []
         for _ in range(k):
             d = int(rng.integers(2, self.digits + 1))
