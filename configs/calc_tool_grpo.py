@@ -60,13 +60,12 @@ def get_config(arg: str | None = None):
     c.rl.kl_mode = "none"
     c.rl.kl_coef = 0.0
     c.sft.steps = 2000
-    # Three in four demonstrations are two-call episodes (the task and the held-out set keep
-    # half). What RL cannot teach is a copy the warm start gets wrong in every sampled episode:
-    # seed 1's warm start copied a 3-digit third factor into the second call wrong in 37 of
-    # 46 held-out episodes even after RL, and such prompts' groups all fail. Demonstrations
-    # weighted to that call leave the warm start's misses where episodes differ, which RL
-    # mends: from warm starts so made, seed 1 rose +25.0 and seed 3 +21.0, against +22.0 and
-    # +11.0 (HISTORY.md, "calc_tool_grpo: what RL cannot mend").
+    # Three in four of the warm start's demonstrations are two-call episodes (the RL train set
+    # and the held-out set keep half). RL mends little of what a warm start misses in every
+    # sampled episode, and warm starts that imitated half and half solved far more one-call
+    # than two-call problems (seed 1's: 60 of 102 against 20 of 98); weighted ones are more
+    # even (seed 0's: 39 and 32). Seeds 0-4 rose +50.5, +18.5, +41.5, +22.0 and +28.0, against
+    # +42.5, +22.0, +35.0, +11.0 and +14.5 (HISTORY.md, "calc_tool_grpo: what RL cannot mend").
     c.sft.task_kwargs = {"three_factor_share": 0.75}
     c.sft.batch_size = 32
     c.sft.lr = 1e-3
