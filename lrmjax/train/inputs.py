@@ -319,6 +319,13 @@ def _model(cfg: ml_collections.ConfigDict, hf_path: str, tokenizer: Any, mesh: A
     return model_cfg, params, cfg.tokenizer.kind == "hf"
 
 
+def without_prompts(examples: Sequence[Example], held_out: Sequence[Example]) -> list[Example]:
+    """`examples` less those whose prompt is a held-out prompt: held-out prompts never appear in
+    training or in the warm start's demonstrations (checked, not assumed)."""
+    seen = {ex.prompt for ex in held_out}
+    return [ex for ex in examples if ex.prompt not in seen]
+
+
 def _examples(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[Any, list[Example], Any]:
     """(train source, eval examples, task or None)."""
     d = cfg.data
@@ -328,10 +335,7 @@ def _examples(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[Any, list[E
         task = tasks_lib.get_task(d.task, **d.task_kwargs.to_dict())
         train = task.sample(np.random.default_rng([cfg.seed, 1]), d.train_size)
         held_out = task.sample(np.random.default_rng(d.eval_seed), cfg.eval.size)
-        seen = {ex.prompt for ex in held_out}
-        # Held-out prompts never appear in training (checked, not assumed).
-        train = [ex for ex in train if ex.prompt not in seen]
-        return train, held_out, task
+        return without_prompts(train, held_out), held_out, task
     data_dir = os.path.join(workdir, "tfds")
     kind = d.source
     train = datasets.make_source(kind, data_dir=data_dir, path=d.path)
@@ -380,8 +384,7 @@ def _mixture_examples(cfg: ml_collections.ConfigDict) -> tuple[list[Example], li
         held_out += [_tagged(ex, label)
                      for ex in task.sample(np.random.default_rng([d.eval_seed, i]), n_eval[i])]
         tasks.append(task)
-    seen = {ex.prompt for ex in held_out}
-    train = [ex for ex in train if ex.prompt not in seen]
+    train = without_prompts(train, held_out)
     order = np.random.default_rng([d.eval_seed, len(parts)]).permutation(len(held_out))
     return train, [held_out[i] for i in order], tuple(tasks)
 
@@ -437,8 +440,7 @@ def warm_start_pool(cfg: ml_collections.ConfigDict, tokenizer: Any, train: Any,
     task = tasks_lib.get_task(d.task, **config_validation.warm_start_task_kwargs(cfg))
     pool = task.sample(np.random.default_rng([cfg.seed, 2]),
                        min(d.train_size, s.steps * s.batch_size))
-    seen = {ex.prompt for ex in held_out}
-    pool = [ex for ex in pool if ex.prompt not in seen]
+    pool = without_prompts(pool, held_out)
     return fitting_prompts(cfg, tokenizer, pool, "warm-start")[0]
 
 

@@ -309,8 +309,7 @@ def _examples(cfg: ml_collections.ConfigDict, tokenizer: Any) -> tuple[list, lis
     task = tasks_lib.get_task(d.task, **d.task_kwargs.to_dict())
     train = task.sample(np.random.default_rng([cfg.seed, 1]), d.train_size)
     held_out = task.sample(np.random.default_rng(d.eval_seed), cfg.eval.size)
-    seen = {ex.prompt for ex in held_out}
-    train = [ex for ex in train if ex.prompt not in seen]
+    train = inputs_lib.without_prompts(train, held_out)
     train, _ = inputs_lib.fitting_prompts(cfg, tokenizer, train, "train")
     held_out, _ = inputs_lib.fitting_prompts(cfg, tokenizer, held_out, "held-out")
     return train, held_out
