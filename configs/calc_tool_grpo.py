@@ -6,10 +6,10 @@ Each episode may call the `calculator` (one operation per call) before answering
 "347*58*21=" needs two calls, the second using the first's result (data task
 `tool_arithmetic`, environment `tools`, compact tool-call format for a character model). The
 warm start imitates tool-use demonstrations (trained on the model's segments only, three in
-four of them two-call episodes) until it solves about a third of the held-out problems; GRPO,
-with DAPO's dynamic sampling and episodes sampled at temperature 0.5, then rewards exact
-products. The same config with `--config.env.kwargs.max_turns=1` is the control without the
-tool.
+four of them two-call episodes, three in four of their factors of 3 digits) until it solves
+about a third of the held-out problems; GRPO, with DAPO's dynamic sampling and episodes
+sampled at temperature 0.5, then rewards exact products. The same config with
+`--config.env.kwargs.max_turns=1` is the control without the tool.
 """
 
 from lrmjax import config as config_lib
@@ -60,13 +60,17 @@ def get_config(arg: str | None = None):
     c.rl.kl_mode = "none"
     c.rl.kl_coef = 0.0
     c.sft.steps = 2000
-    # Three in four of the warm start's demonstrations are two-call episodes (the RL train set
-    # and the held-out set keep half). RL mends little of what a warm start misses in every
-    # sampled episode, and warm starts that imitated half and half solved far more one-call
-    # than two-call problems (seed 1's: 60 of 102 against 20 of 98); weighted ones are more
-    # even (seed 0's: 39 and 32). Seeds 0-4 rose +50.5, +18.5, +41.5, +22.0 and +28.0, against
-    # +42.5, +22.0, +35.0, +11.0 and +14.5 (HISTORY.md, "calc_tool_grpo: what RL cannot mend").
-    c.sft.task_kwargs = {"three_factor_share": 0.75}
+    # Three in four of the warm start's demonstrations are two-call episodes, and three in four
+    # of their factors have 3 digits (the RL train set and the held-out set keep half of
+    # each). RL mends little of what a warm start misses in every sampled episode, and warm
+    # starts that imitated the task's own mix failed the two-call episodes most (seed 1's
+    # solved 60 of 102 one-call problems against 20 of 98 two-call ones); weighted to those
+    # alone, seed 1's still miscopied 90 of the prompt's 254 3-digit operands (now 20, and 13
+    # after RL; the classes it misses now are its results' copies). Seeds 0-4 rose
+    # +54.0, +24.5, +42.0, +38.0 and +21.0; with the two-call weighting alone +50.5, +18.5,
+    # +41.5, +22.0 and +28.0, and with neither +42.5, +22.0, +35.0, +11.0 and +14.5 (HISTORY.md,
+    # "calc_tool_grpo: what RL cannot mend" and "demonstrations weighted to 3-digit factors").
+    c.sft.task_kwargs = {"three_factor_share": 0.75, "long_factor_share": 0.75}
     c.sft.batch_size = 32
     c.sft.lr = 1e-3
     # Checked often: held-out accuracy can jump 0.2 -> 0.5 within 25 steps, which left seed 2

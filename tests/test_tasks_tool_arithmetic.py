@@ -110,3 +110,36 @@ def test_three_factor_share():
                 dict(three_factor_share=True), dict(max_factors=2, three_factor_share=0.75)]:
         with pytest.raises(ValueError, match="three_factor_share"):
             ToolArithmeticTask(**{"digits": 3, "max_factors": 3, **bad})
+
+
+def test_long_factor_share():
+    import numpy as np
+
+    def lengths(task, n=2000):
+        return np.array([len(str(f)) for seed in range(n)
+                         for f in task.example(seed).metadata["factors"]])
+
+    # The default (None) keeps the task's draws: every factor's length uniform over 2..digits,
+    # the first factor's from the seed's second draw (recomputed with numpy).
+    plain = ToolArithmeticTask(digits=3, max_factors=3)
+    assert ToolArithmeticTask(3, 3, long_factor_share=None).example(5) == plain.example(5)
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        rng.random()
+        assert len(str(plain.example(seed).metadata["factors"][0])) == int(rng.integers(2, 4))
+    # Binomial over ~5000 factors: 5 standard deviations are under 0.035.
+    assert abs((lengths(ToolArithmeticTask(3, 3, long_factor_share=0.75)) == 3).mean()
+               - 0.75) < 0.035
+    four = lengths(ToolArithmeticTask(4, 3, long_factor_share=0.5))
+    assert abs((four == 4).mean() - 0.5) < 0.035
+    assert abs((four == 2).mean() - 0.25) < 0.035 and set(four) == {2, 3, 4}
+    assert set(lengths(ToolArithmeticTask(3, 3, long_factor_share=1.0), 200)) == {3}
+    assert set(lengths(ToolArithmeticTask(3, 3, long_factor_share=0.0), 200)) == {2}
+    assert set(lengths(ToolArithmeticTask(2, 3, long_factor_share=1.0), 50)) == {2}
+    weighted = ToolArithmeticTask(3, 3, long_factor_share=0.75)
+    assert weighted.config == {"digits": 3, "max_factors": 3, "long_factor_share": 0.75}
+    assert weighted.with_difficulty(2).long_factor_share == 0.75
+    for bad in [dict(long_factor_share=1.5), dict(long_factor_share=-0.1),
+                dict(long_factor_share=False), dict(digits=2, long_factor_share=0.5)]:
+        with pytest.raises(ValueError, match="long_factor_share"):
+            ToolArithmeticTask(**{"digits": 3, "max_factors": 3, **bad})

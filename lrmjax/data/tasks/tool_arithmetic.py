@@ -30,11 +30,15 @@ class ToolArithmeticTask(Task):
       max_factors: 2 or 3; with 3, `three_factor_share` of the problems have three factors.
       three_factor_share: the share of three-factor problems when `max_factors` is 3 (a
         warm start's demonstrations can weight the two-call episodes: `sft.task_kwargs`).
+      long_factor_share: the share of factors with the most digits (`digits`), the others
+        spread evenly over 2..digits-1; None (the default) spreads all factors evenly over
+        2..digits. A warm start's demonstrations can weight the long copies with it.
     """
 
     name = "tool_arithmetic"
 
-    def __init__(self, digits: int = 3, max_factors: int = 3, three_factor_share: float = 0.5):
+    def __init__(self, digits: int = 3, max_factors: int = 3, three_factor_share: float = 0.5,
+                 long_factor_share: float | None = None):
         if not 2 <= digits <= 6 or max_factors not in (2, 3):
             raise ValueError(f"ToolArithmeticTask: need 2 <= digits <= 6 and max_factors in "
                              f"(2, 3), got {digits}, {max_factors}")
@@ -44,14 +48,25 @@ class ToolArithmeticTask(Task):
         if max_factors == 2 and three_factor_share != 0.5:
             raise ValueError("ToolArithmeticTask: three_factor_share applies only with "
                              "max_factors=3")
+        if long_factor_share is not None and (
+                isinstance(long_factor_share, bool) or not 0.0 <= long_factor_share <= 1.0):
+            raise ValueError(f"ToolArithmeticTask: long_factor_share must be None or in [0, 1], "
+                             f"got {long_factor_share!r}")
+        if digits == 2 and long_factor_share not in (None, 1.0):
+            raise ValueError("ToolArithmeticTask: with digits=2 every factor has 2 digits; "
+                             f"long_factor_share={long_factor_share!r} cannot apply")
         self.digits, self.max_factors = int(digits), int(max_factors)
         self.three_factor_share = float(three_factor_share)
+        self.long_factor_share = (None if long_factor_share is None
+                                  else float(long_factor_share))
 
     @property
     def config(self) -> dict[str, Any]:
         out = {"digits": self.digits, "max_factors": self.max_factors}
         if self.three_factor_share != 0.5:
             out["three_factor_share"] = self.three_factor_share
+        if self.long_factor_share is not None:
+            out["long_factor_share"] = self.long_factor_share
         return out
 
     @property
@@ -60,7 +75,8 @@ class ToolArithmeticTask(Task):
 
     def with_difficulty(self, difficulty: int) -> ToolArithmeticTask:
         return ToolArithmeticTask(self.digits, difficulty,
-                                  self.three_factor_share if difficulty == 3 else 0.5)
+                                  self.three_factor_share if difficulty == 3 else 0.5,
+                                  self.long_factor_share)
 
     def max_answer_chars(self) -> int:
         return self.max_factors * self.digits
@@ -72,7 +88,7 @@ class ToolArithmeticTask(Task):
         k = 2 if self.max_factors == 2 or rng.random() < 1.0 - self.three_factor_share else 3
         factors = []
         for _ in range(k):
-            d = int(rng.integers(2, self.digits + 1))
+            d = self._factor_digits(rng)
             factors.append(int(rng.integers(10 ** (d - 1), 10 ** d)))
         turns, value = [], factors[0]
         for f in factors[1:]:
@@ -84,6 +100,13 @@ class ToolArithmeticTask(Task):
         return Example(prompt=prompt, answer=str(value),
                        metadata=self._metadata(seed, factors=factors,
                                                demonstration_turns=turns))
+
+    def _factor_digits(self, rng: np.random.Generator) -> int:
+        if self.long_factor_share is None:  # the draws of the task before the share existed
+            return int(rng.integers(2, self.digits + 1))
+        if self.digits == 2 or rng.random() < self.long_factor_share:
+            return self.digits
+        return int(rng.integers(2, self.digits))
 
     def verify(self, example: Example, completion: str) -> float:
         """1.0 iff the completion's last line is exactly the product."""
