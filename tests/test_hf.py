@@ -339,6 +339,10 @@ def test_error_shape_mismatch(qwen2_dir, tmp_path):
     (lambda d: d.update(rope_parameters={"rope_type": "yarn", "factor": 4.0,
                                          "rope_theta": 1e4}), "rope type 'yarn'"),
     (lambda d: d.update(hidden_act="gelu"), "hidden_act 'gelu'"),
+    (lambda d: d.update(partial_rotary_factor=0.5), "partial_rotary_factor=0.5"),
+    (lambda d: d.update(rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                         "partial_rotary_factor": 0.25}),
+     "partial_rotary_factor=0.25"),
     (lambda d: d.update(use_sliding_window=True), "use_sliding_window"),
     (lambda d: d.update(model_type="llama", architectures=["LlamaForCausalLM"],
                         attention_bias=True), "attention_bias"),
@@ -348,6 +352,12 @@ def test_error_unsupported_config(qwen2_dir, edit, match):
     edit(d)
     with pytest.raises(ValueError, match=match):
         hf.config_from_hf(d)
+
+
+def test_config_to_hf_rejects_partial_rotary():
+    cfg = dataclasses.replace(presets.get("tiny"), partial_rotary_factor=0.5)
+    with pytest.raises(ValueError, match="partial_rotary_factor=0.5 has no HF architecture"):
+        hf.config_to_hf(cfg)
 
 
 def test_save_rejects_params_not_matching_config(qwen2_dir, tmp_path):

@@ -24,6 +24,8 @@ VARIANTS = {
     "llama": presets.ModelConfig(**_BASE, tie_embeddings=False, rms_eps=1e-5,
                                  rope_scaling=RopeScaling(factor=8.0,
                                                           original_max_position_embeddings=32)),
+    # GPT-NeoX-style partial rotary: the first 8 of 16 head dims rotate, the rest carry none.
+    "partial": presets.ModelConfig(**_BASE, qkv_bias=True, partial_rotary_factor=0.5),
 }
 
 
@@ -165,7 +167,7 @@ def _np_rms(x, scale, eps):
 
 
 def _np_inv_freq(cfg):
-    d = cfg.head_dim
+    d = round(cfg.head_dim * cfg.partial_rotary_factor)
     inv = np.array([cfg.rope_theta ** (-2 * i / d) for i in range(d // 2)])
     s = cfg.rope_scaling
     if s is None:
@@ -185,12 +187,13 @@ def _np_inv_freq(cfg):
 
 
 def _np_rope(x, pos, inv_freq):
-    """x [T, N, d]: rotate each pair (i, i + d/2) by angle pos * inv_freq[i]."""
-    half = x.shape[-1] // 2
+    """x [T, N, d]: rotate each pair (i, i + r/2) by angle pos * inv_freq[i], r = 2 *
+    len(inv_freq); dims r.. pass unchanged (partial rotary)."""
+    half = len(inv_freq)
     ang = pos[:, None, None] * inv_freq[None, None, :]
-    a, b = x[..., :half], x[..., half:]
+    a, b, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
     return np.concatenate([a * np.cos(ang) - b * np.sin(ang),
-                           b * np.cos(ang) + a * np.sin(ang)], -1)
+                           b * np.cos(ang) + a * np.sin(ang), rest], -1)
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
@@ -235,7 +238,7 @@ def test_rmsnorm_matches_numpy():
     np.testing.assert_allclose(np.asarray(got), _np_rms(x, scale, cfg.rms_eps), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("name", ["qwen2", "qwen3", "partial"])
 def test_gqa_attention_matches_numpy(name):
     cfg = VARIANTS[name]
     attn = transformer.Attention(cfg)
@@ -275,6 +278,35 @@ def test_gqa_attention_matches_numpy(name):
         out[:, h] = (w / w.sum(-1, keepdims=True)) @ v[:, kv]
     want = np.einsum("thd,hdD->tD", out, p["o_proj"]["kernel"])
     np.testing.assert_allclose(np.asarray(got)[0], want, atol=1e-4, rtol=1e-4)
+
+
+def test_partial_rotary_leaves_the_other_dims_without_position():
+    """With partial rotary, q.k over the dims past rotary_dim is the same at every distance,
+    and over the rotated dims it depends on the distance only."""
+    cfg = VARIANTS["partial"]
+    assert cfg.rotary_dim == 8 and transformer.rope_inv_freq(cfg).shape == (4,)
+    rng = np.random.default_rng(3)
+    q, k = rng.normal(size=(2, cfg.head_dim)).astype(np.float32)
+
+    def score(q_pos, k_pos, dims):
+        pos = jnp.asarray([[q_pos, k_pos]])
+        sin, cos = transformer.rope_sin_cos(cfg, pos)
+        x = jnp.asarray(np.stack([q, k])[None, :, None, :])  # [1, 2, 1, d]
+        rq, rk = np.asarray(transformer.apply_rope(x, sin, cos))[0, :, 0, dims]
+        return float(rq @ rk)
+
+    rotated, rest = slice(0, 8), slice(8, 16)
+    assert score(5, 0, rest) == pytest.approx(float(q[8:] @ k[8:]), rel=1e-5)
+    assert score(40, 1, rest) == pytest.approx(float(q[8:] @ k[8:]), rel=1e-5)
+    assert score(5, 0, rotated) == pytest.approx(score(45, 40, rotated), rel=1e-4)
+    assert score(5, 0, rotated) != pytest.approx(score(40, 1, rotated), rel=1e-2)
+
+
+@pytest.mark.parametrize("factor", [0.0, 1.5, 0.1, -0.5])
+def test_partial_rotary_factor_is_checked(factor):
+    # head_dim 16: 0.1 rotates 1 dim (odd), the others are outside (0, 1].
+    with pytest.raises(ValueError, match="partial_rotary_factor"):
+        presets.ModelConfig(**_BASE, partial_rotary_factor=factor)
 
 
 def test_init_cache_rejects_too_many_slots():

@@ -94,6 +94,11 @@ def _rope_from_hf(d: dict) -> tuple[float, RopeScaling | None]:
     # transformers gives a classic `rope_scaling` priority over `rope_parameters`; so do we.
     scaling = d.get("rope_scaling") or params
     theta = float(params.get("rope_theta", d.get("rope_theta", 10_000.0)))
+    partial = params.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0))
+    if float(partial) != 1.0:
+        # transformers' Llama/Qwen2/Qwen3 attention rotates every dim whatever this says.
+        raise ValueError(f"config.json partial_rotary_factor={partial!r} is not supported for "
+                         "Llama/Qwen2/Qwen3 checkpoints (their attention rotates every dim)")
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if kind == "default":
         return theta, None
@@ -165,6 +170,9 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     if cfg.qk_norm and cfg.qkv_bias:
         raise ValueError("qk_norm with qkv_bias has no HF architecture (Qwen3's attention_bias "
                          "also biases o_proj)")
+    if cfg.partial_rotary_factor != 1.0:
+        raise ValueError(f"partial_rotary_factor={cfg.partial_rotary_factor} has no HF "
+                         "architecture here (Llama/Qwen2/Qwen3 attention rotates every dim)")
     family = "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"
     scaling = None
     if cfg.rope_scaling is not None:

@@ -46,6 +46,10 @@ class ModelConfig:
       rms_eps: RMSNorm epsilon.
       rope_theta: RoPE base frequency.
       rope_scaling: Llama-3 rope scaling, or None.
+      partial_rotary_factor: share of each head's dims that RoPE rotates (GPT-NeoX's
+        `rotary_pct`, HF's `partial_rotary_factor`): the first `rotary_dim` = head_dim x
+        factor dims carry position, the rest none, so scores over them match content at any
+        distance. 1.0 (every dim) in Llama, Qwen2 and Qwen3.
       max_seq_len: longest prompt + response the model (and the KV cache) supports.
       qkv_bias: biases on the q/k/v projections (Qwen2 / Qwen2.5).
       qk_norm: RMSNorm over head_dim on q and k before RoPE (Qwen3).
@@ -76,6 +80,7 @@ class ModelConfig:
     rms_eps: float = 1e-6
     rope_theta: float = 10_000.0
     rope_scaling: RopeScaling | None = None
+    partial_rotary_factor: float = 1.0
     max_seq_len: int = 2048
     qkv_bias: bool = False
     qk_norm: bool = False
@@ -101,9 +106,19 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"ModelConfig.lora_targets: unknown name(s) {unknown}; valid: "
                              f"{list(LORA_TARGETS)}")
+        if not (0 < self.partial_rotary_factor <= 1) or self.rotary_dim % 2 \
+                or self.rotary_dim < 2:
+            raise ValueError(f"ModelConfig.partial_rotary_factor={self.partial_rotary_factor!r} "
+                             f"must be in (0, 1] and rotate an even number (>= 2) of the "
+                             f"head_dim={self.head_dim} dims; it rotates {self.rotary_dim}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"ModelConfig.num_heads={self.num_heads} is not a multiple of "
                              f"num_kv_heads={self.num_kv_heads}")
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many of each head's dims RoPE rotates (the first ones)."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
     @property
     def num_params(self) -> int:

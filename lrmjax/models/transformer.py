@@ -120,8 +120,9 @@ def positions_from_mask(mask: Array) -> Array:
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
-    """Inverse frequencies [d/2], with Llama-3 scaling when configured (as HF computes it)."""
-    d = cfg.head_dim
+    """Inverse frequencies [r/2] (r = cfg.rotary_dim), with Llama-3 scaling when configured (as
+    HF computes it)."""
+    d = cfg.rotary_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
     s = cfg.rope_scaling
     if s is None:
@@ -143,7 +144,7 @@ ROPE_TABLE_MAX = 1 << 20
 
 
 def _rope_angles(positions: Any, inv_freq: np.ndarray, xp: Any = jnp) -> Any:
-    """float32 angles [..., d] of positions [...] ("rotate_half" layout), with numpy or jnp."""
+    """float32 angles [..., r] of positions [...] ("rotate_half" layout), with numpy or jnp."""
     angles = positions.astype(np.float32)[..., None] * inv_freq
     return xp.concatenate([angles, angles], axis=-1)
 
@@ -156,7 +157,7 @@ def _rope_table(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rope_sin_cos(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
-    """sin and cos of the RoPE angles, [B, T] int positions -> two [B, T, d] float32.
+    """sin and cos of the RoPE angles, [B, T] int positions -> two [B, T, r] float32.
 
     When the model's table is small (max_seq_len * head_dim <= ROPE_TABLE_MAX) they are
     looked up in it. Computed in the graph, XLA fuses sin/cos into every op that reads them
@@ -172,7 +173,14 @@ def rope_sin_cos(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
 
 
 def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
-    """Rotates x [B, T, N, d] by angles given as sin/cos [B, T, d] ("rotate_half" layout)."""
+    """Rotates x [B, T, N, d] by angles given as sin/cos [B, T, r] ("rotate_half" layout).
+
+    With r < d (partial rotary) the first r dims are rotated and the other d - r pass as they
+    are, as in GPT-NeoX.
+    """
+    r = sin.shape[-1]
+    if r < x.shape[-1]:
+        return jnp.concatenate([apply_rope(x[..., :r], sin, cos), x[..., r:]], axis=-1)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return (x * cos[:, :, None, :] + rotated * sin[:, :, None, :]).astype(x.dtype)
