@@ -354,6 +354,12 @@ def test_error_unsupported_config(qwen2_dir, edit, match):
         hf.config_from_hf(d)
 
 
+@pytest.mark.parametrize("value", [1.0, None])
+def test_config_from_hf_accepts_full_rotary(qwen2_dir, value):
+    d = json.loads((qwen2_dir / "config.json").read_text())
+    assert hf.config_from_hf({**d, "partial_rotary_factor": value}) == hf.config_from_hf(d)
+
+
 def test_config_to_hf_rejects_partial_rotary():
     cfg = dataclasses.replace(presets.get("tiny"), partial_rotary_factor=0.5)
     with pytest.raises(ValueError, match="partial_rotary_factor=0.5 has no HF architecture"):

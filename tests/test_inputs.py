@@ -113,6 +113,28 @@ def test_a_checkpoint_loads_with_the_configured_remat_and_scan_layers(tmp_path):
     assert params["layers"]["mlp"]["up_proj"]["kernel"].shape[0] == model_cfg.num_layers
 
 
+@pytest.mark.parametrize("override,exported", [({}, True),
+                                               ({"partial_rotary_factor": 0.5}, False),
+                                               ({"qk_norm": True, "qkv_bias": True}, False)])
+def test_a_model_without_an_hf_architecture_is_not_exported(override, exported, caplog):
+    """A preset with an HF tokenizer is exported at the end of the run (`train.export_hf`)
+    unless no HF architecture can hold it: said when the model is built, not raised when the
+    run ends."""
+    from lrmjax import parallel
+
+    cfg = small_config()
+    cfg.tokenizer.kind, cfg.train.export_hf = "hf", True
+    cfg.model.overrides.update(override)
+    tokenizer = type("Tok", (), {"vocab_size": 64})()
+    with caplog.at_level(logging.WARNING):
+        _, _, exportable = inputs._model(cfg, "", tokenizer, parallel.make_mesh())
+    assert exportable == exported
+    said = [r.getMessage() for r in caplog.records if "export_hf" in r.getMessage()]
+    assert len(said) == (0 if exported else 1)
+    if not exported:
+        assert next(iter(override)) in said[0]
+
+
 def test_warm_start_pool_draws_demonstrations_from_the_task_with_sft_task_kwargs(tmp_path):
     cfg = small_config()
     cfg.data.task, cfg.data.task_kwargs = "tool_arithmetic", {"digits": 3, "max_factors": 3}

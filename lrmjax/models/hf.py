@@ -94,8 +94,8 @@ def _rope_from_hf(d: dict) -> tuple[float, RopeScaling | None]:
     # transformers gives a classic `rope_scaling` priority over `rope_parameters`; so do we.
     scaling = d.get("rope_scaling") or params
     theta = float(params.get("rope_theta", d.get("rope_theta", 10_000.0)))
-    partial = params.get("partial_rotary_factor", d.get("partial_rotary_factor", 1.0))
-    if float(partial) != 1.0:
+    partial = params.get("partial_rotary_factor", d.get("partial_rotary_factor"))
+    if partial is not None and float(partial) != 1.0:
         # transformers' Llama/Qwen2/Qwen3 attention rotates every dim whatever this says.
         raise ValueError(f"config.json partial_rotary_factor={partial!r} is not supported for "
                          "Llama/Qwen2/Qwen3 checkpoints (their attention rotates every dim)")
@@ -165,14 +165,22 @@ def config_from_hf(d: dict, **overrides: Any) -> ModelConfig:
     return ModelConfig(**fields)
 
 
-def config_to_hf(cfg: ModelConfig) -> dict:
-    """An HF config.json dict for `cfg` (Qwen3 if qk_norm, Qwen2 if qkv_bias, else Llama)."""
+def unexportable_reason(cfg: ModelConfig) -> str | None:
+    """Why `cfg` has no HF architecture among Llama/Qwen2/Qwen3, or None if it has one."""
     if cfg.qk_norm and cfg.qkv_bias:
-        raise ValueError("qk_norm with qkv_bias has no HF architecture (Qwen3's attention_bias "
-                         "also biases o_proj)")
+        return ("qk_norm with qkv_bias has no HF architecture (Qwen3's attention_bias also "
+                "biases o_proj)")
     if cfg.partial_rotary_factor != 1.0:
-        raise ValueError(f"partial_rotary_factor={cfg.partial_rotary_factor} has no HF "
-                         "architecture here (Llama/Qwen2/Qwen3 attention rotates every dim)")
+        return (f"partial_rotary_factor={cfg.partial_rotary_factor} has no HF architecture "
+                "here (Llama/Qwen2/Qwen3 attention rotates every dim)")
+    return None
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    """An HF config.json dict for `cfg` (Qwen3 if qk_norm, Qwen2 if qkv_bias, else Llama).
+    Raises ValueError with `unexportable_reason` where there is none."""
+    if reason := unexportable_reason(cfg):
+        raise ValueError(reason)
     family = "qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"
     scaling = None
     if cfg.rope_scaling is not None:

@@ -316,7 +316,16 @@ def _model(cfg: ml_collections.ConfigDict, hf_path: str, tokenizer: Any, mesh: A
         return model_cfg, params, True
     model_cfg = config_lib.model_config(cfg, tokenizer.vocab_size)
     params = sharding.init_sharded_params(model_cfg, jax.random.key(cfg.seed), mesh)
-    return model_cfg, params, cfg.tokenizer.kind == "hf"
+    exportable = cfg.tokenizer.kind == "hf"
+    if exportable and cfg.train.export_hf:
+        from lrmjax.models import hf
+
+        # Said now, not found when the run ends and save_pretrained would raise.
+        if reason := hf.unexportable_reason(model_cfg):
+            log.warning("train.export_hf: no HF checkpoint will be written at the end: %s",
+                        reason)
+            exportable = False
+    return model_cfg, params, exportable
 
 
 def without_prompts(examples: Sequence[Example], held_out: Sequence[Example]) -> list[Example]:
