@@ -168,6 +168,10 @@ def base_config(algorithm: str = "grpo") -> ml_collections.ConfigDict:
     # Demonstrations from the procedural task with these kwargs over data.task_kwargs (a pool
     # of its own, held-out prompts removed); {} = the RL train set's. data.source 'task' only.
     c.sft.task_kwargs = ml_collections.ConfigDict()
+    # Another run's workdir whose finished warm start this run starts RL from, instead of
+    # training one (RL ablations from one warm start). Its model and tokenizer config must
+    # equal this one's; the seed may differ.
+    c.sft.from_workdir = ""
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 100

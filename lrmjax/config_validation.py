@@ -470,6 +470,9 @@ def _check_data(cfg: ml_collections.ConfigDict) -> None:
     elif cfg.sft.task_kwargs:
         raise ValueError(f"config 'sft.task_kwargs' needs data.source 'task' (a procedural "
                          f"task to draw demonstrations from), got {d.source!r}")
+    if cfg.sft.from_workdir and not cfg.sft.steps:
+        raise ValueError("config 'sft.from_workdir' needs a warm start ('sft.steps' > 0, as the "
+                         "run it names had)")
     if d.source == "task_mixture":  # raises naming the bad entry
         tasks += [(f"data.mixture.{label}", name, kwargs)
                   for label, name, _, kwargs in mixture_components(d.mixture)]

@@ -559,6 +559,15 @@ def test_sft_task_kwargs_are_checked_over_the_data_task_kwargs():
         config_lib.validate(cfg)
 
 
+def test_sft_from_workdir_needs_a_warm_start():
+    cfg = config_lib.base_config()
+    cfg.sft.from_workdir = "/runs/a"
+    with pytest.raises(ValueError, match=r"'sft\.from_workdir' needs a warm start"):
+        config_lib.validate(cfg)                  # sft.steps 0
+    cfg.sft.steps = 100
+    config_lib.validate(cfg)
+
+
 def test_jsonl_sources_are_the_dataset_registry_kinds():
     from lrmjax.config_validation import JSONL_SOURCES
     from lrmjax.data import datasets

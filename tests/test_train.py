@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -494,6 +495,55 @@ def test_a_second_run_on_the_workdir_is_refused_and_a_killed_runs_lock_is_not(tm
         holder.wait()
     rl.train(small_config("grpo", steps=1), workdir)  # a killed holder's lock is gone
     assert [r["step"] for r in read_metrics(workdir)] == [1]
+
+
+def test_rl_from_another_runs_warm_start(tmp_path, monkeypatch):
+    """`sft.from_workdir`: RL starts from run a's finished warm start, trains none, keeps it as
+    its own (a rerun reads b alone), and refuses a workdir without one, an unfinished one and
+    another model."""
+    cfg = small_config("grpo", steps=1)
+    cfg.sft.steps, cfg.sft.eval_every, cfg.sft.warmup_steps = 10, 4, 2
+    cfg.sft.batch_size, cfg.sft.eval_size = 8, 4
+    a, b, c = (str(tmp_path / name) for name in "abc")
+    rl.train(cfg, a)
+    demonstrations = sft_lib.demonstrations
+
+    def killed_at_step_6(inp, examples, calls=[]):  # noqa: B006 (counts across calls)
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("killed")
+        return demonstrations(inp, examples)
+
+    monkeypatch.setattr(sft_lib, "demonstrations", killed_at_step_6)
+    with pytest.raises(RuntimeError, match="killed"):  # c's warm start stops unfinished
+        rl.train(cfg, c)
+    monkeypatch.setattr(sft_lib, "demonstrations",
+                        lambda *_: pytest.fail("trained a warm start"))
+    other = small_config("grpo", steps=1)
+    other.sft.steps = 10
+    other.seed = 1
+    other.sft.from_workdir = a
+    rl.train(other, b)
+    # The same params on the same held-out set: the eval before RL is a's.
+    assert read_metrics(b, phase="eval")[0] == read_metrics(a, phase="eval")[0]
+    want, got = _summary(a)["sft"], _summary(b)["sft"]
+    assert got.pop("from_workdir") == os.path.abspath(a) and got == want
+    assert read_metrics(b, phase="rl") != read_metrics(a, phase="rl")  # another seed's RL
+    # Killed before its first RL checkpoint, b reruns from its own copy, a gone.
+    rl_metrics = read_metrics(b, phase="rl")
+    shutil.rmtree(os.path.join(b, "checkpoints"))
+    shutil.rmtree(a)
+    rl.train(other, b)
+    assert read_metrics(b, phase="rl") == rl_metrics
+    for source, match in [(a, "no run's warm start there"),
+                          (c, "stopped at SFT step 4, unfinished")]:
+        other.sft.from_workdir = source
+        with pytest.raises(ValueError, match=match):
+            rl.train(other, str(tmp_path / "d"))
+    other.sft.from_workdir = b
+    other.model.overrides.num_layers = 2
+    with pytest.raises(ValueError, match=r"that run's \['model.overrides'\] differ"):
+        rl.train(other, str(tmp_path / "e"))
 
 
 def test_a_killed_warm_start_resumes_where_it_was(tmp_path, monkeypatch):

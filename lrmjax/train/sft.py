@@ -6,11 +6,17 @@ summary so far) every `sft.eval_every` steps, at its end, and when a stop signal
 killed or stopped warm start resumes at its last checkpoint and ends as an uninterrupted one
 would. Its last checkpoint, marked done, lets a run killed before its first RL checkpoint skip
 the warm start on rerun.
+
+With `sft.from_workdir` the run trains no warm start: it restores that run's finished one and
+saves it as its own last checkpoint (so a resume, a LoRA base and `evaluate_checkpoint.py
+--warm-start` read this workdir alone), its summary marked with where it came from.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
 from typing import Any
 
@@ -57,6 +63,14 @@ def warm_start(inp: Inputs, state: TrainState, writer: Any, ckpt: ckpt_lib.Check
                                        seed=cfg.seed + 1, shard_index=jax.process_index(),
                                        shard_count=hosts))
     summary = {"steps": 0, "eval_greedy_pass@1": float("nan"), "seconds": 0.0}
+    if ckpt.latest_step() is None and s.from_workdir:
+        state, summary = _adopt(cfg, state, s.from_workdir)
+        ckpt.save(summary["steps"], state, {"done": True, "data": ckpt_lib.data_positions(data),
+                                            "summary": summary})
+        writer.log(f"warm start from {summary['from_workdir']} (SFT step {summary['steps']}, "
+                   f"held-out greedy accuracy {summary['eval_greedy_pass@1']:.3f})")
+        ckpt.close()
+        return state, summary
     if (latest := ckpt.latest_step()) is not None:
         state, extras = ckpt.restore(latest, state)
         ckpt_lib.restore_data_position(data, extras["data"])
@@ -92,6 +106,47 @@ def warm_start(inp: Inputs, state: TrainState, writer: Any, ckpt: ckpt_lib.Check
             break
     ckpt.close()
     return state, summary
+
+
+# Config groups that shape the params a warm start leaves (the rest, seed, RL and data
+# included, may differ), less the keys that do not: how the model computes, and LoRA, whose
+# adapters start on top of the warm start.
+_SAME_AS_SOURCE = ("model", "tokenizer")
+_MAY_DIFFER = ("model.dtype", "model.remat", "model.lora")
+
+
+def _adopt(cfg: Any, state: TrainState, source: str) -> tuple[TrainState, dict]:
+    """The finished warm start of the run in workdir `source`, restored into `state`'s
+    structure: (state, its summary with 'from_workdir'). Raises ValueError naming the key
+    when `source` has none, has not finished it, or built another model."""
+    source = os.path.abspath(source)
+    where = f"config 'sft.from_workdir' {source!r}"
+    config_path = os.path.join(source, "config.json")
+    if not (os.path.isdir(os.path.join(source, "sft")) and os.path.isfile(config_path)):
+        raise ValueError(f"{where}: no run's warm start there (no config.json and sft/)")
+    with open(config_path) as f:
+        theirs = json.load(f)
+    ours = json.loads(cfg.to_json_best_effort())  # as the run wrote its config.json
+    differ = sorted(f"{group}.{key}" for group in _SAME_AS_SOURCE
+                    for key in set(ours[group]) | set(theirs.get(group, {}))
+                    if ours[group].get(key) != theirs.get(group, {}).get(key)
+                    and f"{group}.{key}" not in _MAY_DIFFER)
+    if differ:
+        raise ValueError(f"{where}: that run's {differ} differ from this config's (its warm "
+                         "start is another model)")
+    src = ckpt_lib.Checkpointer(source, keep=1, best_metric=None, name="sft")
+    try:
+        step = src.latest_step()
+        if step is None:
+            raise ValueError(f"{where}: its sft/ holds no checkpoint")
+        extras = src.restore_extras(step)
+        if not extras["done"]:
+            raise ValueError(f"{where}: its warm start stopped at SFT step {step}, unfinished "
+                             "(resume that run to finish it)")
+        state, _ = src.restore(step, state)
+    finally:
+        src.close()
+    return state, {**extras["summary"], "from_workdir": source}
 
 
 def _greedy_accuracy(inp: Inputs, params: Any, examples: list) -> float:
