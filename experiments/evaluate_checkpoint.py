@@ -70,7 +70,7 @@ def main() -> None:
     from lrmjax.sampling import SamplingParams
     from lrmjax.train import evaluate, inputs, policy
 
-    inp = inputs.build_inputs(cfg, args.workdir)
+    inp = inputs.build_inputs(cfg, args.workdir, warm_start=False)  # evaluates, trains nothing
     try:
         # Under LoRA the checkpoint holds the adapters; the base is reloaded as the run did.
         params = policy.restore(inp, args.workdir, best=args.best, warm_start=args.warm_start)

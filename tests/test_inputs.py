@@ -164,3 +164,11 @@ def test_warm_start_pool_draws_demonstrations_from_the_task_with_sft_task_kwargs
     # The RL train set and held-out set keep the task's own kwargs (half three-factor).
     assert {len(inp.train_source[i].metadata["factors"])
             for i in range(len(inp.train_source))} == {2, 3}
+    inp.close()
+    # An evaluation alone (experiments/evaluate_checkpoint.py) builds no demonstrations.
+    evaluating = inputs.build_inputs(cfg, str(tmp_path), warm_start=False)
+    assert evaluating.sft_source is None and "data/warm_start_prompts" not in (
+        evaluating.data_stats)
+    assert [ex.prompt for ex in evaluating.eval_examples] == [
+        ex.prompt for ex in inp.eval_examples]
+    evaluating.close()

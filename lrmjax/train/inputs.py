@@ -476,7 +476,12 @@ def _fit_data(cfg: ml_collections.ConfigDict, tokenizer: Any, train: Any,
     return train, held_out, {k: float(v) for k, v in stats.items()}
 
 
-def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
+def build_inputs(cfg: ml_collections.ConfigDict, workdir: str, warm_start: bool = True
+                 ) -> Inputs:
+    """Everything a run reads (see `Inputs`). `warm_start=False` leaves out the warm start's
+    demonstrations (`sft_source` None; with 'sft.task_kwargs' a pool of its own, up to
+    sft.steps x sft.batch_size examples to draw and tokenize), for a caller that only samples
+    and evaluates."""
     mesh = parallel.make_mesh({"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp,
                                "tensor": cfg.mesh.tensor})
     # Files under the shared workdir (a tiny test checkpoint, TFDS caches) are written by
@@ -497,7 +502,7 @@ def build_inputs(cfg: ml_collections.ConfigDict, workdir: str) -> Inputs:
     train_source, eval_examples, data_stats = _fit_data(cfg, tokenizer, train_source,
                                                         list(eval_examples))
     sft_source = (warm_start_pool(cfg, tokenizer, train_source, eval_examples)
-                  if cfg.sft.steps > 0 else None)
+                  if warm_start and cfg.sft.steps > 0 else None)
     if sft_source is not None and sft_source is not train_source:
         data_stats["data/warm_start_prompts"] = float(len(sft_source))
         log.info("data: warm_start_prompts=%d (sft.task_kwargs %s)", len(sft_source),
