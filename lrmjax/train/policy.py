@@ -136,7 +136,7 @@ def restore(inp: Any, workdir: str, best: bool = False, warm_start: bool = False
     if warm_start:
         if not inp.cfg.sft.steps:
             raise ValueError("this run has no warm start to evaluate (config 'sft.steps' is 0)")
-        params = _warm_start_params(inp, workdir)
+        params = warm_start_params(inp, workdir)
         if not lora_on(inp.cfg):
             return params
         return lora.LoraParams(lora_base(inp, params), fresh_adapters(inp))
@@ -147,12 +147,12 @@ def restore(inp: Any, workdir: str, best: bool = False, warm_start: bool = False
         ckpt.close()
     if not lora_on(inp.cfg):
         return parallel.put(params, jax.tree.map(lambda x: x.sharding, inp.init_params))
-    base = _warm_start_params(inp, workdir) if inp.cfg.sft.steps else inp.init_params
+    base = warm_start_params(inp, workdir) if inp.cfg.sft.steps else inp.init_params
     adapters = parallel.put(params, sharding.adapter_shardings(inp.model_cfg, inp.mesh))
     return lora.LoraParams(lora_base(inp, base), adapters)
 
 
-def _warm_start_params(inp: Any, workdir: str) -> Any:
+def warm_start_params(inp: Any, workdir: str) -> Any:
     """The warm start's last params (`workdir/sft`) in `inp.init_params`' shardings."""
     sft = ckpt_lib.Checkpointer(workdir, keep=1, best_metric=None, name="sft")
     try:

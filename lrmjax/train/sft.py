@@ -26,6 +26,7 @@ from lrmjax import parallel
 from lrmjax.data import datasets
 from lrmjax.train import checkpoint as ckpt_lib
 from lrmjax.train import evaluate as eval_lib
+from lrmjax.train import policy as policy_lib
 from lrmjax.train import steps
 from lrmjax.train.inputs import Inputs, demonstrations
 from lrmjax.train.state import TrainState, adamw, lr_schedule, place_state
@@ -64,7 +65,10 @@ def warm_start(inp: Inputs, state: TrainState, writer: Any, ckpt: ckpt_lib.Check
                                        shard_count=hosts))
     summary = {"steps": 0, "eval_greedy_pass@1": float("nan"), "seconds": 0.0}
     if ckpt.latest_step() is None and s.from_workdir:
-        state, summary = _adopt(cfg, state, s.from_workdir)
+        summary = _finished_warm_start(cfg, s.from_workdir)
+        # Its params alone: this run's SFT optimizer (its state unused; RL starts its own) may
+        # be built otherwise, e.g. another 'optim.grad_clip'.
+        state = state.replace(params=policy_lib.warm_start_params(inp, s.from_workdir))
         ckpt.save(summary["steps"], state, {"done": True, "data": ckpt_lib.data_positions(data),
                                             "summary": summary})
         writer.log(f"warm start from {summary['from_workdir']} (SFT step {summary['steps']}, "
@@ -115,10 +119,10 @@ _SAME_AS_SOURCE = ("model", "tokenizer")
 _MAY_DIFFER = ("model.dtype", "model.remat", "model.lora")
 
 
-def _adopt(cfg: Any, state: TrainState, source: str) -> tuple[TrainState, dict]:
-    """The finished warm start of the run in workdir `source`, restored into `state`'s
-    structure: (state, its summary with 'from_workdir'). Raises ValueError naming the key
-    when `source` has none, has not finished it, or built another model."""
+def _finished_warm_start(cfg: Any, source: str) -> dict:
+    """The summary (with 'from_workdir') of the finished warm start of the run in workdir
+    `source`. Raises ValueError naming the key when `source` has none, has not finished it,
+    or built another model."""
     source = os.path.abspath(source)
     where = f"config 'sft.from_workdir' {source!r}"
     config_path = os.path.join(source, "config.json")
@@ -140,13 +144,12 @@ def _adopt(cfg: Any, state: TrainState, source: str) -> tuple[TrainState, dict]:
         if step is None:
             raise ValueError(f"{where}: its sft/ holds no checkpoint")
         extras = src.restore_extras(step)
-        if not extras["done"]:
-            raise ValueError(f"{where}: its warm start stopped at SFT step {step}, unfinished "
-                             "(resume that run to finish it)")
-        state, _ = src.restore(step, state)
     finally:
         src.close()
-    return state, {**extras["summary"], "from_workdir": source}
+    if not extras["done"]:
+        raise ValueError(f"{where}: its warm start stopped at SFT step {step}, unfinished "
+                         "(resume that run to finish it)")
+    return {**extras["summary"], "from_workdir": source}
 
 
 def _greedy_accuracy(inp: Inputs, params: Any, examples: list) -> float:
