@@ -8,18 +8,17 @@ this process, and their metrics read back.
 Each run is `lrmjax.train.rl.train` (what `python -m lrmjax.main` runs) in its own workdir.
 Runs are sequential on purpose: one run of these shapes already keeps both cores of the
 project's CPU busy, so parallel processes would only slow each other down. Arms of one seed
-can share the supervised warm start: `run(..., warm_start_from=w)` copies the finished warm
-start of workdir `w` (its `sft/` checkpoint, marked done) into the new workdir, and the trainer
-restores it instead of training it again, so both arms start RL from the very same params.
-The configs must then agree on everything the warm start depends on (model, task, sft.*,
-seed); `run` checks the ones that differ between our arms are not among them.
+can share the supervised warm start: `run(..., warm_start_from=w)` starts RL from the finished
+warm start of workdir `w` (the trainer's `sft.from_workdir`) instead of training it again, so
+both arms start RL from the very same params. For the arms to be paired, the configs must
+agree on everything the warm start depends on (model, task, sft.*, seed); `run` checks it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -96,7 +95,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str,
             if mine != _lookup(other, group):
                 raise ValueError(f"cannot share the warm start of {warm_start_from}: config "
                                  f"{group!r} differs")
-        shutil.copytree(os.path.join(warm_start_from, "sft"), os.path.join(workdir, "sft"))
+        cfg = copy.deepcopy(cfg)
+        cfg.sft.from_workdir = warm_start_from
     t0 = time.perf_counter()
     rl.train(cfg, workdir)
     record = read(workdir)
