@@ -7,9 +7,10 @@ killed or stopped warm start resumes at its last checkpoint and ends as an unint
 would. Its last checkpoint, marked done, lets a run killed before its first RL checkpoint skip
 the warm start on rerun.
 
-With `sft.from_workdir` the run trains no warm start: it restores that run's finished one and
-saves it as its own last checkpoint (so a resume, a LoRA base and `evaluate_checkpoint.py
---warm-start` read this workdir alone), its summary marked with where it came from.
+With `sft.from_workdir` the run trains no warm start: it takes the params of that run's
+finished one and saves them as its own last checkpoint (so a resume, a LoRA base and
+`evaluate_checkpoint.py --warm-start` read this workdir alone), its summary marked with where
+it came from.
 """
 
 from __future__ import annotations
