@@ -4,7 +4,8 @@
 
 Each episode may call the `calculator` (one operation per call) before answering:
 "347*58*21=" needs two calls, the second using the first's result (data task
-`tool_arithmetic`, environment `tools`, compact tool-call format for a character model). The
+`tool_arithmetic`, environment `tools`, compact tool-call format for a character model, each
+result left-aligned in a 9-character field). The
 warm start imitates tool-use demonstrations (trained on the model's segments only, three in
 four of them two-call episodes, three in four of their factors of 3 digits) until it solves
 about a third of the held-out problems; GRPO, with DAPO's dynamic sampling and episodes
@@ -25,10 +26,19 @@ def get_config(arg: str | None = None):
     c.data.task_kwargs.digits = 3
     c.data.task_kwargs.max_factors = 3
     c.env.name = "tools"
+    # Each result is written left-aligned in 9 characters ("=97406784 \n"; products have at
+    # most 9 digits), so the model copies every digit of every result from the same distance
+    # back. Written as they are, an L-digit result's digits sit L + 1 tokens before the answer
+    # that copies them: each length was a distance of its own, each warm start stopped with some
+    # lengths not learned, and RL never mended a copy it never got right (seeds 1 and 4 rose
+    # +24.5 and +21.0; with the field, +39.0 and +31.5: HISTORY.md, "fixed-width results").
+    # The demonstrations write them the same way (data.task_kwargs; validation checks).
+    c.data.task_kwargs.result_width = 9
     c.env.kwargs = {"tools": ("calculator",), "fmt": "compact", "max_turns": 3,
-                    "max_calls": 1, "tool_options": {"calculator": {"max_operations": 1}}}
+                    "max_calls": 1, "tool_options": {"calculator": {"max_operations": 1}},
+                    "result_width": 9}
     c.env.turn_tokens = 40                   # "<calculator>123456*789</calculator>" is 35
-    c.env.observation_tokens = 12            # "=97406784\n"
+    c.env.observation_tokens = 12            # "=97406784 \n"
     c.env.num_workers = 1
     c.sampling.n = 8
     c.sampling.max_new_tokens = 112          # the episode: model turns and results

@@ -400,6 +400,31 @@ def check_env(cfg: ml_collections.ConfigDict) -> None:
     if turn > cfg.sampling.max_new_tokens:
         raise ValueError(f"config 'env.turn_tokens' = {turn} exceeds the episode budget "
                          f"'sampling.max_new_tokens' = {cfg.sampling.max_new_tokens}")
+    _check_result_width(cfg)
+
+
+def _check_result_width(cfg: ml_collections.ConfigDict) -> None:
+    """`tool_arithmetic`'s demonstrations write the calculator's results as the `tools`
+    environment does: their 'result_width' must be the environment's, or the warm start would
+    imitate observations the episodes never show."""
+    if cfg.env.name != "tools":
+        return
+    env_width = cfg.env.kwargs.to_dict().get("result_width", 0)
+    sets = []
+    if cfg.data.source == "task" and cfg.data.task == "tool_arithmetic":
+        sets.append(("data.task_kwargs", cfg.data.task_kwargs.to_dict()))
+        if cfg.sft.steps:
+            sets.append(("sft.task_kwargs", warm_start_task_kwargs(cfg)))
+    elif cfg.data.source == "task_mixture":
+        sets += [(f"data.mixture.{label}.kwargs", kwargs)
+                 for label, name, _, kwargs in mixture_components(cfg.data.mixture)
+                 if name == "tool_arithmetic"]
+    for where, kwargs in sets:
+        width = kwargs.get("result_width", 0)
+        if width != env_width:
+            raise ValueError(f"config '{where}' result_width = {width} but 'env.kwargs' "
+                             f"result_width = {env_width}: tool_arithmetic's demonstrations "
+                             "must write the calculator's results as the environment does")
 
 
 def check_keys(cfg: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,

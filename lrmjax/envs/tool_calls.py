@@ -198,18 +198,30 @@ def run_tool_calls(calls: Sequence[ToolCall], tools: Mapping[str, Tool], *,
     return results
 
 
-def format_results(results: Sequence[ToolResult], fmt: str) -> str:
+def format_results(results: Sequence[ToolResult], fmt: str, width: int = 0) -> str:
     """The text the model reads after its call(s).
 
     "qwen": what the Qwen2.5/Qwen3 chat templates render for consecutive ``tool``
     messages between ``<|im_start|>user`` and ``<|im_end|>``: each result as
     ``\\n<tool_response>\\n{content}\\n</tool_response>``. "compact": ``={content}\\n`` per
-    result.
+    result, the content left-aligned in a field of `width` characters (padded with spaces;
+    longer content as it is; 0 = no padding: `compact_result`).
     """
     _check_format(fmt)
     if fmt == "qwen":
+        if width:
+            raise ValueError(f"a result width ({width}) applies to the 'compact' format only")
         return "".join(f"\n<tool_response>\n{r.content}\n</tool_response>" for r in results)
-    return "".join(f"={r.content}\n" for r in results)
+    return "".join(compact_result(r.content, width) for r in results)
+
+
+def compact_result(content: str, width: int = 0) -> str:
+    """One result as the compact format writes it: ``={content}\\n``, the content padded with
+    spaces on the right to `width` characters. A character model copies a result by its
+    distance back; padded, every result's digit k sits the same distance before the line
+    after it, whatever the result's length (a task's demonstrations write their results with
+    this function, so they read as the environment's do)."""
+    return f"={content.ljust(width)}\n"
 
 
 def tool_messages(results: Sequence[ToolResult]) -> list[dict[str, str]]:

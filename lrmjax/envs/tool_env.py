@@ -29,13 +29,23 @@ class ToolEnv(Environment):
       max_calls: tool calls run per turn (more are answered with an error).
       max_result_chars: each result is cut to this many characters.
       tool_options: {tool name: constructor kwargs}, e.g. {'calculator': {'max_operations': 1}}.
+      result_width: 'compact' only: each result left-aligned in a field of this many
+        characters (`tool_calls.compact_result`), so that a character model copies every
+        result from the same distance back; 0 (the default) writes results as they are.
     """
 
     def __init__(self, tools: Sequence[str] = ("calculator",), fmt: str = "compact",
                  max_turns: int = 3, max_calls: int = 2, max_result_chars: int = 200,
-                 tool_options: Mapping[str, Mapping[str, Any]] | None = None):
+                 tool_options: Mapping[str, Mapping[str, Any]] | None = None,
+                 result_width: int = 0):
         if fmt not in calls_lib.FORMATS:
             raise ValueError(f"ToolEnv: fmt must be one of {calls_lib.FORMATS}, got {fmt!r}")
+        if isinstance(result_width, bool) or not isinstance(result_width, int) or (
+                result_width < 0):
+            raise ValueError(f"ToolEnv: result_width must be an int >= 0, got {result_width!r}")
+        if result_width and fmt != "compact":
+            raise ValueError(f"ToolEnv: result_width ({result_width}) applies to fmt='compact' "
+                             f"only, not {fmt!r}")
         if max_turns < 1 or max_calls < 1:
             raise ValueError(f"ToolEnv: need max_turns >= 1 and max_calls >= 1, got "
                              f"{max_turns}, {max_calls}")
@@ -47,6 +57,7 @@ class ToolEnv(Environment):
                          for name in tools}
         self.fmt, self.max_turns = fmt, int(max_turns)
         self.max_calls, self.max_result_chars = int(max_calls), int(max_result_chars)
+        self.result_width = result_width
 
     def stop_strings(self) -> tuple[str, ...]:
         """Strings that end a model turn at a tool call."""
@@ -62,6 +73,6 @@ class ToolEnv(Environment):
         results = calls_lib.run_tool_calls(calls, self.tool_map, max_calls=self.max_calls,
                                            max_chars=self.max_result_chars)
         return StepResult(
-            observation=calls_lib.format_results(results, self.fmt),
+            observation=calls_lib.format_results(results, self.fmt, self.result_width),
             info={"tool_calls": len(calls), "tool_errors": sum(not r.ok for r in results),
                   "messages": calls_lib.tool_messages(results)})

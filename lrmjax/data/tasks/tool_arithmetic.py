@@ -10,7 +10,9 @@ problem needs one call and a three-factor problem two, the second using the firs
 
 The demonstration (`metadata['demonstration_turns']`) is that episode as (text, is_model)
 segments, so a warm start trains on the model's parts only, never on the calculator's
-results. The verifier reads the final turn's last line.
+results; they are written as the `tools` environment's compact format writes them, with the
+same `result_width` (config validation checks the two agree). The verifier reads the final
+turn's last line.
 """
 
 from __future__ import annotations
@@ -33,12 +35,15 @@ class ToolArithmeticTask(Task):
       long_factor_share: the share of factors with the most digits (`digits`), the others
         spread evenly over 2..digits-1; None (the default) spreads all factors evenly over
         2..digits. A warm start's demonstrations can weight the long copies with it.
+      result_width: the demonstrations' calculator results left-aligned in a field of this
+        many characters, as the `tools` environment writes them with its `result_width`
+        (`envs.tool_calls.compact_result`); 0 (the default) writes them as they are.
     """
 
     name = "tool_arithmetic"
 
     def __init__(self, digits: int = 3, max_factors: int = 3, three_factor_share: float = 0.5,
-                 long_factor_share: float | None = None):
+                 long_factor_share: float | None = None, result_width: int = 0):
         if not 2 <= digits <= 6 or max_factors not in (2, 3):
             raise ValueError(f"ToolArithmeticTask: need 2 <= digits <= 6 and max_factors in "
                              f"(2, 3), got {digits}, {max_factors}")
@@ -55,7 +60,12 @@ class ToolArithmeticTask(Task):
         if digits == 2 and long_factor_share not in (None, 1.0):
             raise ValueError("ToolArithmeticTask: with digits=2 every factor has 2 digits; "
                              f"long_factor_share={long_factor_share!r} cannot apply")
+        if isinstance(result_width, bool) or not isinstance(result_width, int) or (
+                result_width < 0):
+            raise ValueError(f"ToolArithmeticTask: result_width must be an int >= 0, got "
+                             f"{result_width!r}")
         self.digits, self.max_factors = int(digits), int(max_factors)
+        self.result_width = result_width
         self.three_factor_share = float(three_factor_share)
         self.long_factor_share = (None if long_factor_share is None
                                   else float(long_factor_share))
@@ -67,6 +77,8 @@ class ToolArithmeticTask(Task):
             out["three_factor_share"] = self.three_factor_share
         if self.long_factor_share is not None:
             out["long_factor_share"] = self.long_factor_share
+        if self.result_width:
+            out["result_width"] = self.result_width
         return out
 
     @property
@@ -76,7 +88,7 @@ class ToolArithmeticTask(Task):
     def with_difficulty(self, difficulty: int) -> ToolArithmeticTask:
         return ToolArithmeticTask(self.digits, difficulty,
                                   self.three_factor_share if difficulty == 3 else 0.5,
-                                  self.long_factor_share)
+                                  self.long_factor_share, self.result_width)
 
     def max_answer_chars(self) -> int:
         return self.max_factors * self.digits
@@ -94,7 +106,7 @@ class ToolArithmeticTask(Task):
         for f in factors[1:]:
             turns.append([f"<calculator>{value}*{f}</calculator>", True])
             value *= f
-            turns.append([f"={value}\n", False])
+            turns.append([f"={str(value).ljust(self.result_width)}\n", False])
         turns.append([str(value), True])
         prompt = "*".join(map(str, factors)) + "="
         return Example(prompt=prompt, answer=str(value),
