@@ -544,6 +544,25 @@ def test_task_kwargs_are_checked_by_building_the_task():
         config_lib.validate(mixed)
 
 
+def test_tool_arithmetic_result_width_must_be_the_environments():
+    cfg = config_lib.from_file("configs/calc_tool_grpo.py", "runlocal")
+    config_lib.validate(cfg)
+    assert cfg.env.kwargs.result_width == cfg.data.task_kwargs.result_width == 9
+    cfg.env.kwargs.result_width = 0
+    with pytest.raises(ValueError, match=r"config 'data\.task_kwargs' result_width = 9 but "
+                                         r"'env\.kwargs' result_width = 0"):
+        config_lib.validate(cfg)
+    cfg.env.kwargs.result_width = 9
+    cfg.sft.task_kwargs = {"result_width": 10}     # the warm start's demonstrations too
+    with pytest.raises(ValueError, match=r"config 'sft\.task_kwargs' result_width = 10"):
+        config_lib.validate(cfg)
+    mixed = _mixture_config({"calc": {"task": "tool_arithmetic", "kwargs": {"result_width": 9}}})
+    mixed.env.name = "tools"
+    with pytest.raises(ValueError, match=r"config 'data\.mixture\.calc\.kwargs' result_width = 9 "
+                                         r"but 'env\.kwargs' result_width = 0"):
+        config_lib.validate(mixed)
+
+
 def test_sft_task_kwargs_are_checked_over_the_data_task_kwargs():
     cfg = config_lib.base_config()
     cfg.data.task, cfg.data.task_kwargs = "tool_arithmetic", {"max_factors": 2}

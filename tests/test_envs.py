@@ -324,6 +324,26 @@ def test_tool_env_compact_calculator():
     assert env.step("<calculator>2*3*4</calculator>").observation == "=24\n"
 
 
+def test_tool_env_result_width():
+    env = make_env("tools", tools=("calculator",), fmt="compact", max_calls=1,
+                   tool_options={"calculator": {"max_operations": 1}}, result_width=9)
+    # Left-aligned in 9 characters whatever the length: each digit k of a result sits
+    # 11 - k tokens before the line after it.
+    assert env.step("<calculator>12*34</calculator>").observation == "=408" + " " * 6 + "\n"
+    assert env.step("<calculator>999*999</calculator>").observation == "=998001   \n"
+    assert env.step("<calculator>99999*9999</calculator>").observation == "=999890001\n"
+    # Longer than the field: as it is, not cut.
+    assert env.step("<calculator>99999*99999</calculator>").observation == "=9999800001\n"
+    err = env.step("<calculator>2*3*4</calculator>").observation
+    assert err.startswith("=error: ") and err.endswith("\n") and len(err) > 11
+    assert make_env("tools").step("<calculator>2*3</calculator>").observation == "=6\n"
+    for bad in (-1, True, 2.0, "9"):
+        with pytest.raises(ValueError, match="result_width must be an int >= 0"):
+            make_env("tools", result_width=bad)
+    with pytest.raises(ValueError, match="result_width .9. applies to fmt='compact' only"):
+        make_env("tools", fmt="qwen", result_width=9)
+
+
 def test_tool_env_qwen_json_call():
     env = make_env("tools", fmt="qwen")
     assert env.stop_strings() == ("</tool_call>",)

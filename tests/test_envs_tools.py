@@ -465,6 +465,11 @@ def test_compact_calls():
     assert tool_calls.format_results(tool_calls.run_tool_calls(
         tool_calls.parse_tool_calls("<calculator>1/0</calculator>", "compact", toolset),
         toolset), "compact") == "=error: division by zero\n"
+    assert tool_calls.format_results(results, "compact", width=6) == (
+        "=408   \n=[France] Paris is the capit...\n")
+    assert tool_calls.compact_result("12", 4) == "=12  \n"
+    with pytest.raises(ValueError, match="'compact' format only"):
+        tool_calls.format_results(results, "qwen", width=6)
 
 
 @pytest.mark.parametrize("text", [

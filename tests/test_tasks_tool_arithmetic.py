@@ -47,11 +47,12 @@ def test_demonstration_is_a_correct_episode(digits, max_factors):
     assert counts == ({2, 3} if max_factors == 3 else {2})
 
 
-def test_env_reproduces_the_demonstration_observations():
-    task = ToolArithmeticTask(digits=3, max_factors=3)
+@pytest.mark.parametrize("width", [0, 9])
+def test_env_reproduces_the_demonstration_observations(width):
+    task = ToolArithmeticTask(digits=3, max_factors=3, result_width=width)
     for seed in range(20):
         ex = task.example(seed)
-        env = make_env("tools", **ENV_KWARGS)
+        env = make_env("tools", **ENV_KWARGS, result_width=width)
         assert env.reset(ex) == ex.prompt
         turns = ex.metadata["demonstration_turns"]
         for i in range(0, len(turns), 2):
@@ -73,6 +74,27 @@ def test_verify_is_exact():
     assert task.verify(ex, f"<calculator>{a}*{b}</calculator>\n{right}\n") == 1.0
     for wrong in [str(a * b + 1), right + "0", f"{right} ", "", f"{right}\nmore", None]:
         assert task.verify(ex, wrong) == (1.0 if wrong == f"{right} " else 0.0)
+
+
+def test_result_width_pads_only_the_results():
+    plain = ToolArithmeticTask(digits=3, max_factors=3)
+    wide = ToolArithmeticTask(digits=3, max_factors=3, result_width=9)
+    for seed in range(40):
+        a, b = plain.example(seed), wide.example(seed)
+        assert (a.prompt, a.answer, a.metadata["factors"]) == (
+            b.prompt, b.answer, b.metadata["factors"])  # the same draws
+        value = b.metadata["factors"][0]
+        observations = [t for t, is_model in b.metadata["demonstration_turns"] if not is_model]
+        for f, obs in zip(b.metadata["factors"][1:], observations, strict=True):
+            value *= f
+            assert obs == "=" + str(value) + " " * (9 - len(str(value))) + "\n"
+        model = [t for t, is_model in b.metadata["demonstration_turns"] if is_model]
+        assert model == [t for t, is_model in a.metadata["demonstration_turns"] if is_model]
+    assert wide.config == {"digits": 3, "max_factors": 3, "result_width": 9}
+    assert wide.with_difficulty(2).result_width == 9
+    for bad in (-1, True, 9.0):
+        with pytest.raises(ValueError, match="result_width must be an int >= 0"):
+            ToolArithmeticTask(digits=3, max_factors=3, result_width=bad)
 
 
 def test_difficulty_and_arguments():
