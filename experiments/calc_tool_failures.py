@@ -73,7 +73,7 @@ def classify(prompt: str, transcript: str, score: float) -> str:
             return "operand_from_prompt"
         if result.startswith("=error"):
             return "malformed_call"
-        previous = result[1:]
+        previous = result[1:].rstrip(" ")  # results may be padded (`result_width`)
     if len(calls) < len(expected):
         return "too_few_calls"
     answer = SPECIAL.sub("", CALL.split(transcript)[-1]).strip().split("\n")[-1]
@@ -103,7 +103,8 @@ def copies(prompt: str, transcript: str) -> list[tuple[str, int, bool]]:
         elif previous is not None:
             out.append(("result", len(previous), left == previous))
         out.append(("prompt", len(factors[i + 1]), right == factors[i + 1]))
-        previous = result[1:] if result[1:].isdigit() else None
+        value = result[1:].rstrip(" ")  # results may be padded (`result_width`)
+        previous = value if value.isdigit() else None
     answer = SPECIAL.sub("", CALL.split(transcript)[-1]).strip().split("\n")[-1]
     if calls and previous is not None and answer:
         out.append(("answer", len(previous), answer == previous))

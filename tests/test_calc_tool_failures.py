@@ -40,6 +40,14 @@ CASES = [
      "answer_from_result"),
     # The demonstrated episode, scored 0 anyway (e.g. by another verifier): not a copy error.
     ("347*58=", "<calculator>347*58</calculator>=20126\n20126<eos>", 0.0, "other"),
+    # Results padded to a field (the environment's `result_width`): the padding is not copied.
+    ("347*58*21=", "<calculator>347*58</calculator>=20126    \n"
+                   "<calculator>20126*21</calculator>=422646   \n422646<eos>", 0.0, "other"),
+    ("347*58*21=", "<calculator>347*58</calculator>=20126    \n"
+                   "<calculator>20162*21</calculator>=423402   \n423402<eos>", 0.0,
+     "operand_from_result"),
+    ("347*58=", "<calculator>347*58</calculator>=20126    \n20162<eos>", 0.0,
+     "answer_from_result"),
 ]
 
 
@@ -54,7 +62,7 @@ def test_summarize_counts_and_factors():
     counts, by_factors, examples = ctf.summarize(rows)
     assert sum(counts.values()) == len(CASES)
     assert counts["operand_from_prompt"] == 3 and counts["solved"] == 1
-    assert by_factors == {2: (0, 4), 3: (1, 9)}
+    assert by_factors == {2: (0, 5), 3: (1, 11)}
     assert [r["transcript"] for r in examples["no_call"]] == ["422646<eos>"]
 
 
@@ -74,6 +82,11 @@ def test_summarize_counts_and_factors():
     ("347*58*21=", "<calculator>347*58</calculator>=20126\n"
                    "<calculator>20162*12</calculator>=241944\n",
      [("prompt", 3, True), ("prompt", 2, True), ("result", 5, False), ("prompt", 2, False)]),
+    # Padded results: judged without their padding.
+    ("347*58*21=", "<calculator>347*58</calculator>=20126    \n"
+                   "<calculator>20126*21</calculator>=422646   \n422664<eos>",
+     [("prompt", 3, True), ("prompt", 2, True), ("result", 5, True), ("prompt", 2, True),
+      ("answer", 6, False)]),
     # A malformed call ends the judging; answering without a call copies nothing.
     ("347*58=", "<calculator>347+58</calculator>=405\n405<eos>", []),
     ("347*58=", "20126<eos>", []),
