@@ -31,7 +31,7 @@ def get_config(arg: str | None = None):
     # back. Written as they are, an L-digit result's digits sit L + 1 tokens before the answer
     # that copies them: each length was a distance of its own, each warm start stopped with some
     # lengths not learned, and RL never mended a copy it never got right (seeds 1 and 4 rose
-    # +24.5 and +21.0; with the field, +39.0 and +31.5: HISTORY.md, "fixed-width results").
+    # +24.5 and +21.0; with the field, +41.0 and +31.5: HISTORY.md, "fixed-width results").
     # The demonstrations write them the same way (data.task_kwargs; validation checks).
     c.data.task_kwargs.result_width = 9
     c.env.kwargs = {"tools": ("calculator",), "fmt": "compact", "max_turns": 3,
@@ -76,10 +76,11 @@ def get_config(arg: str | None = None):
     # starts that imitated the task's own mix failed the two-call episodes most (seed 1's
     # solved 60 of 102 one-call problems against 20 of 98 two-call ones); weighted to those
     # alone, seed 1's still miscopied 90 of the prompt's 254 3-digit operands (now 20, and 13
-    # after RL; the classes it misses now are its results' copies). Seeds 0-4 rose
-    # +54.0, +24.5, +42.0, +38.0 and +21.0; with the two-call weighting alone +50.5, +18.5,
-    # +41.5, +22.0 and +28.0, and with neither +42.5, +22.0, +35.0, +11.0 and +14.5 (HISTORY.md,
-    # "calc_tool_grpo: what RL cannot mend" and "demonstrations weighted to 3-digit factors").
+    # after RL). Before the fixed-width results, seeds 0-4 rose +54.0, +24.5, +42.0, +38.0 and
+    # +21.0; with the two-call weighting alone +50.5, +18.5, +41.5, +22.0 and +28.0, and with
+    # neither +42.5, +22.0, +35.0, +11.0 and +14.5 (HISTORY.md, "calc_tool_grpo: what RL cannot
+    # mend" and "demonstrations weighted to 3-digit factors"); the weightings were not rerun with
+    # the field.
     c.sft.task_kwargs = {"three_factor_share": 0.75, "long_factor_share": 0.75}
     c.sft.batch_size = 32
     c.sft.lr = 1e-3
