@@ -219,8 +219,8 @@ def compact_result(content: str, width: int = 0) -> str:
     """One result as the compact format writes it: ``={content}\\n``, the content padded with
     spaces on the right to `width` characters. A character model copies a result by its
     distance back; padded, every result's digit k sits the same distance before the line
-    after it, whatever the result's length (a task's demonstrations write their results with
-    this function, so they read as the environment's do)."""
+    after it, whatever the result's length. `tool_arithmetic`'s demonstrations write their
+    results the same way (tests/test_tasks_tool_arithmetic.py checks they match)."""
     return f"={content.ljust(width)}\n"
 
 
